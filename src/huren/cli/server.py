@@ -1,0 +1,15 @@
+"""Runs the HTTP server with the MLLP and DICOM listeners in one process."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from huren.api.app import create_app
+from huren.bootstrap import build
+from huren.config import Settings
+
+
+def run_server(settings: Settings, host: str, port: int) -> None:
+    container = build(settings)
+    app = create_app(container)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -1,0 +1,41 @@
+"""Settings, read once from the environment (prefix ``HUREN_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="HUREN_", env_file=".env", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///./var/huren.db",
+        description="SQLAlchemy URL: sqlite:///path (embedded) or postgresql+psycopg://...",
+    )
+    data_dir: Path = Field(default=Path("./var/data"), description="DICOM files and exports")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    mllp_host: str = "127.0.0.1"
+    mllp_port: int = 2575
+    dicom_host: str = "127.0.0.1"
+    dicom_port: int = 11112
+    dicom_ae_title: str = "HUREN"
+    base_url: str = Field(default="", description="public URL used in links; empty = request's own")
+    # Keys: HMAC key for identifier lookup hashes, AES-256-GCM key for display values,
+    # signing key for access tokens. All base64/hex text; the demo generates them and says so.
+    identifier_hash_key: SecretStr = SecretStr("")
+    identifier_encryption_key: SecretStr = SecretStr("")
+    token_signing_key: SecretStr = SecretStr("")
+    token_ttl_seconds: int = 3600
+    jurisdiction: str = Field(default="HE", description="home jurisdiction of this node")
+    start_mllp: bool = True
+    start_dicom: bool = True
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,105 @@
+"""Shared fixtures. Integration tests run against SQLite always and against PostgreSQL
+when HUREN_TEST_DATABASE_URL is set (``.ci/run`` sets it when the local server answers).
+
+Each test gets an empty, migrated database: SQLite by copying a migrated template file,
+PostgreSQL by truncating every table of a per-worker database migrated once."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from huren.adapters.clock import FixedClock
+from huren.adapters.crypto import new_key
+from huren.adapters.db import engine as db_engine
+from huren.adapters.db.schema import metadata
+from huren.bootstrap import Container, build
+from huren.config import Settings
+
+PG_URL = os.environ.get("HUREN_TEST_DATABASE_URL", "")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+# The moment tests live in, unless a test moves the clock.
+TEST_NOW = datetime(2026, 6, 15, 9, 30, tzinfo=UTC)
+
+
+def _worker() -> str:
+    return os.environ.get("PYTEST_XDIST_WORKER", "main")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    db_engine.upgrade(f"sqlite:///{path}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    if not PG_URL:
+        pytest.skip("HUREN_TEST_DATABASE_URL 未设置: 跳过 PostgreSQL")
+    base = make_url(PG_URL)
+    name = f"huren_test_{_worker()}_{os.getpid()}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = base.set(database=name).render_as_string(hide_password=False)
+    db_engine.upgrade(url)
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _truncate_all(url: str) -> None:
+    eng = create_engine(url)
+    names = ", ".join(f'"{t.name}"' for t in metadata.sorted_tables)
+    with eng.begin() as c:
+        c.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+    eng.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        template: Path = request.getfixturevalue("sqlite_template")
+        path = tmp_path / "huren.db"
+        shutil.copy(template, path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("pg_database")
+    _truncate_all(url)
+    return url
+
+
+@pytest.fixture
+def settings(db_url: str, tmp_path: Path) -> Settings:
+    return Settings(
+        database_url=db_url,
+        data_dir=tmp_path / "data",
+        identifier_hash_key=SecretStr(new_key()),
+        identifier_encryption_key=SecretStr(new_key()),
+        token_signing_key=SecretStr(new_key()),
+        start_mllp=False,
+        start_dicom=False,
+    )
+
+
+@pytest.fixture
+def clock() -> FixedClock:
+    return FixedClock(TEST_NOW)
+
+
+@pytest.fixture
+def container(settings: Settings, clock: FixedClock) -> Iterator[Container]:
+    c = build(settings, clock=clock)
+    yield c
+    c.close()

@@ -1,0 +1,51 @@
+"""The schema migrates on both backends and the server refuses an unmigrated database."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import inspect
+
+from huren.adapters.db import engine as db_engine
+from huren.adapters.db.schema import metadata
+from huren.api.app import create_app
+from huren.bootstrap import Container
+
+
+def test_migrations_create_every_table_in_the_metadata(container: Container) -> None:
+    tables = set(inspect(container.engine).get_table_names())
+    assert {t.name for t in metadata.sorted_tables} <= tables
+
+
+def test_migrated_database_is_at_head(container: Container) -> None:
+    assert db_engine.current_revision(container.engine) == db_engine.head_revision()
+
+
+def test_server_refuses_an_unmigrated_database(tmp_path: Path) -> None:
+    eng = db_engine.make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+    with pytest.raises(db_engine.DatabaseNotMigrated, match="huren db upgrade"):
+        db_engine.require_migrated(eng)
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    eng = db_engine.make_engine(f"sqlite:///{tmp_path / 'wal.db'}")
+    with eng.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_healthz_reports_database_and_revision(container: Container) -> None:
+    with TestClient(create_app(container)) as client:
+        body = client.get("/healthz").json()
+    assert body["status"] == "ok"
+    assert body["schema_revision"] == db_engine.head_revision()
+    assert body["database"] in {"sqlite", "postgresql"}
+
+
+def test_unknown_route_is_problem_json_in_chinese(container: Container) -> None:
+    with TestClient(create_app(container)) as client:
+        r = client.get("/api/v1/no-such-thing")
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert r.json()["title"] == "未找到"
