@@ -103,3 +103,13 @@ def container(settings: Settings, clock: FixedClock) -> Iterator[Container]:
     c = build(settings, clock=clock)
     yield c
     c.close()
+
+
+@pytest.fixture
+def world(container: Container) -> Container:
+    """The container with ``tests/fixtures/world.py`` written into its database."""
+    from tests.fixtures.world import seed_world
+
+    seed_world(container.engine, container.clock.now())
+    container.catalog.invalidate()
+    return container

@@ -19,7 +19,6 @@ from huren.bootstrap import Container
 log = logging.getLogger("huren")
 
 
-
 def create_app(container: Container, *, check_migrated: bool = True) -> FastAPI:
     """Build the app. ``check_migrated`` refuses to start on an unmigrated database."""
     if check_migrated:
