@@ -56,3 +56,25 @@ class ReceiveOutcome:
     @property
     def unmapped_codes(self) -> tuple[str, ...]:
         return tuple(r.local_code for r in self.results if r.item_code is None)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message refused as a whole (AE/AR, OperationOutcome): recorded for the
+    integration engineer's page, nothing of its content stored."""
+
+    channel: Channel
+    institution: str | None
+    control_id: str
+    raw: str
+    error: str  # Chinese, naming the field
+
+
+# The service (``container.intake``) offers:
+#   receive(message: InboundMessage) -> ReceiveOutcome
+#       one transaction: patient matching, 对码, marks at issue time, versions; idempotent.
+#       Raises huren.domain.errors.ValidationFailed (problems name the fields) and stores
+#       nothing of the message when any part is invalid (unknown institution, invalid
+#       身份证, missing report number …); unmapped codes are NOT an error.
+#   reject(rejection: Rejection) -> int
+#       records a refused message in inbound_message with status "rejected".
