@@ -54,3 +54,16 @@ def test_mrn_needs_its_assigning_institution() -> None:
         validate_identifier(PatientIdentifier(IdentifierKind.MRN, "000123"), "PID-3")
     ok = validate_identifier(PatientIdentifier(IdentifierKind.MRN, " 000123 ", "H1"), "PID-3")
     assert ok == PatientIdentifier(IdentifierKind.MRN, "000123", "H1")
+
+
+def test_address_code_assigned_after_the_birth_year_is_accepted() -> None:
+    # 130102 (石家庄长安区) entered stdnum's table in 1983; a patient born in 1960 is real.
+    first17 = "13010219600101001"
+    number = first17 + national_id_check_digit(first17)
+    assert validate_national_id(number) == number
+
+
+def test_impossible_birth_date_is_rejected() -> None:
+    first17 = "13010219600231001"
+    with pytest.raises(ValidationFailed, match="居民身份证号码无效"):
+        validate_national_id(first17 + national_id_check_digit(first17))
