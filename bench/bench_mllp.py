@@ -1,0 +1,223 @@
+"""ORU^R01 over MLLP with ACK-after-commit, side by side with an MLLP echo server.
+
+    uv run python bench/bench_mllp.py [--seconds 20] [--connections 4]
+
+Both servers run in this process on free 127.0.0.1 ports; the load comes from a separate
+client process (``--client``) holding ``--connections`` MLLP connections, each sending
+its next message as soon as the previous ACK arrived (what interface engines do). The
+echo server frames and returns each message — the transport's ceiling on this machine;
+HuRen parses, stores through ``container.intake`` (one committed transaction per
+message, patient matching, 对码, marks) and only then answers AA. Every message is a new
+report of one of 500 patients of hospital A (liver panel, 6 OBX).
+
+SQLite (a temporary file) by default; PostgreSQL when HUREN_TEST_DATABASE_URL is set
+(a temporary database is created there and dropped afterwards). Target (issue 7):
+≥ 3,000 messages/s sustained. Prints messages/s and the ratio to the echo server."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from pydantic import SecretStr
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import make_url
+
+from huren.adapters.clock import SystemClock
+from huren.adapters.crypto import new_key
+from huren.adapters.db import engine as db_engine
+from huren.adapters.db.tables import result
+from huren.adapters.hl7v2.mllp import FrameReader, MllpServer, frame
+from huren.adapters.hl7v2.receiver import Hl7Receiver
+from huren.bootstrap import build
+from huren.config import Settings
+from huren.services.intake import Channel
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field  # noqa: E402
+from tests.fixtures.world import seed_world  # noqa: E402
+
+PATIENTS = 500
+
+
+# ---------------------------------------------------------------- load generator (client)
+def message(conn: int, n: int) -> bytes:
+    text = with_control_id(sample_text(LAB_LFT_V251), f"B{conn}-{n:07d}")
+    text = with_field(text, "OBR", 3, f"BENCH-{conn}-{n:07d}")
+    mrn = f"BM{(conn * 7919 + n) % PATIENTS:06d}"
+    text = with_field(text, "PID", 3, f"{mrn}^^^H130100001^MR")
+    return frame(text.encode())
+
+
+def client_main(port: int, connections: int, seconds: float, expect_aa: bool) -> None:
+    """Run the load; print "<acks> <elapsed>" on stdout."""
+    counts = [0] * connections
+    failures: list[bytes] = []
+    start_gate = threading.Barrier(connections + 1)
+    deadline = [0.0]
+
+    def run(conn: int) -> None:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            reader = FrameReader(1 << 20)
+            start_gate.wait()
+            n = 0
+            while time.perf_counter() < deadline[0]:
+                sock.sendall(message(conn, n))
+                got: list[bytes] = []
+                while not got:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    got = reader.feed(data)
+                if expect_aa and b"MSA|AA|" not in got[0]:
+                    failures.append(got[0])
+                    return
+                n += 1
+                counts[conn] = n
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(connections)]
+    for t in threads:
+        t.start()
+    t0 = time.perf_counter()
+    deadline[0] = t0 + seconds
+    start_gate.wait()
+    for t in threads:
+        t.join()
+    if failures:
+        raise SystemExit(f"not accepted: {failures[0][:400]!r}")
+    print(sum(counts), time.perf_counter() - t0)
+
+
+def load(port: int, connections: int, seconds: float, mode: str) -> tuple[int, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--client", str(port), str(connections), str(seconds), mode],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    acks, elapsed = out.stdout.split()
+    return int(acks), float(elapsed)
+
+
+# ---------------------------------------------------------------- servers
+class Loop:
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: object) -> object:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(60)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+async def start_echo() -> tuple[asyncio.Server, int]:
+    """A bare MLLP echo: frames in, the same frame back."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        frames = FrameReader(1 << 24)
+        while data := await reader.read(65536):
+            for msg in frames.feed(data):
+                writer.write(frame(msg))
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+def database(tmp: Path) -> tuple[str, str | None]:
+    """(url, admin url to drop it with) — SQLite file or a fresh PostgreSQL database."""
+    pg = os.environ.get("HUREN_TEST_DATABASE_URL", "")
+    if not pg:
+        return f"sqlite:///{tmp / 'bench.db'}", None
+    base = make_url(pg)
+    name = f"huren_bench_{os.getpid()}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return base.set(database=name).render_as_string(hide_password=False), pg
+
+
+def drop(url: str, admin_url: str | None) -> None:
+    if admin_url is None:
+        return
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0, help="duration of each run")
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=4, help="intake worker threads")
+    args = parser.parse_args()
+
+    loop = Loop()
+    server, echo_port = loop.run(start_echo())  # type: ignore[misc]
+    echo_acks, echo_s = load(echo_port, args.connections, args.seconds, "echo")
+    server.close()
+    echo_rate = echo_acks / echo_s
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        url, admin_url = database(Path(tmpdir))
+        try:
+            db_engine.upgrade(url)
+            settings = Settings(
+                database_url=url,
+                data_dir=Path(tmpdir) / "data",
+                identifier_hash_key=SecretStr(new_key()),
+                identifier_encryption_key=SecretStr(new_key()),
+                token_signing_key=SecretStr(new_key()),
+            )
+            container = build(settings, clock=SystemClock())
+            seed_world(container.engine, container.clock.now())
+            receiver = Hl7Receiver(container.intake, container.clock, Channel.HL7V2_MLLP)
+            mllp = MllpServer(
+                lambda raw: receiver.handle(raw).payload, "127.0.0.1", 0, workers=args.workers
+            )
+            loop.run(mllp.start())
+            ours_acks, ours_s = load(mllp.port, args.connections, args.seconds, "ack")
+            loop.run(mllp.stop())
+            with container.engine.connect() as c:
+                stored = c.execute(select(func.count()).select_from(result)).scalar_one()
+            container.close()
+        finally:
+            drop(url, admin_url)
+    loop.close()
+    ours_rate = ours_acks / ours_s
+    backend = make_url(url).get_backend_name()
+    print(f"ORU^R01 over MLLP, {args.connections} connections, {args.seconds:g} s each, {backend}")
+    print(f"  {'server':<34}{'messages':>10}{'msg/s':>10}{'ratio':>8}")
+    print(f"  {'MLLP echo (transport ceiling)':<34}{echo_acks:>10}{echo_rate:>10.0f}{1.0:>8.2f}")
+    print(
+        f"  {'HuRen ACK-after-commit':<34}{ours_acks:>10}{ours_rate:>10.0f}"
+        f"{ours_rate / echo_rate:>8.3f}"
+    )
+    print(f"  results stored: {stored} (every ACKed message: {stored >= ours_acks})")
+    print("  target (issue 7): ≥ 3000 msg/s sustained")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 6 and sys.argv[1] == "--client":
+        client_main(int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "ack")
+    else:
+        main()
