@@ -1,27 +1,156 @@
 """Who is calling (bearer token, API key or session cookie) and what they may do.
 
 CONTRACT for every route module:
-- ``current_principal``: dependency → ``Principal``, or 401 problem+json.
+- ``current_principal``: dependency → ``Principal``, or 401 problem+json with
+  ``WWW-Authenticate``.
 - ``require_roles(*roles)``: dependency factory → ``Principal`` whose role is one of
   ``roles``, else 403 (and 401 when not authenticated).
-The implementation is being built (issue 3 §6)."""
+- ``optional_principal``: dependency → ``Principal | None`` (pages that redirect to login).
+- ``principal_can_see_institution(principal, institution_code, catalog)`` and
+  ``principal_can_act_in_scope(principal, scope_code, catalog)``: the reach of a role.
+
+Credentials accepted, first match wins:
+``Authorization: Bearer <jwt>``, ``Authorization: ApiKey <key>``, ``X-API-Key: <key>``,
+and the ``huren_session`` cookie (HttpOnly, SameSite=Lax) that the login page sets,
+carrying the same signed token."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated, ClassVar
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from huren.domain.accounts import Principal, Role
-from huren.domain.errors import Unauthorized
+from huren.bootstrap import Container
+from huren.domain.accounts import (
+    ROLE_LABELS,
+    Principal,
+    Role,
+    can_act_in_scope,
+    can_see_institution,
+)
+from huren.domain.errors import Forbidden, Unauthorized
+from huren.services.catalog import Catalog
+
+SESSION_COOKIE = "huren_session"
+ALL_ROLES: tuple[Role, ...] = tuple(Role)
+STAFF_ROLES: tuple[Role, ...] = tuple(r for r in Role if r is not Role.PATIENT)
+LIST_EDITORS: tuple[Role, ...] = (Role.REGULATOR, Role.QC_CENTRE, Role.OPERATOR)
+
+# Declared for the OpenAPI document only (so /docs offers an "Authorize" button and
+# schema-driven clients know to send credentials); resolution happens below.
+bearer_scheme = HTTPBearer(
+    auto_error=False, description="OAuth2 访问令牌 (POST /api/v1/auth/token)"
+)
+api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="接口系统 API 密钥")
 
 
-def current_principal(request: Request) -> Principal:
-    raise Unauthorized("尚未登录或令牌无效")
+class NotAuthenticated(Unauthorized):
+    """401 with the challenge a client needs (RFC 6750 §3)."""
+
+    headers: ClassVar[dict[str, str]] = {
+        "WWW-Authenticate": 'Bearer realm="huren", ApiKey realm="huren"'
+    }
 
 
-def require_roles(*roles: Role) -> Callable[[Request], Principal]:
-    def dependency(request: Request) -> Principal:
-        return current_principal(request)
+def _container(request: Request) -> Container:
+    c: Container = request.app.state.container
+    return c
 
+
+def _resolve(request: Request) -> Principal | None:
+    """The principal of the request's credentials; None when there are none at all;
+    raises NotAuthenticated when credentials are present but not valid."""
+    cached = getattr(request.state, "principal", None)
+    if isinstance(cached, Principal):
+        return cached
+    accounts = _container(request).accounts
+    header = request.headers.get("authorization", "").strip()
+    x_api_key = request.headers.get("x-api-key", "").strip()
+    cookie = request.cookies.get(SESSION_COOKIE, "")
+    try:
+        if header:
+            scheme, _, value = header.partition(" ")
+            scheme, value = scheme.lower(), value.strip()
+            if scheme == "bearer" and value:
+                principal = accounts.principal_from_token(value)
+            elif scheme == "apikey" and value:
+                principal = accounts.principal_from_api_key(value)
+            else:
+                raise NotAuthenticated("不支持的认证方式，请使用 Bearer 令牌或 ApiKey")
+        elif x_api_key:
+            principal = accounts.principal_from_api_key(x_api_key)
+        elif cookie:
+            principal = accounts.principal_from_token(cookie)
+        else:
+            return None
+    except NotAuthenticated:
+        raise
+    except Unauthorized as exc:
+        raise NotAuthenticated(exc.message) from exc
+    request.state.principal = principal
+    return principal
+
+
+def optional_principal(request: Request) -> Principal | None:
+    """The caller if authenticated, else None. Invalid credentials count as none (a page
+    then redirects to the login form rather than failing)."""
+    try:
+        return _resolve(request)
+    except Unauthorized:
+        return None
+
+
+def current_principal(
+    request: Request,
+    _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+    _api_key: Annotated[str | None, Depends(api_key_scheme)] = None,
+) -> Principal:
+    """Dependency: the authenticated caller (any role). The two unused parameters only
+    declare the security schemes in the OpenAPI document."""
+    principal = _resolve(request)
+    if principal is None:
+        raise NotAuthenticated("尚未登录或令牌无效")
+    return principal
+
+
+def require_roles(*roles: Role) -> Callable[..., Principal]:
+    """Dependency: the caller, who must hold one of ``roles``."""
+    allowed = frozenset(roles)
+    labels = "、".join(ROLE_LABELS[r] for r in roles)
+
+    def dependency(
+        request: Request,
+        _bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+        _api_key: Annotated[str | None, Depends(api_key_scheme)] = None,
+    ) -> Principal:
+        principal = current_principal(request)
+        if principal.role not in allowed:
+            raise Forbidden(
+                f"当前角色（{ROLE_LABELS[principal.role]}）无权执行此操作；允许: {labels}"
+            )
+        return principal
+
+    dependency.allowed_roles = allowed  # type: ignore[attr-defined]  # read by tests and docs
     return dependency
+
+
+def principal_can_see_institution(
+    principal: Principal, institution_code: str, catalog: Catalog
+) -> bool:
+    """Institution roles: their own institution; jurisdiction roles: institutions their
+    jurisdiction covers; operator: all; patients: none."""
+    return can_see_institution(principal, institution_code, catalog.graph)
+
+
+def principal_can_act_in_scope(principal: Principal, scope_code: str, catalog: Catalog) -> bool:
+    """Jurisdiction roles within their own jurisdiction; operator everywhere."""
+    return can_act_in_scope(principal, scope_code, catalog.graph)
+
+
+def require_institution_visible(
+    principal: Principal, institution_code: str, catalog: Catalog
+) -> None:
+    if not principal_can_see_institution(principal, institution_code, catalog):
+        raise Forbidden(f"无权访问机构 {institution_code} 的数据")

@@ -63,6 +63,7 @@ def install(app: FastAPI) -> None:
             exc.code,
             exc.message,
             [{"field": p.field, "message": p.message} for p in exc.problems],
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(RequestValidationError)

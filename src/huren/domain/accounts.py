@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from huren.domain.masterdata import ScopeGraph
+
 
 class Role(StrEnum):
     CLINICIAN = "clinician"  # 接诊医师
@@ -47,3 +49,50 @@ class Principal:
     jurisdiction: str | None = None
     department: str | None = None
     patient_id: int | None = None
+
+
+def scope_within(graph: ScopeGraph, outer: str, inner: str) -> bool:
+    """Is scope ``inner`` the scope ``outer`` itself or part of it — below it in the
+    administrative hierarchy (city → province) or one of its member scopes (region →
+    province)? A jurisdiction acts on the lists of the scopes within it."""
+    if inner == outer:
+        return True
+    if outer in graph.ancestors(inner):
+        return True
+    seen: set[str] = set()
+    pending = [outer]
+    while pending:
+        code = pending.pop()
+        if code in seen:
+            continue
+        seen.add(code)
+        scope = graph.scopes.get(code)
+        subs = set(scope.member_scopes) if scope is not None else set()
+        subs |= {s.code for s in graph.scopes.values() if s.parent == code}
+        if inner in subs:
+            return True
+        pending.extend(subs)
+    return False
+
+
+def can_see_institution(principal: Principal, institution: str, graph: ScopeGraph) -> bool:
+    """Whose data a principal may read: institution roles their own institution,
+    jurisdiction roles the institutions their jurisdiction covers, the operator all.
+    Patients see only their own records, never an institution's."""
+    if principal.role is Role.OPERATOR:
+        return True
+    if principal.role in INSTITUTION_ROLES:
+        return principal.institution == institution
+    if principal.role in JURISDICTION_ROLES and principal.jurisdiction:
+        return graph.contains(principal.jurisdiction, institution)
+    return False
+
+
+def can_act_in_scope(principal: Principal, scope: str, graph: ScopeGraph) -> bool:
+    """May a jurisdiction-bound principal edit the lists of ``scope``? Only within its own
+    jurisdiction; the operator everywhere; institution roles and patients never."""
+    if principal.role is Role.OPERATOR:
+        return True
+    if principal.role in JURISDICTION_ROLES and principal.jurisdiction:
+        return scope_within(graph, principal.jurisdiction, scope)
+    return False

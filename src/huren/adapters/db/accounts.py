@@ -1,0 +1,144 @@
+"""Accounts and API keys in the database; implements ``services.accounts.AccountStore``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select, update
+
+from huren.adapters.db import tables as t
+from huren.domain.accounts import Role
+from huren.services.accounts import AccountRecord, ApiKeyRecord, NewAccount
+
+
+def _account(r: Any) -> AccountRecord:
+    return AccountRecord(
+        id=r.id,
+        username=r.username,
+        display_name=r.display_name,
+        role=Role(r.role),
+        institution=r.institution_code,
+        jurisdiction=r.jurisdiction,
+        department=r.department,
+        patient_id=r.patient_id,
+        password_hash=r.password_hash,
+        active=r.active,
+        created_at=as_utc(r.created_at),
+    )
+
+
+def _api_key(r: Any) -> ApiKeyRecord:
+    return ApiKeyRecord(
+        id=r.id,
+        account_id=r.account_id,
+        prefix=r.prefix,
+        key_hash=r.key_hash,
+        label=r.label,
+        created_at=as_utc(r.created_at),
+        revoked_at=as_utc(r.revoked_at) if r.revoked_at else None,
+    )
+
+
+def as_utc(at: datetime) -> datetime:
+    """SQLite hands back naive datetimes for ``DateTime(timezone=True)``; they were
+    written as UTC."""
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+class SqlAccounts:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def add_account(self, new: NewAccount, password_hash: str | None, now: datetime) -> int:
+        with self.engine.begin() as c:
+            result = c.execute(
+                insert(t.account).values(
+                    username=new.username,
+                    display_name=new.display_name,
+                    role=new.role.value,
+                    institution_code=new.institution,
+                    jurisdiction=new.jurisdiction,
+                    department=new.department,
+                    patient_id=new.patient_id,
+                    password_hash=password_hash,
+                    active=True,
+                    created_at=now,
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def account_by_id(self, account_id: int) -> AccountRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(t.account).where(t.account.c.id == account_id)).first()
+        return _account(row) if row is not None else None
+
+    def account_by_username(self, username: str) -> AccountRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(t.account).where(t.account.c.username == username)).first()
+        return _account(row) if row is not None else None
+
+    def list_accounts(self) -> list[AccountRecord]:
+        with self.engine.connect() as c:
+            return [_account(r) for r in c.execute(select(t.account).order_by(t.account.c.id))]
+
+    def set_active(self, account_id: int, active: bool) -> None:
+        with self.engine.begin() as c:
+            c.execute(update(t.account).where(t.account.c.id == account_id).values(active=active))
+
+    def set_password_hash(self, account_id: int, password_hash: str) -> None:
+        with self.engine.begin() as c:
+            c.execute(
+                update(t.account)
+                .where(t.account.c.id == account_id)
+                .values(password_hash=password_hash)
+            )
+
+    def institution_exists(self, code: str) -> bool:
+        with self.engine.connect() as c:
+            return (
+                c.execute(select(t.institution.c.code).where(t.institution.c.code == code)).first()
+                is not None
+            )
+
+    def scope_exists(self, code: str) -> bool:
+        with self.engine.connect() as c:
+            return (
+                c.execute(select(t.scope.c.code).where(t.scope.c.code == code)).first() is not None
+            )
+
+    def add_api_key(
+        self, account_id: int, prefix: str, key_hash: str, label: str, now: datetime
+    ) -> int:
+        with self.engine.begin() as c:
+            result = c.execute(
+                insert(t.api_key).values(
+                    account_id=account_id,
+                    prefix=prefix,
+                    key_hash=key_hash,
+                    label=label,
+                    created_at=now,
+                )
+            )
+            return int(result.inserted_primary_key[0])  # type: ignore[index]
+
+    def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None:
+        with self.engine.connect() as c:
+            row = c.execute(select(t.api_key).where(t.api_key.c.prefix == prefix)).first()
+        return _api_key(row) if row is not None else None
+
+    def list_api_keys(self, account_id: int | None = None) -> list[ApiKeyRecord]:
+        q = select(t.api_key).order_by(t.api_key.c.id)
+        if account_id is not None:
+            q = q.where(t.api_key.c.account_id == account_id)
+        with self.engine.connect() as c:
+            return [_api_key(r) for r in c.execute(q)]
+
+    def revoke_api_key(self, prefix: str, now: datetime) -> bool:
+        with self.engine.begin() as c:
+            result = c.execute(
+                update(t.api_key)
+                .where(t.api_key.c.prefix == prefix, t.api_key.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            return result.rowcount > 0

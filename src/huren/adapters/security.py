@@ -1,0 +1,127 @@
+"""Credentials: argon2id password hashes, HMAC-SHA256 API-key hashes, HS256 access tokens.
+
+Implements the ports of ``huren.services.accounts`` (PasswordHasher, ApiKeyHasher,
+TokenCodec)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from huren.services.accounts import TokenClaims
+
+
+class Argon2Passwords:
+    """Passwords hashed with argon2id (argon2-cffi's RFC 9106 low-memory profile)."""
+
+    def __init__(self, hasher: PasswordHasher | None = None) -> None:
+        self._ph = hasher or PasswordHasher()
+
+    def hash(self, password: str) -> str:
+        return self._ph.hash(password)
+
+    def verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self._ph.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            return False
+
+    def dummy_verify(self) -> None:
+        """Spend the same time as a real check, so unknown usernames cannot be told apart
+        from wrong passwords by timing."""
+        self.verify(_DUMMY_HASH, "x")
+
+
+_DUMMY_HASH = PasswordHasher().hash("not-a-real-password")
+
+
+class HmacApiKeys:
+    """API keys are 256-bit random secrets, so a slow hash buys nothing against guessing
+    and would cost tens of milliseconds on every request an interface engine makes. They
+    are stored as HMAC-SHA256 under a server-side key (a pepper): a database dump alone
+    cannot even test a candidate key. Rotating ``HUREN_TOKEN_SIGNING_KEY`` therefore also
+    retires every API key."""
+
+    def __init__(self, signing_key: str) -> None:
+        if not signing_key:
+            raise ValueError("未配置 HUREN_TOKEN_SIGNING_KEY")
+        self._key = hmac.new(signing_key.encode(), b"huren api key v1", hashlib.sha256).digest()
+
+    def new_key(self) -> tuple[str, str]:
+        """A fresh key ``hr_<prefix>_<secret>`` and its lookup prefix ``hr_<prefix>``."""
+        prefix = "hr_" + secrets.token_hex(5)
+        return f"{prefix}_{secrets.token_urlsafe(32)}", prefix
+
+    @staticmethod
+    def prefix_of(key: str) -> str | None:
+        parts = key.split("_")
+        if len(parts) < 3 or parts[0] != "hr" or len(parts[1]) != 10:
+            return None
+        return f"hr_{parts[1]}"
+
+    def hash(self, key: str) -> str:
+        return hmac.new(self._key, key.encode(), hashlib.sha256).hexdigest()
+
+    def matches(self, key: str, key_hash: str) -> bool:
+        return hmac.compare_digest(self.hash(key), key_hash)
+
+
+class JwtTokens:
+    """HS256 JSON Web Tokens. Expiry is checked against the injected clock by the service,
+    not against the wall clock, so PyJWT's own ``exp`` check is turned off here."""
+
+    algorithm = "HS256"
+
+    def __init__(self, signing_key: str) -> None:
+        if not signing_key:
+            raise ValueError("未配置 HUREN_TOKEN_SIGNING_KEY")
+        # The configured key is base64 text (see adapters.crypto.new_key); sign with its
+        # bytes when it decodes to at least 32 bytes, else with the text itself.
+        try:
+            raw = base64.urlsafe_b64decode(signing_key.encode())
+        except ValueError:
+            raw = b""
+        self._key = raw if len(raw) >= 32 else signing_key.encode()
+
+    def encode(self, claims: TokenClaims) -> str:
+        payload: dict[str, Any] = {
+            "sub": str(claims.account_id),
+            "name": claims.username,
+            "role": claims.role,
+            "iat": int(claims.issued_at.timestamp()),
+            "exp": int(claims.expires_at.timestamp()),
+            "jti": secrets.token_hex(8),
+        }
+        if claims.institution:
+            payload["inst"] = claims.institution
+        if claims.jurisdiction:
+            payload["jur"] = claims.jurisdiction
+        return jwt.encode(payload, self._key, algorithm=self.algorithm)
+
+    def decode(self, token: str) -> TokenClaims | None:
+        try:
+            data = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self.algorithm],
+                options={"verify_exp": False, "verify_iat": False, "require": ["sub", "exp"]},
+            )
+            return TokenClaims(
+                account_id=int(data["sub"]),
+                username=str(data.get("name", "")),
+                role=str(data.get("role", "")),
+                institution=data.get("inst"),
+                jurisdiction=data.get("jur"),
+                issued_at=datetime.fromtimestamp(int(data.get("iat", 0)), tz=UTC),
+                expires_at=datetime.fromtimestamp(int(data["exp"]), tz=UTC),
+            )
+        except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError):
+            return None

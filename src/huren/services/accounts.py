@@ -1,0 +1,424 @@
+"""Accounts and access (issue 3 §6): creating accounts bound to an institution, a
+jurisdiction or a patient; password login; signed access tokens; API keys for
+integration systems (HIS/LIS/RIS/PACS interface engines)."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from huren.domain.accounts import INSTITUTION_ROLES, JURISDICTION_ROLES, Principal, Role
+from huren.domain.errors import (
+    Conflict,
+    DomainError,
+    NotFound,
+    ProblemCollector,
+    Unauthorized,
+)
+from huren.services.ports import Clock
+
+USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{2,63}$")
+MIN_PASSWORD_LENGTH = 10
+
+
+class TooManyAttempts(DomainError):
+    code = "too_many_attempts"
+    status = 429
+
+
+# ---------------------------------------------------------------- records and ports
+@dataclass(frozen=True, slots=True)
+class AccountRecord:
+    id: int
+    username: str
+    display_name: str
+    role: Role
+    institution: str | None
+    jurisdiction: str | None
+    department: str | None
+    patient_id: int | None
+    password_hash: str | None
+    active: bool
+    created_at: datetime
+
+    def principal(self) -> Principal:
+        return Principal(
+            account_id=self.id,
+            username=self.username,
+            display_name=self.display_name,
+            role=self.role,
+            institution=self.institution,
+            jurisdiction=self.jurisdiction,
+            department=self.department,
+            patient_id=self.patient_id,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NewAccount:
+    username: str
+    display_name: str
+    role: Role
+    institution: str | None = None
+    jurisdiction: str | None = None
+    department: str | None = None
+    patient_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    id: int
+    account_id: int
+    prefix: str
+    key_hash: str
+    label: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    account_id: int
+    username: str
+    role: str
+    institution: str | None
+    jurisdiction: str | None
+    issued_at: datetime
+    expires_at: datetime
+
+
+class AccountStore(Protocol):
+    def add_account(self, new: NewAccount, password_hash: str | None, now: datetime) -> int: ...
+
+    def account_by_id(self, account_id: int) -> AccountRecord | None: ...
+
+    def account_by_username(self, username: str) -> AccountRecord | None: ...
+
+    def list_accounts(self) -> list[AccountRecord]: ...
+
+    def set_active(self, account_id: int, active: bool) -> None: ...
+
+    def set_password_hash(self, account_id: int, password_hash: str) -> None: ...
+
+    def institution_exists(self, code: str) -> bool: ...
+
+    def scope_exists(self, code: str) -> bool: ...
+
+    def add_api_key(
+        self, account_id: int, prefix: str, key_hash: str, label: str, now: datetime
+    ) -> int: ...
+
+    def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None: ...
+
+    def list_api_keys(self, account_id: int | None = None) -> list[ApiKeyRecord]: ...
+
+    def revoke_api_key(self, prefix: str, now: datetime) -> bool: ...
+
+
+class PasswordHasher(Protocol):
+    def hash(self, password: str) -> str: ...
+
+    def verify(self, password_hash: str, password: str) -> bool: ...
+
+    def dummy_verify(self) -> None: ...
+
+
+class ApiKeyHasher(Protocol):
+    def new_key(self) -> tuple[str, str]: ...
+
+    def prefix_of(self, key: str) -> str | None: ...
+
+    def hash(self, key: str) -> str: ...
+
+    def matches(self, key: str, key_hash: str) -> bool: ...
+
+
+class TokenCodec(Protocol):
+    def encode(self, claims: TokenClaims) -> str: ...
+
+    def decode(self, token: str) -> TokenClaims | None: ...
+
+
+# ---------------------------------------------------------------- login throttle
+class LoginThrottle:
+    """Failed logins per (username, client address) in a sliding window, held in this
+    process only: enough to slow password guessing against one node; a cluster behind a
+    load balancer would need a shared store."""
+
+    def __init__(
+        self, clock: Clock, max_failures: int = 5, window: timedelta = timedelta(minutes=5)
+    ) -> None:
+        self._clock = clock
+        self._max = max_failures
+        self._window = window
+        self._failures: dict[tuple[str, str], deque[datetime]] = {}
+        self._lock = threading.Lock()
+
+    def _recent(self, key: tuple[str, str]) -> deque[datetime]:
+        now = self._clock.now()
+        q = self._failures.setdefault(key, deque())
+        while q and now - q[0] >= self._window:
+            q.popleft()
+        return q
+
+    def check(self, username: str, client: str) -> None:
+        with self._lock:
+            if len(self._recent((username.lower(), client))) >= self._max:
+                minutes = int(self._window.total_seconds() // 60)
+                raise TooManyAttempts(f"登录失败次数过多，请 {minutes} 分钟后再试")
+
+    def failed(self, username: str, client: str) -> None:
+        with self._lock:
+            self._recent((username.lower(), client)).append(self._clock.now())
+
+    def succeeded(self, username: str, client: str) -> None:
+        with self._lock:
+            self._failures.pop((username.lower(), client), None)
+
+
+# ---------------------------------------------------------------- the service
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    access_token: str
+    expires_in: int
+    principal: Principal
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedAccount:
+    account: AccountRecord
+    password: str | None  # shown once when generated; never stored in clear
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedApiKey:
+    key: str  # shown once
+    record: ApiKeyRecord
+    account: AccountRecord
+
+
+class AccountService:
+    def __init__(
+        self,
+        store: AccountStore,
+        passwords: PasswordHasher,
+        api_keys: ApiKeyHasher,
+        tokens: TokenCodec,
+        clock: Clock,
+        token_ttl: timedelta,
+    ) -> None:
+        self.store = store
+        self.passwords = passwords
+        self.api_keys = api_keys
+        self.tokens = tokens
+        self.clock = clock
+        self.token_ttl = token_ttl
+        self.throttle = LoginThrottle(clock)
+
+    # -- accounts
+    def create_account(
+        self, new: NewAccount, password: str | None = None, *, generate_password: bool = True
+    ) -> CreatedAccount:
+        """Create an account bound per its role: institution roles to an institution,
+        jurisdiction roles to a jurisdiction (the operator may be platform-wide), patients
+        to a patient record. Without a password one is generated and returned once
+        (integration accounts get none: they authenticate with API keys)."""
+        errors = ProblemCollector()
+        if not USERNAME.match(new.username):
+            errors.add("username", "用户名须为 3–64 位字母、数字或 . _ @ -，以字母或数字开头")
+        if not new.display_name.strip():
+            errors.add("display_name", "显示名称不能为空")
+        if new.role in INSTITUTION_ROLES:
+            if not new.institution:
+                errors.add("institution", "该角色必须绑定医疗机构")
+            elif not self.store.institution_exists(new.institution):
+                errors.add("institution", f"医疗机构 {new.institution} 不存在")
+            if new.jurisdiction:
+                errors.add("jurisdiction", "机构角色不绑定辖区")
+        elif new.role in JURISDICTION_ROLES:
+            if new.institution:
+                errors.add("institution", "辖区角色不绑定医疗机构")
+            if not new.jurisdiction and new.role is not Role.OPERATOR:
+                errors.add("jurisdiction", "该角色必须绑定辖区")
+            elif new.jurisdiction and not self.store.scope_exists(new.jurisdiction):
+                errors.add("jurisdiction", f"辖区 {new.jurisdiction} 不存在")
+        elif new.role is Role.PATIENT:
+            if new.patient_id is None:
+                errors.add("patient_id", "患者账号必须绑定患者")
+            if new.institution:
+                errors.add("institution", "患者账号不绑定医疗机构")
+        if password is not None and len(password) < MIN_PASSWORD_LENGTH:
+            errors.add("password", f"密码至少 {MIN_PASSWORD_LENGTH} 位")
+        if self.store.account_by_username(new.username) is not None:
+            errors.add("username", f"用户名 {new.username} 已存在")
+        errors.raise_if_any("账号信息未通过校验")
+
+        generated = False
+        if password is None and generate_password and new.role is not Role.INTEGRATION:
+            password = generate_password_text()
+            generated = True
+        pw_hash = self.passwords.hash(password) if password else None
+        account_id = self.store.add_account(new, pw_hash, self.clock.now())
+        record = self.store.account_by_id(account_id)
+        if record is None:
+            raise RuntimeError(f"account {account_id} was not stored")
+        return CreatedAccount(record, password if generated else None)
+
+    def list_accounts(self) -> list[AccountRecord]:
+        return self.store.list_accounts()
+
+    def account(self, username: str) -> AccountRecord:
+        record = self.store.account_by_username(username)
+        if record is None:
+            raise NotFound(f"账号 {username} 不存在")
+        return record
+
+    def deactivate(self, username: str) -> AccountRecord:
+        record = self.account(username)
+        self.store.set_active(record.id, False)
+        return self.account(username)
+
+    def set_password(self, username: str, password: str) -> None:
+        if len(password) < MIN_PASSWORD_LENGTH:
+            errors = ProblemCollector()
+            errors.add("password", f"密码至少 {MIN_PASSWORD_LENGTH} 位")
+            errors.raise_if_any("密码未通过校验")
+        record = self.account(username)
+        self.store.set_password_hash(record.id, self.passwords.hash(password))
+
+    # -- login and tokens
+    def authenticate_password(self, username: str, password: str, client: str = "") -> Principal:
+        """Check a password; failures are throttled per username and client address."""
+        self.throttle.check(username, client)
+        record = self.store.account_by_username(username)
+        if record is None or not record.password_hash:
+            self.passwords.dummy_verify()
+            self.throttle.failed(username, client)
+            raise Unauthorized("用户名或密码错误")
+        if not self.passwords.verify(record.password_hash, password) or not record.active:
+            self.throttle.failed(username, client)
+            raise Unauthorized("用户名或密码错误" if record.active else "账号已停用")
+        self.throttle.succeeded(username, client)
+        return record.principal()
+
+    def issue_token(self, principal: Principal) -> IssuedToken:
+        now = self.clock.now()
+        claims = TokenClaims(
+            account_id=principal.account_id,
+            username=principal.username,
+            role=principal.role.value,
+            institution=principal.institution,
+            jurisdiction=principal.jurisdiction,
+            issued_at=now,
+            expires_at=now + self.token_ttl,
+        )
+        return IssuedToken(
+            self.tokens.encode(claims), int(self.token_ttl.total_seconds()), principal
+        )
+
+    def principal_from_token(self, token: str) -> Principal:
+        """The principal a token speaks for, re-checked against the account: a token of a
+        deactivated account, or one whose role or binding has changed since, is refused."""
+        claims = self.tokens.decode(token)
+        if claims is None:
+            raise Unauthorized("令牌无效")
+        if self.clock.now() >= claims.expires_at:
+            raise Unauthorized("令牌已过期，请重新登录")
+        record = self.store.account_by_id(claims.account_id)
+        if record is None or not record.active:
+            raise Unauthorized("账号不存在或已停用")
+        if (
+            record.role.value != claims.role
+            or record.institution != claims.institution
+            or record.jurisdiction != claims.jurisdiction
+        ):
+            raise Unauthorized("账号权限已变更，请重新登录")
+        return record.principal()
+
+    # -- API keys
+    def create_api_key(self, username: str, label: str = "") -> CreatedApiKey:
+        """A new API key for an integration account; the key is returned once and only its
+        keyed hash is stored."""
+        record = self.account(username)
+        if record.role is not Role.INTEGRATION:
+            errors = ProblemCollector()
+            errors.add("username", "只有接口系统账号可以持有 API 密钥")
+            errors.raise_if_any("无法创建 API 密钥")
+        if not record.active:
+            raise Conflict(f"账号 {username} 已停用")
+        key, prefix = self.api_keys.new_key()
+        key_id = self.store.add_api_key(
+            record.id, prefix, self.api_keys.hash(key), label, self.clock.now()
+        )
+        stored = self.store.api_key_by_prefix(prefix)
+        if stored is None or stored.id != key_id:
+            raise RuntimeError(f"API key {prefix} was not stored")
+        return CreatedApiKey(key, stored, record)
+
+    def create_integration(
+        self, institution: str, username: str, display_name: str, label: str = ""
+    ) -> CreatedApiKey:
+        """An integration account for an institution's interface engine with its first
+        key, in one step (what ``huren accounts api-key create`` does)."""
+        if self.store.account_by_username(username) is None:
+            self.create_account(
+                NewAccount(username, display_name, Role.INTEGRATION, institution=institution)
+            )
+        return self.create_api_key(username, label)
+
+    def list_api_keys(self, username: str | None = None) -> list[ApiKeyRecord]:
+        account_id = self.account(username).id if username else None
+        return self.store.list_api_keys(account_id)
+
+    def revoke_api_key(self, prefix: str) -> None:
+        if not self.store.revoke_api_key(prefix, self.clock.now()):
+            raise NotFound(f"API 密钥 {prefix} 不存在或已吊销")
+
+    def principal_from_api_key(self, key: str) -> Principal:
+        prefix = self.api_keys.prefix_of(key)
+        stored = self.store.api_key_by_prefix(prefix) if prefix else None
+        if stored is None or not self.api_keys.matches(key, stored.key_hash):
+            raise Unauthorized("API 密钥无效")
+        if stored.revoked_at is not None:
+            raise Unauthorized("API 密钥已吊销")
+        record = self.store.account_by_id(stored.account_id)
+        if record is None or not record.active:
+            raise Unauthorized("账号不存在或已停用")
+        return record.principal()
+
+    def authenticate_client(
+        self, client_id: str, client_secret: str, client: str = ""
+    ) -> Principal:
+        """OAuth2 client credentials: ``client_id`` is the integration account's username
+        (or the key's prefix), ``client_secret`` the API key."""
+        self.throttle.check(client_id, client)
+        try:
+            principal = self.principal_from_api_key(client_secret)
+        except Unauthorized:
+            self.throttle.failed(client_id, client)
+            raise
+        if client_id not in (principal.username, self.api_keys.prefix_of(client_secret)):
+            self.throttle.failed(client_id, client)
+            raise Unauthorized("client_id 与密钥不匹配")
+        self.throttle.succeeded(client_id, client)
+        return principal
+
+
+def generate_password_text() -> str:
+    """A random password of 16 URL-safe characters (~96 bits), shown to the operator once."""
+    return secrets.token_urlsafe(12)
+
+
+def describe_binding(record: AccountRecord | Principal) -> str:
+    parts: Sequence[str | None] = (
+        record.institution,
+        record.jurisdiction,
+        f"patient:{record.patient_id}" if record.patient_id is not None else None,
+    )
+    return " ".join(p for p in parts if p) or "全平台"
