@@ -8,6 +8,9 @@ Times are stored as timezone-aware UTC (``DateTime(timezone=True)``); money in å
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -25,6 +28,8 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -35,12 +40,36 @@ NAMING = {
 }
 metadata = MetaData(naming_convention=NAMING)
 
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC timestamp on both backends. SQLite keeps no zone and hands
+    back naive values; this type stores UTC and returns aware datetimes everywhere, and
+    refuses naive input so that a local time cannot slip in unnoticed."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: HuRen stores timezone-aware UTC times only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)  # type: ignore[no-any-return]
+        return value.astimezone(UTC)  # type: ignore[no-any-return]
+
+
 # An integer primary key that is BIGINT on PostgreSQL and the rowid alias on SQLite.
 Id = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _ts(name: str, nullable: bool = True, **kw: object) -> Column[object]:
-    return Column(name, DateTime(timezone=True), nullable=nullable, **kw)  # type: ignore[arg-type]
+    return Column(name, UtcDateTime(), nullable=nullable, **kw)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- master data (R1, R2)
@@ -109,7 +138,7 @@ item_list_version = Table(
     Column("version", String(32), nullable=False),
     Column("effective_from", Date, nullable=False),
     Column("effective_to", Date, nullable=True),
-    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("published_at", UtcDateTime(), nullable=True),
     UniqueConstraint("jurisdiction", "version"),
 )
 
