@@ -53,7 +53,7 @@ NATIONAL_ID_SYSTEM = "https://huren.example/fhir/sid/national-id"
 
 def pct(values: list[float], p: float) -> float:
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def settings_for(args: argparse.Namespace, tmp: Path) -> Settings:

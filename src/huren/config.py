@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     dicom_host: str = "127.0.0.1"
     dicom_port: int = 11112
     dicom_ae_title: str = "HUREN"
+    dicom_fsync: bool = Field(
+        default=True,
+        description="fsync each received DICOM file before acknowledging it (off: survives a "
+        "process kill but not an OS crash, like the SQLite WAL NORMAL setting)",
+    )
     base_url: str = Field(default="", description="public URL used in links; empty = request's own")
     # Keys: HMAC key for identifier lookup hashes, AES-256-GCM key for display values,
     # signing key for access tokens. All base64/hex text; the demo generates them and says so.
@@ -32,6 +37,11 @@ class Settings(BaseSettings):
     token_signing_key: SecretStr = SecretStr("")
     token_ttl_seconds: int = 3600
     jurisdiction: str = Field(default="HE", description="home jurisdiction of this node")
+    workbench_frame_ancestors: str = Field(
+        default="'self'",
+        description="CSP frame-ancestors of the embeddable workbench page: the HIS origins "
+        "allowed to show it in a frame, space separated (e.g. 'self' https://his.hospital.cn)",
+    )
     start_mllp: bool = True
     start_dicom: bool = True
 

@@ -1,0 +1,219 @@
+"""CDS Hooks 2.0 (https://cds-hooks.hl7.org/2.0/): discovery at ``GET /cds-services``,
+the ``order-select`` and ``order-sign`` services, and their feedback endpoints.
+
+The ordering institution is the authenticated caller's (a clinician or the HIS interface
+account of that hospital); the patient comes from the ``patient`` prefetch, or — without
+prefetch — from the client's FHIR server; when neither is available the answer is an info
+card saying what is missing (rather than an error in the order screen)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+from urllib.parse import urlparse
+
+import anyio
+import httpx
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from huren.adapters.cdshooks import cards as card_builder
+from huren.adapters.cdshooks.hooks import (
+    SERVICE_HOOKS,
+    SERVICES,
+    HookRequest,
+    MalformedHook,
+    draft_orders,
+    parse_feedback,
+    parse_hook,
+    patient_identifiers,
+)
+from huren.adapters.fhir import systems
+from huren.api.auth import require_roles
+from huren.api.deps import container
+from huren.bootstrap import Container
+from huren.domain.accounts import Principal, Role
+from huren.domain.errors import NotFound, Problem, ValidationFailed
+from huren.domain.identity import PatientIdentifier, validate_identifier
+from huren.services.recognition import CheckRequest, Feedback, PatientRef
+
+log = logging.getLogger("huren.cdshooks")
+router = APIRouter(tags=["CDS Hooks"])
+Caller = Annotated[Principal, Depends(require_roles(Role.CLINICIAN, Role.INTEGRATION))]
+FHIR_TIMEOUT = httpx.Timeout(2.0)
+
+
+def base_url(c: Container, request: Request) -> str:
+    return (c.settings.base_url or str(request.base_url)).rstrip("/")
+
+
+@router.get("/cds-services", summary="CDS Hooks 服务发现")
+def discovery() -> dict[str, Any]:
+    return {"services": SERVICES}
+
+
+def _service(service_id: str) -> str:
+    if service_id not in SERVICE_HOOKS:
+        raise NotFound(
+            f"没有 CDS 服务 {service_id}",
+            problems=[Problem("service_id", "可用服务：" + "、".join(SERVICE_HOOKS))],
+        )
+    return service_id
+
+
+async def _fetch_patient(req: HookRequest) -> dict[str, Any] | None:
+    """GET {fhirServer}/Patient/{patientId} with the bearer token the client passed."""
+    assert req.fhirServer is not None
+    url = f"{req.fhirServer.rstrip('/')}/Patient/{req.context.patientId}"
+    headers = {"Accept": "application/fhir+json"}
+    if req.fhirAuthorization is not None:
+        headers["Authorization"] = f"Bearer {req.fhirAuthorization.access_token}"
+    try:
+        async with httpx.AsyncClient(timeout=FHIR_TIMEOUT) as client:
+            r = await client.get(url, headers=headers)
+        if r.status_code != 200:
+            log.info("fhirServer %s answered %s", url, r.status_code)
+            return None
+        data = r.json()
+        return data if isinstance(data, dict) else None
+    except (httpx.HTTPError, ValueError) as exc:
+        log.info("fhirServer %s unreachable: %s", url, exc)
+        return None
+
+
+def _is_own_fhir(req: HookRequest, own_base: str) -> bool:
+    if not req.fhirServer:
+        return False
+    theirs, ours = urlparse(req.fhirServer), urlparse(own_base)
+    return theirs.netloc == ours.netloc and theirs.path.rstrip("/") == "/fhir"
+
+
+async def _patient(
+    req: HookRequest, institution: str, own_base: str
+) -> tuple[PatientRef | None, str]:
+    """The patient to look up, or None with the reason in Chinese."""
+    prefetched = (req.prefetch or {}).get("patient")
+    resource: dict[str, Any] | None = prefetched if isinstance(prefetched, dict) else None
+    if resource is None and req.fhirServer:
+        if _is_own_fhir(req, own_base) and req.context.patientId.isdigit():
+            return PatientRef(patient_id=int(req.context.patientId)), ""
+        resource = await _fetch_patient(req)
+        if resource is None:
+            return None, (
+                f"未提供 prefetch.patient，且无法从 fhirServer（{req.fhirServer}）读取 "
+                f"Patient/{req.context.patientId}"
+            )
+    if resource is None:
+        return None, "未提供 prefetch.patient，也未提供可访问的 fhirServer"
+    idents: list[PatientIdentifier] = []
+    rejected: list[str] = []
+    for i, ident in enumerate(patient_identifiers(resource, institution)):
+        try:
+            idents.append(validate_identifier(ident, f"prefetch.patient.identifier[{i}]"))
+        except ValidationFailed as exc:
+            rejected.append(exc.message)
+    if not idents:
+        why = (
+            "；".join(rejected)
+            or "Patient 资源中没有可识别的患者标识（居民身份证、医保号、电子健康卡或院内病历号）"
+        )
+        return None, why
+    return PatientRef(identifiers=tuple(idents)), ""
+
+
+def _choose_code(c: Container, institution: str, codings: tuple[tuple[str, str], ...]) -> str:
+    """The coding to use: a unified item code first, then the first local code that is
+    mapped (对码), else the first code (reported as unmapped)."""
+    for system, code in codings:
+        if system == systems.ITEM:
+            return code
+    catalog = c.recognition.catalog()
+    for _, code in codings:
+        if catalog.unified_code(institution, code) is not None:
+            return code
+    return codings[0][1]
+
+
+@router.post("/cds-services/{service_id}", summary="调用 CDS 服务（order-select / order-sign）")
+async def call_service(
+    service_id: str,
+    request: Request,
+    principal: Caller,
+    c: Annotated[Container, Depends(container)],
+) -> JSONResponse:
+    _service(service_id)
+    req = parse_hook(await request.body(), service_id)
+    institution = principal.institution or ""
+    own = base_url(c, request)
+    orders = draft_orders(req)
+    if not orders:
+        return JSONResponse({"cards": []})
+    patient, missing = await _patient(req, institution, own)
+    if patient is None:
+        detail = (
+            f"无法确定患者身份，未能查询互认结果：{missing}。"
+            "请在 prefetch 中提供 Patient 资源（含居民身份证或院内病历号），或提供 fhirServer 与 fhirAuthorization。"
+        )
+        return JSONResponse(
+            {"cards": [card_builder.info_card("缺少患者身份信息，无法查询互认结果", detail, own)]}
+        )
+    codes = [_choose_code(c, institution, o.codings) for o in orders]
+    clinician = req.context.userId
+    check = CheckRequest(
+        principal=principal,
+        patient=patient,
+        codes=tuple(codes),
+        channel="cds-hooks",
+        department=principal.department or "",
+        clinician=clinician,
+        request_id=req.hookInstance[:64],
+    )
+    outcome = await anyio.to_thread.run_sync(c.recognition.check, check)
+    ctx = card_builder.CardContext(
+        service_id=service_id,
+        hook_instance=req.hookInstance[:64],
+        base_url=own,
+        department=principal.department or "",
+        clinician=clinician,
+        at=c.clock.now(),
+    )
+    cards, records = card_builder.build_cards(
+        outcome,
+        [(o.reference, code) for o, code in zip(orders, codes, strict=True)],
+        c.recognition.catalog().institutions,
+        ctx,
+    )
+    if records:
+        await anyio.to_thread.run_sync(c.recognition.remember_cards, records)
+    return JSONResponse({"cards": cards})
+
+
+@router.post("/cds-services/{service_id}/feedback", summary="CDS 服务反馈（接受 / 不予互认）")
+async def feedback(
+    service_id: str,
+    request: Request,
+    principal: Caller,
+    c: Annotated[Container, Depends(container)],
+) -> JSONResponse:
+    _service(service_id)
+    body = parse_feedback(await request.body())
+    entries = []
+    for n, f in enumerate(body.feedback):
+        if f.outcome not in ("accepted", "overridden"):
+            raise MalformedHook(
+                "feedback.outcome 应为 accepted 或 overridden",
+                problems=[Problem(f"feedback[{n}].outcome", f"收到 {f.outcome}")],
+            )
+        reason = f.overrideReason.reason if f.overrideReason else None
+        entries.append(
+            Feedback(
+                card=f.card,
+                outcome=f.outcome,
+                accepted_suggestions=tuple(s.id for s in f.acceptedSuggestions),
+                reason_system=reason.system if reason else "",
+                reason_code=reason.code if reason else "",
+                comment=f.overrideReason.userComment if f.overrideReason else "",
+            )
+        )
+    decided = await anyio.to_thread.run_sync(c.recognition.feedback, principal, entries)
+    return JSONResponse({"recorded": len(decided), "decisions": decided})

@@ -1,0 +1,488 @@
+"""CDS Hooks 2.0 against a running server, driven by plain httpx sending spec-conformant
+JSON (https://cds-hooks.hl7.org/2.0/), as a HIS would."""
+
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from huren.adapters.db.tables import decision, reminder
+from huren.bootstrap import Container
+from huren.domain.accounts import Role
+from tests.e2e.live import serve
+from tests.fixtures.results import ZHANG_SAN_ID, imaging_report, lab_panel, store
+from tests.fixtures.world import HOSP_A, HOSP_B
+
+SELECT = "huren-recognition-order-select"
+SIGN = "huren-recognition-order-sign"
+NATIONAL_ID_SYSTEM = "https://huren.example/fhir/sid/national-id"
+
+
+@pytest.fixture
+def hebei(
+    world: Container, login: Callable[..., dict[str, str]]
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """Results of 张三 at hospital A; the server; hospital B's HIS interface account."""
+    store(world, lab_panel(HOSP_A))
+    store(world, imaging_report(HOSP_A))
+    headers = login(Role.INTEGRATION, institution=HOSP_B)
+    with serve(world) as base:
+        yield base, headers
+
+
+def service_request(sr_id: str, code: str, display: str) -> dict[str, Any]:
+    return {
+        "resource": {
+            "resourceType": "ServiceRequest",
+            "id": sr_id,
+            "status": "draft",
+            "intent": "order",
+            "code": {
+                "coding": [
+                    {
+                        "system": f"https://huren.example/fhir/CodeSystem/local/{HOSP_B}",
+                        "code": code,
+                        "display": display,
+                    }
+                ],
+                "text": display,
+            },
+            "subject": {"reference": "Patient/pat-0001"},
+        }
+    }
+
+
+def patient_resource(national_id: str = ZHANG_SAN_ID) -> dict[str, Any]:
+    return {
+        "resourceType": "Patient",
+        "id": "pat-0001",
+        "identifier": [{"system": NATIONAL_ID_SYSTEM, "value": national_id}],
+        "gender": "male",
+        "birthDate": "1985-01-01",
+    }
+
+
+def hook_request(
+    hook: str = "order-select",
+    *,
+    orders: list[dict[str, Any]] | None = None,
+    selections: list[str] | None = None,
+    prefetch: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    orders = orders or [
+        service_request("sr-ct", "B-CT-CHEST", "胸部平扫CT"),
+        service_request("sr-lft", "B-LFT", "肝功十项"),
+    ]
+    context: dict[str, Any] = {
+        "userId": "Practitioner/dr-wang",
+        "patientId": "pat-0001",
+        "encounterId": "enc-778",
+        "draftOrders": {"resourceType": "Bundle", "type": "collection", "entry": orders},
+    }
+    if hook == "order-select":
+        context["selections"] = selections or [
+            f"ServiceRequest/{o['resource']['id']}" for o in orders
+        ]
+    body: dict[str, Any] = {
+        "hook": hook,
+        "hookInstance": str(uuid.uuid4()),
+        "context": context,
+        **extra,
+    }
+    if prefetch is not None:
+        body["prefetch"] = prefetch
+    return body
+
+
+def post(base: str, headers: dict[str, str], service: str, body: Any) -> httpx.Response:
+    return httpx.post(f"{base}/cds-services/{service}", json=body, headers=headers, timeout=10)
+
+
+def test_discovery_lists_order_select_and_order_sign_with_prefetch_templates(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, _ = hebei
+    services = httpx.get(f"{base}/cds-services").json()["services"]
+    assert {s["hook"] for s in services} == {"order-select", "order-sign"}
+    for s in services:
+        assert s["prefetch"]["patient"] == "Patient/{{context.patientId}}"
+        assert s["prefetch"]["diagnosticReports"].startswith(
+            "DiagnosticReport?patient={{context.patientId}}"
+        )
+        assert s["description"]
+
+
+def test_spec_example_without_lab_or_imaging_orders_gets_no_cards(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    # The order-select R4 example of the CDS Hooks hook catalogue: a diet and a medication.
+    base, headers = hebei
+    body = {
+        "hook": "order-select",
+        "hookInstance": "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea",
+        "context": {
+            "userId": "PractitionerRole/123",
+            "patientId": "1288992",
+            "encounterId": "89284",
+            "selections": [
+                "NutritionOrder/pureeddiet-simple",
+                "MedicationRequest/smart-MedicationRequest-103",
+            ],
+            "draftOrders": {
+                "resourceType": "Bundle",
+                "entry": [
+                    {
+                        "resource": {
+                            "resourceType": "NutritionOrder",
+                            "id": "pureeddiet-simple",
+                            "status": "draft",
+                            "patient": {"reference": "Patient/1288992"},
+                            "dateTime": "2014-09-17",
+                        }
+                    },
+                    {
+                        "resource": {
+                            "resourceType": "MedicationRequest",
+                            "id": "smart-MedicationRequest-103",
+                            "status": "draft",
+                            "intent": "order",
+                            "medicationCodeableConcept": {
+                                "coding": [
+                                    {
+                                        "system": "http://www.nlm.nih.gov/research/umls/rxnorm",
+                                        "code": "617993",
+                                    }
+                                ]
+                            },
+                            "subject": {"reference": "Patient/1288992"},
+                        }
+                    },
+                ],
+            },
+        },
+    }
+    r = post(base, headers, SELECT, body)
+    assert r.status_code == 200
+    assert r.json() == {"cards": []}
+
+
+def test_order_select_proposes_the_prior_ct_and_lab_panel(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    r = post(base, headers, SELECT, hook_request(prefetch={"patient": patient_resource()}))
+    assert r.status_code == 200
+    ct, lab = r.json()["cards"]
+    for card in (ct, lab):
+        assert card["indicator"] == "warning"
+        assert len(card["summary"]) < 140
+        assert card["source"]["label"]
+        assert card["selectionBehavior"] == "at-most-one"
+        assert card["links"][0]["type"] == "absolute"
+        assert "/workbench?" in card["links"][0]["url"]
+    assert "—JJJHR" in ct["summary"]
+    assert "检查所见" in ct["detail"]
+    assert "不属于互认内容" in ct["detail"]
+    assert "河北医科大学第二医院" in lab["detail"]
+    assert "| 丙氨酸氨基转移酶 | 56 | U/L | 9–50 | H |" in lab["detail"]
+    (action,) = lab["suggestions"][0]["actions"]
+    assert action == {
+        "type": "delete",
+        "description": action["description"],
+        "resourceId": "ServiceRequest/sr-lft",
+    }
+
+
+def test_override_reasons_are_the_jurisdictions_negative_list(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    cards = post(
+        base, headers, SELECT, hook_request(prefetch={"patient": patient_resource()})
+    ).json()["cards"]
+    reasons = cards[0]["overrideReasons"]
+    assert [c["code"] for c in reasons] == [f"HB-{n}" for n in range(1, 7)]
+    assert {c["system"] for c in reasons} == {"urn:huren:negative-reason:HE"}
+    assert all(c["display"] for c in reasons)
+
+
+def test_order_select_considers_only_the_selected_orders(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    body = hook_request(
+        prefetch={"patient": patient_resource()}, selections=["ServiceRequest/sr-lft"]
+    )
+    cards = post(base, headers, SELECT, body).json()["cards"]
+    assert len(cards) == 1
+    assert cards[0]["suggestions"][0]["actions"][0]["resourceId"] == "ServiceRequest/sr-lft"
+
+
+def test_order_sign_considers_every_draft_order(hebei: tuple[str, dict[str, str]]) -> None:
+    base, headers = hebei
+    body = hook_request("order-sign", prefetch={"patient": patient_resource()})
+    assert len(post(base, headers, SIGN, body).json()["cards"]) == 2
+
+
+def test_unmapped_order_code_gets_an_info_card(
+    world: Container, hebei: tuple[str, dict[str, str]]
+) -> None:
+    base, headers = hebei
+    body = hook_request(
+        orders=[service_request("sr-x", "B-XRAY-99", "腰椎正侧位")],
+        prefetch={"patient": patient_resource()},
+    )
+    (card,) = post(base, headers, SELECT, body).json()["cards"]
+    assert card["indicator"] == "info"
+    assert "未对码" in card["summary"]
+    with world.engine.connect() as conn:
+        row = conn.execute(select(reminder)).one()
+    assert (row.local_code, row.item_code, row.channel) == ("B-XRAY-99", None, "cds-hooks")
+
+
+def test_without_prefetch_or_fhir_server_the_answer_is_an_info_card(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    r = post(base, headers, SELECT, hook_request())
+    assert r.status_code == 200
+    (card,) = r.json()["cards"]
+    assert card["indicator"] == "info"
+    assert "缺少患者身份信息" in card["summary"]
+    assert "prefetch.patient" in card["detail"]
+
+
+def test_unreachable_fhir_server_is_named_in_the_info_card(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    body = hook_request(fhirServer="http://127.0.0.1:9/fhir")
+    (card,) = post(base, headers, SELECT, body).json()["cards"]
+    assert "http://127.0.0.1:9/fhir" in card["detail"]
+
+
+class _FhirServer(BaseHTTPRequestHandler):
+    """A minimal FHIR server of the HIS: GET Patient/pat-0001 with a bearer token."""
+
+    seen_auth: list[str] = []  # noqa: RUF012
+
+    def do_GET(self) -> None:
+        self.seen_auth.append(self.headers.get("Authorization", ""))
+        if self.path.endswith("/Patient/pat-0001"):
+            body = json.dumps(patient_resource()).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/fhir+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        else:
+            self.send_response(404)
+            self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+def test_without_prefetch_the_patient_is_read_from_the_fhir_server(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    fhir = ThreadingHTTPServer(("127.0.0.1", 0), _FhirServer)
+    threading.Thread(target=fhir.serve_forever, daemon=True).start()
+    try:
+        body = hook_request(
+            fhirServer=f"http://127.0.0.1:{fhir.server_address[1]}/fhir",
+            fhirAuthorization={
+                "access_token": "his-opaque-token-42",
+                "token_type": "Bearer",
+                "expires_in": 300,
+                "scope": "patient/Patient.read",
+                "subject": "huren-cds",
+            },
+        )
+        cards = post(base, headers, SELECT, body).json()["cards"]
+    finally:
+        fhir.shutdown()
+    assert [c["indicator"] for c in cards] == ["warning", "warning"]
+    assert _FhirServer.seen_auth[-1] == "Bearer his-opaque-token-42"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda b: b.pop("hookInstance"), "hookInstance"),
+        (lambda b: b["context"].pop("draftOrders"), "context.draftOrders"),
+        (
+            lambda b: b["context"].update(draftOrders={"resourceType": "List"}),
+            "context.draftOrders",
+        ),
+        (lambda b: b["context"].pop("selections"), "context.selections"),
+        (lambda b: b.update(hook="patient-view"), "hook"),
+        (lambda b: b.update(fhirAuthorization={"access_token": "x"}), "fhirServer"),
+    ],
+)
+def test_malformed_hook_request_is_400_naming_the_field(
+    hebei: tuple[str, dict[str, str]], mutate: Callable[[dict[str, Any]], Any], field: str
+) -> None:
+    base, headers = hebei
+    body = hook_request(prefetch={"patient": patient_resource()})
+    mutate(body)
+    r = post(base, headers, SELECT, body)
+    assert r.status_code == 400
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert field in [e["field"] for e in r.json()["errors"]]
+
+
+def test_invalid_json_is_400(hebei: tuple[str, dict[str, str]]) -> None:
+    base, headers = hebei
+    r = httpx.post(
+        f"{base}/cds-services/{SELECT}",
+        content=b"{not json",
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    assert r.status_code == 400
+    assert "JSON" in r.json()["detail"]
+
+
+def test_unknown_service_is_404_and_unauthenticated_call_is_401(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    assert post(base, headers, "no-such-service", hook_request()).status_code == 404
+    assert post(base, {}, SELECT, hook_request()).status_code == 401
+
+
+def _cards(base: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    body = hook_request(prefetch={"patient": patient_resource()})
+    return list(post(base, headers, SELECT, body).json()["cards"])
+
+
+def _feedback(base: str, headers: dict[str, str], *entries: dict[str, Any]) -> httpx.Response:
+    return httpx.post(
+        f"{base}/cds-services/{SELECT}/feedback", json={"feedback": list(entries)}, headers=headers
+    )
+
+
+def test_accepted_feedback_records_the_decision_with_emr_text(
+    world: Container, hebei: tuple[str, dict[str, str]]
+) -> None:
+    base, headers = hebei
+    ct, _ = _cards(base, headers)
+    r = _feedback(
+        base,
+        headers,
+        {
+            "card": ct["uuid"],
+            "outcome": "accepted",
+            "acceptedSuggestions": [{"id": ct["suggestions"][0]["uuid"]}],
+            "outcomeTimestamp": "2026-06-15T09:31:00Z",
+        },
+    )
+    assert r.status_code == 200
+    with world.engine.connect() as conn:
+        row = conn.execute(select(decision)).one()
+    assert row.action == "accepted"
+    assert row.saved_fen == 24000
+    assert row.clinician == "Practitioner/dr-wang"
+    assert row.emr_text.startswith("【医学检查检验互认项目】胸部CT平扫")
+
+
+def test_overridden_feedback_records_the_negative_list_reason(
+    world: Container, hebei: tuple[str, dict[str, str]]
+) -> None:
+    base, headers = hebei
+    _, lab = _cards(base, headers)
+    reason = lab["overrideReasons"][1]
+    r = _feedback(
+        base,
+        headers,
+        {
+            "card": lab["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"reason": reason, "userComment": "肝酶两天内上升明显"},
+            "outcomeTimestamp": "2026-06-15T09:31:00Z",
+        },
+    )
+    assert r.status_code == 200
+    with world.engine.connect() as conn:
+        row = conn.execute(select(decision)).one()
+    assert (row.action, row.reason_code) == ("declined", "HB-2")
+    assert "重新检查的目的" in row.patient_explanation
+
+
+def test_feedback_sent_twice_is_recorded_once(
+    world: Container, hebei: tuple[str, dict[str, str]]
+) -> None:
+    base, headers = hebei
+    ct, _ = _cards(base, headers)
+    entry = {
+        "card": ct["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": ct["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": "2026-06-15T09:31:00Z",
+    }
+    first = _feedback(base, headers, entry).json()["decisions"]
+    second = _feedback(base, headers, entry).json()["decisions"]
+    assert first == second
+    with world.engine.connect() as conn:
+        assert len(conn.execute(select(decision)).all()) == 1
+
+
+def test_other_circumstances_override_without_comment_is_refused(
+    world: Container, hebei: tuple[str, dict[str, str]]
+) -> None:
+    base, headers = hebei
+    _, lab = _cards(base, headers)
+    r = _feedback(
+        base,
+        headers,
+        {
+            "card": lab["uuid"],
+            "outcome": "overridden",
+            "overrideReason": {"reason": lab["overrideReasons"][5]},
+            "outcomeTimestamp": "2026-06-15T09:31:00Z",
+        },
+    )
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "feedback[0].overrideReason.userComment"
+
+
+def test_feedback_for_an_unknown_card_is_404(hebei: tuple[str, dict[str, str]]) -> None:
+    base, headers = hebei
+    r = _feedback(
+        base,
+        headers,
+        {
+            "card": str(uuid.uuid4()),
+            "outcome": "overridden",
+            "outcomeTimestamp": "2026-06-15T09:31:00Z",
+        },
+    )
+    assert r.status_code == 404
+
+
+def test_override_without_a_reason_is_recorded_as_an_unexplained_decline(
+    world: Container, hebei: tuple[str, dict[str, str]]
+) -> None:
+    # CDS Hooks 2.0 §Overridden guidance: a card may be dismissed without a reason.
+    base, headers = hebei
+    _, lab = _cards(base, headers)
+    r = _feedback(
+        base,
+        headers,
+        {"card": lab["uuid"], "outcome": "overridden", "outcomeTimestamp": "2026-06-15T09:31:00Z"},
+    )
+    assert r.status_code == 200
+    with world.engine.connect() as conn:
+        row = conn.execute(select(decision)).one()
+    assert (row.action, row.reason_code) == ("declined", "")
+    assert row.reason_text == "未说明理由（提醒卡片被关闭）"

@@ -1,0 +1,307 @@
+"""The recognition service on both backends: results stored through intake, checked and
+decided as a clinician of another hospital would (R5)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select
+
+from huren.adapters.db.tables import audit_event, decision, reminder
+from huren.bootstrap import Container
+from huren.domain.accounts import Principal, Role
+from huren.domain.decisions import Action
+from huren.domain.errors import Conflict, NotFound, ValidationFailed
+from huren.domain.identity import IdentifierKind, PatientIdentifier
+from huren.domain.recognition import ReasonCode, Standing
+from huren.domain.results import ResultStatus
+from huren.services.recognition import (
+    CheckRequest,
+    DecisionRequest,
+    ExternalReport,
+    PatientRef,
+)
+from tests.fixtures.results import (
+    LI_SI_ID,
+    TEST_NOW,
+    ZHANG_SAN_ID,
+    imaging_report,
+    lab_panel,
+    patient,
+    store,
+)
+from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B, LFT, SH1
+
+CLINICIAN_B = Principal(
+    account_id=101,
+    username="dr.wang",
+    display_name="王医生",
+    role=Role.CLINICIAN,
+    institution=HOSP_B,
+    department="心内科",
+)
+BY_NATIONAL_ID = PatientRef(
+    identifiers=(PatientIdentifier(IdentifierKind.NATIONAL_ID, ZHANG_SAN_ID),)
+)
+
+
+def check(c: Container, *codes: str, ref: PatientRef = BY_NATIONAL_ID):  # type: ignore[no-untyped-def]
+    return c.recognition.check(CheckRequest(CLINICIAN_B, ref, tuple(codes), channel="rest"))
+
+
+def test_lab_panel_from_another_hebei_hospital_is_recognizable(world: Container) -> None:
+    ref = store(world, lab_panel(HOSP_A)).results[0]
+    out = check(world, "B-LFT")  # hospital B's own local code, mapped by 对码
+    (item,) = out.items
+    assert item.item_code == LFT
+    assert item.recognition is not None
+    assert item.recognition.best is not None
+    best = item.recognition.best
+    assert best.result.id == ref.result_id
+    assert best.result.mark_symbol == "☆"
+    assert [o.name for o in best.result.observations][:1] == ["丙氨酸氨基转移酶"]
+
+
+def test_each_ordered_item_is_recorded_as_a_reminder(world: Container) -> None:
+    store(world, lab_panel(HOSP_A))
+    store(world, imaging_report(HOSP_A))
+    out = check(world, "B-LFT", "B-CT-CHEST", "NO-SUCH-CODE")
+    with world.engine.connect() as conn:
+        rows = conn.execute(select(reminder).order_by(reminder.c.id)).all()
+    assert [(r.local_code, r.item_code, r.recognizable) for r in rows] == [
+        ("B-LFT", LFT, 1),
+        ("B-CT-CHEST", CT_CHEST, 1),
+        ("NO-SUCH-CODE", None, 0),
+    ]
+    assert {r.request_id for r in rows} == {out.request_id}
+    assert all(r.institution_code == HOSP_B and r.clinician == "dr.wang" for r in rows)
+
+
+def test_unmapped_code_is_reported_not_ignored(world: Container) -> None:
+    out = check(world, "B-UNKNOWN-9")
+    (item,) = out.items
+    assert item.item is None
+    assert item.recognition is None
+    assert "未对码" in item.problem
+
+
+def test_regional_ct_mark_is_recognized_and_the_study_completeness_is_unknown(
+    world: Container,
+) -> None:
+    store(world, imaging_report(HOSP_A))
+    (item,) = check(world, CT_CHEST).items
+    assert item.recognition is not None
+    assert item.recognition.best is not None
+    best = item.recognition.best
+    assert best.result.mark_symbol == "—JJJHR"
+    assert [r.code for r in best.cautions()] == [ReasonCode.STUDY_UNKNOWN]
+
+
+def test_shanghai_mark_is_a_near_miss_in_hebei(world: Container) -> None:
+    store(world, lab_panel(SH1, local_code=LFT))
+    (item,) = check(world, "B-LFT").items
+    assert item.recognition is not None
+    assert item.recognition.candidates == ()
+    (miss,) = item.recognition.near_misses
+    assert miss.standing is Standing.NEAR_MISS
+    assert any(r.text.startswith("出具机构未获本范围互认资质") for r in miss.reasons)
+
+
+def test_old_result_is_shown_with_its_age_against_the_limit(world: Container) -> None:
+    store(world, lab_panel(HOSP_A, issued_at=TEST_NOW - timedelta(days=20)))
+    (item,) = check(world, "B-LFT").items
+    assert item.recognition is not None
+    (miss,) = item.recognition.near_misses
+    assert any(r.text.startswith("超过参考时限") for r in miss.reasons)
+
+
+def test_entered_in_error_version_is_a_near_miss(world: Container) -> None:
+    panel = lab_panel(HOSP_A)
+    store(world, panel)
+    from dataclasses import replace
+
+    store(world, replace(panel, status=ResultStatus.ENTERED_IN_ERROR))
+    (item,) = check(world, "B-LFT").items
+    assert item.recognition is not None
+    (miss,) = item.recognition.near_misses
+    assert "结果已被标记为录入错误" in [r.text for r in miss.reasons]
+
+
+def test_patient_found_by_the_mrn_of_the_producing_hospital(world: Container) -> None:
+    store(world, lab_panel(HOSP_A, patient_demographics=patient(mrn="A-0098765")))
+    ref = PatientRef(identifiers=(PatientIdentifier(IdentifierKind.MRN, "A-0098765", HOSP_A),))
+    (item,) = check(world, "B-LFT", ref=ref).items
+    assert item.recognition is not None
+    assert item.recognition.best is not None
+
+
+def test_another_patients_results_are_never_proposed(world: Container) -> None:
+    store(world, lab_panel(HOSP_A, patient_demographics=patient(LI_SI_ID, "李四")))
+    store(world, lab_panel(HOSP_A))  # 张三 too, so both patients exist
+    li_si = PatientRef(identifiers=(PatientIdentifier(IdentifierKind.NATIONAL_ID, LI_SI_ID),))
+    out_zhang, out_li = check(world, "B-LFT"), check(world, "B-LFT", ref=li_si)
+    assert out_zhang.patient_id != out_li.patient_id
+    assert out_zhang.items[0].recognition is not None
+    assert out_li.items[0].recognition is not None
+    assert {a.result.patient_id for a in out_li.items[0].recognition.all()} == {out_li.patient_id}
+
+
+def test_unknown_patient_is_answered_and_still_recorded(world: Container) -> None:
+    out = check(world, "B-LFT")
+    assert not out.patient_known
+    assert "没有找到该患者" in out.notice
+    assert out.items[0].recognition is not None
+    assert out.items[0].recognition.all() == ()
+    with world.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(reminder)).scalar_one() == 1
+
+
+def test_unknown_platform_patient_id_is_not_found(world: Container) -> None:
+    with pytest.raises(NotFound):
+        check(world, "B-LFT", ref=PatientRef(patient_id=999_999))
+
+
+def test_invalid_national_id_is_rejected_naming_the_field(world: Container) -> None:
+    bad = PatientRef(
+        identifiers=(PatientIdentifier(IdentifierKind.NATIONAL_ID, "130102198501011230"),)
+    )
+    with pytest.raises(ValidationFailed) as exc:
+        check(world, "B-LFT", ref=bad)
+    assert exc.value.problems[0].field == "patient.identifiers[0]"
+
+
+def test_every_check_writes_an_audit_record(world: Container) -> None:
+    store(world, lab_panel(HOSP_A))
+    out = check(world, "B-LFT")
+    with world.engine.connect() as conn:
+        row = conn.execute(select(audit_event)).one()
+    assert row.action == "recognition_check"
+    assert row.patient_id == out.patient_id
+
+
+def test_accept_records_the_decision_with_emr_text_and_money_saved(world: Container) -> None:
+    ref = store(world, lab_panel(HOSP_A)).results[0]
+    out = check(world, "B-LFT")
+    decided = world.recognition.decide(
+        DecisionRequest(
+            CLINICIAN_B,
+            "B-LFT",
+            Action.ACCEPTED,
+            patient=BY_NATIONAL_ID,
+            result_id=ref.result_id,
+            result_version=ref.version,
+            inpatient=True,
+            reminder_id=out.items[0].reminder_id,
+        )
+    )
+    assert decided.saved_fen == 4500
+    stored = world.results.get_result(ref.result_id)
+    assert f"报告单编号：{stored.report_no}" in decided.emr_text
+    assert "检查检验单位：河北医科大学第二医院" in decided.emr_text
+    assert "复印收入病案" in decided.emr_text
+    with world.engine.connect() as conn:
+        row = conn.execute(select(decision)).one()
+    assert (row.action, row.result_id, row.result_version, row.saved_fen) == (
+        "accepted",
+        ref.result_id,
+        ref.version,
+        4500,
+    )
+    assert (row.clinician, row.department, row.institution_code) == ("dr.wang", "心内科", HOSP_B)
+    assert row.emr_text == decided.emr_text
+
+
+def test_decline_with_a_hebei_reason_returns_the_patient_explanation(world: Container) -> None:
+    ref = store(world, imaging_report(HOSP_A)).results[0]
+    decided = world.recognition.decide(
+        DecisionRequest(
+            CLINICIAN_B, CT_CHEST, Action.DECLINED, result_id=ref.result_id, reason_code="HB-3"
+        )
+    )
+    assert decided.saved_fen == 0
+    assert "手术、输血等重要治疗" in decided.patient_explanation
+    assert "河北医科大学第二医院" in decided.patient_explanation
+    with world.engine.connect() as conn:
+        row = conn.execute(select(decision)).one()
+    assert (row.action, row.reason_code) == ("declined", "HB-3")
+    assert row.patient_explanation == decided.patient_explanation
+
+
+def test_shanghai_reason_is_refused_in_hebei(world: Container) -> None:
+    ref = store(world, imaging_report(HOSP_A)).results[0]
+    with pytest.raises(ValidationFailed) as exc:
+        world.recognition.decide(
+            DecisionRequest(
+                CLINICIAN_B, CT_CHEST, Action.DECLINED, result_id=ref.result_id, reason_code="SH-6"
+            )
+        )
+    assert exc.value.problems[0].field == "reason_code"
+
+
+def test_other_circumstances_need_free_text_and_nothing_is_stored_without_it(
+    world: Container,
+) -> None:
+    ref = store(world, lab_panel(HOSP_A)).results[0]
+    with pytest.raises(ValidationFailed):
+        world.recognition.decide(
+            DecisionRequest(
+                CLINICIAN_B, LFT, Action.DECLINED, result_id=ref.result_id, reason_code="HB-6"
+            )
+        )
+    with world.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(decision)).scalar_one() == 0
+
+
+def test_accepting_a_superseded_version_is_a_conflict(world: Container) -> None:
+    panel = lab_panel(HOSP_A)
+    first = store(world, panel).results[0]
+    from dataclasses import replace
+
+    store(world, replace(panel, status=ResultStatus.CORRECTED, signer="周主任"))
+    with pytest.raises(Conflict):
+        world.recognition.decide(
+            DecisionRequest(
+                CLINICIAN_B,
+                LFT,
+                Action.ACCEPTED,
+                result_id=first.result_id,
+                result_version=first.version,
+            )
+        )
+
+
+def test_result_of_another_patient_cannot_be_accepted_for_this_one(world: Container) -> None:
+    ref = store(world, lab_panel(HOSP_A, patient_demographics=patient(LI_SI_ID, "李四"))).results[0]
+    store(world, lab_panel(HOSP_A))
+    with pytest.raises(ValidationFailed, match="结果不属于该患者"):
+        world.recognition.decide(
+            DecisionRequest(
+                CLINICIAN_B, LFT, Action.ACCEPTED, patient=BY_NATIONAL_ID, result_id=ref.result_id
+            )
+        )
+
+
+def test_report_brought_by_the_patient_is_recorded_with_its_details(world: Container) -> None:
+    # 冀卫医政函〔2025〕7号 二(三): 参考患者提供的…完整检验检查报告单.
+    report = ExternalReport(
+        institution_name="涞水县医院",
+        report_no="LS-20260610-077",
+        performed_at=TEST_NOW - timedelta(days=5),
+        result="丙氨酸氨基转移酶 38 U/L；总胆红素 10.2 umol/L",
+    )
+    decided = world.recognition.decide(
+        DecisionRequest(CLINICIAN_B, "B-LFT", Action.ACCEPTED, external=report)
+    )
+    assert "检查检验单位：涞水县医院" in decided.emr_text
+    assert "报告单编号：LS-20260610-077" in decided.emr_text
+    with world.engine.connect() as conn:
+        row = conn.execute(select(decision)).one()
+    assert row.result_id is None
+    assert row.external_report["report_no"] == "LS-20260610-077"
+
+
+def test_accept_needs_a_result_or_an_external_report(world: Container) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        world.recognition.decide(DecisionRequest(CLINICIAN_B, LFT, Action.ACCEPTED))
+    assert exc.value.problems[0].field == "result_id"
