@@ -1,0 +1,86 @@
+"""The image viewer page (issue 4 §5): for an imaging result or a study, the report with
+findings and conclusion apart, the completeness verdict, the series with thumbnails and a
+stack viewer with window presets. Offline: vanilla JS in /static/viewer.js, images from
+this node's WADO-RS ``/rendered`` — no CDN."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, Response
+
+from huren.api.auth import optional_principal
+from huren.api.deps import container, templates
+from huren.api.routes.auth import login_redirect
+from huren.bootstrap import Container
+from huren.domain.accounts import Principal, Role
+from huren.domain.errors import Forbidden
+from huren.domain.imaging import WINDOW_PRESETS
+from huren.services.imaging import AuditRecord, StudyView
+
+router = APIRouter(prefix="/imaging", tags=["影像"], include_in_schema=False)
+
+VIEWER_ROLES = frozenset({Role.CLINICIAN, Role.INSTITUTION_ADMIN, Role.OPERATOR})
+page_user = optional_principal  # overridable in tests
+
+Services = Annotated[Container, Depends(container)]
+User = Annotated[Principal | None, Depends(page_user)]
+
+
+def _check(user: Principal) -> None:
+    if user.role not in VIEWER_ROLES:
+        raise Forbidden("仅临床医师可在线查看影像；患者请使用下载功能")
+
+
+def _page(
+    request: Request, c: Container, user: Principal, view: StudyView, result_id: int | None
+) -> Response:
+    c.imaging.audit(
+        AuditRecord(
+            at=c.clock.now(),
+            actor=user.username,
+            role=user.role.value,
+            action="imaging_view",
+            account_id=user.account_id,
+            institution=user.institution,
+            patient_id=view.report.patient_id if view.report else None,
+            result_id=result_id or (view.report.result_id if view.report else None),
+            purpose="影像调阅",
+        )
+    )
+    return templates.TemplateResponse(
+        request,
+        "viewer/viewer.html",
+        {
+            "user": user,
+            "view": view,
+            "study": view.study,
+            "report": view.report,
+            "status": view.status,
+            "presets": WINDOW_PRESETS,
+        },
+    )
+
+
+@router.get("/studies/{study_uid}", response_class=HTMLResponse)
+def study_page(study_uid: str, request: Request, user: User, c: Services) -> Response:
+    if user is None:
+        return login_redirect(request)
+    _check(user)
+    return _page(request, c, user, c.imaging.study_view(study_uid), None)
+
+
+@router.get("/results/{result_id}", response_class=HTMLResponse)
+def result_page(result_id: int, request: Request, user: User, c: Services) -> Response:
+    if user is None:
+        return login_redirect(request)
+    _check(user)
+    report, view, status = c.imaging.result_view(result_id)
+    if view is None:
+        return templates.TemplateResponse(
+            request,
+            "viewer/missing.html",
+            {"user": user, "report": report, "status": status},
+        )
+    return _page(request, c, user, view, result_id)

@@ -1,0 +1,306 @@
+"""The DICOM network service against real peers: dcmtk's echoscu/storescu/findscu/
+movescu/getscu and pynetdicom as SCU, with pydicom's CT_small.dcm made into studies."""
+
+from __future__ import annotations
+
+import hashlib
+import socket
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    Verification,
+)
+from sqlalchemy import func, select
+
+from huren.adapters.db.tables_imaging import dicom_event, imaging_instance, imaging_study
+from huren.bootstrap import Container
+from tests.fixtures.dicom import Spec, instance, series_specs, uid, write
+from tests.fixtures.dicom.peers import PACS_AE, SCP_AE, dcmtk, register_ae, running_scp, storescu
+from tests.fixtures.world import HOSP_A
+
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/bin/storescu").exists(), reason="dcmtk 未安装 (scripts/setup 安装)"
+)
+
+
+@pytest.fixture
+def pacs(world: Container) -> Container:
+    register_ae(world, HOSP_A, PACS_AE, "PACS_A2")
+    return world
+
+
+def _count(c: Container, table: object) -> int:
+    with c.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(table)).scalar_one())  # type: ignore[arg-type]
+
+
+def test_echoscu_gets_a_verification_response(pacs: Container) -> None:
+    with running_scp(pacs) as scp:
+        out = dcmtk("echoscu", ["-aet", PACS_AE, "-aec", SCP_AE, "127.0.0.1", str(scp.port)])
+    assert out.returncode == 0, out.stderr
+
+
+def test_storescu_stores_a_series_and_indexes_it(pacs: Container, tmp_path: Path) -> None:
+    files = write(tmp_path, series_specs("s1", "thin", 3, thickness=1.0, description="Chest 1mm"))
+    with running_scp(pacs) as scp:
+        out = storescu(scp.port, files)
+    assert out.returncode == 0, out.stderr
+    assert _count(pacs, imaging_instance) == 3
+    with pacs.engine.connect() as c:
+        study = c.execute(select(imaging_study)).one()
+    assert (study.institution_code, study.series_count, study.instance_count) == (HOSP_A, 1, 3)
+    assert study.accession_number == "ACC0001"
+
+
+def test_stored_file_keeps_the_data_set_and_transfer_syntax_sent(
+    pacs: Container, tmp_path: Path
+) -> None:
+    [path] = write(tmp_path, [Spec(study="bytes")])
+    with running_scp(pacs) as scp:
+        storescu(scp.port, [path])
+    rows = pacs.imaging.instances_for_retrieve(uid("bytes"))
+    stored = pydicom.dcmread(BytesIO(pacs.imaging.read_blob(rows[0].content_hash)))
+    sent = pydicom.dcmread(path)
+    assert stored.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+    assert stored.PixelData == sent.PixelData
+    assert stored.SOPInstanceUID == sent.SOPInstanceUID
+    assert (
+        rows[0].content_hash
+        == hashlib.sha256(pacs.imaging.read_blob(rows[0].content_hash)).hexdigest()
+    )
+
+
+def test_unknown_calling_ae_is_rejected_and_logged(pacs: Container, tmp_path: Path) -> None:
+    [path] = write(tmp_path, [Spec(study="rogue")])
+    with running_scp(pacs) as scp:
+        out = storescu(scp.port, [path], calling="ROGUE")
+    assert out.returncode != 0
+    assert "Rejected" in out.stderr or "rejected" in out.stderr.lower()
+    assert _count(pacs, imaging_instance) == 0
+    with pacs.engine.connect() as c:
+        ev = c.execute(select(dicom_event)).one()
+    assert (ev.kind, ev.calling_ae) == ("association_rejected", "ROGUE")
+
+
+def test_scp_sockets_have_nagle_switched_off(pacs: Container) -> None:
+    seen: list[int] = []
+
+    def on_open(event: evt.Event) -> None:
+        pass
+
+    with running_scp(pacs) as scp:
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        assert assoc.is_established
+        for a in scp.ae.active_associations:
+            sock = a.dul.socket.socket
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        assoc.release()
+    assert seen
+    assert all(seen)
+
+
+def test_duplicate_sop_uid_with_other_content_is_refused_with_a9xx(pacs: Container) -> None:
+    original = instance(Spec(study="dup"))
+    altered = instance(Spec(study="dup"))
+    altered.SeriesDescription = "something else"
+    statuses = []
+    with running_scp(pacs) as scp:
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        for ds in (original, original, altered):
+            statuses.append(int(assoc.send_c_store(ds).Status))
+        assoc.release()
+    assert statuses[:2] == [0x0000, 0x0000]  # resending the same bytes is idempotent
+    assert statuses[2] & 0xFF00 == 0xA900
+    assert _count(pacs, imaging_instance) == 1
+    with pacs.engine.connect() as c:
+        ev = c.execute(select(dicom_event)).one()
+    assert ev.kind == "instance_conflict"
+    assert ev.sop_uid == str(original.SOPInstanceUID)
+
+
+def test_missing_patient_id_is_refused_naming_the_tag(pacs: Container) -> None:
+    ds = instance(Spec(study="nopid"))
+    del ds.PatientID
+    with running_scp(pacs) as scp:
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        status = int(assoc.send_c_store(ds).Status)
+        assoc.release()
+    assert status & 0xFF00 == 0xA900
+    assert _count(pacs, imaging_study) == 0
+    with pacs.engine.connect() as c:
+        ev = c.execute(select(dicom_event)).one()
+    assert "(0010,0020)" in ev.message
+
+
+def test_c_find_at_study_level_matches_patient_and_date_range(
+    pacs: Container, tmp_path: Path
+) -> None:
+    files = write(tmp_path / "a", [Spec(study="fa", patient_id="P1", study_date="20260601")])
+    files += write(tmp_path / "b", [Spec(study="fb", patient_id="P1", study_date="20250101")])
+    files += write(tmp_path / "c", [Spec(study="fc", patient_id="P2", study_date="20260601")])
+    with running_scp(pacs) as scp:
+        storescu(scp.port, files)
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.PatientID = "P1"
+        q.StudyDate = "20260101-"
+        q.StudyInstanceUID = ""
+        q.NumberOfStudyRelatedInstances = ""
+        found = [
+            ds
+            for status, ds in assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind)
+            if ds is not None and status.Status == 0xFF00
+        ]
+        assoc.release()
+    assert [str(d.StudyInstanceUID) for d in found] == [uid("fa")]
+    assert int(found[0].NumberOfStudyRelatedInstances) == 1
+
+
+def test_findscu_series_level_lists_the_series_of_a_study(pacs: Container, tmp_path: Path) -> None:
+    files = write(
+        tmp_path, series_specs("fs", "thin", 2, thickness=1.0) + series_specs("fs", "thick", 1)
+    )
+    with running_scp(pacs) as scp:
+        storescu(scp.port, files)
+        out = dcmtk(
+            "findscu",
+            [
+                "-S",
+                "-aet",
+                PACS_AE,
+                "-aec",
+                SCP_AE,
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={uid('fs')}",
+                "-k",
+                "SeriesInstanceUID",
+                "-k",
+                "NumberOfSeriesRelatedInstances",
+                "-v",
+                "127.0.0.1",
+                str(scp.port),
+            ],
+        )
+    assert out.returncode == 0, out.stderr
+    text = out.stdout + out.stderr
+    assert uid("fs/thin") in text
+    assert uid("fs/thick") in text
+
+
+def test_movescu_moves_a_study_to_a_registered_destination(pacs: Container, tmp_path: Path) -> None:
+    from huren.services.imaging import MoveDestination
+    from tests.fixtures.dicom.peers import free_port
+
+    files = write(tmp_path / "src", series_specs("mv", "s", 2))
+    dest_dir = tmp_path / "dest"
+    dest_dir.mkdir()
+    port = free_port()
+    pacs.imaging.index.add_move_destination(MoveDestination("MOVE_DEST", "127.0.0.1", port, HOSP_A))  # type: ignore[attr-defined]
+    with running_scp(pacs) as scp:
+        storescu(scp.port, files)
+        out = dcmtk(
+            "movescu",
+            [
+                "-S",
+                "-aet",
+                PACS_AE,
+                "-aec",
+                SCP_AE,
+                "-aem",
+                "MOVE_DEST",
+                "--port",
+                str(port),
+                "-od",
+                str(dest_dir),
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={uid('mv')}",
+                "127.0.0.1",
+                str(scp.port),
+            ],
+        )
+    assert out.returncode == 0, out.stderr
+    assert len(list(dest_dir.iterdir())) == 2
+
+
+def test_move_to_an_unknown_destination_is_refused_with_a801(
+    pacs: Container, tmp_path: Path
+) -> None:
+    files = write(tmp_path, [Spec(study="mvx")])
+    with running_scp(pacs) as scp:
+        storescu(scp.port, files)
+        out = dcmtk(
+            "movescu",
+            [
+                "-S",
+                "-aet",
+                PACS_AE,
+                "-aec",
+                SCP_AE,
+                "-aem",
+                "NOWHERE",
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={uid('mvx')}",
+                "-v",
+                "127.0.0.1",
+                str(scp.port),
+            ],
+        )
+    # PS3.4 C.4.2.1.5: 0xA801 Refused: Move Destination unknown
+    assert "Refused: MoveDestinationUnknown" in out.stdout + out.stderr
+    with pacs.engine.connect() as c:
+        ev = c.execute(select(dicom_event)).one()
+    assert (ev.kind, ev.status) == ("move_refused", 0xA801)
+
+
+def test_getscu_retrieves_a_series_over_the_same_association(
+    pacs: Container, tmp_path: Path
+) -> None:
+    files = write(tmp_path / "src", series_specs("gt", "s", 2))
+    out_dir = tmp_path / "got"
+    out_dir.mkdir()
+    with running_scp(pacs) as scp:
+        storescu(scp.port, files)
+        out = dcmtk(
+            "getscu",
+            [
+                "-S",
+                "-aet",
+                PACS_AE,
+                "-aec",
+                SCP_AE,
+                "-od",
+                str(out_dir),
+                "-k",
+                "QueryRetrieveLevel=SERIES",
+                "-k",
+                f"StudyInstanceUID={uid('gt')}",
+                "-k",
+                f"SeriesInstanceUID={uid('gt/s')}",
+                "127.0.0.1",
+                str(scp.port),
+            ],
+        )
+    assert out.returncode == 0, out.stderr
+    assert len(list(out_dir.iterdir())) == 2
