@@ -1,15 +1,35 @@
 """Result intake (R3): every channel's message becomes an ``InboundMessage`` of
 ``ResultSubmission``s, stored atomically, idempotently, with versions and marks.
 
-CONTRACT (shared by the FHIR, HL7 v2, bulk and DICOM adapters); the implementation is
-being built — see issue 7."""
+The message types are the CONTRACT shared by the FHIR, HL7 v2, bulk and DICOM adapters;
+``IntakeService`` is the implementation wired as ``container.intake``. Its storage port
+is ``IntakeStore``; the SQL implementation is ``huren.adapters.db.results``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
+import hashlib
+import json
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, replace
+from datetime import datetime
 from enum import StrEnum
+from typing import Protocol
 
-from huren.domain.results import ResultSubmission
+from huren.domain.errors import Problem, ProblemCollector, ValidationFailed
+from huren.domain.identity import PatientIdentifier, validate_identifier
+from huren.domain.marks import Mark
+from huren.domain.masterdata import Category
+from huren.domain.results import (
+    ObservationValue,
+    PatientDemographics,
+    ResultSubmission,
+    ValueType,
+)
+from huren.services.catalog import Catalog, CatalogCache
+from huren.services.patients import PatientMatcher, PatientStore
+from huren.services.ports import Clock, IdentifierVault
 
 
 class Channel(StrEnum):
@@ -78,3 +98,547 @@ class Rejection:
 #       身份证, missing report number …); unmapped codes are NOT an error.
 #   reject(rejection: Rejection) -> int
 #       records a refused message in inbound_message with status "rejected".
+
+
+# ---------------------------------------------------------------- implementation
+
+UNKNOWN_INSTITUTION = "未知的机构编码（不在机构清单中）"
+
+
+@dataclass(frozen=True, slots=True)
+class CurrentResult:
+    """The stored head of one (institution, report_no, local_code)."""
+
+    id: int
+    version: int
+    content_hash: str
+    status: str
+
+
+@dataclass(slots=True)
+class ResultWrite:
+    """What the store writes for one submission: a new result or a new version."""
+
+    submission: ResultSubmission
+    patient_id: int
+    item_code: str | None
+    category: Category
+    mark: Mark | None
+    version: int
+    content_hash: str
+    result_id: int | None = None  # None: a new result; the store fills it in
+
+    def snapshot(self) -> dict[str, object]:
+        """The full content of this version, kept in result_version (R3: 完整版本历史)."""
+        s = self.submission
+        return {
+            "patient_id": self.patient_id,
+            "institution": s.institution,
+            "department": s.department,
+            "report_no": s.report_no,
+            "local_code": s.local_code,
+            "local_name": s.local_name,
+            "item_code": self.item_code,
+            "category": str(self.category),
+            "status": str(s.status),
+            "performed_at": s.performed_at.isoformat(),
+            "issued_at": s.issued_at.isoformat(),
+            "performer": s.performer,
+            "signer": s.signer,
+            "findings": s.findings,
+            "conclusion": s.conclusion,
+            "accession_number": s.accession_number,
+            "study_uid": s.study_uid,
+            "mark_scope": self.mark.scope if self.mark else None,
+            "mark_symbol": self.mark.symbol if self.mark else None,
+            "observations": [observation_json(o) for o in s.observations],
+        }
+
+
+def observation_json(o: ObservationValue) -> dict[str, object]:
+    return {
+        "code": o.code,
+        "name": o.name,
+        "value_type": str(o.value_type),
+        "value_num": o.value_num,
+        "value_text": o.value_text,
+        "unit": o.unit,
+        "ref_low": o.ref_low,
+        "ref_high": o.ref_high,
+        "ref_text": o.ref_text,
+        "flag": o.flag,
+        "loinc": o.loinc,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRecord:
+    received_at: datetime
+    channel: str
+    institution: str | None
+    content_hash: str
+    control_id: str
+    status: str  # accepted | rejected | duplicate
+    error: str
+    response: str
+    raw: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnmappedCode:
+    """A local code of an institution without a unified code (对码缺失), for the engineer."""
+
+    local_code: str
+    local_name: str
+    results: int
+    first_issued: datetime
+    last_issued: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class UnmappedResult:
+    id: int
+    issued_at: datetime
+    category: str
+
+
+class IntakeTx(PatientStore, Protocol):
+    """Storage operations of one intake transaction."""
+
+    def accepted_message(self, content_hash: str) -> tuple[int, str] | None:
+        """(id, response) of an earlier accepted message with this hash."""
+        ...
+
+    def insert_message(self, record: MessageRecord) -> int: ...
+
+    def current_results(
+        self, institution: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], CurrentResult]:
+        """Heads of the given (report_no, local_code) pairs of ``institution``."""
+        ...
+
+    def write_results(self, writes: Sequence[ResultWrite], message_id: int, at: datetime) -> None:
+        """Insert new results, update changed ones, add their versions and replace their
+        observations; fills ``result_id`` of new writes."""
+        ...
+
+    def set_response(self, message_id: int, response: str) -> None: ...
+
+    def emit(self, topic: str, payload: dict[str, object], at: datetime) -> None:
+        """An outbox event, committed with the results."""
+        ...
+
+    def unmapped_results(self, institution: str, local_code: str) -> list[UnmappedResult]: ...
+
+    def set_mapping(
+        self, result_id: int, item_code: str, category: str, mark: Mark | None, at: datetime
+    ) -> None: ...
+
+
+class IntakeStore(Protocol):
+    def transaction(self) -> AbstractContextManager[IntakeTx]:
+        """One write transaction; on SQLite it takes the write lock at once."""
+        ...
+
+    def unmapped_codes(self, institution: str) -> list[UnmappedCode]: ...
+
+
+class TransientConflict(Exception):
+    """A concurrent writer stored the same row first; the transaction is retried."""
+
+
+# Column widths of result / observation (adapters/db/tables.py): longer input is refused
+# naming the field rather than truncated.
+_LIMITS = (
+    ("report_no", 64),
+    ("local_code", 64),
+    ("local_name", 200),
+    ("department", 100),
+    ("performer", 100),
+    ("signer", 100),
+    ("accession_number", 64),
+    ("study_uid", 128),
+)
+_OBS_LIMITS = (
+    ("code", 64),
+    ("loinc", 32),
+    ("name", 200),
+    ("unit", 32),
+    ("ref_text", 100),
+    ("flag", 8),
+)
+
+
+class IntakeService:
+    """``container.intake``: stores every channel's results (R3)."""
+
+    def __init__(
+        self,
+        store: IntakeStore,
+        catalog: CatalogCache,
+        vault: IdentifierVault,
+        clock: Clock,
+        *,
+        retries: int = 3,
+    ) -> None:
+        self._store = store
+        self._catalog = catalog
+        self._matcher = PatientMatcher(vault)
+        self._clock = clock
+        self._retries = retries
+
+    # ------------------------------------------------------------ receive
+    def receive(self, message: InboundMessage) -> ReceiveOutcome:
+        catalog = self._catalog.get()
+        submissions = self._validate(message, catalog)
+        msg_hash = message_hash(message)
+        for attempt in range(self._retries):
+            try:
+                return self._receive_once(message, submissions, msg_hash, catalog)
+            except TransientConflict:
+                if attempt == self._retries - 1:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _receive_once(
+        self,
+        message: InboundMessage,
+        submissions: Sequence[ResultSubmission],
+        msg_hash: str,
+        catalog: Catalog,
+    ) -> ReceiveOutcome:
+        now = self._clock.now()
+        actor = f"intake:{message.channel}:{message.institution}"
+        with self._store.transaction() as tx:
+            earlier = tx.accepted_message(msg_hash)
+            if earlier is not None:
+                # Idempotent resend: answer as before, record the receipt, change nothing.
+                message_id, response = earlier
+                tx.insert_message(
+                    MessageRecord(
+                        now,
+                        str(message.channel),
+                        message.institution,
+                        msg_hash,
+                        message.control_id,
+                        "duplicate",
+                        "",
+                        response,
+                        message.raw,
+                    )
+                )
+                return ReceiveOutcome(message_id, True, refs_from_json(response))
+
+            message_id = tx.insert_message(
+                MessageRecord(
+                    now,
+                    str(message.channel),
+                    message.institution,
+                    msg_hash,
+                    message.control_id,
+                    "accepted",
+                    "",
+                    "",
+                    message.raw,
+                )
+            )
+            keys = [(s.report_no, s.local_code) for s in submissions]
+            heads = tx.current_results(message.institution, keys)
+            patients: dict[PatientDemographics, int] = {}
+            writes: list[ResultWrite] = []
+            refs: list[StoredRef | None] = []
+            for sub in submissions:
+                content_hash = submission_hash(sub)
+                head = heads.get((sub.report_no, sub.local_code))
+                item_code = unified_code(catalog, sub.institution, sub.local_code)
+                mark = (
+                    catalog.mark_for(sub.institution, item_code, sub.issued_at)
+                    if item_code is not None
+                    else None
+                )
+                if head is not None and head.content_hash == content_hash:
+                    refs.append(
+                        StoredRef(
+                            head.id,
+                            head.version,
+                            Disposition.UNCHANGED,
+                            sub.report_no,
+                            sub.local_code,
+                            item_code,
+                            mark.symbol if mark else None,
+                        )
+                    )
+                    continue
+                patient_id = patients.get(sub.patient)
+                if patient_id is None:
+                    patient_id = self._matcher.match(
+                        tx, sub.patient, at=now, actor=actor
+                    ).patient_id
+                    patients[sub.patient] = patient_id
+                writes.append(
+                    ResultWrite(
+                        submission=sub,
+                        patient_id=patient_id,
+                        item_code=item_code,
+                        category=category_of(sub, item_code, catalog),
+                        mark=mark,
+                        version=1 if head is None else head.version + 1,
+                        content_hash=content_hash,
+                        result_id=None if head is None else head.id,
+                    )
+                )
+                refs.append(None)
+            tx.write_results(writes, message_id, now)
+            it = iter(writes)
+            final: list[StoredRef] = []
+            for ref in refs:
+                if ref is not None:
+                    final.append(ref)
+                    continue
+                w = next(it)
+                assert w.result_id is not None
+                final.append(
+                    StoredRef(
+                        w.result_id,
+                        w.version,
+                        Disposition.CREATED if w.version == 1 else Disposition.UPDATED,
+                        w.submission.report_no,
+                        w.submission.local_code,
+                        w.item_code,
+                        w.mark.symbol if w.mark else None,
+                    )
+                )
+            response = refs_to_json(final)
+            tx.set_response(message_id, response)
+            if writes:
+                tx.emit(
+                    "results.stored",
+                    {
+                        "message_id": message_id,
+                        "institution": message.institution,
+                        "results": [
+                            {"id": r.result_id, "version": r.version, "disposition": r.disposition}
+                            for r in final
+                            if r.disposition is not Disposition.UNCHANGED
+                        ],
+                    },
+                    now,
+                )
+            return ReceiveOutcome(message_id, False, tuple(final))
+
+    # ------------------------------------------------------------ validation
+    def _validate(self, message: InboundMessage, catalog: Catalog) -> list[ResultSubmission]:
+        """Every problem of the message at once; returns submissions with identifiers
+        normalized. Unmapped codes are not a problem (R1.4: 对码缺失照常保存并标记)."""
+        errors = ProblemCollector()
+        if message.institution not in catalog.institutions:
+            errors.add("institution", f"{UNKNOWN_INSTITUTION}: {message.institution}")
+        if not message.submissions:
+            errors.add("submissions", "消息中没有检查检验结果")
+        out: list[ResultSubmission] = []
+        seen: set[tuple[str, str]] = set()
+        for i, sub in enumerate(message.submissions):
+            where = f"submissions[{i}]"
+            if sub.institution != message.institution:
+                errors.add(
+                    f"{where}.institution",
+                    f"结果的检查检验机构 {sub.institution} 与消息的发送机构 {message.institution} 不一致",
+                )
+            for name, label in (
+                ("report_no", "报告单编号"),
+                ("local_code", "项目编码"),
+            ):
+                if not str(getattr(sub, name)).strip():
+                    errors.add(f"{where}.{name}", f"缺少{label}")
+            if (sub.report_no, sub.local_code) in seen:
+                errors.add(
+                    f"{where}.report_no",
+                    f"同一消息中报告单编号 {sub.report_no} 的项目 {sub.local_code} 重复",
+                )
+            seen.add((sub.report_no, sub.local_code))
+            for name, label in (("performed_at", "检查检验时间"), ("issued_at", "报告时间")):
+                value = getattr(sub, name)
+                if not isinstance(value, datetime):
+                    errors.add(f"{where}.{name}", f"缺少{label}")
+                elif value.tzinfo is None:
+                    errors.add(f"{where}.{name}", f"{label}缺少时区")
+            if not sub.patient.identifiers:
+                errors.add(
+                    f"{where}.patient.identifiers",
+                    "缺少患者标识（身份证、医保号、电子健康卡或病历号）",
+                )
+            idents: list[PatientIdentifier] = []
+            for j, ident in enumerate(sub.patient.identifiers):
+                checked = _checked_identifier(ident)
+                if isinstance(checked, PatientIdentifier):
+                    idents.append(checked)
+                else:
+                    errors.problems.extend(
+                        Problem(f"{where}.patient.identifiers[{j}]", msg) for msg in checked
+                    )
+            for name, limit in _LIMITS:
+                if len(getattr(sub, name)) > limit:
+                    errors.add(f"{where}.{name}", f"长度超过 {limit} 个字符")
+            for k, obs in enumerate(sub.observations):
+                for name, limit in _OBS_LIMITS:
+                    if len(getattr(obs, name)) > limit:
+                        errors.add(f"{where}.observations[{k}].{name}", f"长度超过 {limit} 个字符")
+                if not obs.code.strip():
+                    errors.add(f"{where}.observations[{k}].code", "缺少检验项目编码")
+                if obs.value_type is ValueType.NM and obs.value_num is None:
+                    errors.add(f"{where}.observations[{k}].value_num", "数值型结果缺少数值")
+            if tuple(idents) != sub.patient.identifiers and len(idents) == len(
+                sub.patient.identifiers
+            ):
+                sub = replace(sub, patient=replace(sub.patient, identifiers=tuple(idents)))
+            out.append(sub)
+        errors.raise_if_any("消息未通过校验，未保存任何内容")
+        return out
+
+    # ------------------------------------------------------------ rejections
+    def reject(self, rejection: Rejection) -> int:
+        with self._store.transaction() as tx:
+            return tx.insert_message(
+                MessageRecord(
+                    self._clock.now(),
+                    str(rejection.channel),
+                    rejection.institution,
+                    hashlib.sha256(rejection.raw.encode()).hexdigest(),
+                    rejection.control_id[:64],
+                    "rejected",
+                    rejection.error,
+                    "",
+                    rejection.raw,
+                )
+            )
+
+    # ------------------------------------------------------------ 对码 after the fact
+    def remap(self, institution: str, local_code: str) -> int:
+        """Give stored unmapped results of ``local_code`` their unified code and the mark
+        computed at their issue time, once the institution's code map has it. Returns
+        the number of results re-mapped (0 while the code is still unmapped)."""
+        self._catalog.invalidate()
+        catalog = self._catalog.get()
+        item_code = unified_code(catalog, institution, local_code)
+        if item_code is None:
+            return 0
+        item = catalog.items[item_code]
+        now = self._clock.now()
+        with self._store.transaction() as tx:
+            rows = tx.unmapped_results(institution, local_code)
+            for row in rows:
+                mark = catalog.mark_for(institution, item_code, row.issued_at)
+                tx.set_mapping(row.id, item_code, str(item.category), mark, now)
+            if rows:
+                tx.emit(
+                    "results.remapped",
+                    {
+                        "institution": institution,
+                        "local_code": local_code,
+                        "item_code": item_code,
+                        "results": [r.id for r in rows],
+                    },
+                    now,
+                )
+        return len(rows)
+
+    def remap_institution(self, institution: str) -> dict[str, int]:
+        """``remap`` every unmapped code of ``institution``; {local_code: results re-mapped}."""
+        done: dict[str, int] = {}
+        for code in self.unmapped_codes(institution):
+            n = self.remap(institution, code.local_code)
+            if n:
+                done[code.local_code] = n
+        return done
+
+    def unmapped_codes(self, institution: str) -> list[UnmappedCode]:
+        """The institution's local codes stored without a unified code, most results first."""
+        return self._store.unmapped_codes(institution)
+
+
+@functools.lru_cache(maxsize=65536)
+def _checked_identifier(ident: PatientIdentifier) -> PatientIdentifier | tuple[str, ...]:
+    """The normalized identifier, or the problems with it (cached: the same patient's
+    身份证 arrives with every report, and the check digit costs more than the insert)."""
+    try:
+        return validate_identifier(ident, "")
+    except ValidationFailed as exc:
+        return tuple(p.message for p in exc.problems)
+
+
+def unified_code(catalog: Catalog, institution: str, local_code: str) -> str | None:
+    """对码 through the institution's code map; a LOINC code sent as the local code (FHIR
+    senders that give only LOINC) is matched to the item with that LOINC as a hint."""
+    mapped = catalog.unified_code(institution, local_code)
+    if mapped is not None:
+        return mapped
+    return _loinc_index(catalog).get(local_code)
+
+
+_LOINC_CACHE: dict[int, dict[str, str]] = {}
+
+
+def _loinc_index(catalog: Catalog) -> dict[str, str]:
+    index = _LOINC_CACHE.get(id(catalog))
+    if index is None:
+        index = {i.loinc: i.code for i in catalog.items.values() if i.loinc}
+        _LOINC_CACHE.clear()
+        _LOINC_CACHE[id(catalog)] = index
+    return index
+
+
+def category_of(sub: ResultSubmission, item_code: str | None, catalog: Catalog) -> Category:
+    if item_code is not None:
+        return catalog.items[item_code].category
+    if sub.category is not None:
+        return sub.category
+    if sub.observations:
+        return Category.LAB
+    if sub.study_uid or sub.accession_number:
+        return Category.IMAGING
+    return Category.OTHER
+
+
+def message_hash(message: InboundMessage) -> str:
+    """Identity of a message for idempotency: sender, control id and content — not the
+    channel or the raw bytes, so the same HL7 message over MLLP or HTTP, or the same Bundle
+    reformatted, is the same message."""
+    h = hashlib.sha256()
+    h.update(f"{message.institution}\x1f{message.control_id}".encode())
+    for sub in message.submissions:
+        h.update(b"\x1e")
+        h.update(submission_hash(sub).encode())
+    return h.hexdigest()
+
+
+def submission_hash(sub: ResultSubmission) -> str:
+    """Stable hash of a submission's clinical content: a resend with the same content is a
+    no-op. Same role as ``ResultSubmission.content_hash`` but from the dataclass repr
+    (every field is a str, number, enum, date or tuple of frozen dataclasses), which is
+    ~30 times cheaper than ``asdict`` + JSON on a panel — it runs twice per result."""
+    return hashlib.sha256(repr(sub).encode()).hexdigest()
+
+
+def refs_to_json(refs: Sequence[StoredRef]) -> str:
+    return json.dumps(
+        [
+            [
+                r.result_id,
+                r.version,
+                str(r.disposition),
+                r.report_no,
+                r.local_code,
+                r.item_code,
+                r.mark_symbol,
+            ]
+            for r in refs
+        ],
+        ensure_ascii=False,
+    )
+
+
+def refs_from_json(text: str) -> tuple[StoredRef, ...]:
+    return tuple(
+        StoredRef(int(r[0]), int(r[1]), Disposition(r[2]), r[3], r[4], r[5], r[6])
+        for r in json.loads(text or "[]")
+    )

@@ -1,0 +1,639 @@
+"""FHIR R4 → the intake command: a transaction Bundle (or a self-contained
+DiagnosticReport) becomes one ``InboundMessage`` of ``ResultSubmission``s.
+
+One DiagnosticReport is one result (报告单): its identifier is the report number
+(报告单编号), its code the institution's local code (LOINC only as a hint when no local
+coding is sent), its performer Organization the producing institution, its ``result``
+Observations the values, its ``conclusion`` the physician's conclusion and narrative
+findings (LOINC 59776-5 / 18782-3 Observations, or a text/plain presentedForm) the
+findings — kept apart (沪卫医〔2024〕135号: 检查检验结果不包括医师出具的诊断结论).
+
+Every problem names the element as a FHIRPath expression (``Bundle.entry[2].resource
+.identifier[0]``); the whole Bundle is refused when any problem is found."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from typing import Literal
+
+import msgspec
+
+from huren.adapters.fhir import model as m
+from huren.adapters.fhir import systems as sid
+from huren.domain.errors import Problem, ProblemCollector, ValidationFailed
+from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
+from huren.domain.masterdata import Category
+from huren.domain.results import (
+    ObservationValue,
+    PatientDemographics,
+    ResultStatus,
+    ResultSubmission,
+    ValueType,
+)
+from huren.services.intake import Channel, InboundMessage
+
+# A date or dateTime without a zone is China Standard Time (FHIR: local time of the sender).
+CST = timezone(timedelta(hours=8), "CST")
+
+_RESOURCE_DECODER = msgspec.json.Decoder(m.AnyResource)
+_TYPED_DECODER = msgspec.json.Decoder(m.Typed)
+_BUNDLE_DECODER = msgspec.json.Decoder(m.Bundle)
+
+_SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
+
+# HL7 v2 Table 0074 diagnostic service sections → category (used only while unmapped).
+_SECTIONS: dict[str, Category] = {
+    **dict.fromkeys(
+        ("LAB", "CH", "HM", "MB", "IMM", "SR", "SP", "CP", "BLB", "TX", "VR", "MCB", "SER", "URN"),
+        Category.LAB,
+    ),
+    **dict.fromkeys(("RAD", "CT", "MR", "NMR", "RX", "XRC", "NMS", "RT"), Category.IMAGING),
+    **dict.fromkeys(("US", "EC", "CG", "EN", "PAT", "CUS", "OUS", "PF"), Category.OTHER),
+}
+
+EntryKind = Literal["report", "observation", "findings", "patient", "info"]
+
+
+@dataclass(frozen=True, slots=True)
+class EntryPlan:
+    """What became of one Bundle entry, for the transaction-response."""
+
+    kind: EntryKind
+    submission: int = -1  # index into the message's submissions
+    seq: int = 0  # observation position within its report (1-based)
+    note: str = ""  # informational issue (Chinese)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedBundle:
+    message: InboundMessage
+    entries: tuple[EntryPlan, ...]
+    informational: tuple[str, ...] = ()
+
+
+@dataclass
+class _Ctx:
+    errors: ProblemCollector = field(default_factory=ProblemCollector)
+    by_ref: dict[str, tuple[str, m.Resource]] = field(default_factory=dict)
+    patients: dict[str, PatientDemographics] = field(default_factory=dict)
+
+
+def _decode_problem(exc: msgspec.ValidationError | msgspec.DecodeError, base: str) -> Problem:
+    text = str(exc)
+    where = base
+    if " - at `$" in text:
+        text, _, path = text.partition(" - at `$")
+        where = base + path.rstrip("`")
+    return Problem(where, f"不符合 FHIR R4 结构: {text}")
+
+
+def parse_datetime(value: str, where: str, errors: ProblemCollector, label: str) -> datetime | None:
+    if not value:
+        errors.add(where, f"缺少{label}")
+        return None
+    try:
+        if len(value) == 10:
+            d = date.fromisoformat(value)
+            return datetime(d.year, d.month, d.day, tzinfo=CST)
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        errors.add(where, f"{label}不是有效的 FHIR dateTime: {value}")
+        return None
+    if parsed.tzinfo is None:
+        # FHIR R4 dateTime: 若给出时分，必须带时区
+        errors.add(where, f"{label}带有时刻但缺少时区: {value}")
+        return None
+    return parsed
+
+
+def _name(names: Sequence[m.HumanName]) -> str:
+    for n in names:
+        if n.text:
+            return n.text
+        if n.family or n.given:
+            return n.family + "".join(n.given)
+    return ""
+
+
+def _ref_name(ctx: _Ctx, ref: m.Reference, base: str) -> str:
+    found = ctx.by_ref.get(_ref_key(ref.reference, base))
+    if found is not None and isinstance(found[1], m.Practitioner):
+        return _name(found[1].name) or ref.display
+    return ref.display
+
+
+def _ref_key(reference: str, base: str) -> str:
+    if reference.startswith("#"):
+        return base + reference
+    return reference
+
+
+def _institution_code(org: m.Organization) -> str:
+    for ident in org.identifier:
+        if ident.system == sid.INSTITUTION and ident.value:
+            return ident.value
+    return ""
+
+
+def _patient_identifiers(
+    pat: m.Patient, where: str, institution: str, errors: ProblemCollector
+) -> tuple[PatientIdentifier, ...]:
+    out: list[PatientIdentifier] = []
+    for j, ident in enumerate(pat.identifier):
+        here = f"{where}.identifier[{j}]"
+        kind = sid.IDENTIFIER_SYSTEMS.get(ident.system)
+        assigner = ""
+        if kind is None and ident.system.startswith(sid.MRN_PREFIX):
+            kind, assigner = IdentifierKind.MRN, ident.system.removeprefix(sid.MRN_PREFIX)
+        if kind is None and ident.type is not None:
+            for c in ident.type.coding:
+                if c.system in (sid.V2_0203, "") and c.code in sid.IDENTIFIER_TYPES:
+                    kind = sid.IDENTIFIER_TYPES[c.code]
+                    break
+        if kind is None:
+            continue  # an identifier we do not match on (e.g. a passport) is not an error
+        if kind is IdentifierKind.MRN and not assigner:
+            a = ident.assigner
+            assigner = (a.identifier.value if a and a.identifier else "") or institution
+        try:
+            out.append(validate_identifier(PatientIdentifier(kind, ident.value, assigner), here))
+        except ValidationFailed as exc:
+            errors.problems.extend(
+                Problem(f"{here}.value", p.message) if p.field == here else p for p in exc.problems
+            )
+    if not out and not any(p.field.startswith(where) for p in errors.problems):
+        errors.add(
+            f"{where}.identifier",
+            "缺少可用于匹配的患者标识（居民身份证、医保号、电子健康卡或院内病历号）",
+        )
+    return tuple(out)
+
+
+def _patient(
+    ctx: _Ctx, subject: m.Reference | None, where: str, base: str, institution: str
+) -> tuple[PatientDemographics | None, str]:
+    if subject is None:
+        ctx.errors.add(f"{where}.subject", "缺少患者（subject）")
+        return None, ""
+    key = _ref_key(subject.reference, base)
+    found = ctx.by_ref.get(key)
+    if found is None or not isinstance(found[1], m.Patient):
+        if subject.identifier is not None:
+            pat = m.Patient(identifier=[subject.identifier])
+            idents = _patient_identifiers(pat, f"{where}.subject", institution, ctx.errors)
+            return PatientDemographics(idents, subject.display), ""
+        ctx.errors.add(f"{where}.subject", f"引用的患者不在本 Bundle 中: {subject.reference}")
+        return None, ""
+    cached = ctx.patients.get(key)
+    if cached is not None:
+        return cached, key
+    pwhere, pat = found[0], found[1]
+    idents = _patient_identifiers(pat, pwhere, institution, ctx.errors)
+    birth: date | None = None
+    if pat.birthDate:
+        try:
+            birth = date.fromisoformat(pat.birthDate)
+        except ValueError:
+            ctx.errors.add(f"{pwhere}.birthDate", f"出生日期无效: {pat.birthDate}")
+    demo = PatientDemographics(
+        idents, _name(pat.name), _SEX.get(pat.gender or "", ""), birth_date=birth
+    )
+    ctx.patients[key] = demo
+    return demo, key
+
+
+def _codes(cc: m.CodeableConcept) -> tuple[str, str, str]:
+    """(local code, its display, LOINC code) of a CodeableConcept."""
+    local = next((c for c in cc.coding if c.system != sid.LOINC and c.code), None)
+    loinc = next((c for c in cc.coding if c.system == sid.LOINC and c.code), None)
+    code = local.code if local else (loinc.code if loinc else "")
+    name = (local.display if local else "") or (loinc.display if loinc else "") or cc.text
+    return code, name or cc.text, loinc.code if loinc else ""
+
+
+def _observation(obs: m.Observation, where: str, errors: ProblemCollector) -> ObservationValue:
+    code, name, loinc = _codes(obs.code)
+    if not code:
+        errors.add(f"{where}.code.coding", "检验项目缺少编码（本院编码或 LOINC）")
+    vt, num, text, unit = ValueType.ST, None, "", ""
+    q = obs.valueQuantity
+    if q is not None:
+        if q.value is None:
+            errors.add(f"{where}.valueQuantity.value", "数值型结果缺少数值")
+        unit = q.code if q.system == sid.UCUM and q.code else (q.unit or q.code)
+        num = q.value
+        if q.comparator:
+            vt, text = ValueType.SN, f"{q.comparator}{q.value:g}" if q.value is not None else ""
+        else:
+            vt = ValueType.NM
+    elif obs.valueInteger is not None:
+        vt, num = ValueType.NM, float(obs.valueInteger)
+    elif obs.valueString is not None:
+        text = obs.valueString
+        vt = ValueType.TX if ("\n" in text or len(text) > 200) else ValueType.ST
+    elif obs.valueCodeableConcept is not None:
+        vc = obs.valueCodeableConcept
+        first = vc.coding[0] if vc.coding else None
+        vt, text = ValueType.CE, vc.text or (first.display or first.code if first else "")
+    elif obs.valueBoolean is not None:
+        text = "是" if obs.valueBoolean else "否"
+    low = high = None
+    ref_text = ""
+    if obs.referenceRange:
+        rr = obs.referenceRange[0]
+        low = rr.low.value if rr.low else None
+        high = rr.high.value if rr.high else None
+        ref_text = rr.text
+        if not ref_text and (low is not None or high is not None):
+            ref_text = f"{'' if low is None else f'{low:g}'}-{'' if high is None else f'{high:g}'}"
+    flag = ""
+    for interp in obs.interpretation:
+        if interp.coding and interp.coding[0].code:
+            flag = interp.coding[0].code
+            break
+    return ObservationValue(
+        code=code,
+        name=name,
+        value_type=vt,
+        value_num=num,
+        value_text=text,
+        unit=unit,
+        ref_low=low,
+        ref_high=high,
+        ref_text=ref_text,
+        flag=flag,
+        loinc=loinc,
+    )
+
+
+def _category(report: m.DiagnosticReport) -> Category | None:
+    for cc in report.category:
+        for c in cc.coding:
+            if c.code in _SECTIONS:
+                return _SECTIONS[c.code]
+    return None
+
+
+def _presented_text(report: m.DiagnosticReport) -> str:
+    for att in report.presentedForm:
+        if att.contentType.startswith("text/plain") and att.data:
+            try:
+                return base64.b64decode(att.data, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError):
+                return ""
+    return ""
+
+
+def _study_links(ctx: _Ctx, report: m.DiagnosticReport, base: str) -> tuple[str, str]:
+    accession = study_uid = ""
+    refs = [*report.imagingStudy, *report.basedOn]
+    for ref in refs:
+        found = ctx.by_ref.get(_ref_key(ref.reference, base))
+        if found is None:
+            continue
+        res = found[1]
+        idents = res.identifier if isinstance(res, m.ImagingStudy | m.ServiceRequest) else []
+        for ident in idents:
+            types = {c.code for c in ident.type.coding} if ident.type else set()
+            if "ACSN" in types and not accession:
+                accession = ident.value
+            elif ident.system == sid.DICOM_UID and not study_uid:
+                study_uid = ident.value.removeprefix("urn:oid:")
+    return accession, study_uid
+
+
+@dataclass
+class _Report:
+    index: int  # entry index (or -1 for a single resource)
+    where: str
+    base: str
+    resource: m.DiagnosticReport
+
+
+def _report_submission(
+    ctx: _Ctx,
+    rep: _Report,
+    default_institution: str,
+    observation_plan: dict[str, tuple[int, int, bool]],
+    sub_index: int,
+) -> tuple[ResultSubmission | None, str, str]:
+    """The submission of one DiagnosticReport; returns (submission, institution, patient key)."""
+    r, where, base = rep.resource, rep.where, rep.base
+    errors = ctx.errors
+    institution = department = performer = ""
+    for k, ref in enumerate(r.performer):
+        found = ctx.by_ref.get(_ref_key(ref.reference, base))
+        res = found[1] if found else None
+        if isinstance(res, m.Organization):
+            code = _institution_code(res)
+            if code:
+                institution = institution or code
+            elif res.partOf is not None:
+                parent = ctx.by_ref.get(_ref_key(res.partOf.reference, base))
+                if parent is not None and isinstance(parent[1], m.Organization):
+                    institution = institution or _institution_code(parent[1])
+                department = department or res.name
+        elif isinstance(res, m.Practitioner):
+            performer = performer or _name(res.name)
+        elif ref.identifier is not None and ref.identifier.system == sid.INSTITUTION:
+            institution = institution or ref.identifier.value
+        elif (
+            found is None
+            and ref.reference
+            and not ref.reference.startswith(
+                ("Organization/", "Practitioner/", "PractitionerRole/")
+            )
+        ):
+            errors.add(f"{where}.performer[{k}]", f"引用无法解析: {ref.reference}")
+        elif not performer and ref.display and ref.reference.startswith("Practitioner"):
+            performer = ref.display
+    institution = institution or default_institution
+    if not institution:
+        errors.add(
+            f"{where}.performer",
+            f"缺少检查检验机构: performer 应引用带 {sid.INSTITUTION} 标识的 Organization",
+        )
+    signer = next((_ref_name(ctx, ref, base) for ref in r.resultsInterpreter), "")
+
+    report_no = accession_own = study_own = ""
+    for ident in r.identifier:
+        types = {c.code for c in ident.type.coding} if ident.type else set()
+        if "ACSN" in types:
+            accession_own = accession_own or ident.value
+        elif ident.system == sid.DICOM_UID:
+            study_own = study_own or ident.value.removeprefix("urn:oid:")
+        elif ident.value and (ident.system == sid.REPORT_NO_PREFIX + institution or not report_no):
+            report_no = ident.value
+    if not report_no:
+        errors.add(f"{where}.identifier", "缺少报告单编号（DiagnosticReport.identifier）")
+    local_code, local_name, _loinc = _codes(r.code)
+    if not local_code:
+        errors.add(f"{where}.code.coding", "缺少检查检验项目编码")
+
+    if r.effectiveDateTime:
+        performed = parse_datetime(
+            r.effectiveDateTime, f"{where}.effectiveDateTime", errors, "检查检验时间"
+        )
+    elif r.effectivePeriod is not None:
+        performed = parse_datetime(
+            r.effectivePeriod.start, f"{where}.effectivePeriod.start", errors, "检查检验时间"
+        )
+    else:
+        performed = parse_datetime("", f"{where}.effective[x]", errors, "检查检验时间")
+    issued = parse_datetime(r.issued, f"{where}.issued", errors, "报告时间")
+
+    patient, patient_key = _patient(ctx, r.subject, where, base, institution)
+
+    observations: list[ObservationValue] = []
+    findings: list[str] = []
+    for k, ref in enumerate(r.result):
+        key = _ref_key(ref.reference, base)
+        found = ctx.by_ref.get(key)
+        if found is None or not isinstance(found[1], m.Observation):
+            errors.add(
+                f"{where}.result[{k}]", f"引用的 Observation 不在本 Bundle 中: {ref.reference}"
+            )
+            continue
+        owhere, obs = found[0], found[1]
+        loinc = {c.code for c in obs.code.coding if c.system == sid.LOINC}
+        if loinc & sid.FINDINGS_LOINC and obs.valueString is not None:
+            findings.append(obs.valueString)
+            observation_plan[key] = (sub_index, 0, True)
+            continue
+        observations.append(_observation(obs, owhere, errors))
+        observation_plan[key] = (sub_index, len(observations), False)
+    accession, study_uid = _study_links(ctx, r, base)
+    accession, study_uid = accession_own or accession, study_own or study_uid
+    if patient is None or performed is None or issued is None:
+        return None, institution, patient_key
+    sub = ResultSubmission(
+        institution=institution,
+        report_no=report_no,
+        local_code=local_code,
+        local_name=local_name,
+        patient=patient,
+        status=ResultStatus(r.status),
+        performed_at=performed,
+        issued_at=issued,
+        category=_category(r),
+        department=department,
+        performer=performer,
+        signer=signer,
+        observations=tuple(observations),
+        findings="\n".join(findings) or _presented_text(r),
+        conclusion=r.conclusion,
+        accession_number=accession,
+        study_uid=study_uid,
+    )
+    return sub, institution, patient_key
+
+
+def _decode_resource(raw: bytes, where: str, errors: ProblemCollector) -> m.Resource | str | None:
+    """The resource, or its type name when it is a type we do not read, or None (error)."""
+    try:
+        res: m.Resource = _RESOURCE_DECODER.decode(raw)
+        return res
+    except msgspec.ValidationError as exc:
+        if "at `$.resourceType`" in str(exc) or "missing required field `resourceType`" in str(exc):
+            typed = _TYPED_DECODER.decode(raw)
+            if typed.resourceType:
+                return typed.resourceType
+            errors.add(f"{where}.resourceType", "缺少 resourceType")
+            return None
+        errors.problems.append(_decode_problem(exc, where))
+        return None
+    except msgspec.DecodeError as exc:
+        errors.problems.append(_decode_problem(exc, where))
+        return None
+
+
+def _index_contained(ctx: _Ctx, report: m.DiagnosticReport, where: str, base: str) -> None:
+    for k, raw in enumerate(report.contained):
+        res = _decode_resource(bytes(raw), f"{where}.contained[{k}]", ctx.errors)
+        if isinstance(res, m.Resource) and res.id:
+            ctx.by_ref[f"{base}#{res.id}"] = (f"{where}.contained[{k}]", res)
+
+
+def parse_transaction(
+    raw: bytes,
+    *,
+    default_institution: str = "",
+    channel: Channel = Channel.FHIR,
+    keep_raw: bool = True,
+) -> ParsedBundle:
+    """A transaction Bundle → ``ParsedBundle``; raises ValidationFailed naming elements."""
+    ctx = _Ctx()
+    try:
+        bundle = _BUNDLE_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationFailed(
+            "Bundle 不是有效的 FHIR R4 JSON", problems=[_decode_problem(exc, "Bundle")]
+        ) from exc
+    if bundle.type != "transaction":
+        raise ValidationFailed(
+            "仅接受 transaction 类型的 Bundle",
+            problems=[Problem("Bundle.type", f"应为 transaction，收到 {bundle.type}")],
+        )
+    resources: list[m.Resource | str | None] = []
+    for i, entry in enumerate(bundle.entry):
+        where = f"Bundle.entry[{i}]"
+        if entry.request is None:
+            ctx.errors.add(f"{where}.request", "transaction Bundle 的每个条目都必须有 request")
+        elif entry.request.method not in ("POST", "PUT"):
+            ctx.errors.add(
+                f"{where}.request.method", f"仅支持 POST 与 PUT，收到 {entry.request.method}"
+            )
+        if not entry.resource:
+            ctx.errors.add(f"{where}.resource", "条目缺少 resource")
+            resources.append(None)
+            continue
+        res = _decode_resource(bytes(entry.resource), f"{where}.resource", ctx.errors)
+        resources.append(res)
+        if isinstance(res, m.Resource):
+            rwhere = f"{where}.resource"
+            if entry.fullUrl:
+                ctx.by_ref[entry.fullUrl] = (rwhere, res)
+            if res.id:
+                ctx.by_ref[f"{type(res).__name__}/{res.id}"] = (rwhere, res)
+            if isinstance(res, m.DiagnosticReport):
+                _index_contained(ctx, res, rwhere, entry.fullUrl or f"DiagnosticReport/{res.id}")
+    # Structural errors first: what follows (references, reports) would only echo them.
+    ctx.errors.raise_if_any("Bundle 未通过校验，未保存任何内容")
+    reports = [
+        _Report(i, f"Bundle.entry[{i}].resource", e.fullUrl or f"DiagnosticReport/{res.id}", res)
+        for i, (e, res) in enumerate(zip(bundle.entry, resources, strict=True))
+        if isinstance(res, m.DiagnosticReport)
+    ]
+    control_id = (bundle.identifier.value if bundle.identifier else "") or bundle.id
+    return _assemble(
+        ctx,
+        reports,
+        bundle.entry,
+        resources,
+        default_institution,
+        channel,
+        control_id,
+        raw.decode("utf-8", "replace") if keep_raw else "",
+    )
+
+
+def parse_report(
+    raw: bytes,
+    *,
+    default_institution: str = "",
+    channel: Channel = Channel.FHIR,
+    control_id: str = "",
+    keep_raw: bool = True,
+) -> ParsedBundle:
+    """A single DiagnosticReport whose Patient, Observations and Organization are
+    ``contained`` (POST /fhir/DiagnosticReport, NDJSON lines)."""
+    ctx = _Ctx()
+    res = _decode_resource(raw, "DiagnosticReport", ctx.errors)
+    if isinstance(res, str):
+        ctx.errors.add("DiagnosticReport.resourceType", f"应为 DiagnosticReport，收到 {res}")
+    if not isinstance(res, m.DiagnosticReport):
+        if not ctx.errors.problems:
+            ctx.errors.add("DiagnosticReport.resourceType", "应为 DiagnosticReport")
+        ctx.errors.raise_if_any("DiagnosticReport 未通过校验，未保存任何内容")
+        raise AssertionError("unreachable")  # pragma: no cover
+    _index_contained(ctx, res, "DiagnosticReport", "")
+    rep = _Report(-1, "DiagnosticReport", "", res)
+    return _assemble(
+        ctx,
+        [rep],
+        [],
+        [],
+        default_institution,
+        channel,
+        control_id or res.id,
+        raw.decode("utf-8", "replace") if keep_raw else "",
+    )
+
+
+def _assemble(
+    ctx: _Ctx,
+    reports: list[_Report],
+    entries: Sequence[m.BundleEntry],
+    resources: Sequence[m.Resource | str | None],
+    default_institution: str,
+    channel: Channel,
+    control_id: str,
+    raw: str,
+) -> ParsedBundle:
+    if not reports:
+        ctx.errors.add(
+            "Bundle.entry", "Bundle 中没有 DiagnosticReport：结果按报告单（DiagnosticReport）保存"
+        )
+    observation_plan: dict[str, tuple[int, int, bool]] = {}
+    patient_of: dict[str, int] = {}
+    submissions: list[ResultSubmission] = []
+    institutions: set[str] = set()
+    for rep in reports:
+        sub, inst, patient_key = _report_submission(
+            ctx, rep, default_institution, observation_plan, len(submissions)
+        )
+        if inst:
+            institutions.add(inst)
+        if sub is not None:
+            if patient_key:
+                patient_of.setdefault(patient_key, len(submissions))
+            submissions.append(sub)
+    if len(institutions) > 1:
+        ctx.errors.add(
+            "Bundle.entry",
+            f"一个 Bundle 只能包含一个检查检验机构的结果，收到 {'、'.join(sorted(institutions))}",
+        )
+    plans: list[EntryPlan] = []
+    notes: list[str] = []
+    report_index = {rep.index: k for k, rep in enumerate(reports)}
+    for i, (entry, res) in enumerate(zip(entries, resources, strict=True)):
+        where = f"Bundle.entry[{i}]"
+        keys = [entry.fullUrl] if entry.fullUrl else []
+        if isinstance(res, m.Resource) and res.id:
+            keys.append(f"{type(res).__name__}/{res.id}")
+        if isinstance(res, m.DiagnosticReport):
+            plans.append(EntryPlan("report", report_index[i]))
+        elif isinstance(res, m.Observation):
+            planned = next((observation_plan[k] for k in keys if k in observation_plan), None)
+            if planned is None:
+                ctx.errors.add(
+                    where, "Observation 必须由 DiagnosticReport.result 引用（结果按报告单保存）"
+                )
+                plans.append(EntryPlan("info"))
+            elif planned[2]:
+                plans.append(EntryPlan("findings", planned[0], note="已作为报告的检查所见保存"))
+            else:
+                plans.append(EntryPlan("observation", planned[0], planned[1]))
+        elif isinstance(res, m.Patient):
+            sub_i = next((patient_of[k] for k in keys if k in patient_of), -1)
+            note = "" if sub_i >= 0 else "未被任何 DiagnosticReport 引用的患者，未保存"
+            plans.append(EntryPlan("patient" if sub_i >= 0 else "info", sub_i, note=note))
+            if note:
+                notes.append(f"{where}: {note}")
+        else:
+            name = res if isinstance(res, str) else type(res).__name__
+            note = {
+                "Organization": "机构信息仅用于确定检查检验机构，不单独保存",
+                "Practitioner": "医务人员信息仅用于报告人/审核人姓名，不单独保存",
+                "ImagingStudy": "影像检查仅用于关联检查号与 Study UID，不单独保存",
+                "Specimen": "标本信息已接收，不单独保存",
+                "ServiceRequest": "检查检验申请已接收，仅用于关联检查号，不单独保存",
+            }.get(name, f"不支持的资源类型 {name}，已忽略")
+            plans.append(EntryPlan("info", note=note))
+            notes.append(f"{where}: {note}")
+    ctx.errors.raise_if_any("Bundle 未通过校验，未保存任何内容")
+    if not entries:  # a single resource
+        plans = [EntryPlan("report", 0)]
+    institution = next(iter(institutions)) if institutions else default_institution
+    message = InboundMessage(
+        channel=channel,
+        institution=institution,
+        control_id=control_id[:64],
+        raw=raw,
+        submissions=tuple(submissions),
+    )
+    return ParsedBundle(message, tuple(plans), tuple(notes))

@@ -1,0 +1,340 @@
+"""Domain → FHIR R4 JSON: DiagnosticReport, Observation, Patient, Bundles,
+CapabilityStatement and OperationOutcome (checked against fhir.resources' R4B models in
+tests/unit/test_fhir_conformance.py).
+
+Logical ids: DiagnosticReport/{result id}; Observation/{result id}-{position}, stable
+across versions (versionId is the report's version); Patient/{patient id}."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from huren.adapters.fhir import systems as sid
+from huren.domain.errors import Problem
+from huren.domain.identity import PatientIdentifier
+from huren.domain.masterdata import Category
+from huren.domain.results import ResultStatus, StoredResult, ValueType
+
+FHIR_JSON = "application/fhir+json"
+FHIR_VERSION = "4.0.1"
+
+_OBS_STATUS = {
+    ResultStatus.PARTIAL: "preliminary",
+    ResultStatus.APPENDED: "amended",
+}
+_SECTION = {Category.LAB: "LAB", Category.IMAGING: "RAD", Category.OTHER: "OTH"}
+_SECTION_DISPLAY = {Category.LAB: "检验", Category.IMAGING: "影像检查", Category.OTHER: "其他检查"}
+
+
+def instant(at: datetime) -> str:
+    return at.isoformat(timespec="seconds")
+
+
+def observation_id(result_id: int, seq: int) -> str:
+    return f"{result_id}-{seq}"
+
+
+def parse_observation_id(text: str) -> tuple[int, int] | None:
+    head, _, tail = text.partition("-")
+    if head.isdigit() and tail.isdigit():
+        return int(head), int(tail)
+    return None
+
+
+def _meta(version: int, updated: datetime) -> dict[str, Any]:
+    return {"versionId": str(version), "lastUpdated": instant(updated)}
+
+
+def _qty(value: float, unit: str) -> dict[str, Any]:
+    q: dict[str, Any] = {"value": value}
+    if unit:
+        q.update(unit=unit, system=sid.UCUM, code=unit)
+    return q
+
+
+def diagnostic_report(r: StoredResult, updated: datetime) -> dict[str, Any]:
+    coding: list[dict[str, Any]] = [
+        {"system": sid.LOCAL_CODE_PREFIX + r.institution, "code": r.local_code}
+        | ({"display": r.local_name} if r.local_name else {})
+    ]
+    if r.item_code:
+        coding.append({"system": sid.ITEM, "code": r.item_code})
+    identifiers: list[dict[str, Any]] = [
+        {"system": sid.REPORT_NO_PREFIX + r.institution, "value": r.report_no}
+    ]
+    if r.accession_number:
+        identifiers.append(
+            {
+                "type": {"coding": [{"system": sid.V2_0203, "code": "ACSN"}]},
+                "value": r.accession_number,
+            }
+        )
+    if r.study_uid:
+        identifiers.append({"system": sid.DICOM_UID, "value": f"urn:oid:{r.study_uid}"})
+    performer: list[dict[str, Any]] = [
+        {
+            "identifier": {"system": sid.INSTITUTION, "value": r.institution},
+            "display": r.institution,
+        }
+    ]
+    if r.performer:
+        performer.append({"display": r.performer})
+    res: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": str(r.id),
+        "meta": _meta(r.version, updated),
+        "identifier": identifiers,
+        "status": str(r.status),
+        "category": [
+            {
+                "coding": [
+                    {
+                        "system": sid.V2_0074,
+                        "code": _SECTION[r.category],
+                        "display": _SECTION_DISPLAY[r.category],
+                    }
+                ]
+            }
+        ],
+        "code": {"coding": coding, "text": r.local_name or r.local_code},
+        "subject": {"reference": f"Patient/{r.patient_id}"},
+        "effectiveDateTime": instant(r.performed_at),
+        "issued": instant(r.issued_at),
+        "performer": performer,
+    }
+    if r.mark_scope and r.mark_symbol:
+        res["extension"] = [
+            {
+                "url": sid.MARK_EXTENSION,
+                "valueCoding": {
+                    "system": sid.SCOPE,
+                    "code": r.mark_scope,
+                    "display": r.mark_symbol,
+                },
+            }
+        ]
+    if r.signer:
+        res["resultsInterpreter"] = [{"display": r.signer}]
+    if r.observations:
+        res["result"] = [
+            {"reference": f"Observation/{observation_id(r.id, k)}"}
+            for k in range(1, len(r.observations) + 1)
+        ]
+    if r.conclusion:
+        res["conclusion"] = r.conclusion
+    if r.findings:
+        res["presentedForm"] = [
+            {
+                "contentType": "text/plain; charset=utf-8",
+                "language": "zh-CN",
+                "data": base64.b64encode(r.findings.encode()).decode(),
+                "title": "检查所见",
+            }
+        ]
+    return res
+
+
+def observations(r: StoredResult, updated: datetime) -> list[dict[str, Any]]:
+    status = _OBS_STATUS.get(r.status, str(r.status))
+    out: list[dict[str, Any]] = []
+    for seq, o in enumerate(r.observations, start=1):
+        coding: list[dict[str, Any]] = [
+            {"system": sid.LOCAL_CODE_PREFIX + r.institution, "code": o.code}
+            | ({"display": o.name} if o.name else {})
+        ]
+        if o.loinc:
+            coding.append({"system": sid.LOINC, "code": o.loinc})
+        res: dict[str, Any] = {
+            "resourceType": "Observation",
+            "id": observation_id(r.id, seq),
+            "meta": _meta(r.version, updated),
+            "status": status,
+            "code": {"coding": coding, "text": o.name or o.code},
+            "subject": {"reference": f"Patient/{r.patient_id}"},
+            "effectiveDateTime": instant(r.performed_at),
+            "issued": instant(r.issued_at),
+            "performer": [{"identifier": {"system": sid.INSTITUTION, "value": r.institution}}],
+        }
+        if r.category is Category.LAB:
+            res["category"] = [
+                {"coding": [{"system": sid.OBSERVATION_CATEGORY, "code": "laboratory"}]}
+            ]
+        if o.value_type is ValueType.NM and o.value_num is not None:
+            res["valueQuantity"] = _qty(o.value_num, o.unit)
+        elif o.value_type is ValueType.SN and o.value_num is not None:
+            q = _qty(o.value_num, o.unit)
+            comparator = next(
+                (c for c in ("<=", ">=", "<", ">") if o.value_text.startswith(c)), None
+            )
+            if comparator:
+                q["comparator"] = comparator
+            res["valueQuantity"] = q
+        elif o.value_type is ValueType.CE:
+            res["valueCodeableConcept"] = {"text": o.value_text}
+        elif o.value_text:
+            res["valueString"] = o.value_text
+        if o.ref_low is not None or o.ref_high is not None or o.ref_text:
+            rr: dict[str, Any] = {}
+            if o.ref_low is not None:
+                rr["low"] = _qty(o.ref_low, o.unit)
+            if o.ref_high is not None:
+                rr["high"] = _qty(o.ref_high, o.unit)
+            if o.ref_text:
+                rr["text"] = o.ref_text
+            res["referenceRange"] = [rr]
+        if o.flag:
+            res["interpretation"] = [{"coding": [{"system": sid.INTERPRETATION, "code": o.flag}]}]
+        out.append(res)
+    return out
+
+
+def patient(
+    patient_id: int,
+    identifiers: Sequence[PatientIdentifier],
+    name: str,
+    sex: str,
+    birth_date: str,
+) -> dict[str, Any]:
+    res: dict[str, Any] = {
+        "resourceType": "Patient",
+        "id": str(patient_id),
+        "identifier": [
+            {"system": sid.system_of(i.kind, i.assigner), "value": i.value} for i in identifiers
+        ],
+    }
+    if name:
+        res["name"] = [{"text": name}]
+    gender = {"M": "male", "F": "female", "O": "other", "U": "unknown"}.get(sex)
+    if gender:
+        res["gender"] = gender
+    if birth_date:
+        res["birthDate"] = birth_date
+    return res
+
+
+def bundle(
+    kind: str,
+    entries: Iterable[dict[str, Any]],
+    *,
+    total: int | None = None,
+    self_link: str = "",
+    timestamp: datetime | None = None,
+) -> dict[str, Any]:
+    res: dict[str, Any] = {"resourceType": "Bundle", "type": kind}
+    if timestamp is not None:
+        res["timestamp"] = instant(timestamp)
+    if total is not None:
+        res["total"] = total
+    if self_link:
+        res["link"] = [{"relation": "self", "url": self_link}]
+    res["entry"] = list(entries)
+    return res
+
+
+def operation_outcome(
+    problems: Sequence[Problem],
+    *,
+    severity: str = "error",
+    code: str = "invalid",
+    message: str = "",
+) -> dict[str, Any]:
+    """Each problem as an issue naming the element (``expression``) — FHIRPath for FHIR
+    input, the field name otherwise."""
+    issues: list[dict[str, Any]] = []
+    for p in problems:
+        issue: dict[str, Any] = {
+            "severity": severity,
+            "code": code,
+            "diagnostics": p.message,
+        }
+        if p.field:
+            issue["expression"] = [p.field]
+        issues.append(issue)
+    if not issues:
+        issues.append({"severity": severity, "code": code, "diagnostics": message or "错误"})
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
+def informational(notes: Sequence[str]) -> dict[str, Any]:
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {"severity": "information", "code": "informational", "diagnostics": n} for n in notes
+        ],
+    }
+
+
+_SEARCH = [
+    ("patient", "reference", "患者: Patient/{id} 或 patient.identifier=system|value"),
+    ("subject", "reference", "同 patient"),
+    ("code", "token", "本院编码、统一项目编码或 LOINC（system|code）"),
+    ("date", "date", "检查检验时间（ge/le/gt/lt/eq 前缀）"),
+    ("_lastUpdated", "date", "最后更新时间"),
+    ("identifier", "token", "报告单编号（DiagnosticReport）"),
+]
+
+
+def capability_statement(base_url: str, now: datetime, software_version: str) -> dict[str, Any]:
+    def resource(kind: str, interactions: Sequence[str], search: bool) -> dict[str, Any]:
+        r: dict[str, Any] = {
+            "type": kind,
+            "interaction": [{"code": c} for c in interactions],
+            "versioning": "versioned",
+            "readHistory": kind != "Patient",
+        }
+        if search:
+            params = _SEARCH if kind == "DiagnosticReport" else _SEARCH[:5]
+            r["searchParam"] = [{"name": n, "type": t, "documentation": d} for n, t, d in params]
+            if kind == "DiagnosticReport":
+                r["searchInclude"] = ["DiagnosticReport:result"]
+        return r
+
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": instant(now),
+        "publisher": "HuRen 互认平台",
+        "kind": "instance",
+        "software": {"name": "HuRen", "version": software_version},
+        "implementation": {
+            "description": "医疗机构检查检验结果互认共享平台 FHIR R4 接口",
+            "url": base_url,
+        },
+        "fhirVersion": FHIR_VERSION,
+        "format": ["application/fhir+json", "json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "结果以 transaction Bundle（DiagnosticReport + Observation + Patient，"
+                    "可含 ImagingStudy、Specimen、ServiceRequest）上传；"
+                    "单个 DiagnosticReport 可把 Patient 与 Observation 放在 contained 中。"
+                    "批量历史数据: POST /fhir/$import（NDJSON）。"
+                ),
+                "security": {
+                    "description": "Authorization: ApiKey <key>（接口系统账号）或 Bearer 令牌"
+                },
+                "resource": [
+                    resource(
+                        "DiagnosticReport",
+                        ["create", "read", "vread", "history-instance", "search-type"],
+                        True,
+                    ),
+                    resource(
+                        "Observation", ["read", "vread", "history-instance", "search-type"], True
+                    ),
+                    resource("Patient", ["read"], False),
+                ],
+                "interaction": [{"code": "transaction"}, {"code": "history-system"}],
+                "operation": [
+                    {
+                        "name": "import",
+                        "definition": "https://huren.example/fhir/OperationDefinition/import",
+                    }
+                ],
+            }
+        ],
+    }

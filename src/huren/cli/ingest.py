@@ -1,0 +1,296 @@
+"""``huren ingest FILE``: back-load historical results (R3 全量上传) from NDJSON FHIR
+resources or a file of HL7 v2 ORU^R01 messages.
+
+- Streaming: the file is read record by record, never whole.
+- Resumable: after each committed batch the byte offset of the next record is written to
+  ``FILE.checkpoint.json``; a rerun continues from there (intake is idempotent, so a
+  record stored just before an interruption is only answered as unchanged).
+- Per-record errors go to ``FILE.errors.ndjson`` (line, byte offset, field, message);
+  they never stop the load.
+- Records are stored in batches of one institution (one transaction each); when a batch
+  is refused, its records are stored one by one so that the error names its record.
+
+NDJSON lines are transaction Bundles or self-contained DiagnosticReports (Patient,
+Organization and Observations in ``contained``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+from huren.adapters.fhir.ingest import parse_report, parse_transaction
+from huren.bootstrap import Container, build
+from huren.config import get_settings
+from huren.domain.errors import DomainError, Problem
+from huren.services.intake import Channel, InboundMessage
+
+CHECKPOINT_EVERY = 1  # batches between checkpoint writes
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    number: int  # line (NDJSON) or message (HL7) number, 1-based
+    offset: int  # byte offset of the record in the file
+    end: int  # byte offset just after it
+    data: bytes
+
+
+@dataclass
+class LoadReport:
+    records: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    errors: int = 0
+    resumed_from: int = 0
+    unmapped: dict[str, int] = field(default_factory=dict)
+
+
+def ndjson_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[Record]:
+    with path.open("rb") as f:
+        f.seek(start)
+        offset, number = start, start_number
+        for line in f:
+            number += 1
+            end = offset + len(line)
+            if line.strip():
+                yield Record(number, offset, end, line)
+            offset = end
+
+
+def hl7_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[Record]:
+    """Messages of a file: each starts at a segment beginning ``MSH``; MLLP framing
+    bytes (VT, FS) and blank lines between messages are tolerated."""
+    with path.open("rb") as f:
+        f.seek(start)
+        offset, number = start, start_number
+        current: list[bytes] = []
+        current_start = start
+        for line in f:
+            stripped = line.strip(b"\x0b\x1c\r\n ")
+            if line.lstrip(b"\x0b").startswith(b"MSH") and current:
+                number += 1
+                yield Record(number, current_start, offset, b"\r".join(current) + b"\r")
+                current = []
+            if stripped:
+                if not current:
+                    current_start = offset
+                current.append(stripped)
+            offset += len(line)
+        if current:
+            number += 1
+            yield Record(number, current_start, offset, b"\r".join(current) + b"\r")
+
+
+def parse_record(record: Record, fmt: str, source: str) -> InboundMessage:
+    """The intake message of one record; raises DomainError naming the field."""
+    control = f"{source}:{record.number}"
+    if fmt == "hl7":
+        from huren.adapters.hl7v2.parse import Hl7Rejected, parse_oru
+
+        try:
+            return parse_oru(record.data, Channel.BULK).message
+        except Hl7Rejected as exc:
+            raise DomainError(
+                exc.error, problems=[Problem(p.field, p.message) for p in exc.problems]
+            ) from exc
+    head = record.data[:4000]
+    if b'"Bundle"' in head and b'"transaction"' in record.data:
+        return parse_transaction(record.data, channel=Channel.BULK, keep_raw=False).message
+    return parse_report(
+        record.data, channel=Channel.BULK, control_id=control, keep_raw=False
+    ).message
+
+
+class BulkLoader:
+    """Streams a file into ``container.intake`` with checkpoints and an error file."""
+
+    def __init__(
+        self,
+        container: Container,
+        path: Path,
+        fmt: str,
+        *,
+        errors_path: Path | None = None,
+        checkpoint_path: Path | None = None,
+        batch_size: int = 50,
+    ) -> None:
+        self.c = container
+        self.path = path
+        self.fmt = fmt
+        self.errors_path = errors_path or path.with_name(path.name + ".errors.ndjson")
+        self.checkpoint_path = checkpoint_path or path.with_name(path.name + ".checkpoint.json")
+        self.batch_size = batch_size
+
+    # -- checkpoint
+    def read_checkpoint(self) -> dict[str, Any] | None:
+        try:
+            data: dict[str, Any] = json.loads(self.checkpoint_path.read_text("utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+        if data.get("file") != str(self.path.resolve()) or data.get("format") != self.fmt:
+            return None
+        return data
+
+    def write_checkpoint(self, offset: int, number: int, report: LoadReport, done: bool) -> None:
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "file": str(self.path.resolve()),
+                    "format": self.fmt,
+                    "offset": offset,
+                    "records": number,
+                    "stored": report.stored,
+                    "errors": report.errors,
+                    "done": done,
+                },
+                ensure_ascii=False,
+            ),
+            "utf-8",
+        )
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, self.checkpoint_path)
+
+    # -- load
+    def run(self, *, restart: bool = False, progress: Progress | None = None) -> LoadReport:
+        report = LoadReport()
+        start, number = 0, 0
+        checkpoint = None if restart else self.read_checkpoint()
+        if checkpoint is not None:
+            start, number = int(checkpoint["offset"]), int(checkpoint["records"])
+            report.resumed_from = start
+            report.stored, report.errors = int(checkpoint["stored"]), int(checkpoint["errors"])
+        if restart and self.errors_path.exists():
+            self.errors_path.unlink()
+        records = (hl7_records if self.fmt == "hl7" else ndjson_records)(self.path, start, number)
+        task = None
+        if progress is not None:
+            task = progress.add_task("导入", total=self.path.stat().st_size, completed=start)
+        batch: list[tuple[Record, InboundMessage]] = []
+        with self.errors_path.open("a", encoding="utf-8") as errors:
+            last: Record | None = None
+            for record in records:
+                report.records += 1
+                last = record
+                try:
+                    batch.append((record, parse_record(record, self.fmt, self.path.name)))
+                except DomainError as exc:
+                    self._error(errors, record, exc, report)
+                if len(batch) >= self.batch_size:
+                    self._flush(batch, errors, report)
+                    batch = []
+                    self.write_checkpoint(record.end, record.number, report, False)
+                    if progress is not None and task is not None:
+                        progress.update(task, completed=record.end)
+            self._flush(batch, errors, report)
+            end = last.end if last else start
+            self.write_checkpoint(
+                self.path.stat().st_size if last else end,
+                last.number if last else number,
+                report,
+                True,
+            )
+            if progress is not None and task is not None:
+                progress.update(task, completed=self.path.stat().st_size)
+        return report
+
+    def _flush(
+        self, batch: list[tuple[Record, InboundMessage]], errors: Any, report: LoadReport
+    ) -> None:
+        if not batch:
+            return
+        groups: dict[str, list[tuple[Record, InboundMessage]]] = {}
+        for item in batch:
+            groups.setdefault(item[1].institution, []).append(item)
+        for institution, items in groups.items():
+            merged = InboundMessage(
+                channel=Channel.BULK,
+                institution=institution,
+                control_id=f"{self.path.name}:{items[0][0].number}-{items[-1][0].number}"[:64],
+                raw="",
+                submissions=tuple(s for _, msg in items for s in msg.submissions),
+            )
+            try:
+                outcome = self.c.intake.receive(merged)
+            except DomainError:
+                for record, msg in items:  # find the record at fault, store the others
+                    try:
+                        self._count(self.c.intake.receive(msg), report)
+                    except DomainError as exc:
+                        self._error(errors, record, exc, report)
+                continue
+            self._count(outcome, report)
+
+    @staticmethod
+    def _count(outcome: Any, report: LoadReport) -> None:
+        report.stored += len(outcome.results)
+        report.duplicates += int(outcome.duplicate)
+        for code in outcome.unmapped_codes:
+            report.unmapped[code] = report.unmapped.get(code, 0) + 1
+
+    @staticmethod
+    def _error(errors: Any, record: Record, exc: DomainError, report: LoadReport) -> None:
+        report.errors += 1
+        problems = exc.problems or [Problem("", exc.message)]
+        errors.write(
+            json.dumps(
+                {
+                    "record": record.number,
+                    "offset": record.offset,
+                    "error": exc.message,
+                    "problems": [{"field": p.field, "message": p.message} for p in problems],
+                },
+                ensure_ascii=False,
+            )
+            + "\n"
+        )
+        errors.flush()
+
+
+def ingest(
+    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="NDJSON 或 HL7 文件")],
+    fmt: Annotated[str, typer.Option("--format", help="ndjson | hl7")] = "ndjson",
+    errors: Annotated[
+        Path | None, typer.Option(help="错误记录文件（默认 FILE.errors.ndjson）")
+    ] = None,
+    restart: Annotated[bool, typer.Option("--restart", help="忽略断点，从头导入")] = False,
+    batch_size: Annotated[int, typer.Option(help="每个事务的记录数")] = 50,
+) -> None:
+    """批量导入历史检查检验结果（FHIR NDJSON 或 HL7 v2 ORU^R01 文件），可断点续传。"""
+    if fmt not in ("ndjson", "hl7"):
+        typer.echo("--format 只能是 ndjson 或 hl7", err=True)
+        raise typer.Exit(2)
+    container = build(get_settings())
+    loader = BulkLoader(container, file, fmt, errors_path=errors, batch_size=batch_size)
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
+    try:
+        with Progress(*columns, transient=False) as progress:
+            report = loader.run(restart=restart, progress=progress)
+    finally:
+        container.close()
+    if report.resumed_from:
+        typer.echo(f"从断点续传: 字节偏移 {report.resumed_from}")
+    typer.echo(
+        f"本次读取 {report.records} 条记录；累计保存结果 {report.stored} 份"
+        f"（重复 {report.duplicates}），错误 {report.errors} 条"
+    )
+    if report.unmapped:
+        codes = "、".join(f"{k}×{v}" for k, v in sorted(report.unmapped.items()))
+        typer.echo(f"未对码的本院编码（已保存并标记）: {codes}")
+    if report.errors:
+        typer.echo(f"错误明细见 {loader.errors_path}")
+        raise typer.Exit(1)

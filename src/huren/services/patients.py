@@ -1,0 +1,180 @@
+"""Patient identity (R4): match a message's patient across institutions by 居民身份证,
+医保号, 电子健康卡 or 院内病历号 + institution; create the patient when nothing matches;
+never merge silently.
+
+Identifiers are looked up by keyed hash (HMAC, ``IdentifierVault.lookup_hash``) and kept
+encrypted for display and masked for lists (R4: 张*三, 1101**********1234).
+
+When the identifiers of one message point to two different patients, the platform does
+not merge them: the result goes to the patient found by the strongest identifier
+(``IDENTIFIER_PRECEDENCE``) and a ``link`` event naming both patients, the actor and the
+reason is recorded for a person to review (R4: 合并与关联均有记录，不得静默合并)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Protocol
+
+from huren.domain.identity import (
+    IDENTIFIER_LABELS,
+    IdentifierKind,
+    PatientIdentifier,
+    birth_date_from_national_id,
+    mask_id,
+    mask_name,
+)
+from huren.domain.results import PatientDemographics
+from huren.services.ports import IdentifierVault
+
+# Strongest first: a national ID is issued once per person; an MRN only within one hospital.
+IDENTIFIER_PRECEDENCE: Mapping[IdentifierKind, int] = {
+    IdentifierKind.NATIONAL_ID: 0,
+    IdentifierKind.INSURANCE: 1,
+    IdentifierKind.HEALTH_CARD: 2,
+    IdentifierKind.MRN: 3,
+}
+
+# (kind, assigner, value_hash): how an identifier is found without reading its value.
+IdentifierKey = tuple[str, str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class IdentifierRecord:
+    """An identifier as stored: hashed for lookup, encrypted for display, masked for lists."""
+
+    kind: str
+    assigner: str
+    value_hash: str
+    value_enc: str
+    value_masked: str
+
+    @property
+    def key(self) -> IdentifierKey:
+        return (self.kind, self.assigner, self.value_hash)
+
+
+@dataclass(frozen=True, slots=True)
+class NewPatient:
+    name_enc: str
+    name_masked: str
+    sex: str
+    birth_date: date | None
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LinkEvent:
+    at: datetime
+    actor: str
+    action: str  # link | merge | unmerge
+    from_patient: int
+    to_patient: int
+    reason: str
+
+
+class PatientStore(Protocol):
+    """What patient matching needs from storage, inside the caller's transaction."""
+
+    def patients_by_identifier(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, int]:
+        """Patient id (after following ``merged_into``) for each known key."""
+        ...
+
+    def create_patient(self, patient: NewPatient) -> int: ...
+
+    def add_identifiers(self, patient_id: int, records: Sequence[IdentifierRecord]) -> None: ...
+
+    def record_link(self, event: LinkEvent) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PatientMatch:
+    patient_id: int
+    created: bool
+    linked_to: tuple[int, ...] = ()  # other patients the identifiers pointed to
+
+
+class PatientMatcher:
+    """Finds or creates the patient of a submission."""
+
+    def __init__(self, vault: IdentifierVault) -> None:
+        self._vault = vault
+
+    def record(self, ident: PatientIdentifier) -> IdentifierRecord:
+        kind = str(ident.kind)
+        return IdentifierRecord(
+            kind=kind,
+            assigner=ident.assigner,
+            value_hash=self._vault.lookup_hash(kind, ident.assigner, ident.value),
+            value_enc=self._vault.encrypt(ident.value),
+            value_masked=mask_id(ident.value),
+        )
+
+    def lookup_key(self, ident: PatientIdentifier) -> IdentifierKey:
+        kind = str(ident.kind)
+        return (kind, ident.assigner, self._vault.lookup_hash(kind, ident.assigner, ident.value))
+
+    def match(
+        self,
+        store: PatientStore,
+        demographics: PatientDemographics,
+        *,
+        at: datetime,
+        actor: str,
+    ) -> PatientMatch:
+        """``demographics.identifiers`` must already be validated and normalized."""
+        idents = sorted(
+            dict.fromkeys(demographics.identifiers), key=lambda i: IDENTIFIER_PRECEDENCE[i.kind]
+        )
+        keys = [self.lookup_key(i) for i in idents]
+        found = store.patients_by_identifier(keys)
+        if not found:
+            birth = demographics.birth_date or _birth_from(idents)
+            name = demographics.name.strip()
+            patient_id = store.create_patient(
+                NewPatient(
+                    name_enc=self._vault.encrypt(name) if name else "",
+                    name_masked=mask_name(name),
+                    sex=demographics.sex[:1],
+                    birth_date=birth,
+                    created_at=at,
+                )
+            )
+            store.add_identifiers(patient_id, [self.record(i) for i in idents])
+            return PatientMatch(patient_id, created=True)
+
+        # The strongest identifier that is known decides (keys are in precedence order).
+        patient_id = next(found[k] for k in keys if k in found)
+        others = tuple(dict.fromkeys(p for p in found.values() if p != patient_id))
+        for other in others:
+            kinds = "、".join(
+                IDENTIFIER_LABELS[i.kind]
+                for i, k in zip(idents, keys, strict=True)
+                if found.get(k) == other
+            )
+            store.record_link(
+                LinkEvent(
+                    at=at,
+                    actor=actor,
+                    action="link",
+                    from_patient=other,
+                    to_patient=patient_id,
+                    reason=(
+                        f"同一消息中的患者标识指向两名患者：{kinds}属于患者 {other}，"
+                        f"更强的标识属于患者 {patient_id}；结果已归入患者 {patient_id}，"
+                        "未自动合并，请人工核对"
+                    ),
+                )
+            )
+        new = [self.record(i) for i, k in zip(idents, keys, strict=True) if k not in found]
+        if new:
+            store.add_identifiers(patient_id, new)
+        return PatientMatch(patient_id, created=False, linked_to=others)
+
+
+def _birth_from(idents: Iterable[PatientIdentifier]) -> date | None:
+    for i in idents:
+        if i.kind is IdentifierKind.NATIONAL_ID:
+            return birth_date_from_national_id(i.value)
+    return None
