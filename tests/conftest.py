@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -90,6 +90,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
         token_signing_key=SecretStr(new_key()),
         start_mllp=False,
         start_dicom=False,
+        background_jobs=False,
     )
 
 
@@ -113,3 +114,40 @@ def world(container: Container) -> Container:
     seed_world(container.engine, container.clock.now())
     container.catalog.invalidate()
     return container
+
+
+@pytest.fixture
+def login(container: Container) -> Callable[..., dict[str, str]]:
+    """``login(role, *, institution=, jurisdiction=, department=, patient_id=)`` creates an
+    account of that role in the test database and returns its ``Authorization`` header.
+    Institution and jurisdiction must exist (use ``world``); the operator needs neither."""
+    from huren.domain.accounts import Role
+    from huren.services.accounts import NewAccount
+
+    counter = iter(range(1, 1_000_000))
+
+    def _login(
+        role: Role,
+        *,
+        institution: str | None = None,
+        jurisdiction: str | None = None,
+        department: str | None = None,
+        patient_id: int | None = None,
+    ) -> dict[str, str]:
+        username = f"{role.value}-{next(counter)}"
+        created = container.accounts.create_account(
+            NewAccount(
+                username,
+                f"测试{role.value}",
+                role,
+                institution=institution,
+                jurisdiction=jurisdiction,
+                department=department,
+                patient_id=patient_id,
+            ),
+            generate_password=False,
+        )
+        token = container.accounts.issue_token(created.account.principal())
+        return {"Authorization": f"Bearer {token.access_token}"}
+
+    return _login

@@ -43,6 +43,8 @@ class Settings(BaseSettings):
         "allowed to show it in a frame, space separated (e.g. 'self' https://his.hospital.cn)",
     )
     start_mllp: bool = True
+    background_jobs: bool = True
+    monitoring_refresh_seconds: float = 60.0
     start_dicom: bool = True
 
 

@@ -13,7 +13,9 @@ from fastapi.staticfiles import StaticFiles
 from huren.adapters.db.engine import require_migrated
 from huren.api import problems
 from huren.api.app_paths import STATIC_DIR
+from huren.api.background import install_background_jobs
 from huren.api.routes import ROUTERS
+from huren.api.routes import imaging as imaging_routes
 from huren.bootstrap import Container
 
 log = logging.getLogger("huren")
@@ -47,4 +49,8 @@ def create_app(container: Container, *, check_migrated: bool = True) -> FastAPI:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)
+    if container.settings.start_dicom:
+        imaging_routes.install_dicom_listener(app)
+    if container.settings.background_jobs:
+        install_background_jobs(app, container)
     return app
