@@ -12,4 +12,8 @@ from huren.config import Settings
 def run_server(settings: Settings, host: str, port: int) -> None:
     container = build(settings)
     app = create_app(container)
+    if settings.start_mllp:
+        from huren.api.routes.hl7v2 import install_mllp_listener
+
+        install_mllp_listener(app)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -1,0 +1,117 @@
+"""ER7 ("pipe and hat") details python-hl7 leaves to the caller: the delimiters of one
+message, splitting one field's text into repetitions / components / subcomponents, and
+the escape sequences of HL7 v2.5.1 §2.7."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Delimiters:
+    """MSH-1 and MSH-2 of one message (v2.5.1 §2.5.5)."""
+
+    field: str = "|"
+    component: str = "^"
+    repetition: str = "~"
+    escape: str = "\\"
+    subcomponent: str = "&"
+
+    @property
+    def encoding_characters(self) -> str:
+        return self.component + self.repetition + self.escape + self.subcomponent
+
+    def repetitions(self, text: str) -> list[str]:
+        return text.split(self.repetition) if text else []
+
+    def components(self, text: str) -> list[str]:
+        return text.split(self.component)
+
+    def subcomponents(self, text: str) -> list[str]:
+        return text.split(self.subcomponent)
+
+    def escape_text(self, text: str) -> str:
+        """Escape a value for writing (v2.5.1 §2.7.1); line breaks become ``\\.br\\``."""
+        e = self.escape
+        table = {
+            e: f"{e}E{e}",
+            self.field: f"{e}F{e}",
+            self.component: f"{e}S{e}",
+            self.repetition: f"{e}R{e}",
+            self.subcomponent: f"{e}T{e}",
+        }
+        out = "".join(table.get(ch, ch) for ch in text)
+        return out.replace("\r\n", f"{e}.br{e}").replace("\n", f"{e}.br{e}").replace("\r", "")
+
+    def unescape_text(self, text: str) -> str:
+        """Resolve escape sequences in a received value; ``\\.br\\`` is a line break,
+        highlighting (``\\H\\``/``\\N\\``) and formatting commands are dropped."""
+        e = self.escape
+        if e not in text:
+            return text
+        pattern = re.compile(re.escape(e) + r"([^" + re.escape(e) + r"]*)" + re.escape(e))
+        table = {
+            "F": self.field,
+            "S": self.component,
+            "R": self.repetition,
+            "T": self.subcomponent,
+            "E": e,
+            ".br": "\n",
+            "H": "",
+            "N": "",
+        }
+
+        def sub(match: re.Match[str]) -> str:
+            seq = match.group(1)
+            if seq in table:
+                return table[seq]
+            if seq.startswith(".sp"):
+                return "\n"
+            if seq.startswith("X") and len(seq) > 1:
+                try:
+                    return bytes.fromhex(seq[1:]).decode("latin-1")
+                except ValueError:
+                    return ""
+            return ""  # .in, .ti, .ce, .fi, .nf, Z…: formatting, not content
+
+        return pattern.sub(sub, text)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldValue:
+    """One field's raw ER7 text with typed accessors (1-based like HL7)."""
+
+    text: str
+    delimiters: Delimiters
+
+    def rep(self, n: int = 1) -> FieldValue:
+        reps = self.delimiters.repetitions(self.text)
+        return FieldValue(reps[n - 1] if 0 < n <= len(reps) else "", self.delimiters)
+
+    def reps(self) -> list[FieldValue]:
+        return [FieldValue(r, self.delimiters) for r in self.delimiters.repetitions(self.text)]
+
+    def component_text(self, n: int = 1) -> str:
+        """Component ``n`` of the first repetition, subcomponents left joined."""
+        first = self.delimiters.repetitions(self.text)[:1]
+        comps = self.delimiters.components(first[0]) if first else []
+        return comps[n - 1] if 0 < n <= len(comps) else ""
+
+    def component(self, n: int = 1) -> str:
+        """Component ``n`` of the first repetition, first subcomponent, unescaped."""
+        return self.subcomponents(n)[0]
+
+    def subcomponents(self, n: int = 1) -> list[str]:
+        raw = self.component_text(n)
+        return [
+            self.delimiters.unescape_text(s).strip() for s in self.delimiters.subcomponents(raw)
+        ]
+
+    def value(self) -> str:
+        """The whole first repetition as text (components kept), unescaped."""
+        first = self.delimiters.repetitions(self.text)[:1]
+        return self.delimiters.unescape_text(first[0]).strip() if first else ""
+
+    def __bool__(self) -> bool:
+        return bool(self.text.strip(self.delimiters.encoding_characters + " "))

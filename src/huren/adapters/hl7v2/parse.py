@@ -1,0 +1,962 @@
+"""ORU^R01 (HL7 v2.3 – 2.5.1) → ``InboundMessage`` of ``ResultSubmission``s.
+
+One OBR (with its OBX rows) is one report of one item (报告单); the PID before it is its
+patient. Every problem names the field the way an interface engineer reads it —
+``PID-3``, ``OBR[2]-25``, ``OBX[3]-5`` (segment occurrence in the message, field number)
+— and carries its HL7 Table 0357 error code for the ACK's ERR segment.
+
+Messages that cannot be read at all (not HL7, unknown character set, wrong encoding
+characters, a broken segment, an unsupported message type, event, version or processing
+id) raise ``Hl7Rejected`` with ``AckCode.AR``; messages that can be read but whose content
+is wrong raise it with ``AckCode.AE``. Nothing of a rejected message is stored."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from enum import StrEnum
+from typing import Any
+
+from huren.adapters.hl7v2 import codes
+from huren.adapters.hl7v2.codes import ErrorCode, ReportSection, ValueKind
+from huren.adapters.hl7v2.er7 import Delimiters, FieldValue
+from huren.domain.errors import ValidationFailed
+from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
+from huren.domain.masterdata import Category
+from huren.domain.results import (
+    ObservationValue,
+    PatientDemographics,
+    ResultStatus,
+    ResultSubmission,
+    ValueType,
+)
+from huren.services.intake import Channel, InboundMessage
+
+# Chinese senders write local time without an offset; China has kept UTC+8 all year
+# since 1991, so a fixed offset is exact.
+CHINA_TIME = timezone(timedelta(hours=8), "CST")
+
+_SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
+_TS = re.compile(
+    r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?\s*(?:([+-])(\d{2})(\d{2}))?$"
+)
+_NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
+_NUM = r"([+-]?\d+(?:\.\d+)?)"
+_RANGE = re.compile(r"^" + _NUM + r"\s*(?:-|~|～|—|–|至)\s*" + _NUM + r"$")
+_BELOW = re.compile(r"^(?:<=|<|≤|＜|＜=)\s*" + _NUM + r"$")
+_ABOVE = re.compile(r"^(?:>=|>|≥|＞|＞=)\s*" + _NUM + r"$")
+
+
+class AckCode(StrEnum):
+    """MSA-1 acknowledgment code (Table 0008, original mode)."""
+
+    AA = "AA"  # accepted
+    AE = "AE"  # error: the content is wrong, correct and resend
+    AR = "AR"  # reject: the message cannot be processed at all
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a problem is (ERR-2 ERL: segment, sequence, field, repetition, component)."""
+
+    segment: str
+    sequence: int = 1
+    field: int | None = None
+    repetition: int | None = None
+    component: int | None = None
+    indexed: bool = False  # write the occurrence, e.g. OBX[2]-5
+
+    def __str__(self) -> str:
+        name = f"{self.segment}[{self.sequence}]" if self.indexed else self.segment
+        if self.field is None:
+            return name
+        out = f"{name}-{self.field}"
+        if self.repetition is not None and self.repetition > 1:
+            out += f"({self.repetition})"
+        if self.component is not None:
+            out += f".{self.component}"
+        return out
+
+    def at(self, field_no: int, repetition: int | None = None) -> Location:
+        return Location(self.segment, self.sequence, field_no, repetition, None, self.indexed)
+
+
+@dataclass(frozen=True, slots=True)
+class Hl7Problem:
+    location: Location
+    code: ErrorCode
+    message: str  # Chinese
+
+    @property
+    def field(self) -> str:
+        return str(self.location)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageHeader:
+    """What the ACK needs from the MSH, read as far as the message allows."""
+
+    delimiters: Delimiters = field(default_factory=Delimiters)
+    sending_application: str = ""  # raw ER7 text of MSH-3 (echoed in the ACK's MSH-5)
+    sending_facility: str = ""  # raw MSH-4 (echoed in MSH-6)
+    receiving_application: str = ""  # raw MSH-5 (becomes the ACK's MSH-3)
+    receiving_facility: str = ""  # raw MSH-6 (becomes MSH-4)
+    control_id: str = ""  # MSH-10
+    processing_id: str = "P"  # MSH-11
+    version: str = "2.5.1"  # MSH-12.1
+    message_type: str = ""  # MSH-9 as sent
+    trigger: str = ""  # MSH-9.2
+    charset: str = "utf-8"  # Python codec the message was decoded with
+    charset_field: str = ""  # MSH-18 as sent (echoed in the ACK)
+    institution: str = ""  # MSH-4.1: the producing institution's code
+
+
+class Hl7Rejected(Exception):
+    """The message is refused as a whole; ``header`` is what could be read of it."""
+
+    def __init__(self, ack: AckCode, problems: list[Hl7Problem], header: MessageHeader) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.ack = ack
+        self.problems = problems
+        self.header = header
+        self.text = ""  # the decoded message, when decoding got that far
+
+    @property
+    def error(self) -> str:
+        return "；".join(f"{p.field}: {p.message}" for p in self.problems)
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where one submission came from, to name fields in problems found later (intake)."""
+
+    obr: Location
+    identifiers: tuple[Location, ...]  # PID-3 repetition of each kept identifier
+    observations: tuple[Location, ...]  # the OBX of each observation
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedOru:
+    header: MessageHeader
+    message: InboundMessage
+    origins: tuple[Origin, ...] = ()
+
+
+# ------------------------------------------------------------------ entry point
+def parse_oru(raw: bytes, channel: Channel, *, charset_hint: str | None = None) -> ParsedOru:
+    """Decode, check and translate one ORU^R01 message; raise ``Hl7Rejected``."""
+    raw = normalize_segment_terminators(raw)
+    header = read_header(raw)
+    text, codec = decode(raw, header, charset_hint)
+    header = _header_from_text(text, _replace(header, charset=codec))
+    check_header(header)
+    if "\x00" in text:
+        # No HL7 data type allows NUL, and PostgreSQL text cannot store it.
+        segment_no = text[: text.index("\x00")].count("\r") + 1
+        exc = _reject(
+            AckCode.AR,
+            header,
+            MSH,
+            ErrorCode.DATA_TYPE,
+            f"消息第 {segment_no} 段含有 NUL 字符（0x00），不是合法的 HL7 文本",
+        )
+        exc.text = text
+        raise exc
+    try:
+        segments = split_segments(text, header)
+        translator = _Translator(segments, header)
+        submissions = translator.submissions()
+    except Hl7Rejected as exc:
+        exc.text = text
+        raise
+    message = InboundMessage(
+        channel=channel,
+        institution=header.institution,
+        control_id=header.control_id,
+        raw=text,
+        submissions=tuple(submissions),
+    )
+    return ParsedOru(header, message, tuple(translator.origins))
+
+
+def normalize_segment_terminators(raw: bytes) -> bytes:
+    """Files and some engines end segments with LF or CRLF instead of CR (v2.5.1 §2.5.4
+    requires CR). Neither byte occurs inside a UTF-8 or GB 18030 multi-byte character."""
+    raw = raw.strip(b" \t\r\n\x0b\x1c\x00")
+    return raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+def _reject(
+    ack: AckCode, header: MessageHeader, location: Location, code: ErrorCode, message: str
+) -> Hl7Rejected:
+    return Hl7Rejected(ack, [Hl7Problem(location, code, message)], header)
+
+
+MSH = Location("MSH")
+
+
+def read_header(raw: bytes) -> MessageHeader:
+    """Read MSH from the bytes, before the character set is known: MSH-1, MSH-2 and the
+    fields the ACK echoes are ASCII in every sender we know of."""
+    if not raw.startswith(b"MSH") or len(raw) < 8:
+        raise _reject(
+            AckCode.AR,
+            MessageHeader(),
+            MSH,
+            ErrorCode.SEGMENT_SEQUENCE,
+            "消息不是 HL7 v2 消息：必须以 MSH 段开头",
+        )
+    sep = chr(raw[3])
+    if sep.isalnum() or sep.isspace() or raw[3] > 0x7E:
+        raise _reject(
+            AckCode.AR,
+            MessageHeader(),
+            MSH.at(1),
+            ErrorCode.DATA_TYPE,
+            f"字段分隔符（MSH-1）无效：{sep!r}",
+        )
+    msh_line = raw.split(b"\r", 1)[0].decode("latin-1")
+    parts = msh_line.split(sep)
+    enc = parts[1] if len(parts) > 1 else ""
+    base = MessageHeader(
+        delimiters=Delimiters(field=sep),
+        control_id=_plain(parts, 10, sep),
+        sending_application=_part(parts, 3),
+        sending_facility=_part(parts, 4),
+        receiving_application=_part(parts, 5),
+        receiving_facility=_part(parts, 6),
+        version=_plain(parts, 12, sep) or "2.5.1",
+    )
+    if (
+        len(enc) not in (4, 5)
+        or len(set(enc + sep)) != len(enc) + 1
+        or any(ch.isalnum() or ch.isspace() for ch in enc)
+    ):
+        raise _reject(
+            AckCode.AR,
+            base,
+            MSH.at(2),
+            ErrorCode.DATA_TYPE,
+            f"编码字符（MSH-2）无效：{enc!r}，应为 4 个互不相同的分隔符，如 ^~\\&",
+        )
+    delims = Delimiters(
+        field=sep, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3]
+    )
+    return MessageHeader(
+        delimiters=delims,
+        sending_application=base.sending_application,
+        sending_facility=base.sending_facility,
+        receiving_application=base.receiving_application,
+        receiving_facility=base.receiving_facility,
+        control_id=_first_component(_part(parts, 10), delims),
+        version=_first_component(_part(parts, 12), delims) or "2.5.1",
+        charset_field=_part(parts, 18).split(delims.repetition)[0].strip(),
+    )
+
+
+def _part(parts: list[str], msh_field: int) -> str:
+    # MSH-1 is the separator itself, so MSH-n is parts[n - 1].
+    return parts[msh_field - 1] if len(parts) >= msh_field else ""
+
+
+def _plain(parts: list[str], msh_field: int, sep: str) -> str:
+    return _part(parts, msh_field).strip()
+
+
+def _first_component(text: str, delims: Delimiters) -> str:
+    return text.split(delims.repetition)[0].split(delims.component)[0].strip()
+
+
+def decode(raw: bytes, header: MessageHeader, charset_hint: str | None = None) -> tuple[str, str]:
+    """Decode with the MSH-18 character set (Table 0211); without MSH-18, UTF-8 then
+    GB 18030 — both are common in Chinese hospitals. Undecodable bytes reject the
+    message naming MSH-18 rather than storing mojibake."""
+    declared = header.charset_field.upper()
+    if declared:
+        codec = codes.CHARSETS.get(declared) or codes.CHARSETS.get(declared.replace("_", " "))
+        if codec is None:
+            raise _reject(
+                AckCode.AR,
+                header,
+                MSH.at(18),
+                ErrorCode.TABLE_VALUE_NOT_FOUND,
+                f"不支持的字符集 {header.charset_field!r}，请使用 UNICODE UTF-8 或 GB 18030-2000",
+            )
+        try:
+            return raw.decode(codec), codec
+        except UnicodeDecodeError as exc:
+            raise _reject(
+                AckCode.AR,
+                _with_charset(header, codec),
+                MSH.at(18),
+                ErrorCode.DATA_TYPE,
+                f"消息内容不是 MSH-18 声明的字符集 {header.charset_field}（第 {exc.start} 字节无法解码）",
+            ) from exc
+    candidates = [c for c in (charset_hint, *codes.DEFAULT_CHARSETS) if c]
+    for codec in dict.fromkeys(candidates):
+        try:
+            text = raw.decode(codec)
+        except (UnicodeDecodeError, LookupError):
+            continue
+        return text, codec
+    raise _reject(
+        AckCode.AR,
+        header,
+        MSH.at(18),
+        ErrorCode.DATA_TYPE,
+        "无法识别消息的字符集：既不是 UTF-8 也不是 GB 18030，请在 MSH-18 声明字符集",
+    )
+
+
+def _with_charset(header: MessageHeader, codec: str) -> MessageHeader:
+    return _replace(header, charset=codec)
+
+
+def _replace(header: MessageHeader, **changes: Any) -> MessageHeader:
+    values = {f: getattr(header, f) for f in MessageHeader.__dataclass_fields__}
+    values.update(changes)
+    return MessageHeader(**values)
+
+
+def _header_from_text(text: str, header: MessageHeader) -> MessageHeader:
+    d = header.delimiters
+    parts = text.split("\r", 1)[0].split(d.field)
+    msh9 = FieldValue(_part(parts, 9), d)
+    return _replace(
+        header,
+        sending_application=_part(parts, 3),
+        sending_facility=_part(parts, 4),
+        receiving_application=_part(parts, 5),
+        receiving_facility=_part(parts, 6),
+        message_type=msh9.value(),
+        trigger=msh9.component(2),
+        control_id=FieldValue(_part(parts, 10), d).component(1),
+        processing_id=FieldValue(_part(parts, 11), d).component(1),
+        version=FieldValue(_part(parts, 12), d).component(1),
+        institution=FieldValue(_part(parts, 4), d).component(1)
+        or FieldValue(_part(parts, 4), d).component(2),
+    )
+
+
+def check_header(header: MessageHeader) -> None:
+    """What makes a message unprocessable (AR): type, event, version, processing id."""
+    msg_type = header.message_type.split(header.delimiters.component)[0]
+    if msg_type != "ORU":
+        raise _reject(
+            AckCode.AR,
+            header,
+            MSH.at(9),
+            ErrorCode.UNSUPPORTED_MESSAGE_TYPE,
+            f"不支持的消息类型 {msg_type or '（空）'}，本接口只接收 ORU^R01 检查检验结果",
+        )
+    if header.trigger != "R01":
+        raise _reject(
+            AckCode.AR,
+            header,
+            MSH.at(9),
+            ErrorCode.UNSUPPORTED_EVENT,
+            f"不支持的触发事件 {header.trigger or '（空）'}，本接口只接收 ORU^R01",
+        )
+    if header.version not in codes.SUPPORTED_VERSIONS:
+        supported = "、".join(sorted(codes.SUPPORTED_VERSIONS))
+        raise _reject(
+            AckCode.AR,
+            header,
+            MSH.at(12),
+            ErrorCode.UNSUPPORTED_VERSION,
+            f"不支持的 HL7 版本 {header.version or '（空）'}，支持 {supported}",
+        )
+    if header.processing_id not in codes.ACCEPTED_PROCESSING_IDS:
+        raise _reject(
+            AckCode.AR,
+            header,
+            MSH.at(11),
+            ErrorCode.UNSUPPORTED_PROCESSING_ID,
+            f"处理标识 {header.processing_id} 不被接收：平台只接收生产数据（P）",
+        )
+    if not header.control_id:
+        raise _reject(
+            AckCode.AR,
+            header,
+            MSH.at(10),
+            ErrorCode.REQUIRED_FIELD_MISSING,
+            "缺少消息控制号（MSH-10），无法确认",
+        )
+
+
+# ------------------------------------------------------------------ segments
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One segment with its occurrence number; ``f(n)`` is field n (HL7 numbering)."""
+
+    id: str
+    sequence: int
+    fields: tuple[str, ...]  # raw ER7 text; index n = field n (MSH: index n = MSH-n)
+    delimiters: Delimiters
+    indexed: bool
+
+    def f(self, n: int) -> FieldValue:
+        return FieldValue(self.fields[n] if n < len(self.fields) else "", self.delimiters)
+
+    def loc(self, n: int | None = None, repetition: int | None = None) -> Location:
+        return Location(self.id, self.sequence, n, repetition, None, self.indexed)
+
+
+REPEATING = frozenset({"OBR", "OBX", "NTE", "ORC", "SPM", "PID", "PV1", "ZDS", "IPC"})
+
+
+def split_segments(text: str, header: MessageHeader) -> list[Segment]:
+    """Check each segment's id and split it into fields."""
+    lines = [line for line in text.split("\r") if line.strip()]
+    sep = header.delimiters.field
+    for n, line in enumerate(lines, start=1):
+        seg_id = line[:3]
+        if not _SEGMENT_ID.match(seg_id) or (len(line) > 3 and line[3] != sep):
+            shown = line[:12] + ("…" if len(line) > 12 else "")
+            raise _reject(
+                AckCode.AR,
+                header,
+                Location(seg_id if _SEGMENT_ID.match(seg_id) else "???", n),
+                ErrorCode.SEGMENT_SEQUENCE,
+                f"第 {n} 段不是合法的 HL7 段：{shown!r}",
+            )
+        if seg_id == "MSH" and n > 1:
+            raise _reject(
+                AckCode.AR,
+                header,
+                Location("MSH", 2, indexed=True),
+                ErrorCode.SEGMENT_SEQUENCE,
+                f"一次只能发送一条消息：第 {n} 段又是 MSH（批量消息请逐条发送）",
+            )
+    # Fields only: components and subcomponents are split lazily by ``FieldValue`` when
+    # read. (python-hl7's ``hl7.parse`` splits every field down to subcomponents and took
+    # half of the adapter's time per message; it stays the independent reader of our ACKs
+    # in the tests.)
+    counts: dict[str, int] = {}
+    segments: list[Segment] = []
+    for line in lines:
+        parts = line.split(sep)
+        seg_id = parts[0]
+        # MSH-1 is the field separator itself, so MSH-n is parts[n - 1]: realign.
+        fields = ("MSH", sep, *parts[1:]) if seg_id == "MSH" else tuple(parts)
+        counts[seg_id] = counts.get(seg_id, 0) + 1
+        segments.append(
+            Segment(
+                seg_id,
+                counts[seg_id],
+                fields,
+                header.delimiters,
+                seg_id in REPEATING and seg_id != "PID",
+            )
+        )
+    return segments
+
+
+# ------------------------------------------------------------------ field readers
+def parse_ts(value: str) -> datetime | None:
+    """HL7 TS/DTM: YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]; local China time if no offset."""
+    m = _TS.match(value.strip())
+    if not m:
+        return None
+    year, month, day, hour, minute, second, frac, sign, oh, om = m.groups()
+    tz = CHINA_TIME
+    if sign:
+        offset = timedelta(hours=int(oh), minutes=int(om))
+        tz = timezone(offset if sign == "+" else -offset)
+    try:
+        return datetime(
+            int(year),
+            int(month or 1),
+            int(day or 1),
+            int(hour or 0),
+            int(minute or 0),
+            int(second or 0),
+            int((frac or "0").ljust(6, "0")[:6]),
+            tzinfo=tz,
+        )
+    except ValueError:
+        return None
+
+
+def parse_reference_range(text: str) -> tuple[float | None, float | None]:
+    """OBX-7 "3.5-5.5", "3.5~5.5", "<5.0", ">=10" → (low, high); text ranges such as
+    "阴性" give (None, None) and stay as text."""
+    t = text.strip()
+    if m := _RANGE.match(t):
+        low, high = float(m.group(1)), float(m.group(2))
+        # "3.5--5.5": some LIS write "--" as the separator, not a negative upper limit.
+        return (low, -high) if high < low <= -high else (low, high)
+    if m := _BELOW.match(t):
+        return None, float(m.group(1))
+    if m := _ABOVE.match(t):
+        return float(m.group(1)), None
+    return None, None
+
+
+def person_name(fv: FieldValue) -> str:
+    """XCN / CN / NDL person: ``id^family^given`` or ``id&family&given`` (NDL's CN), or
+    just a name where Chinese senders put it."""
+    subs = fv.subcomponents(1)
+    if len(subs) > 1:
+        return _join_name(subs[1], subs[2] if len(subs) > 2 else "") or subs[0]
+    family, given = fv.component(2), fv.component(3)
+    return _join_name(family, given) or fv.component(1)
+
+
+def _join_name(family: str, given: str) -> str:
+    if not family or not given:
+        return family or given
+    cjk = any(ord(ch) > 0x2E7F for ch in family + given)
+    return family + given if cjk else f"{given} {family}"
+
+
+def identifier_rule(type_code: str, authority: str) -> codes.IdentifierRule | None:
+    """PID-3 CX-5 type code first; a generic or empty one defers to the CX-4 assigning
+    authority; no type and no known authority means the sender's own id (MRN)."""
+    by_type = codes.IDENTIFIER_TYPES.get(type_code) if type_code else None
+    if by_type is not None:
+        return by_type
+    by_authority = codes.IDENTIFIER_AUTHORITIES.get(
+        authority.upper()
+    ) or codes.IDENTIFIER_AUTHORITIES.get(authority)
+    if by_authority is not None or type_code:
+        return by_authority
+    return codes.IDENTIFIER_TYPES[""]
+
+
+# ------------------------------------------------------------------ the translation
+@dataclass
+class _Report:
+    obr: Segment
+    patient: PatientDemographics | None
+    pid: Segment | None = None
+    obx: list[Segment] = field(default_factory=list)
+    extra: list[Segment] = field(default_factory=list)  # ZDS, IPC
+
+
+class _Translator:
+    def __init__(self, segments: list[Segment], header: MessageHeader) -> None:
+        self.segments = segments
+        self.header = header
+        self.problems: list[Hl7Problem] = []
+        self.origins: list[Origin] = []
+        self._identifier_locations: dict[int, tuple[Location, ...]] = {}
+
+    def problem(self, location: Location, code: ErrorCode, message: str) -> None:
+        self.problems.append(Hl7Problem(location, code, message))
+
+    def submissions(self) -> list[ResultSubmission]:
+        if not self.header.institution:
+            self.problem(
+                MSH.at(4),
+                ErrorCode.REQUIRED_FIELD_MISSING,
+                "缺少发送机构（MSH-4），无法确定报告机构",
+            )
+        reports = self._group()
+        out: list[ResultSubmission] = []
+        seen: dict[tuple[str, str], Location] = {}
+        for report in reports:
+            sub = self._submission(report)
+            if sub is None:
+                continue
+            key = (sub.report_no, sub.local_code)
+            if key in seen:
+                self.problem(
+                    report.obr.loc(3),
+                    ErrorCode.DUPLICATE_KEY,
+                    f"报告单编号 {sub.report_no} 的项目 {sub.local_code} 在 {seen[key]} 已出现",
+                )
+            seen.setdefault(key, report.obr.loc(3))
+            out.append(sub)
+        if self.problems:
+            raise Hl7Rejected(AckCode.AE, self._in_message_order(), self.header)
+        return out
+
+    def _in_message_order(self) -> list[Hl7Problem]:
+        position = {(s.id, s.sequence): n for n, s in enumerate(self.segments)}
+
+        def key(p: Hl7Problem) -> tuple[int, int, int]:
+            loc = p.location
+            return (
+                position.get((loc.segment, loc.sequence), -1),
+                loc.field or 0,
+                loc.repetition or 0,
+            )
+
+        return sorted(self.problems, key=key)
+
+    def _group(self) -> list[_Report]:
+        reports: list[_Report] = []
+        patient: PatientDemographics | None = None
+        pid: Segment | None = None
+        saw_pid = False
+        for seg in self.segments:
+            if seg.id == "PID":
+                saw_pid, pid = True, seg
+                patient = self._patient(seg)
+            elif seg.id == "OBR":
+                reports.append(_Report(seg, patient, pid))
+            elif seg.id == "OBX":
+                if not reports:
+                    self.problem(
+                        seg.loc(), ErrorCode.SEGMENT_SEQUENCE, "OBX 段出现在任何 OBR 段之前"
+                    )
+                else:
+                    reports[-1].obx.append(seg)
+            elif seg.id in ("ZDS", "IPC") and reports:
+                reports[-1].extra.append(seg)
+        if not saw_pid:
+            self.problem(Location("PID"), ErrorCode.SEGMENT_SEQUENCE, "缺少 PID 段（患者信息）")
+        if not reports and saw_pid:
+            self.problem(
+                Location("OBR"), ErrorCode.SEGMENT_SEQUENCE, "缺少 OBR 段：消息中没有任何报告"
+            )
+        return reports
+
+    # -------------------------------------------------------------- PID
+    def _patient(self, pid: Segment) -> PatientDemographics | None:
+        before = len(self.problems)
+        identifiers = self._identifiers(pid)
+        name = ""
+        for rep in pid.f(5).reps():
+            name = _join_name(rep.component(1), rep.component(2))
+            if name:
+                break
+        birth: date | None = None
+        if born := pid.f(7).component(1):
+            ts = parse_ts(born)
+            if ts is None:
+                self.problem(
+                    pid.loc(7), ErrorCode.DATA_TYPE, f"出生日期格式无效：{born!r}（应为 YYYYMMDD）"
+                )
+            else:
+                birth = ts.date()
+        sex = ""
+        if raw_sex := pid.f(8).component(1):
+            mapped = codes.SEX.get(raw_sex.upper())
+            if mapped is None:
+                self.problem(
+                    pid.loc(8),
+                    ErrorCode.TABLE_VALUE_NOT_FOUND,
+                    f"性别代码无效：{raw_sex!r}（应为 M/F/O/U）",
+                )
+            else:
+                sex = mapped
+        if len(self.problems) > before:
+            return None
+        return PatientDemographics(tuple(identifiers), name, sex, birth)
+
+    def _identifiers(self, pid: Segment) -> list[PatientIdentifier]:
+        out: list[PatientIdentifier] = []
+        where: list[Location] = []
+        self._identifier_locations[pid.sequence] = ()
+        reps = pid.f(3).reps()
+        if not any(reps):
+            self.problem(pid.loc(3), ErrorCode.REQUIRED_FIELD_MISSING, "缺少患者标识（PID-3）")
+            return out
+        for n, rep in enumerate(reps, start=1):
+            value = rep.component(1)
+            if not value:
+                continue
+            type_code = rep.component(5).upper()
+            if type_code in codes.IGNORED_IDENTIFIER_TYPES:
+                continue
+            rule = identifier_rule(type_code, rep.component(4))
+            if rule is None:
+                self.problem(
+                    pid.loc(3, n),
+                    ErrorCode.TABLE_VALUE_NOT_FOUND,
+                    f"未知的标识类型 {type_code!r}（PID-3 第 {n} 个标识的 CX-5）",
+                )
+                continue
+            assigner = self.header.institution if rule.kind is IdentifierKind.MRN else ""
+            ident = PatientIdentifier(rule.kind, value, assigner)
+            try:
+                out.append(validate_identifier(ident, str(pid.loc(3, n))))
+                where.append(pid.loc(3, n))
+            except ValidationFailed as exc:
+                for p in exc.problems:
+                    self.problem(pid.loc(3, n), ErrorCode.DATA_TYPE, f"{rule.label}：{p.message}")
+        if not out and not any(p.location.segment == "PID" for p in self.problems):
+            self.problem(
+                pid.loc(3), ErrorCode.REQUIRED_FIELD_MISSING, "PID-3 中没有可识别的患者标识"
+            )
+        return out
+
+    # -------------------------------------------------------------- OBR
+    def _submission(self, report: _Report) -> ResultSubmission | None:
+        obr = report.obr
+        before = len(self.problems)
+        report_no = obr.f(3).component(1)
+        if not report_no:
+            self.problem(
+                obr.loc(3),
+                ErrorCode.REQUIRED_FIELD_MISSING,
+                "缺少报告单编号（OBR-3 检查检验方医嘱号）",
+            )
+        local_code, local_name = obr.f(4).component(1), obr.f(4).component(2)
+        if not local_code:
+            self.problem(
+                obr.loc(4), ErrorCode.REQUIRED_FIELD_MISSING, "缺少检查检验项目代码（OBR-4）"
+            )
+        status = self._status(report)
+        performed = self._time(obr, 7, required=True, label="检查检验时间")
+        issued = self._time(obr, 22, required=False, label="报告时间")
+        if issued is None and performed is not None:
+            issued = self._message_time() or performed
+        section = obr.f(24).component(1)
+        category = codes.SERVICE_SECTIONS.get(section.upper()) or codes.SERVICE_SECTIONS.get(
+            section
+        )
+        observations, obs_locations, findings, conclusion = self._observations(report)
+        if findings or conclusion:
+            category = category or Category.IMAGING
+        if not report.obx and status not in (ResultStatus.CANCELLED, ResultStatus.REGISTERED):
+            self.problem(
+                obr.loc(),
+                ErrorCode.SEGMENT_SEQUENCE,
+                "报告没有任何 OBX 结果段（消息可能被截断）",
+            )
+        accession, study_uid = obr.f(18).component(1) or obr.f(19).component(1), ""
+        for seg in report.extra:
+            if seg.id == "ZDS":
+                study_uid = study_uid or seg.f(1).component(1)
+            elif seg.id == "IPC":
+                accession = accession or seg.f(1).component(1)
+                study_uid = study_uid or seg.f(3).component(1)
+        signer = person_name(obr.f(32))
+        performer = person_name(obr.f(34)) or next(
+            (n for x in report.obx if (n := person_name(x.f(16)))), ""
+        )
+        if (
+            len(self.problems) > before
+            or report.patient is None
+            or status is None
+            or performed is None
+            or issued is None
+        ):
+            return None
+        self.origins.append(
+            Origin(
+                obr.loc(),
+                self._identifier_locations.get(report.pid.sequence, ()) if report.pid else (),
+                tuple(obs_locations),
+            )
+        )
+        return ResultSubmission(
+            institution=self.header.institution,
+            report_no=report_no,
+            local_code=local_code,
+            local_name=local_name,
+            patient=report.patient,
+            status=status,
+            performed_at=performed,
+            issued_at=issued,
+            category=category,
+            department=section,
+            performer=performer,
+            signer=signer,
+            observations=tuple(observations),
+            findings=findings,
+            conclusion=conclusion,
+            accession_number=accession,
+            study_uid=study_uid,
+        )
+
+    def _message_time(self) -> datetime | None:
+        msh = self.segments[0]
+        return parse_ts(msh.f(7).component(1))
+
+    def _time(self, seg: Segment, n: int, *, required: bool, label: str) -> datetime | None:
+        raw = seg.f(n).component(1)
+        if not raw:
+            if required:
+                self.problem(
+                    seg.loc(n), ErrorCode.REQUIRED_FIELD_MISSING, f"缺少{label}（{seg.id}-{n}）"
+                )
+            return None
+        ts = parse_ts(raw)
+        if ts is None:
+            self.problem(
+                seg.loc(n), ErrorCode.DATA_TYPE, f"{label}格式无效：{raw!r}（应为 YYYYMMDDHHMMSS）"
+            )
+        return ts
+
+    def _status(self, report: _Report) -> ResultStatus | None:
+        obr = report.obr
+        raw = obr.f(25).component(1).upper()
+        obx_status = [x.f(11).component(1).upper() for x in report.obx]
+        if obx_status and all(s in codes.OBSERVATION_STATUS_OVERRIDE for s in obx_status):
+            overrides = {codes.OBSERVATION_STATUS_OVERRIDE[s] for s in obx_status}
+            if len(overrides) == 1:
+                return overrides.pop()
+        if not raw:
+            # OBR-25 is required for ORU (v2.5.1 §7.4.1.25); fall back to a uniform OBX-11.
+            uniform = set(obx_status)
+            if len(uniform) == 1 and (only := uniform.pop()) in codes.RESULT_STATUS:
+                return codes.RESULT_STATUS[only]
+            self.problem(
+                obr.loc(25),
+                ErrorCode.REQUIRED_FIELD_MISSING,
+                "缺少结果状态（OBR-25，应为 P/F/C/X）",
+            )
+            return None
+        status = codes.RESULT_STATUS.get(raw)
+        if status is None:
+            self.problem(
+                obr.loc(25),
+                ErrorCode.TABLE_VALUE_NOT_FOUND,
+                f"结果状态 {raw!r} 无效（应为 P/F/C/X）",
+            )
+        return status
+
+    # -------------------------------------------------------------- OBX
+    def _observations(
+        self, report: _Report
+    ) -> tuple[list[ObservationValue], list[Location], str, str]:
+        observations: list[ObservationValue] = []
+        locations: list[Location] = []
+        sections: dict[ReportSection, list[str]] = {s: [] for s in ReportSection}
+        for obx in report.obx:
+            vt = obx.f(2).component(1).upper()
+            kind = codes.VALUE_TYPES.get(vt)
+            if kind is None:
+                self.problem(
+                    obx.loc(2),
+                    ErrorCode.TABLE_VALUE_NOT_FOUND,
+                    f"不支持的值类型 {vt or '（空）'}（支持 NM、ST、TX、FT、CE、CWE、SN）",
+                )
+                continue
+            if kind is ValueKind.ATTACHMENT:
+                continue  # embedded PDFs / references: the structured content is what we keep
+            section = _section(obx)
+            if section is not None and kind is ValueKind.TEXT:
+                sections[section].append(_text_value(obx))
+                continue
+            obs = self._observation(obx, vt, kind)
+            if obs is not None:
+                observations.append(obs)
+                locations.append(obx.loc())
+        findings = "\n".join(t for t in sections[ReportSection.FINDINGS] if t)
+        conclusion = "\n".join(t for t in sections[ReportSection.CONCLUSION] if t)
+        return observations, locations, findings, conclusion
+
+    def _observation(self, obx: Segment, vt: str, kind: ValueKind) -> ObservationValue | None:
+        ident = obx.f(3)
+        code, name = ident.component(1), ident.component(2)
+        if not code and not name:
+            self.problem(obx.loc(3), ErrorCode.REQUIRED_FIELD_MISSING, "缺少观察项目代码（OBX-3）")
+            return None
+        loinc = code if ident.component(3).upper() == "LN" else ""
+        if not loinc and ident.component(6).upper() == "LN":
+            loinc = ident.component(4)
+        status = obx.f(11).component(1).upper()
+        value_field = obx.f(5)
+        if not value_field:
+            if status in codes.OBSERVATION_STATUS_NO_VALUE:
+                return ObservationValue(code or name, name or code, _value_type(vt), loinc=loinc)
+            self.problem(
+                obx.loc(5),
+                ErrorCode.REQUIRED_FIELD_MISSING,
+                f"观察项目 {name or code} 缺少结果值（OBX-5）",
+            )
+            return None
+        value_num: float | None = None
+        value_text = ""
+        if kind is ValueKind.NUMERIC:
+            raw = value_field.component(1)
+            if not _NUMBER.match(raw):
+                self.problem(obx.loc(5), ErrorCode.DATA_TYPE, f"数值型结果（NM）不是数字：{raw!r}")
+                return None
+            value_num, value_text = float(raw), raw
+        elif kind is ValueKind.CODED:
+            value_text = value_field.component(2) or value_field.component(1)
+        elif kind is ValueKind.STRUCTURED_NUMERIC:
+            parsed = _structured_numeric(value_field)
+            if parsed is None:
+                self.problem(
+                    obx.loc(5),
+                    ErrorCode.DATA_TYPE,
+                    f"结构化数值（SN）格式无效：{value_field.value()!r}",
+                )
+                return None
+            value_num, value_text = parsed
+        else:
+            value_text = _text_value(obx)
+        ref = obx.f(7).value()
+        low, high = parse_reference_range(ref)
+        flag_raw = obx.f(8).component(1)
+        flag = codes.ABNORMAL_FLAGS.get(flag_raw.upper()) or codes.ABNORMAL_FLAGS.get(flag_raw, "")
+        if flag_raw and not flag:
+            self.problem(
+                obx.loc(8),
+                ErrorCode.TABLE_VALUE_NOT_FOUND,
+                f"异常标志 {flag_raw!r} 无效（应为 H/L/N/A 等）",
+            )
+            return None
+        return ObservationValue(
+            code=code or name,
+            name=name or code,
+            value_type=_value_type(vt),
+            value_num=value_num,
+            value_text=value_text,
+            unit=obx.f(6).component(1) or obx.f(6).component(2),
+            ref_low=low,
+            ref_high=high,
+            ref_text=ref,
+            flag=flag,
+            loinc=loinc,
+        )
+
+
+def _value_type(vt: str) -> ValueType:
+    if vt in ("CE", "CWE", "CNE"):
+        return ValueType.CE
+    if vt in ("NM", "SN"):
+        return ValueType(vt)
+    if vt == "ST":
+        return ValueType.ST
+    return ValueType.TX
+
+
+def _text_value(obx: Segment) -> str:
+    """TX/FT/ST: repetitions are lines (v2.5.1 §2.A.79 TX), ``\\.br\\`` breaks lines."""
+    return "\n".join(r.value() for r in obx.f(5).reps()).strip()
+
+
+def _section(obx: Segment) -> ReportSection | None:
+    ident = obx.f(3)
+    code_subs = ident.subcomponents(1)
+    if len(code_subs) > 1 and (s := codes.SECTION_SUFFIXES.get(code_subs[-1].upper())):
+        return s
+    for candidate in (ident.component(1), ident.component(4)):
+        if s := codes.SECTION_CODES.get(candidate):
+            return s
+    for name in (ident.component(2), ident.component(5), ident.component(1)):
+        if s := codes.SECTION_NAMES.get(name):
+            return s
+    return None
+
+
+def _structured_numeric(fv: FieldValue) -> tuple[float | None, str] | None:
+    """SN: comparator^num1^separator/suffix^num2, e.g. ``<^0.5``, ``^1^:^40``,
+    ``^10^-^20``. A plain ``=num1`` keeps the number; other forms stay as text."""
+    comparator, num1, sep, num2 = (fv.component(i) for i in (1, 2, 3, 4))
+    if comparator not in ("", "=", "<", ">", "<=", ">=", "<>"):
+        return None
+    for n in (num1, num2):
+        if n and not _NUMBER.match(n):
+            return None
+    if not num1:
+        return None
+    if sep and sep not in ("-", "+", "/", ".", ":"):
+        return None
+    text = f"{comparator if comparator != '=' else ''}{num1}{sep}{num2}"
+    number = float(num1) if comparator in ("", "=") and not sep and not num2 else None
+    return number, text
+
+
+def problems_as_text(problems: Iterable[Hl7Problem]) -> str:
+    return "；".join(f"{p.field}: {p.message}" for p in problems)

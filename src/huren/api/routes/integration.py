@@ -1,0 +1,413 @@
+"""The integration engineer's view (issue 7 §7, R3): recent inbound messages of every
+channel with their status and reason, one message's raw text and our answer, the local
+codes still waiting for 对码, and the institution's connection status. JSON under
+/api/v1/integration and the same as pages under /integration.
+
+Reach: institution administrators and interface accounts see their own institution;
+the operator sees every institution, a regulator those of its jurisdiction."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel
+
+from huren.adapters.db.inbound import ConnectionStatus, MessageDetail, MessageSummary
+from huren.api.auth import optional_principal, principal_can_see_institution, require_roles
+from huren.api.deps import container, templates
+from huren.api.routes.auth import login_redirect
+from huren.bootstrap import Container
+from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
+from huren.domain.errors import DomainError, Forbidden, NotFound, ValidationFailed
+from huren.services.intake import UnmappedCode
+
+router = APIRouter(tags=["接口监控"])
+
+ENGINEER_ROLES = (Role.INSTITUTION_ADMIN, Role.INTEGRATION, Role.OPERATOR, Role.REGULATOR)
+Engineer = Annotated[Principal, Depends(require_roles(*ENGINEER_ROLES))]
+Services = Annotated[Container, Depends(container)]
+CHINA_TIME = timezone(timedelta(hours=8))
+
+STATUS_LABELS = {"accepted": "已接收", "rejected": "已拒收", "duplicate": "重复（未改动）"}
+CHANNEL_LABELS = {
+    "hl7v2-mllp": "HL7 v2 MLLP",
+    "hl7v2-http": "HL7 v2 HTTP",
+    "fhir": "FHIR",
+    "bulk": "批量导入",
+    "dicom": "DICOM",
+    "manual": "手工录入",
+}
+
+
+# ---------------------------------------------------------------- schemas
+class MessageOut(BaseModel):
+    id: int
+    received_at: datetime
+    channel: str
+    institution: str | None
+    control_id: str
+    status: str
+    status_label: str
+    error: str
+
+
+class MessageDetailOut(MessageOut):
+    raw: str
+    response: str
+
+
+class WindowOut(BaseModel):
+    messages: int
+    rejected: int
+    error_rate: float | None
+
+
+class ConnectionOut(BaseModel):
+    institution: str
+    institution_name: str
+    state: str
+    state_label: str
+    last_message_at: datetime | None
+    last_accepted_at: datetime | None
+    last_24h: WindowOut
+    last_7d: WindowOut
+
+
+class UnmappedCodeOut(BaseModel):
+    local_code: str
+    local_name: str
+    results: int
+    first_issued: datetime
+    last_issued: datetime
+
+
+class UnmappedOut(BaseModel):
+    institution: str
+    connection: ConnectionOut
+    codes: list[UnmappedCodeOut]
+
+
+def message_out(m: MessageSummary) -> MessageOut:
+    return MessageOut(
+        id=m.id,
+        received_at=m.received_at,
+        channel=m.channel,
+        institution=m.institution,
+        control_id=m.control_id,
+        status=m.status,
+        status_label=STATUS_LABELS.get(m.status, m.status),
+        error=m.error,
+    )
+
+
+def detail_out(d: MessageDetail) -> MessageDetailOut:
+    return MessageDetailOut(**message_out(d.summary).model_dump(), raw=d.raw, response=d.response)
+
+
+def connection_out(c: Container, s: ConnectionStatus) -> ConnectionOut:
+    inst = c.catalog.get().institutions.get(s.institution)
+    return ConnectionOut(
+        institution=s.institution,
+        institution_name=inst.name if inst else "",
+        state=s.state.value,
+        state_label=s.state_label,
+        last_message_at=s.last_message_at,
+        last_accepted_at=s.last_accepted_at,
+        last_24h=WindowOut(
+            messages=s.last_24h.messages,
+            rejected=s.last_24h.rejected,
+            error_rate=s.last_24h.error_rate,
+        ),
+        last_7d=WindowOut(
+            messages=s.last_7d.messages,
+            rejected=s.last_7d.rejected,
+            error_rate=s.last_7d.error_rate,
+        ),
+    )
+
+
+def unmapped_out(u: UnmappedCode) -> UnmappedCodeOut:
+    return UnmappedCodeOut(
+        local_code=u.local_code,
+        local_name=u.local_name,
+        results=u.results,
+        first_issued=u.first_issued,
+        last_issued=u.last_issued,
+    )
+
+
+# ---------------------------------------------------------------- reach
+def visible_institutions(c: Container, principal: Principal) -> list[str] | None:
+    """None: every institution (the operator); otherwise the codes the caller may see."""
+    if principal.role is Role.OPERATOR:
+        return None
+    catalog = c.catalog.get()
+    return [
+        code
+        for code in sorted(catalog.institutions)
+        if principal_can_see_institution(principal, code, catalog)
+    ]
+
+
+def chosen_institution(c: Container, principal: Principal, institution: str | None) -> str:
+    """The institution a per-institution view is about: an institution account's own,
+    or the one asked for, if the caller may see it."""
+    if institution is None or institution == "":
+        if principal.role in INSTITUTION_ROLES and principal.institution:
+            return principal.institution
+        raise ValidationFailed("请指定机构（institution 参数）")
+    catalog = c.catalog.get()
+    if institution not in catalog.institutions:
+        raise NotFound(f"未知的机构编码: {institution}")
+    if not principal_can_see_institution(principal, institution, catalog):
+        raise Forbidden(f"无权查看机构 {institution} 的接口数据")
+    return institution
+
+
+def recent_messages(
+    c: Container,
+    principal: Principal,
+    *,
+    institution: str | None,
+    status: str | None,
+    channel: str | None,
+    before: int | None,
+    limit: int,
+) -> list[MessageSummary]:
+    scope = (
+        [chosen_institution(c, principal, institution)]
+        if institution or principal.role in INSTITUTION_ROLES
+        else visible_institutions(c, principal)
+    )
+    return c.inbound_messages.recent(
+        institutions=scope, status=status, channel=channel, before_id=before, limit=limit
+    )
+
+
+def message_detail(c: Container, principal: Principal, message_id: int) -> MessageDetail:
+    found = c.inbound_messages.get(message_id)
+    if found is None:
+        raise NotFound(f"消息 #{message_id} 不存在")
+    inst = found.summary.institution
+    if principal.role is not Role.OPERATOR and (
+        inst is None or not principal_can_see_institution(principal, inst, c.catalog.get())
+    ):
+        # Messages whose sender could not be read are the operator's to look at.
+        raise NotFound(f"消息 #{message_id} 不存在")
+    return found
+
+
+def statuses(c: Container, principal: Principal, institution: str | None) -> list[ConnectionStatus]:
+    now = c.clock.now()
+    if institution or principal.role in INSTITUTION_ROLES:
+        codes = [chosen_institution(c, principal, institution)]
+    else:
+        visible = visible_institutions(c, principal)
+        codes = sorted(c.catalog.get().institutions) if visible is None else visible
+    return [c.inbound_messages.connection_status(code, now) for code in codes]
+
+
+StatusFilter = Annotated[
+    str | None, Query(pattern="^(accepted|rejected|duplicate)$", description="状态筛选")
+]
+ChannelFilter = Annotated[str | None, Query(max_length=16, description="通道筛选，如 hl7v2-mllp")]
+Limit = Annotated[int, Query(ge=1, le=500)]
+
+
+# ---------------------------------------------------------------- JSON API
+@router.get(
+    "/api/v1/integration/messages",
+    response_model=list[MessageOut],
+    summary="最近的上传消息（各通道），可筛选拒收",
+)
+def list_messages(
+    principal: Engineer,
+    c: Services,
+    institution: str | None = None,
+    status: StatusFilter = None,
+    channel: ChannelFilter = None,
+    before: int | None = None,
+    limit: Limit = 50,
+) -> list[MessageOut]:
+    rows = recent_messages(
+        c,
+        principal,
+        institution=institution,
+        status=status,
+        channel=channel,
+        before=before,
+        limit=limit,
+    )
+    return [message_out(m) for m in rows]
+
+
+@router.get(
+    "/api/v1/integration/messages/{message_id}",
+    response_model=MessageDetailOut,
+    summary="一条消息的原文与平台应答",
+)
+def get_message(message_id: int, principal: Engineer, c: Services) -> MessageDetailOut:
+    return detail_out(message_detail(c, principal, message_id))
+
+
+@router.get(
+    "/api/v1/integration/status",
+    response_model=list[ConnectionOut],
+    summary="机构接口连接状态（最近消息、24 小时与 7 天错误率）",
+)
+def connection_status(
+    principal: Engineer, c: Services, institution: str | None = None
+) -> list[ConnectionOut]:
+    return [connection_out(c, s) for s in statuses(c, principal, institution)]
+
+
+@router.get(
+    "/api/v1/integration/unmapped",
+    response_model=UnmappedOut,
+    summary="未对码的本地项目编码及结果数（对码缺失）",
+)
+def unmapped_codes(principal: Engineer, c: Services, institution: str | None = None) -> UnmappedOut:
+    code = chosen_institution(c, principal, institution)
+    return UnmappedOut(
+        institution=code,
+        connection=connection_out(c, c.inbound_messages.connection_status(code, c.clock.now())),
+        codes=[unmapped_out(u) for u in c.intake.unmapped_codes(code)],
+    )
+
+
+# ---------------------------------------------------------------- pages
+def _local(at: datetime | None) -> str:
+    return at.astimezone(CHINA_TIME).strftime("%Y-%m-%d %H:%M:%S") if at else "—"
+
+
+def _percent(rate: float | None) -> str:
+    return f"{rate * 100:.1f}%" if rate is not None else "—"
+
+
+def _readable(text: str) -> str:
+    """Segments on their own lines; the intake's JSON answer indented."""
+    stripped = text.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            return json.dumps(json.loads(stripped), ensure_ascii=False, indent=2)
+        except ValueError:
+            pass
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _page(
+    request: Request, name: str, user: Principal, context: dict[str, Any], status: int = 200
+) -> Response:
+    base = {
+        "user": user,
+        "local": _local,
+        "percent": _percent,
+        "status_labels": STATUS_LABELS,
+        "channel_labels": CHANNEL_LABELS,
+    }
+    return templates.TemplateResponse(request, name, base | context, status_code=status)
+
+
+def _error_page(request: Request, user: Principal, exc: DomainError) -> Response:
+    return _page(request, "integration/error.html", user, {"error": exc}, exc.status)
+
+
+def _engineer(user: Principal | None) -> bool:
+    return user is not None and user.role in ENGINEER_ROLES
+
+
+@router.get("/integration/messages", response_class=HTMLResponse, include_in_schema=False)
+def messages_page(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    institution: str | None = None,
+    status: str | None = None,
+    channel: str | None = None,
+    before: int | None = None,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        if not _engineer(user):
+            raise Forbidden("当前角色无权查看接口消息")
+        if status and status not in STATUS_LABELS:
+            raise ValidationFailed("状态参数无效")
+        rows = recent_messages(
+            c,
+            user,
+            institution=institution or None,
+            status=status or None,
+            channel=channel or None,
+            before=before,
+            limit=50,
+        )
+    except DomainError as exc:
+        return _error_page(request, user, exc)
+    return _page(
+        request,
+        "integration/messages.html",
+        user,
+        {
+            "rows": rows,
+            "status": status or "",
+            "institution": institution or "",
+            "channel": channel or "",
+            "next_before": rows[-1].id if len(rows) == 50 else None,
+        },
+    )
+
+
+@router.get(
+    "/integration/messages/{message_id}", response_class=HTMLResponse, include_in_schema=False
+)
+def message_page(
+    message_id: int,
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        if not _engineer(user):
+            raise Forbidden("当前角色无权查看接口消息")
+        found = message_detail(c, user, message_id)
+    except DomainError as exc:
+        return _error_page(request, user, exc)
+    return _page(
+        request,
+        "integration/message.html",
+        user,
+        {"m": found.summary, "raw": _readable(found.raw), "response": _readable(found.response)},
+    )
+
+
+@router.get("/integration/unmapped", response_class=HTMLResponse, include_in_schema=False)
+def unmapped_page(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    institution: str | None = None,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        if not _engineer(user):
+            raise Forbidden("当前角色无权查看接口状态")
+        if not institution and user.role not in INSTITUTION_ROLES:
+            # Operator / regulator: every visible institution's connection, pick one.
+            rows = [connection_out(c, s) for s in statuses(c, user, None)]
+            return _page(request, "integration/institutions.html", user, {"rows": rows})
+        code = chosen_institution(c, user, institution)
+        conn = connection_out(c, c.inbound_messages.connection_status(code, c.clock.now()))
+        codes = c.intake.unmapped_codes(code)
+    except DomainError as exc:
+        return _error_page(request, user, exc)
+    return _page(
+        request, "integration/unmapped.html", user, {"conn": conn, "codes": codes, "code": code}
+    )

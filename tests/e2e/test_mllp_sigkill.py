@@ -1,0 +1,186 @@
+"""R3: an acknowledged result is never lost, even if the process is killed right after
+the ACK; and resending after the crash stores nothing twice.
+
+Runs the real ``huren serve`` as a subprocess on its own SQLite file and free ports,
+streams ORU^R01 messages over several MLLP connections with python-hl7's client, kills
+the server with SIGKILL mid-stream, restarts it, and checks the database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import hl7
+import pytest
+from hl7.client import MLLPClient
+from sqlalchemy import create_engine, func, select
+
+from huren.adapters.clock import SystemClock
+from huren.adapters.crypto import new_key
+from huren.adapters.db import engine as db_engine
+from huren.adapters.db.tables import result, result_version
+from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
+from tests.fixtures.world import seed_world
+
+pytestmark = pytest.mark.slow
+
+MESSAGES_PER_CONNECTION = 60
+CONNECTIONS = 3
+KILL_AFTER_ACKS = 45
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def message(conn: int, n: int) -> str:
+    control = f"K{conn}-{n:04d}"
+    text = with_control_id(sample_text(LAB_LFT_V251), control)
+    return with_field(text, "OBR", 3, f"RPT-KILL-{conn}-{n:04d}")
+
+
+class Server:
+    def __init__(self, env: dict[str, str], mllp_port: int, log: Path) -> None:
+        self.env, self.mllp_port, self.log = env, mllp_port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        huren = Path(sys.executable).parent / "huren"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(huren), "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", self.mllp_port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("huren serve 未能启动 MLLP 监听")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[Server, str]]:
+    url = f"sqlite:///{tmp_path / 'huren.db'}"
+    db_engine.upgrade(url)
+    eng = db_engine.make_engine(url)
+    seed_world(eng, SystemClock().now())
+    eng.dispose()
+    mllp_port = free_port()
+    env = os.environ | {
+        "HUREN_DATABASE_URL": url,
+        "HUREN_DATA_DIR": str(tmp_path / "data"),
+        "HUREN_PORT": str(free_port()),
+        "HUREN_MLLP_PORT": str(mllp_port),
+        "HUREN_START_DICOM": "false",
+        "HUREN_START_MLLP": "true",
+        "HUREN_IDENTIFIER_HASH_KEY": new_key(),
+        "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
+        "HUREN_TOKEN_SIGNING_KEY": new_key(),
+    }
+    s = Server(env, mllp_port, tmp_path / "server.log")
+    try:
+        yield s, url
+    finally:
+        s.stop()
+
+
+def ack_of(ack: bytes) -> tuple[str, str]:
+    msa = hl7.parse(ack.strip(b"\x0b\x1c\r").decode()).segment("MSA")
+    return str(msa[1]), str(msa[2])
+
+
+def stream(
+    port: int, conn: int, acked: list[str], refused: list[bytes], lock: threading.Lock
+) -> None:
+    """Send this connection's messages until the server goes away."""
+    try:
+        with MLLPClient("127.0.0.1", port) as client:
+            for n in range(MESSAGES_PER_CONNECTION):
+                reply = client.send_message(message(conn, n))
+                if not reply:
+                    return  # connection closed by the dying server: not acknowledged
+                code, control = ack_of(reply)
+                with lock:
+                    (acked.append(control) if code == "AA" else refused.append(reply))
+    except OSError:
+        return
+
+
+def report_numbers(url: str) -> list[str]:
+    eng = create_engine(url)
+    with eng.connect() as c:
+        rows = [r for (r,) in c.execute(select(result.c.report_no))]
+    eng.dispose()
+    return rows
+
+
+def test_every_acknowledged_message_survives_sigkill_and_resend_stores_nothing_twice(
+    server: tuple[Server, str],
+) -> None:
+    srv, url = server
+    srv.start()
+    acked: list[str] = []
+    refused: list[bytes] = []
+    lock = threading.Lock()
+    threads = [
+        threading.Thread(target=stream, args=(srv.mllp_port, conn, acked, refused, lock))
+        for conn in range(CONNECTIONS)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 120
+    while len(acked) < KILL_AFTER_ACKS and time.monotonic() < deadline:
+        time.sleep(0.005)
+    srv.kill()  # mid-stream: the connections are still sending
+    for t in threads:
+        t.join(30)
+    total = CONNECTIONS * MESSAGES_PER_CONNECTION
+    assert refused == []
+    assert KILL_AFTER_ACKS <= len(acked) < total, "the kill must land mid-stream"
+
+    # Every acknowledged message is stored after the crash.
+    stored = set(report_numbers(url))
+    for control in acked:
+        conn, n = control[1:].split("-")
+        assert f"RPT-KILL-{conn}-{n}" in stored, f"{control} was acknowledged but is lost"
+
+    # Restart and resend everything: all accepted, nothing stored twice.
+    srv.start()
+    with MLLPClient("127.0.0.1", srv.mllp_port) as client:
+        for conn in range(CONNECTIONS):
+            for n in range(MESSAGES_PER_CONNECTION):
+                assert ack_of(client.send_message(message(conn, n)))[0] == "AA"
+    numbers = report_numbers(url)
+    assert len(numbers) == len(set(numbers)) == total
+    eng = create_engine(url)
+    with eng.connect() as c:
+        versions = c.execute(select(func.max(result_version.c.version))).scalar_one()
+        assert c.execute(select(func.count()).select_from(result_version)).scalar_one() == total
+    eng.dispose()
+    assert versions == 1
