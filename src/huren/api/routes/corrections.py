@@ -1,0 +1,333 @@
+"""Error correction and feedback (纠错反馈): API under /api/v1/corrections and the
+institution administrator's queue /corrections."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel, Field
+
+from huren.api.auth import optional_principal, require_roles
+from huren.api.deps import container, templates
+from huren.api.routes.auth import login_redirect
+from huren.api.routes.retrieval import local, report_out
+from huren.bootstrap import Container
+from huren.domain.accounts import Principal, Role
+from huren.domain.corrections import FILING_ROLES, CorrectionStatus
+from huren.domain.errors import DomainError, Problem, ValidationFailed
+from huren.services.corrections import CorrectionEdit, CorrectionRecord, ObservationEdit
+
+router = APIRouter(tags=["纠错反馈"])
+
+Services = Annotated[Container, Depends(container)]
+Filers = Annotated[Principal, Depends(require_roles(*FILING_ROLES))]
+Admins = Annotated[Principal, Depends(require_roles(Role.INSTITUTION_ADMIN))]
+Regulators = Annotated[Principal, Depends(require_roles(Role.REGULATOR, Role.OPERATOR))]
+
+
+class CorrectionIn(BaseModel):
+    result_id: int
+    text: str = Field(max_length=2000, description="哪里有误（中文说明）")
+
+
+class ObservationEditIn(BaseModel):
+    code: str
+    value_num: float | None = None
+    value_text: str | None = None
+    flag: str | None = Field(default=None, max_length=8)
+
+
+class AcceptIn(BaseModel):
+    reason: str = Field(max_length=2000, description="更正理由")
+    findings: str | None = None
+    conclusion: str | None = None
+    observations: list[ObservationEditIn] = Field(default_factory=list)
+
+
+class RejectIn(BaseModel):
+    reason: str = Field(max_length=2000, description="不予更正的理由（发送给申请人）")
+
+
+class CorrectionOut(BaseModel):
+    id: int
+    filed_at: datetime
+    requester_role: str
+    requester_institution: str | None
+    result_id: int
+    result_version: int
+    report_no: str
+    item_name: str
+    producing_institution: str
+    text: str
+    status: str
+    status_label: str
+    due_at: datetime
+    overdue: bool
+    resolved_at: datetime | None
+    resolution: str
+    new_version: int | None
+
+
+class BacklogOut(BaseModel):
+    jurisdiction: str
+    open: int
+    overdue: int
+    accepted: int
+    rejected: int
+
+
+def out(c: Container, rec: CorrectionRecord) -> CorrectionOut:
+    return CorrectionOut(
+        id=rec.id,
+        filed_at=local(rec.filed_at),
+        requester_role=rec.requester_role,
+        requester_institution=rec.requester_institution,
+        result_id=rec.result_id,
+        result_version=rec.result_version,
+        report_no=rec.report_no,
+        item_name=rec.item_name,
+        producing_institution=rec.producing_institution,
+        text=rec.text,
+        status=str(rec.status),
+        status_label=rec.status_label,
+        due_at=local(rec.due_at),
+        overdue=rec.overdue(c.clock.now()),
+        resolved_at=local(rec.resolved_at) if rec.resolved_at else None,
+        resolution=rec.resolution,
+        new_version=rec.new_version,
+    )
+
+
+def _edit(body: AcceptIn) -> CorrectionEdit:
+    return CorrectionEdit(
+        findings=body.findings,
+        conclusion=body.conclusion,
+        observations=tuple(
+            ObservationEdit(o.code, o.value_num, o.value_text, o.flag) for o in body.observations
+        ),
+    )
+
+
+# ---------------------------------------------------------------- API
+@router.post(
+    "/api/v1/corrections", response_model=CorrectionOut, status_code=201, summary="提交纠错申请"
+)
+def file_request(body: CorrectionIn, principal: Filers, c: Services) -> CorrectionOut:
+    """接诊医师、机构管理员、患者. Goes to the producing institution's queue."""
+    return out(c, c.sharing.corrections.file(principal, body.result_id, body.text))
+
+
+@router.get("/api/v1/corrections", response_model=list[CorrectionOut], summary="本机构纠错队列")
+def queue(
+    principal: Admins,
+    c: Services,
+    status: Annotated[
+        CorrectionStatus | None, Query(description="open / accepted / rejected；空 = 全部")
+    ] = CorrectionStatus.OPEN,
+) -> list[CorrectionOut]:
+    return [out(c, r) for r in c.sharing.corrections.queue(principal, status)]
+
+
+@router.get(
+    "/api/v1/corrections/mine", response_model=list[CorrectionOut], summary="我提交的纠错申请"
+)
+def mine(principal: Filers, c: Services) -> list[CorrectionOut]:
+    return [out(c, r) for r in c.sharing.corrections.filed_by(principal)]
+
+
+@router.get(
+    "/api/v1/corrections/overdue",
+    response_model=list[CorrectionOut],
+    summary="逾期未处理的纠错申请（监管）",
+)
+def overdue(
+    principal: Regulators, c: Services, jurisdiction: str | None = None
+) -> list[CorrectionOut]:
+    return [out(c, r) for r in c.sharing.corrections.overdue(principal, jurisdiction)]
+
+
+@router.get(
+    "/api/v1/corrections/backlog", response_model=BacklogOut, summary="纠错申请统计（监管看板）"
+)
+def backlog(principal: Regulators, c: Services, jurisdiction: str | None = None) -> BacklogOut:
+    scope = jurisdiction or principal.jurisdiction or c.settings.jurisdiction
+    c.sharing.corrections.overdue(principal, scope)  # reach check
+    b = c.sharing.corrections.correction_backlog(scope)
+    return BacklogOut(
+        jurisdiction=scope, open=b.open, overdue=b.overdue, accepted=b.accepted, rejected=b.rejected
+    )
+
+
+@router.get(
+    "/api/v1/corrections/{correction_id}", response_model=CorrectionOut, summary="纠错申请详情"
+)
+def get_one(
+    correction_id: int, principal: Annotated[Principal, Depends(require_roles(*Role))], c: Services
+) -> CorrectionOut:
+    return out(c, c.sharing.corrections.get(principal, correction_id))
+
+
+@router.post(
+    "/api/v1/corrections/{correction_id}/accept",
+    response_model=CorrectionOut,
+    summary="更正（生成新版本）",
+)
+def accept(correction_id: int, body: AcceptIn, principal: Admins, c: Services) -> CorrectionOut:
+    rec = c.sharing.corrections.accept(principal, correction_id, _edit(body), body.reason)
+    return out(c, rec)
+
+
+@router.post(
+    "/api/v1/corrections/{correction_id}/reject",
+    response_model=CorrectionOut,
+    summary="不予更正（理由告知申请人）",
+)
+def reject(correction_id: int, body: RejectIn, principal: Admins, c: Services) -> CorrectionOut:
+    return out(c, c.sharing.corrections.reject(principal, correction_id, body.reason))
+
+
+# ---------------------------------------------------------------- pages
+@router.post("/corrections/new", response_class=HTMLResponse, include_in_schema=False)
+def file_page(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    result_id: Annotated[int, Form()],
+    text: Annotated[str, Form()] = "",
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        rec = c.sharing.corrections.file(user, result_id, text)
+    except DomainError as exc:
+        return templates.TemplateResponse(
+            request, "retrieval/error.html", {"user": user, "error": exc}, status_code=exc.status
+        )
+    return templates.TemplateResponse(
+        request, "corrections/filed.html", {"user": user, "c": out(c, rec)}, status_code=201
+    )
+
+
+@router.get("/corrections", response_class=HTMLResponse, include_in_schema=False)
+def queue_page(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    status: str = "open",
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        st = CorrectionStatus(status) if status else None
+        rows = [out(c, r) for r in c.sharing.corrections.queue(user, st)]
+    except (DomainError, ValueError) as exc:
+        err = exc if isinstance(exc, DomainError) else ValidationFailed("状态参数无效")
+        return templates.TemplateResponse(
+            request, "retrieval/error.html", {"user": user, "error": err}, status_code=err.status
+        )
+    return templates.TemplateResponse(
+        request, "corrections/queue.html", {"user": user, "rows": rows, "status": status}
+    )
+
+
+@router.get("/corrections/{correction_id}", response_class=HTMLResponse, include_in_schema=False)
+def review_page(
+    correction_id: int,
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        rec = c.sharing.corrections.get(user, correction_id)
+        rep = (
+            c.sharing.retrieval.open_report(user, rec.result_id, "correction")
+            if user.role is Role.INSTITUTION_ADMIN
+            else None
+        )
+    except DomainError as exc:
+        return templates.TemplateResponse(
+            request, "retrieval/error.html", {"user": user, "error": exc}, status_code=exc.status
+        )
+    return templates.TemplateResponse(
+        request,
+        "corrections/review.html",
+        {
+            "user": user,
+            "c": out(c, rec),
+            "r": report_out(c, request, rep, "correction") if rep else None,
+            "can_review": user.role is Role.INSTITUTION_ADMIN
+            and rec.status is CorrectionStatus.OPEN,
+        },
+    )
+
+
+@router.post("/corrections/{correction_id}/accept", include_in_schema=False)
+async def accept_page(
+    correction_id: int,
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    form = await request.form()
+    edits: list[ObservationEditIn] = []
+    try:
+        for key, value in form.multi_items():
+            if key.startswith("obs:") and str(value).strip():
+                code = key[4:]
+                text = str(value).strip()
+                try:
+                    edits.append(ObservationEditIn(code=code, value_num=float(text)))
+                except ValueError:
+                    edits.append(ObservationEditIn(code=code, value_text=text))
+            elif key.startswith("flag:"):
+                code = key[5:]
+                edits.append(ObservationEditIn(code=code, flag=str(value).strip()))
+        merged: dict[str, ObservationEditIn] = {}
+        for e in edits:
+            prev = merged.get(e.code)
+            merged[e.code] = (
+                prev.model_copy(update={k: v for k, v in e.model_dump().items() if v is not None})
+                if prev
+                else e
+            )
+        body = AcceptIn(
+            reason=str(form.get("reason", "")),
+            findings=str(form["findings"]) if "findings" in form else None,
+            conclusion=str(form["conclusion"]) if "conclusion" in form else None,
+            observations=list(merged.values()),
+        )
+        c.sharing.corrections.accept(user, correction_id, _edit(body), body.reason)
+    except DomainError as exc:
+        return templates.TemplateResponse(
+            request, "retrieval/error.html", {"user": user, "error": exc}, status_code=exc.status
+        )
+    return RedirectResponse(f"/corrections/{correction_id}", status_code=303)
+
+
+@router.post("/corrections/{correction_id}/reject", include_in_schema=False)
+def reject_page(
+    correction_id: int,
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    reason: Annotated[str, Form()] = "",
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        c.sharing.corrections.reject(user, correction_id, reason)
+    except DomainError as exc:
+        return templates.TemplateResponse(
+            request, "retrieval/error.html", {"user": user, "error": exc}, status_code=exc.status
+        )
+    return RedirectResponse(f"/corrections/{correction_id}", status_code=303)
+
+
+__all__ = ["Problem", "router"]

@@ -1,0 +1,485 @@
+"""Cross-institution retrieval (调阅): REST API under /api/v1/retrieval, audit queries
+under /api/v1/audit, and the clinician's pages /retrieval.
+
+Identifiers travel in request bodies (POST), never in URLs, so they do not land in access
+logs or browser history."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, Field
+
+from huren.api.auth import optional_principal, require_roles
+from huren.api.deps import container, templates
+from huren.api.routes.auth import login_redirect
+from huren.bootstrap import Container
+from huren.domain.accounts import ROLE_LABELS, Principal, Role
+from huren.domain.errors import DomainError, Forbidden
+from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
+from huren.domain.results import STATUS_LABELS, ObservationValue, ResultStatus, StoredResult
+from huren.domain.sharing import (
+    CHINA_TZ,
+    RETRIEVAL_ROLES,
+    may_read_audit_of_institution,
+    may_read_audit_of_jurisdiction,
+)
+from huren.services.retrieval import AuditQuery, AuditRow, Report, ResultFilter
+
+router = APIRouter(tags=["调阅"])
+
+Readers = Annotated[Principal, Depends(require_roles(*RETRIEVAL_ROLES))]
+Services = Annotated[Container, Depends(container)]
+
+
+# ---------------------------------------------------------------- schemas
+class SearchIn(BaseModel):
+    identifier_kind: Literal["national_id", "insurance", "health_card"] = Field(
+        description="标识类型: national_id 居民身份证, insurance 医保号, health_card 电子健康卡"
+    )
+    identifier: str = Field(min_length=1, max_length=64, description="标识号码")
+    purpose: str = Field(description="调阅目的代码，见 GET /api/v1/retrieval/purposes")
+    item_codes: list[str] = Field(default_factory=list, description="互认项目编码（空 = 全部）")
+    institutions: list[str] = Field(default_factory=list, description="出具机构编码（空 = 全部）")
+    date_from: date | None = Field(default=None, description="检查检验日期起（含）")
+    date_to: date | None = Field(default=None, description="检查检验日期止（含）")
+
+
+class PurposeOut(BaseModel):
+    code: str
+    label: str
+
+
+class PatientOut(BaseModel):
+    name: str = Field(description="姓名（列表中脱敏）")
+    sex: str
+    birth_year: int | None
+    identifiers: list[dict[str, str]] = Field(description="标识（脱敏）")
+
+
+class ResultSummaryOut(BaseModel):
+    id: int
+    institution: str
+    institution_name: str
+    department: str
+    report_no: str
+    item_code: str | None
+    item_name: str
+    category: str
+    status: str
+    status_label: str
+    performed_at: datetime
+    issued_at: datetime
+    version: int
+    mark: str | None
+    mark_scope: str | None
+    has_images: bool
+    url: str
+
+
+class SearchOut(BaseModel):
+    patient: PatientOut | None = Field(description="无结果时为 null（不区分患者是否存在）")
+    results: list[ResultSummaryOut]
+    purpose: str
+
+
+class ObservationOut(BaseModel):
+    code: str
+    name: str
+    loinc: str
+    value: str
+    value_num: float | None
+    unit: str
+    ref_low: float | None
+    ref_high: float | None
+    ref_text: str
+    flag: str
+
+
+class VersionOut(BaseModel):
+    version: int
+    status: str
+    recorded_at: datetime
+    reason: str
+
+
+class ReportOut(ResultSummaryOut):
+    patient: PatientOut
+    performer: str
+    signer: str
+    findings: str = Field(description="检查所见 / 检验结果（互认的是结果）")
+    conclusion: str = Field(description="诊断结论（共享但不属于互认内容）")
+    accession_number: str
+    study_uid: str
+    observations: list[ObservationOut]
+    versions: list[VersionOut]
+    shown_version: int
+    open_corrections: int
+    image_url: str | None
+
+
+class AuditOut(BaseModel):
+    id: int
+    at: datetime
+    actor: str
+    actor_name: str
+    role: str
+    institution: str | None
+    patient_id: int | None
+    result_id: int | None
+    item_name: str
+    action: str
+    purpose: str
+    outcome: str
+
+
+# ---------------------------------------------------------------- view helpers
+def image_url(request: Request, study_uid: str) -> str | None:
+    """The imaging area's viewer page when it is installed, else DICOMweb metadata."""
+    if not study_uid:
+        return None
+    from huren.api.routes import ROUTERS  # at call time: this module is one of them
+
+    paths = {getattr(r, "path", "") for router in ROUTERS for r in router.routes}
+    for candidate in ("/imaging/studies/{study_uid}", "/imaging/viewer/{study_uid}"):
+        if candidate in paths:
+            return candidate.replace("{study_uid}", study_uid)
+    if "/dicomweb/studies/{study_uid}/metadata" in paths:
+        return f"/dicomweb/studies/{study_uid}/metadata"
+    return None
+
+
+def local(at: datetime) -> datetime:
+    """Times on pages and in the API are shown in China Standard Time."""
+    return at.astimezone(CHINA_TZ)
+
+
+def obs_value(o: ObservationValue) -> str:
+    return f"{o.value_num:g}" if o.value_num is not None else o.value_text
+
+
+def summary(
+    c: Container, r: StoredResult, purpose: str, *, url_prefix: str = "/retrieval/results"
+) -> ResultSummaryOut:
+    catalog = c.catalog.get()
+    item = catalog.items.get(r.item_code or "")
+    inst = catalog.institutions.get(r.institution)
+    return ResultSummaryOut(
+        id=r.id,
+        institution=r.institution,
+        institution_name=inst.name if inst else r.institution,
+        department=r.department,
+        report_no=r.report_no,
+        item_code=r.item_code,
+        item_name=item.name if item else r.local_name,
+        category=str(r.category),
+        status=str(r.status),
+        status_label=STATUS_LABELS.get(ResultStatus(r.status), str(r.status)),
+        performed_at=local(r.performed_at),
+        issued_at=local(r.issued_at),
+        version=r.version,
+        mark=r.mark_symbol,
+        mark_scope=r.mark_scope,
+        has_images=bool(r.study_uid),
+        url=f"{url_prefix}/{r.id}?purpose={purpose}" if purpose else f"{url_prefix}/{r.id}",
+    )
+
+
+def patient_out(p: Any) -> PatientOut:
+    return PatientOut(
+        name=p.name,
+        sex={"M": "男", "F": "女"}.get(p.sex, p.sex),
+        birth_year=p.birth_year,
+        identifiers=[
+            {"kind": k, "label": IDENTIFIER_LABELS.get(IdentifierKind(k), k), "value": v}
+            for k, v in p.identifiers
+            if k in IdentifierKind._value2member_map_
+        ],
+    )
+
+
+def report_out(
+    c: Container,
+    request: Request,
+    rep: Report,
+    purpose: str,
+    url_prefix: str = "/retrieval/results",
+) -> ReportOut:
+    r = rep.result
+    base = summary(c, r, purpose, url_prefix=url_prefix).model_dump()
+    base["version"] = max((v.version for v in rep.versions), default=r.version)  # the newest
+    return ReportOut(
+        **base,
+        patient=patient_out(rep.patient),
+        performer=r.performer,
+        signer=r.signer,
+        findings=r.findings,
+        conclusion=r.conclusion,
+        accession_number=r.accession_number,
+        study_uid=r.study_uid,
+        observations=[
+            ObservationOut(
+                code=o.code,
+                name=o.name,
+                loinc=o.loinc,
+                value=obs_value(o),
+                value_num=o.value_num,
+                unit=o.unit,
+                ref_low=o.ref_low,
+                ref_high=o.ref_high,
+                ref_text=o.ref_text,
+                flag=o.flag,
+            )
+            for o in r.observations
+        ],
+        versions=[
+            VersionOut(
+                version=v.version,
+                status=v.status,
+                recorded_at=local(v.recorded_at),
+                reason=v.reason,
+            )
+            for v in rep.versions
+        ],
+        shown_version=rep.shown_version,
+        open_corrections=rep.open_corrections,
+        image_url=image_url(request, r.study_uid),
+    )
+
+
+def audit_out(rows: list[AuditRow]) -> list[AuditOut]:
+    return [AuditOut(**{k: getattr(r, k) for k in AuditOut.model_fields}) for r in rows]
+
+
+def _identifier(kind: str, value: str) -> PatientIdentifier:
+    return PatientIdentifier(IdentifierKind(kind), value)
+
+
+# ---------------------------------------------------------------- API
+@router.get("/api/v1/retrieval/purposes", response_model=list[PurposeOut], summary="调阅目的代码表")
+def purposes(principal: Readers, c: Services) -> list[PurposeOut]:
+    return [
+        PurposeOut(code=p.code, label=p.label)
+        for p in c.sharing.retrieval.purposes.for_role(principal.role)
+    ]
+
+
+@router.post("/api/v1/retrieval/search", response_model=SearchOut, summary="按患者标识调阅共享结果")
+def search(
+    body: SearchIn, principal: Annotated[Principal, Depends(require_roles(*Role))], c: Services
+) -> SearchOut:
+    """接诊医师、机构管理员、卫生健康行政部门、质控中心. Each result shown and the lookup
+    itself are audited; an unknown identifier answers like a patient with no results.
+    Other roles are refused (403) and the refusal is audited too."""
+    return _search(c, principal, body, "/api/v1/retrieval/results")
+
+
+def _search(c: Container, principal: Principal, body: SearchIn, url_prefix: str) -> SearchOut:
+    out = c.sharing.retrieval.search(
+        principal,
+        _identifier(body.identifier_kind, body.identifier),
+        body.purpose,
+        ResultFilter(
+            item_codes=frozenset(body.item_codes),
+            institutions=frozenset(body.institutions),
+            date_from=body.date_from,
+            date_to=body.date_to,
+        ),
+    )
+    return SearchOut(
+        patient=patient_out(out.patient) if out.patient else None,
+        results=[summary(c, r, out.purpose, url_prefix=url_prefix) for r in out.results],
+        purpose=out.purpose,
+    )
+
+
+@router.get(
+    "/api/v1/retrieval/results/{result_id}",
+    response_model=ReportOut,
+    summary="完整报告（可指定历史版本）",
+)
+def report(
+    result_id: int,
+    request: Request,
+    principal: Annotated[Principal, Depends(require_roles(*Role))],
+    c: Services,
+    purpose: Annotated[str, Query(description="调阅目的代码")] = "",
+    version: Annotated[int | None, Query(ge=1, description="历史版本号")] = None,
+) -> ReportOut:
+    rep = c.sharing.retrieval.open_report(principal, result_id, purpose or None, version)
+    return report_out(c, request, rep, purpose, url_prefix="/api/v1/retrieval/results")
+
+
+@router.get(
+    "/api/v1/audit/institutions/{institution}",
+    response_model=list[AuditOut],
+    summary="机构的调阅审计记录（本机构读取的和被读取的）",
+)
+def audit_of_institution(
+    institution: str,
+    principal: Annotated[
+        Principal, Depends(require_roles(Role.INSTITUTION_ADMIN, Role.REGULATOR, Role.OPERATOR))
+    ],
+    c: Services,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[AuditOut]:
+    if not may_read_audit_of_institution(principal, institution, c.catalog.get().graph):
+        raise Forbidden(f"无权查看机构 {institution} 的调阅记录")
+    q = AuditQuery(institutions=frozenset({institution}), since=since, until=until, limit=limit)
+    return audit_out(c.sharing.retrieval.audit_trail(principal, q))
+
+
+@router.get(
+    "/api/v1/audit/jurisdictions/{jurisdiction}",
+    response_model=list[AuditOut],
+    summary="辖区内的调阅审计记录（卫生健康行政部门）",
+)
+def audit_of_jurisdiction(
+    jurisdiction: str,
+    principal: Annotated[Principal, Depends(require_roles(Role.REGULATOR, Role.OPERATOR))],
+    c: Services,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+) -> list[AuditOut]:
+    graph = c.catalog.get().graph
+    if not may_read_audit_of_jurisdiction(principal, jurisdiction, graph):
+        raise Forbidden(f"无权查看辖区 {jurisdiction} 的调阅记录")
+    q = AuditQuery(institutions=graph.coverage(jurisdiction), since=since, until=until, limit=limit)
+    return audit_out(c.sharing.retrieval.audit_trail(principal, q))
+
+
+# ---------------------------------------------------------------- pages
+def _page_principal(request: Request, user: Principal | None) -> Principal | Response:
+    if user is None:
+        return login_redirect(request)
+    return user
+
+
+@router.get("/retrieval", response_class=HTMLResponse, include_in_schema=False)
+def retrieval_page(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    return _render_search(request, c, user, {}, None, None)
+
+
+def _render_search(
+    request: Request,
+    c: Container,
+    user: Principal,
+    form: dict[str, Any],
+    outcome: SearchOut | None,
+    error: DomainError | None,
+    status_code: int = 200,
+) -> Response:
+    catalog = c.catalog.get()
+    return templates.TemplateResponse(
+        request,
+        "retrieval/search.html",
+        {
+            "user": user,
+            "role_label": ROLE_LABELS[user.role],
+            "allowed": user.role in RETRIEVAL_ROLES,
+            "purposes": c.sharing.retrieval.purposes.for_role(user.role),
+            "kinds": [
+                (str(k), IDENTIFIER_LABELS[k])
+                for k in (
+                    IdentifierKind.NATIONAL_ID,
+                    IdentifierKind.INSURANCE,
+                    IdentifierKind.HEALTH_CARD,
+                )
+            ],
+            "items": sorted(catalog.items.values(), key=lambda i: i.code),
+            "institutions": sorted(catalog.institutions.values(), key=lambda i: i.code),
+            "form": form,
+            "outcome": outcome,
+            "error": error,
+        },
+        status_code=status_code,
+    )
+
+
+@router.post("/retrieval", response_class=HTMLResponse, include_in_schema=False)
+def retrieval_submit(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    identifier_kind: Annotated[str, Form()] = "national_id",
+    identifier: Annotated[str, Form()] = "",
+    purpose: Annotated[str, Form()] = "",
+    item_code: Annotated[str, Form()] = "",
+    institution: Annotated[str, Form()] = "",
+    date_from: Annotated[str, Form()] = "",
+    date_to: Annotated[str, Form()] = "",
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    form = {
+        "identifier_kind": identifier_kind,
+        "purpose": purpose,
+        "item_code": item_code,
+        "institution": institution,
+        "date_from": date_from,
+        "date_to": date_to,
+    }
+    try:
+        body = SearchIn(
+            identifier_kind=identifier_kind,
+            identifier=identifier or " ",
+            purpose=purpose,
+            item_codes=[item_code] if item_code else [],
+            institutions=[institution] if institution else [],
+            date_from=date.fromisoformat(date_from) if date_from else None,
+            date_to=date.fromisoformat(date_to) if date_to else None,
+        )
+        outcome = _search(c, user, body, "/retrieval/results")
+    except DomainError as exc:
+        return _render_search(request, c, user, form, None, exc, exc.status)
+    except ValueError:
+        from huren.domain.errors import ValidationFailed
+
+        err = ValidationFailed("查询条件无效（日期格式 YYYY-MM-DD）")
+        return _render_search(request, c, user, form, None, err, 422)
+    return _render_search(request, c, user, form, outcome, None)
+
+
+@router.get("/retrieval/results/{result_id}", response_class=HTMLResponse, include_in_schema=False)
+def report_page(
+    result_id: int,
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    purpose: str = "",
+    version: int | None = None,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    try:
+        rep = c.sharing.retrieval.open_report(user, result_id, purpose or None, version)
+    except DomainError as exc:
+        return templates.TemplateResponse(
+            request,
+            "retrieval/error.html",
+            {"user": user, "error": exc},
+            status_code=exc.status,
+        )
+    return templates.TemplateResponse(
+        request,
+        "retrieval/report.html",
+        {
+            "user": user,
+            "r": report_out(c, request, rep, purpose),
+            "purpose": purpose,
+            "purpose_label": c.sharing.retrieval.purposes.label(purpose),
+            "can_file_correction": user.role in (Role.CLINICIAN, Role.INSTITUTION_ADMIN),
+        },
+    )
