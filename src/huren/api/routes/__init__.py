@@ -2,6 +2,52 @@
 
 from fastapi import APIRouter
 
-from huren.api.routes import health
+from huren.api.routes import (
+    auth,
+    cdshooks,
+    corrections,
+    dashboard,
+    dicomweb,
+    fhir,
+    health,
+    hl7v2,
+    imaging,
+    inbox,
+    insurer,
+    integration,
+    masterdata,
+    monitoring,
+    pages_catalog,
+    patient_portal,
+    public,
+    qc,
+    recognition,
+    retrieval,
+    viewer,
+    workbench,
+)
 
-ROUTERS: list[APIRouter] = [health.router]
+ROUTERS: list[APIRouter] = [
+    health.router,
+    auth.router,
+    masterdata.router,
+    pages_catalog.router,
+    cdshooks.router,
+    recognition.router,
+    workbench.router,
+    hl7v2.router,
+    integration.router,
+    fhir.router,
+    dicomweb.router,
+    imaging.router,
+    viewer.router,
+    retrieval.router,
+    corrections.router,
+    inbox.router,
+    patient_portal.router,
+    insurer.router,
+    qc.router,
+    monitoring.router,
+    dashboard.router,
+    public.router,
+]

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-25 23:35:45.672779
+Create Date: 2026-11-26 00:02:51.914048
 """
 
 from collections.abc import Sequence
@@ -46,6 +46,31 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_audit_event_patient_id"), ["patient_id"], unique=False)
 
     op.create_table(
+        "dicom_event",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("channel", sa.String(length=8), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("calling_ae", sa.String(length=16), nullable=False),
+        sa.Column("peer", sa.String(length=64), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=True),
+        sa.Column("sop_uid", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.Integer(), nullable=True),
+        sa.Column("message", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_dicom_event")),
+    )
+    with op.batch_alter_table("dicom_event", schema=None) as batch_op:
+        batch_op.create_index("ix_dicom_event_at", ["at"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_dicom_event_institution_code"), ["institution_code"], unique=False
+        )
+
+    op.create_table(
         "inbound_message",
         sa.Column(
             "id",
@@ -84,6 +109,79 @@ def upgrade() -> None:
         sa.Column("price_fen", sa.Integer(), nullable=False),
         sa.Column("quality", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("code", name=op.f("pk_item")),
+    )
+    op.create_table(
+        "monitoring_cursor",
+        sa.Column("source", sa.String(length=16), nullable=False),
+        sa.Column("last_id", sa.BigInteger(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("source", name=op.f("pk_monitoring_cursor")),
+    )
+    op.create_table(
+        "monitoring_decline",
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("department", sa.String(length=100), nullable=False),
+        sa.Column("clinician", sa.String(length=64), nullable=False),
+        sa.Column("item_code", sa.String(length=32), nullable=False),
+        sa.Column("reason_code", sa.String(length=32), nullable=False),
+        sa.Column("declined", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "month",
+            "institution_code",
+            "department",
+            "clinician",
+            "item_code",
+            "reason_code",
+            name=op.f("pk_monitoring_decline"),
+        ),
+    )
+    with op.batch_alter_table("monitoring_decline", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_monitoring_decline_inst", ["institution_code", "month"], unique=False
+        )
+
+    op.create_table(
+        "monitoring_month",
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("department", sa.String(length=100), nullable=False),
+        sa.Column("clinician", sa.String(length=64), nullable=False),
+        sa.Column("item_code", sa.String(length=32), nullable=False),
+        sa.Column("reminders", sa.BigInteger(), nullable=False),
+        sa.Column("reminders_recognizable", sa.BigInteger(), nullable=False),
+        sa.Column("accepted", sa.BigInteger(), nullable=False),
+        sa.Column("declined", sa.BigInteger(), nullable=False),
+        sa.Column("saved_fen", sa.BigInteger(), nullable=False),
+        sa.Column("repeats_unrecorded", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "month",
+            "institution_code",
+            "department",
+            "clinician",
+            "item_code",
+            name=op.f("pk_monitoring_month"),
+        ),
+    )
+    with op.batch_alter_table("monitoring_month", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_monitoring_month_inst", ["institution_code", "month"], unique=False
+        )
+
+    op.create_table(
+        "monitoring_month_inst",
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("item_code", sa.String(length=32), nullable=False),
+        sa.Column("reminders", sa.BigInteger(), nullable=False),
+        sa.Column("reminders_recognizable", sa.BigInteger(), nullable=False),
+        sa.Column("accepted", sa.BigInteger(), nullable=False),
+        sa.Column("declined", sa.BigInteger(), nullable=False),
+        sa.Column("saved_fen", sa.BigInteger(), nullable=False),
+        sa.Column("repeats_unrecorded", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "month", "institution_code", "item_code", name=op.f("pk_monitoring_month_inst")
+        ),
     )
     op.create_table(
         "negative_reason",
@@ -326,6 +424,32 @@ def upgrade() -> None:
         )
 
     op.create_table(
+        "spot_check_draw",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("jurisdiction", sa.String(length=32), nullable=False),
+        sa.Column("period", sa.String(length=16), nullable=False),
+        sa.Column("seed", sa.String(length=40), nullable=False),
+        sa.Column("institution_count", sa.Integer(), nullable=False),
+        sa.Column("inspectors_per_check", sa.Integer(), nullable=False),
+        sa.Column("candidates", sa.JSON(), nullable=False),
+        sa.Column("inspectors", sa.JSON(), nullable=False),
+        sa.Column("drawn", sa.JSON(), nullable=False),
+        sa.Column("created_by", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["jurisdiction"], ["scope.code"], name=op.f("fk_spot_check_draw_jurisdiction_scope")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_spot_check_draw")),
+    )
+    with op.batch_alter_table("spot_check_draw", schema=None) as batch_op:
+        batch_op.create_index("ix_spot_check_draw_jur", ["jurisdiction", "period"], unique=False)
+
+    op.create_table(
         "account",
         sa.Column(
             "id",
@@ -386,6 +510,69 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("institution_code", "code", name=op.f("pk_department")),
     )
     op.create_table(
+        "dicom_destination",
+        sa.Column("ae_title", sa.String(length=16), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("host", sa.String(length=200), nullable=False),
+        sa.Column("port", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["institution_code"],
+            ["institution.code"],
+            name=op.f("fk_dicom_destination_institution_code_institution"),
+        ),
+        sa.PrimaryKeyConstraint("ae_title", name=op.f("pk_dicom_destination")),
+    )
+    op.create_table(
+        "imaging_study",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("study_uid", sa.String(length=64), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("patient_hash", sa.String(length=64), nullable=False),
+        sa.Column("patient_global_hash", sa.String(length=64), nullable=False),
+        sa.Column("patient_id_enc", sa.Text(), nullable=False),
+        sa.Column("patient_id_masked", sa.String(length=64), nullable=False),
+        sa.Column("patient_name_enc", sa.Text(), nullable=False),
+        sa.Column("patient_name_masked", sa.String(length=64), nullable=False),
+        sa.Column("patient_sex", sa.String(length=1), nullable=False),
+        sa.Column("patient_birth_date", sa.String(length=8), nullable=False),
+        sa.Column("accession_number", sa.String(length=64), nullable=False),
+        sa.Column("study_id", sa.String(length=16), nullable=False),
+        sa.Column("study_date", sa.Date(), nullable=True),
+        sa.Column("study_time", sa.String(length=16), nullable=False),
+        sa.Column("study_description", sa.String(length=200), nullable=False),
+        sa.Column("modalities", sa.String(length=64), nullable=False),
+        sa.Column("series_count", sa.Integer(), nullable=False),
+        sa.Column("instance_count", sa.Integer(), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["institution_code"],
+            ["institution.code"],
+            name=op.f("fk_imaging_study_institution_code_institution"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_imaging_study")),
+        sa.UniqueConstraint("study_uid", name=op.f("uq_imaging_study_study_uid")),
+    )
+    with op.batch_alter_table("imaging_study", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_imaging_study_accession", ["institution_code", "accession_number"], unique=False
+        )
+        batch_op.create_index("ix_imaging_study_date", ["study_date"], unique=False)
+        batch_op.create_index(
+            "ix_imaging_study_patient", ["institution_code", "patient_hash"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_imaging_study_patient_global_hash"),
+            ["patient_global_hash"],
+            unique=False,
+        )
+
+    op.create_table(
         "item_list_entry",
         sa.Column(
             "version_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
@@ -401,6 +588,59 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("version_id", "item_code", name=op.f("pk_item_list_entry")),
     )
+    op.create_table(
+        "qc_evaluation",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("item_code", sa.String(length=32), nullable=False),
+        sa.Column("group_code", sa.String(length=32), nullable=False),
+        sa.Column("scope_code", sa.String(length=32), nullable=False),
+        sa.Column("kind", sa.String(length=24), nullable=False),
+        sa.Column("organiser", sa.String(length=24), nullable=False),
+        sa.Column("organiser_name", sa.String(length=100), nullable=False),
+        sa.Column("suggested_organiser", sa.String(length=24), nullable=False),
+        sa.Column("round_id", sa.String(length=64), nullable=False),
+        sa.Column("evaluated_on", sa.Date(), nullable=False),
+        sa.Column("passed", sa.Boolean(), nullable=False),
+        sa.Column("score", sa.Float(), nullable=True),
+        sa.Column("notes", sa.Text(), nullable=False),
+        sa.Column("rectification", sa.Text(), nullable=False),
+        sa.Column("rectification_accepted_on", sa.Date(), nullable=True),
+        sa.Column("rectification_accepted_by", sa.String(length=64), nullable=False),
+        sa.Column("recorded_by", sa.String(length=64), nullable=False),
+        sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "spot_check_draw_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=True,
+        ),
+        sa.Column("removed_qualifications", sa.JSON(), nullable=False),
+        sa.Column(
+            "proposal_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.ForeignKeyConstraint(
+            ["institution_code"],
+            ["institution.code"],
+            name=op.f("fk_qc_evaluation_institution_code_institution"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["scope_code"], ["scope.code"], name=op.f("fk_qc_evaluation_scope_code_scope")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_qc_evaluation")),
+    )
+    with op.batch_alter_table("qc_evaluation", schema=None) as batch_op:
+        batch_op.create_index("ix_qc_evaluation_on", ["evaluated_on"], unique=False)
+        batch_op.create_index(
+            "ix_qc_evaluation_target",
+            ["institution_code", "item_code", "group_code", "evaluated_on"],
+            unique=False,
+        )
+
     op.create_table(
         "qualification",
         sa.Column(
@@ -488,6 +728,45 @@ def upgrade() -> None:
         batch_op.create_index("ix_result_updated", ["updated_at"], unique=False)
 
     op.create_table(
+        "suspension_proposal",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("target_kind", sa.String(length=16), nullable=False),
+        sa.Column("item_code", sa.String(length=32), nullable=False),
+        sa.Column("group_code", sa.String(length=32), nullable=False),
+        sa.Column("origin", sa.String(length=8), nullable=False),
+        sa.Column("reason_code", sa.String(length=40), nullable=False),
+        sa.Column("reason_text", sa.Text(), nullable=False),
+        sa.Column("evidence", sa.JSON(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("raised_by", sa.String(length=64), nullable=False),
+        sa.Column("raised_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("decided_by", sa.String(length=64), nullable=False),
+        sa.Column("decided_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("decision_note", sa.Text(), nullable=False),
+        sa.Column("affected", sa.JSON(), nullable=False),
+        sa.Column("reinstated_by", sa.String(length=64), nullable=False),
+        sa.Column("reinstated_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("reinstate_reason", sa.Text(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["institution_code"],
+            ["institution.code"],
+            name=op.f("fk_suspension_proposal_institution_code_institution"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_suspension_proposal")),
+    )
+    with op.batch_alter_table("suspension_proposal", schema=None) as batch_op:
+        batch_op.create_index("ix_suspension_proposal_inst", ["institution_code"], unique=False)
+        batch_op.create_index(
+            "ix_suspension_proposal_status", ["status", "raised_at"], unique=False
+        )
+
+    op.create_table(
         "api_key",
         sa.Column(
             "id",
@@ -509,6 +788,63 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_api_key")),
         sa.UniqueConstraint("prefix", name=op.f("uq_api_key_prefix")),
     )
+    op.create_table(
+        "correction_request",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("filed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column(
+            "requester_account_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=False,
+        ),
+        sa.Column("requester_role", sa.String(length=32), nullable=False),
+        sa.Column("requester_institution", sa.String(length=32), nullable=True),
+        sa.Column(
+            "result_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("result_version", sa.Integer(), nullable=False),
+        sa.Column("producing_institution", sa.String(length=32), nullable=False),
+        sa.Column("text", sa.Text(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("due_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(
+            "resolver_account_id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            nullable=True,
+        ),
+        sa.Column("resolution", sa.Text(), nullable=False),
+        sa.Column("new_version", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["requester_account_id"],
+            ["account.id"],
+            name=op.f("fk_correction_request_requester_account_id_account"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["resolver_account_id"],
+            ["account.id"],
+            name=op.f("fk_correction_request_resolver_account_id_account"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["result_id"], ["result.id"], name=op.f("fk_correction_request_result_id_result")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_correction_request")),
+    )
+    with op.batch_alter_table("correction_request", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_correction_request_queue",
+            ["producing_institution", "status", "due_at"],
+            unique=False,
+        )
+        batch_op.create_index(
+            batch_op.f("ix_correction_request_result_id"), ["result_id"], unique=False
+        )
+
     op.create_table(
         "decision",
         sa.Column(
@@ -548,6 +884,40 @@ def upgrade() -> None:
     with op.batch_alter_table("decision", schema=None) as batch_op:
         batch_op.create_index("ix_decision_at", ["at"], unique=False)
         batch_op.create_index("ix_decision_inst_at", ["institution_code", "at"], unique=False)
+        batch_op.create_index(
+            "ix_decision_patient_item", ["patient_id", "item_code", "at"], unique=False
+        )
+
+    op.create_table(
+        "imaging_series",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("study_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("series_uid", sa.String(length=64), nullable=False),
+        sa.Column("modality", sa.String(length=16), nullable=False),
+        sa.Column("series_number", sa.Integer(), nullable=True),
+        sa.Column("series_description", sa.String(length=200), nullable=False),
+        sa.Column("body_part", sa.String(length=64), nullable=False),
+        sa.Column("slice_thickness", sa.Float(), nullable=True),
+        sa.Column("derived", sa.Boolean(), nullable=False),
+        sa.Column("image_type", sa.String(length=100), nullable=False),
+        sa.Column("instance_count", sa.Integer(), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["study_id"],
+            ["imaging_study.id"],
+            name=op.f("fk_imaging_series_study_id_imaging_study"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_imaging_series")),
+        sa.UniqueConstraint("series_uid", name=op.f("uq_imaging_series_series_uid")),
+    )
+    with op.batch_alter_table("imaging_series", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_imaging_series_study_id"), ["study_id"], unique=False)
 
     op.create_table(
         "observation",
@@ -579,6 +949,64 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("observation", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_observation_result_id"), ["result_id"], unique=False)
+
+    op.create_table(
+        "otp_challenge",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("identifier_hash", sa.String(length=64), nullable=False),
+        sa.Column(
+            "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("code_hash", sa.String(length=64), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("consumed_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["account.id"], name=op.f("fk_otp_challenge_account_id_account")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_otp_challenge")),
+    )
+    with op.batch_alter_table("otp_challenge", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_otp_challenge_ident", ["identifier_hash", "created_at"], unique=False
+        )
+
+    op.create_table(
+        "portal_binding",
+        sa.Column(
+            "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column(
+            "patient_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("identifier_hash", sa.String(length=64), nullable=False),
+        sa.Column("phone_enc", sa.Text(), nullable=False),
+        sa.Column("phone_masked", sa.String(length=32), nullable=False),
+        sa.Column("bound_by", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column("bound_institution", sa.String(length=32), nullable=False),
+        sa.Column("bound_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["account.id"], name=op.f("fk_portal_binding_account_id_account")
+        ),
+        sa.ForeignKeyConstraint(
+            ["bound_by"], ["account.id"], name=op.f("fk_portal_binding_bound_by_account")
+        ),
+        sa.ForeignKeyConstraint(
+            ["patient_id"], ["patient.id"], name=op.f("fk_portal_binding_patient_id_patient")
+        ),
+        sa.PrimaryKeyConstraint("account_id", name=op.f("pk_portal_binding")),
+        sa.UniqueConstraint("identifier_hash", name=op.f("uq_portal_binding_identifier_hash")),
+    )
+    with op.batch_alter_table("portal_binding", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_portal_binding_patient_id"), ["patient_id"], unique=False
+        )
 
     op.create_table(
         "qualification_event",
@@ -625,26 +1053,181 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("result_id", "version", name=op.f("pk_result_version")),
     )
+    op.create_table(
+        "cds_card",
+        sa.Column("uuid", sa.String(length=36), nullable=False),
+        sa.Column(
+            "reminder_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("service_id", sa.String(length=64), nullable=False),
+        sa.Column("hook_instance", sa.String(length=64), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("department", sa.String(length=100), nullable=False),
+        sa.Column("clinician", sa.String(length=64), nullable=False),
+        sa.Column(
+            "patient_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("item_code", sa.String(length=32), nullable=True),
+        sa.Column("draft_order", sa.String(length=200), nullable=False),
+        sa.Column("result_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column("result_version", sa.Integer(), nullable=True),
+        sa.Column("suggestion_uuid", sa.String(length=36), nullable=True),
+        sa.Column(
+            "decision_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.ForeignKeyConstraint(
+            ["decision_id"], ["decision.id"], name=op.f("fk_cds_card_decision_id_decision")
+        ),
+        sa.ForeignKeyConstraint(
+            ["reminder_id"], ["reminder.id"], name=op.f("fk_cds_card_reminder_id_reminder")
+        ),
+        sa.ForeignKeyConstraint(
+            ["result_id"], ["result.id"], name=op.f("fk_cds_card_result_id_result")
+        ),
+        sa.PrimaryKeyConstraint("uuid", name=op.f("pk_cds_card")),
+    )
+    with op.batch_alter_table("cds_card", schema=None) as batch_op:
+        batch_op.create_index("ix_cds_card_at", ["at"], unique=False)
+
+    op.create_table(
+        "imaging_instance",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column("study_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "series_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("sop_uid", sa.String(length=64), nullable=False),
+        sa.Column("sop_class_uid", sa.String(length=64), nullable=False),
+        sa.Column("transfer_syntax", sa.String(length=64), nullable=False),
+        sa.Column("instance_number", sa.Integer(), nullable=True),
+        sa.Column("rows", sa.Integer(), nullable=True),
+        sa.Column("columns", sa.Integer(), nullable=True),
+        sa.Column("number_of_frames", sa.Integer(), nullable=False),
+        sa.Column("slice_thickness", sa.Float(), nullable=True),
+        sa.Column("image_type", sa.String(length=100), nullable=False),
+        sa.Column("content_hash", sa.String(length=64), nullable=False),
+        sa.Column("size_bytes", sa.BigInteger(), nullable=False),
+        sa.Column("source", sa.String(length=8), nullable=False),
+        sa.Column("calling_ae", sa.String(length=16), nullable=False),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["series_id"],
+            ["imaging_series.id"],
+            name=op.f("fk_imaging_instance_series_id_imaging_series"),
+        ),
+        sa.ForeignKeyConstraint(
+            ["study_id"],
+            ["imaging_study.id"],
+            name=op.f("fk_imaging_instance_study_id_imaging_study"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_imaging_instance")),
+        sa.UniqueConstraint("sop_uid", name=op.f("uq_imaging_instance_sop_uid")),
+    )
+    with op.batch_alter_table("imaging_instance", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_imaging_instance_series_id"), ["series_id"], unique=False
+        )
+        batch_op.create_index(
+            batch_op.f("ix_imaging_instance_study_id"), ["study_id"], unique=False
+        )
+
+    op.create_table(
+        "notification",
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
+        sa.Column(
+            "account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("kind", sa.String(length=32), nullable=False),
+        sa.Column("title", sa.String(length=200), nullable=False),
+        sa.Column("body", sa.Text(), nullable=False),
+        sa.Column("result_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True),
+        sa.Column(
+            "correction_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=True
+        ),
+        sa.Column("read_at", sa.DateTime(timezone=True), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["account_id"], ["account.id"], name=op.f("fk_notification_account_id_account")
+        ),
+        sa.ForeignKeyConstraint(
+            ["correction_id"],
+            ["correction_request.id"],
+            name=op.f("fk_notification_correction_id_correction_request"),
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_notification")),
+    )
+    with op.batch_alter_table("notification", schema=None) as batch_op:
+        batch_op.create_index(
+            "ix_notification_inbox", ["account_id", "read_at", "id"], unique=False
+        )
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table("notification", schema=None) as batch_op:
+        batch_op.drop_index("ix_notification_inbox")
+
+    op.drop_table("notification")
+    with op.batch_alter_table("imaging_instance", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_imaging_instance_study_id"))
+        batch_op.drop_index(batch_op.f("ix_imaging_instance_series_id"))
+
+    op.drop_table("imaging_instance")
+    with op.batch_alter_table("cds_card", schema=None) as batch_op:
+        batch_op.drop_index("ix_cds_card_at")
+
+    op.drop_table("cds_card")
     op.drop_table("result_version")
     with op.batch_alter_table("qualification_event", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_qualification_event_qualification_id"))
 
     op.drop_table("qualification_event")
+    with op.batch_alter_table("portal_binding", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_portal_binding_patient_id"))
+
+    op.drop_table("portal_binding")
+    with op.batch_alter_table("otp_challenge", schema=None) as batch_op:
+        batch_op.drop_index("ix_otp_challenge_ident")
+
+    op.drop_table("otp_challenge")
     with op.batch_alter_table("observation", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_observation_result_id"))
 
     op.drop_table("observation")
+    with op.batch_alter_table("imaging_series", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_imaging_series_study_id"))
+
+    op.drop_table("imaging_series")
     with op.batch_alter_table("decision", schema=None) as batch_op:
+        batch_op.drop_index("ix_decision_patient_item")
         batch_op.drop_index("ix_decision_inst_at")
         batch_op.drop_index("ix_decision_at")
 
     op.drop_table("decision")
+    with op.batch_alter_table("correction_request", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_correction_request_result_id"))
+        batch_op.drop_index("ix_correction_request_queue")
+
+    op.drop_table("correction_request")
     op.drop_table("api_key")
+    with op.batch_alter_table("suspension_proposal", schema=None) as batch_op:
+        batch_op.drop_index("ix_suspension_proposal_status")
+        batch_op.drop_index("ix_suspension_proposal_inst")
+
+    op.drop_table("suspension_proposal")
     with op.batch_alter_table("result", schema=None) as batch_op:
         batch_op.drop_index("ix_result_updated")
         batch_op.drop_index("ix_result_patient_item")
@@ -654,10 +1237,27 @@ def downgrade() -> None:
         batch_op.drop_index("ix_qualification_inst_item")
 
     op.drop_table("qualification")
+    with op.batch_alter_table("qc_evaluation", schema=None) as batch_op:
+        batch_op.drop_index("ix_qc_evaluation_target")
+        batch_op.drop_index("ix_qc_evaluation_on")
+
+    op.drop_table("qc_evaluation")
     op.drop_table("item_list_entry")
+    with op.batch_alter_table("imaging_study", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_imaging_study_patient_global_hash"))
+        batch_op.drop_index("ix_imaging_study_patient")
+        batch_op.drop_index("ix_imaging_study_date")
+        batch_op.drop_index("ix_imaging_study_accession")
+
+    op.drop_table("imaging_study")
+    op.drop_table("dicom_destination")
     op.drop_table("department")
     op.drop_table("code_map")
     op.drop_table("account")
+    with op.batch_alter_table("spot_check_draw", schema=None) as batch_op:
+        batch_op.drop_index("ix_spot_check_draw_jur")
+
+    op.drop_table("spot_check_draw")
     with op.batch_alter_table("scope_member", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_scope_member_scope_code"))
 
@@ -685,12 +1285,27 @@ def downgrade() -> None:
 
     op.drop_table("outbox")
     op.drop_table("negative_reason")
+    op.drop_table("monitoring_month_inst")
+    with op.batch_alter_table("monitoring_month", schema=None) as batch_op:
+        batch_op.drop_index("ix_monitoring_month_inst")
+
+    op.drop_table("monitoring_month")
+    with op.batch_alter_table("monitoring_decline", schema=None) as batch_op:
+        batch_op.drop_index("ix_monitoring_decline_inst")
+
+    op.drop_table("monitoring_decline")
+    op.drop_table("monitoring_cursor")
     op.drop_table("item")
     with op.batch_alter_table("inbound_message", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_inbound_message_institution_code"))
         batch_op.drop_index("ix_inbound_message_hash")
 
     op.drop_table("inbound_message")
+    with op.batch_alter_table("dicom_event", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_dicom_event_institution_code"))
+        batch_op.drop_index("ix_dicom_event_at")
+
+    op.drop_table("dicom_event")
     with op.batch_alter_table("audit_event", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_audit_event_patient_id"))
 
