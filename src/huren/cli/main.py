@@ -7,17 +7,18 @@ import logging
 import typer
 
 from huren.adapters.db import engine as db_engine
+from huren.cli import accounts, bench, catalog, demo, ingest, synth
 from huren.config import Settings, get_settings
 
 app = typer.Typer(help="HuRen 互认平台命令行工具", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="数据库: 迁移与状态", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-app.add_typer(__import__("huren.cli.synth", fromlist=["app"]).app, name="synth")
-app.add_typer(__import__("huren.cli.catalog", fromlist=["app"]).app, name="catalog")
-app.add_typer(__import__("huren.cli.bench", fromlist=["app"]).app, name="bench")
-app.add_typer(__import__("huren.cli.accounts", fromlist=["app"]).app, name="accounts")
-app.command("ingest")(__import__("huren.cli.ingest", fromlist=["ingest"]).ingest)
-app.command("demo")(__import__("huren.cli.demo", fromlist=["demo"]).demo)
+app.add_typer(synth.app, name="synth")
+app.add_typer(catalog.app, name="catalog")
+app.add_typer(bench.app, name="bench")
+app.add_typer(accounts.app, name="accounts")
+app.command("ingest")(ingest.ingest)
+app.command("demo")(demo.demo)
 
 
 def _settings() -> Settings:

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 
 from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
+from huren.api.routes.auth import login_redirect
 from huren.api.routes.recognition import prior_out
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
@@ -28,6 +30,7 @@ from huren.domain.errors import DomainError, Forbidden, Problem, Unauthorized, V
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.recognition import format_span
+from huren.domain.results import StoredResult
 from huren.services.recognition import CheckRequest, DecisionRequest, PatientRef
 
 router = APIRouter(tags=["互认工作台"], include_in_schema=False)
@@ -82,14 +85,14 @@ def _error_page(request: Request, c: Container, exc: DomainError) -> Response:
     )
 
 
-def _image_url(request: Request, study_uid: str) -> str | None:
-    if not study_uid:
+def viewer_url(result: StoredResult, token: str = "") -> str | None:
+    """The image viewer of an imaging result (issue 4 §5): the report, the completeness
+    verdict with what is missing, the series and the stack viewer. In token mode the token
+    goes along, since a page opened from a frame has no session cookie."""
+    if result.category is not Category.IMAGING:
         return None
-    paths = {getattr(r, "path", "") for r in request.app.routes}
-    for candidate in ("/imaging/studies/{study_uid}", "/imaging/viewer/{study_uid}"):
-        if candidate in paths:
-            return candidate.replace("{study_uid}", study_uid)
-    return None
+    url = f"/imaging/results/{result.id}"
+    return f"{url}?{urlencode({'token': token})}" if token else url
 
 
 @router.get("/workbench", response_class=HTMLResponse)
@@ -104,7 +107,7 @@ def workbench(
     try:
         principal = _who(request, c, token)
         if principal is None:
-            return RedirectResponse(f"/login?next={request.url.path}?{request.url.query}", 303)
+            return login_redirect(request)
         if institution and institution != principal.institution:
             raise Forbidden(
                 "工作台的机构与当前账号不符",
@@ -151,7 +154,7 @@ def workbench(
                         "performed": local_time(a.result.performed_at),
                         "age": format_span(a.age),
                         "limit": format_span(a.time_limit),
-                        "images": _image_url(request, a.result.study_uid),
+                        "images": viewer_url(a.result, token),
                     }
                     for a in (rec.all() if rec else ())
                 ],
@@ -241,7 +244,7 @@ def full_report(
     try:
         principal = _who(request, c, token)
         if principal is None:
-            return RedirectResponse(f"/login?next={request.url.path}", 303)
+            return login_redirect(request)
         r = c.recognition.view_result(principal, result_id)
     except DomainError as exc:
         return _error_page(request, c, exc)
@@ -257,7 +260,7 @@ def full_report(
             "item": item,
             "performed": local_time(r.performed_at),
             "issued": local_time(r.issued_at),
-            "images": _image_url(request, r.study_uid),
+            "images": viewer_url(r, token),
         },
         headers=_headers(c),
     )
