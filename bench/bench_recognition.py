@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,10 @@ from huren.bootstrap import Container, build
 from huren.config import Settings
 from huren.domain.accounts import Principal, Role
 from huren.domain.identity import IdentifierKind
+from huren.domain.recognition import StudyCompleteness, StudyState
+from huren.domain.results import StoredResult
 from huren.services.accounts import NewAccount
-from huren.services.recognition import CheckRequest, PatientRef
+from huren.services.recognition import CheckRequest, PatientRef, StudyStates
 
 NATIONAL_ID_SYSTEM = "https://huren.example/fhir/sid/national-id"
 
@@ -112,11 +115,36 @@ def sample_orders(
     return insts[rng.randrange(len(insts))], picks
 
 
+class TimedStudies:
+    """The node's study-completeness source (``ImagingService.study_states``), timed: each
+    check looks its imaging priors up inside the timed path; this records how long that
+    lookup took and what it answered."""
+
+    def __init__(self, inner: StudyStates) -> None:
+        self.inner = inner
+        self.ms: list[float] = []  # every lookup, for the share of the check's time
+        self.with_imaging_ms: list[float] = []  # lookups that had imaging priors to judge
+        self.answers: dict[StudyCompleteness, int] = dict.fromkeys(StudyCompleteness, 0)
+
+    def study_states(self, results: Sequence[StoredResult]) -> Mapping[int, StudyState]:
+        t = time.perf_counter_ns()
+        out = self.inner.study_states(results)
+        ms = (time.perf_counter_ns() - t) / 1e6
+        self.ms.append(ms)
+        if results:
+            self.with_imaging_ms.append(ms)
+        for r in results:
+            self.answers[out.get(r.id, StudyState()).completeness] += 1
+        return out
+
+
 def bench_in_process(
     c: Container, institution: str, orders: list[Any], checks: int
 ) -> dict[str, float]:
     principal = Principal(1, "bench", "压测医师", Role.CLINICIAN, institution=institution)
     svc = c.recognition
+    studies = TimedStudies(svc.studies)
+    svc.studies = studies
 
     def one(i: int) -> float:
         pid, codes = orders[i % len(orders)]
@@ -126,11 +154,24 @@ def bench_in_process(
 
     for i in range(min(200, checks)):
         one(i)
+    studies.ms.clear()
+    studies.with_imaging_ms.clear()
+    studies.answers = dict.fromkeys(StudyCompleteness, 0)
     times = [one(i) for i in range(checks)]
+    svc.studies = studies.inner
+    a = studies.answers
     return {
         "p50_ms": statistics.median(times),
         "p99_ms": pct(times, 99),
         "mean_ms": statistics.fmean(times),
+        "studies_p50_ms": statistics.median(studies.with_imaging_ms or [0.0]),
+        "studies_p99_ms": pct(studies.with_imaging_ms or [0.0], 99),
+        "studies_lookups": float(len(studies.with_imaging_ms)),
+        "studies_share": sum(studies.ms) / sum(times),
+        "imaging_priors": float(sum(a.values())),
+        "complete": float(a[StudyCompleteness.COMPLETE]),
+        "incomplete": float(a[StudyCompleteness.INCOMPLETE]),
+        "unknown": float(a[StudyCompleteness.UNKNOWN]),
     }
 
 
@@ -255,6 +296,13 @@ def main() -> None:
         print(
             f"进程内 check（5 项）: p50 {ip['p50_ms']:.2f} ms  p99 {ip['p99_ms']:.2f} ms  "
             f"均值 {ip['mean_ms']:.2f} ms  （{args.checks} 次）"
+        )
+        print(
+            "  其中影像完整性查询（ImagingService.study_states，"
+            f"有影像既往结果的 {ip['studies_lookups']:.0f} 次）: p50 {ip['studies_p50_ms']:.2f} ms"
+            f"  p99 {ip['studies_p99_ms']:.2f} ms；全部查询占 check 用时 {ip['studies_share']:.0%}；"
+            f"影像既往结果 {ip['imaging_priors']:.0f} 份：完整 {ip['complete']:.0f}"
+            f" / 不完整 {ip['incomplete']:.0f} / 未知 {ip['unknown']:.0f}"
         )
         if args.no_http:
             return

@@ -18,7 +18,8 @@ from huren.adapters.db.tables import decision, reminder
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from tests.e2e.live import serve
-from tests.fixtures.results import ZHANG_SAN_ID, imaging_report, lab_panel, store
+from tests.fixtures.imaging import ct_report, store_complete_ct_study, store_thick_only_ct_study
+from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
 
 SELECT = "huren-recognition-order-select"
@@ -30,9 +31,22 @@ NATIONAL_ID_SYSTEM = "https://huren.example/fhir/sid/national-id"
 def hebei(
     world: Container, login: Callable[..., dict[str, str]]
 ) -> Iterator[tuple[str, dict[str, str]]]:
-    """Results of 张三 at hospital A; the server; hospital B's HIS interface account."""
+    """Results of 张三 at hospital A — a liver panel and a chest CT whose complete study
+    (厚层, 薄层, MPR) the PACS sent; the server; hospital B's HIS interface account."""
     store(world, lab_panel(HOSP_A))
-    store(world, imaging_report(HOSP_A))
+    ct = ct_report(HOSP_A)
+    store(world, ct)
+    store_complete_ct_study(world, ct)
+    headers = login(Role.INTEGRATION, institution=HOSP_B)
+    with serve(world) as base:
+        yield base, headers
+
+
+@pytest.fixture
+def hospital_b(
+    world: Container, login: Callable[..., dict[str, str]]
+) -> Iterator[tuple[str, dict[str, str]]]:
+    """The server with no results yet, and hospital B's HIS interface account."""
     headers = login(Role.INTEGRATION, institution=HOSP_B)
     with serve(world) as base:
         yield base, headers
@@ -486,3 +500,81 @@ def test_override_without_a_reason_is_recorded_as_an_unexplained_decline(
         row = conn.execute(select(decision)).one()
     assert (row.action, row.reason_code) == ("declined", "")
     assert row.reason_text == "未说明理由（提醒卡片被关闭）"
+
+
+# ---------------------------------------------------------------- imaging completeness
+def _ct_card(base: str, headers: dict[str, str]) -> dict[str, Any]:
+    body = hook_request(
+        orders=[service_request("sr-ct", "B-CT-CHEST", "胸部平扫CT")],
+        prefetch={"patient": patient_resource()},
+    )
+    (card,) = post(base, headers, SELECT, body).json()["cards"]
+    return dict(card)
+
+
+def test_ct_report_whose_images_have_not_arrived_gets_an_info_card_saying_so(
+    world: Container, hospital_b: tuple[str, dict[str, str]]
+) -> None:
+    # Issue 4 §3; 沪卫医〔2024〕135号 四(二)2: the report alone is not a complete result.
+    base, headers = hospital_b
+    store(world, ct_report(HOSP_A))
+    card = _ct_card(base, headers)
+    assert card["indicator"] == "info"
+    assert "suggestions" not in card
+    assert "暂不建议直接互认（影像资料不完整：影像未上传" in card["summary"]
+    assert "✗ 影像资料不完整：影像未上传：尚未收到该报告对应的 DICOM 影像" in card["detail"]
+
+
+def test_ct_without_thin_slices_gets_an_info_card_naming_the_missing_series(
+    world: Container,
+    hospital_b: tuple[str, dict[str, str]],
+    login: Callable[..., dict[str, str]],
+) -> None:
+    base, headers = hospital_b
+    ct = ct_report(HOSP_A)
+    store(world, ct)
+    store_thick_only_ct_study(world, ct)
+    card = _ct_card(base, headers)
+    assert card["indicator"] == "info"
+    assert "✗ 影像资料不完整：缺少薄层序列（层厚 ≤ 1.5 mm）" in card["detail"]
+    (viewer,) = [link for link in card["links"] if link["label"].startswith("调阅影像")]
+    page = httpx.get(viewer["url"], headers=login(Role.CLINICIAN, institution=HOSP_B))
+    assert "缺少薄层序列（层厚 ≤ 1.5 mm）" in page.text
+    assert page.text.count('class="series-btn"') == 1
+
+
+def test_card_proposes_the_ct_once_its_images_arrive(
+    world: Container, hospital_b: tuple[str, dict[str, str]]
+) -> None:
+    base, headers = hospital_b
+    ct = ct_report(HOSP_A)
+    store(world, ct)
+    before = _ct_card(base, headers)
+    store_complete_ct_study(world, ct)
+    after = _ct_card(base, headers)
+    assert (before["indicator"], after["indicator"]) == ("info", "warning")
+    assert "可互认" in after["summary"]
+    assert "影像资料完整" in after["detail"]
+
+
+def test_ct_card_links_to_the_image_viewer_showing_its_series(
+    world: Container,
+    hebei: tuple[str, dict[str, str]],
+    login: Callable[..., dict[str, str]],
+) -> None:
+    base, headers = hebei
+    ct, _ = _cards(base, headers)
+    viewer = next(link for link in ct["links"] if link["label"].startswith("调阅影像"))
+    assert viewer["type"] == "absolute"
+    assert viewer["url"].startswith(f"{base}/imaging/results/")
+    clinician = login(Role.CLINICIAN, institution=HOSP_B)
+    page = httpx.get(viewer["url"], headers=clinician)
+    assert page.status_code == 200
+    assert page.text.count('class="series-btn"') == 3
+    assert "影像与报告完整" in page.text
+
+
+def test_lab_card_has_no_image_viewer_link(hebei: tuple[str, dict[str, str]]) -> None:
+    base, headers = hebei
+    _, lab = _cards(base, headers)
+    assert [link["label"] for link in lab["links"]] == ["查看完整报告及影像（互认工作台）"]

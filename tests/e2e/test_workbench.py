@@ -15,8 +15,14 @@ from huren.adapters.db.tables import decision
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from tests.e2e.live import serve
-from tests.fixtures.results import ZHANG_SAN_ID, imaging_report, lab_panel, store
-from tests.fixtures.world import HOSP_A, HOSP_B
+from tests.fixtures.imaging import (
+    COMPLETE,
+    ct_report,
+    store_complete_ct_study,
+    store_thick_only_ct_study,
+)
+from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
+from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 CHROMIUM_ARGS = [
@@ -31,15 +37,33 @@ CHROMIUM_ARGS = [
 
 @pytest.fixture
 def workbench(world: Container, login: Callable[..., dict[str, str]]) -> Iterator[tuple[str, str]]:
-    """张三 has a chest CT and a liver panel at hospital A; a clinician of hospital B orders
-    both again. Yields (server base URL, the clinician's access token)."""
-    store(world, imaging_report(HOSP_A))
+    """张三 has a chest CT — report and complete study (厚层, 薄层, MPR) — and a liver
+    panel at hospital A; a clinician of hospital B orders both again. Yields (server base
+    URL, the clinician's access token)."""
+    ct = ct_report(HOSP_A)
+    store(world, ct)
+    store_complete_ct_study(world, ct)
     store(world, lab_panel(HOSP_A))
     token = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")[
         "Authorization"
     ].removeprefix("Bearer ")
     with serve(world) as base:
         yield base, token
+
+
+@pytest.fixture
+def no_results(world: Container, login: Callable[..., dict[str, str]]) -> Iterator[tuple[str, str]]:
+    """The server before any result of 张三 arrived, and hospital B's clinician's token."""
+    token = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")[
+        "Authorization"
+    ].removeprefix("Bearer ")
+    with serve(world) as base:
+        yield base, token
+
+
+def item_section(page: str, code: str) -> str:
+    """The HTML of one ordered item's section of the workbench page."""
+    return page.split(f'data-item="{code}"', 1)[1].split("</section>", 1)[0]
 
 
 def page_url(base: str, token: str, **extra: str) -> str:
@@ -96,6 +120,83 @@ def test_full_report_shows_findings_and_conclusion_apart(workbench: tuple[str, s
     assert "诊断结论（报告医师出具）" in r.text
 
 
+def test_full_report_of_the_ct_links_to_its_image_viewer(workbench: tuple[str, str]) -> None:
+    base, token = workbench
+    ct = item_section(httpx.get(page_url(base, token)).text, CT_CHEST)
+    href = ct.split('href="/workbench/results/', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    report = httpx.get(f"{base}/workbench/results/{href}").text
+    result_id = href.split("?", 1)[0]
+    assert f'class="btn secondary wb-viewer" href="/imaging/results/{result_id}?token=' in report
+
+
+def test_ct_whose_images_have_not_arrived_is_not_proposed_and_says_so(
+    world: Container, no_results: tuple[str, str]
+) -> None:
+    # Issue 4 §3; 沪卫医〔2024〕135号 四(二)2: a report without its study is incomplete.
+    base, token = no_results
+    store(world, ct_report(HOSP_A))
+    ct = item_section(httpx.get(page_url(base, token)).text, CT_CHEST)
+    assert "暂不建议互认" in ct
+    assert "✗ 影像资料不完整：影像未上传：尚未收到该报告对应的 DICOM 影像" in ct
+
+
+def test_ct_without_thin_slices_names_the_missing_series_until_they_arrive(
+    world: Container, no_results: tuple[str, str]
+) -> None:
+    base, token = no_results
+    report = ct_report(HOSP_A)
+    store(world, report)
+    store_thick_only_ct_study(world, report)
+    before = item_section(httpx.get(page_url(base, token)).text, CT_CHEST)
+    store_complete_ct_study(world, report)  # the PACS sends the rest; the 厚层 again
+    after = item_section(httpx.get(page_url(base, token)).text, CT_CHEST)
+    assert "✗ 影像资料不完整：缺少薄层序列（层厚 ≤ 1.5 mm）" in before
+    assert '<span class="pill no">暂不建议互认</span>' in before
+    assert '<span class="pill ok">可互认</span>' in after
+    assert "✓ 影像资料完整" in after
+
+
+def test_imaging_prior_links_to_the_image_viewer_and_lab_prior_does_not(
+    workbench: tuple[str, str],
+) -> None:
+    base, token = workbench
+    page = httpx.get(page_url(base, token)).text
+    ct, lab = item_section(page, CT_CHEST), item_section(page, "JY-SH-001")
+    href = ct.split('class="wb-viewer" href="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+    assert href.startswith("/imaging/results/")
+    assert "token=" in href  # a framed page has no cookie: the token goes along
+    assert "wb-viewer" not in lab
+
+
+def test_viewer_link_in_token_mode_opens_the_viewer_with_a_session_and_no_token_in_the_url(
+    workbench: tuple[str, str],
+) -> None:
+    base, token = workbench
+    page = httpx.get(page_url(base, token)).text
+    href = item_section(page, CT_CHEST).split('class="wb-viewer" href="', 1)[1]
+    href = href.split('"', 1)[0].replace("&amp;", "&")
+    with httpx.Client(base_url=base, follow_redirects=True) as browser:
+        viewer = browser.get(href)
+        thumb = viewer.text.split('src="/dicomweb/', 1)[1].split('"', 1)[0]
+        image = browser.get(f"/dicomweb/{thumb}")
+    assert viewer.status_code == 200
+    assert "token" not in str(viewer.url)
+    assert viewer.text.count('class="series-btn"') == len(COMPLETE)
+    assert "影像与报告完整" in viewer.text
+    assert image.status_code == 200
+    assert image.headers["content-type"].startswith("image/")
+
+
+def test_viewer_link_with_an_invalid_token_goes_to_login_not_an_error(
+    workbench: tuple[str, str],
+) -> None:
+    base, _ = workbench
+    r = httpx.get(f"{base}/imaging/results/1?token=not-a-token")
+    assert r.status_code == 303
+    assert r.headers["location"].startswith("/login?next=")
+    assert "set-cookie" not in r.headers
+
+
 @pytest.mark.browser
 def test_clinician_accepts_the_ct_and_declines_the_lab_panel_in_the_browser(
     world: Container, workbench: tuple[str, str]
@@ -136,3 +237,96 @@ def test_clinician_accepts_the_ct_and_declines_the_lab_panel_in_the_browser(
     with world.engine.connect() as conn:
         rows = conn.execute(select(decision.c.action, decision.c.reason_code)).all()
     assert sorted(tuple(r) for r in rows) == [("accepted", ""), ("declined", "HB-2")]
+
+
+# Counts the distinct grey levels of a loaded <img> drawn on a canvas: a blank or failed
+# render has one (or none), a CT slice has many.
+DISTINCT_GREYS = """img => {
+  if (!img.complete || img.naturalWidth === 0) return 0;
+  const canvas = document.createElement("canvas");
+  canvas.width = img.naturalWidth;
+  canvas.height = img.naturalHeight;
+  const ctx = canvas.getContext("2d");
+  ctx.drawImage(img, 0, 0);
+  const data = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+  const seen = new Set();
+  for (let i = 0; i < data.length; i += 4) seen.add(data[i]);
+  return seen.size;
+}"""
+
+
+@pytest.mark.browser
+def test_clinician_opens_the_image_viewer_of_the_recognizable_ct_from_the_workbench(
+    workbench: tuple[str, str],
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token = workbench
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 1280, "height": 900})
+            page = context.new_page()
+            page.goto(page_url(base, token))
+            ct = page.locator(f"section[data-item='{CT_CHEST}']")
+            expect(ct.locator(".pill.ok")).to_have_text("可互认")
+            with context.expect_page() as opened:
+                ct.locator("a.wb-viewer").click()
+            viewer = opened.value
+            viewer.wait_for_load_state("networkidle")
+            assert "token" not in viewer.url
+
+            expect(viewer.get_by_test_id("completeness")).to_have_text("影像与报告完整")
+            buttons = viewer.locator(".series-btn")
+            expect(buttons).to_have_count(len(COMPLETE))
+            for series in COMPLETE:
+                expect(viewer.locator(".viewer-series")).to_contain_text(series.description)
+            thumbs = viewer.locator(".series-btn img")
+            for i in range(len(COMPLETE)):
+                thumb = thumbs.nth(i)
+                thumb.scroll_into_view_if_needed()
+                expect(thumb).to_have_js_property("complete", True)
+                assert thumb.evaluate(DISTINCT_GREYS) > 16, f"缩略图 {i} 为空白"
+            frame = viewer.locator("#frame")
+            expect(viewer.locator("#position")).to_have_text("2 / 3")  # middle of the 厚层
+            expect(frame).to_have_js_property("complete", True)
+            assert frame.evaluate(DISTINCT_GREYS) > 16, "主图为空白"
+
+            viewer.screenshot(path=str(ARTIFACTS / "workbench-viewer.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+def test_clinician_sees_what_an_incomplete_ct_lacks_in_the_workbench_and_the_viewer(
+    world: Container, no_results: tuple[str, str]
+) -> None:
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token = no_results
+    report = ct_report(HOSP_A)
+    store(world, report)
+    store_thick_only_ct_study(world, report)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        try:
+            context = browser.new_context(viewport={"width": 414, "height": 900})
+            page = context.new_page()
+            page.goto(page_url(base, token))
+            ct = page.locator(f"section[data-item='{CT_CHEST}']")
+            expect(ct.locator(".pill.no")).to_have_text("暂不建议互认")
+            expect(ct.locator(".wb-reasons li.blocks")).to_have_text(
+                "✗ 影像资料不完整：缺少薄层序列（层厚 ≤ 1.5 mm）"
+            )
+            page.screenshot(path=str(ARTIFACTS / "workbench-incomplete-ct.png"), full_page=True)
+            with context.expect_page() as opened:
+                ct.locator("a.wb-viewer").click()
+            viewer = opened.value
+            expect(viewer.get_by_test_id("completeness")).to_contain_text(
+                "缺少薄层序列（层厚 ≤ 1.5 mm）"
+            )
+            expect(viewer.locator(".series-btn")).to_have_count(1)
+        finally:
+            browser.close()

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import func, select
 
+from huren.adapters.db.recognition import SqlRecognitionStore
 from huren.adapters.db.tables import audit_event, decision, reminder
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
@@ -21,7 +22,9 @@ from huren.services.recognition import (
     DecisionRequest,
     ExternalReport,
     PatientRef,
+    RecognitionService,
 )
+from tests.fixtures.imaging import ct_report, store_complete_ct_study, store_thick_only_ct_study
 from tests.fixtures.results import (
     LI_SI_ID,
     TEST_NOW,
@@ -65,7 +68,9 @@ def test_lab_panel_from_another_hebei_hospital_is_recognizable(world: Container)
 
 def test_each_ordered_item_is_recorded_as_a_reminder(world: Container) -> None:
     store(world, lab_panel(HOSP_A))
-    store(world, imaging_report(HOSP_A))
+    ct = ct_report(HOSP_A)
+    store(world, ct)
+    store_complete_ct_study(world, ct)
     out = check(world, "B-LFT", "B-CT-CHEST", "NO-SUCH-CODE")
     with world.engine.connect() as conn:
         rows = conn.execute(select(reminder).order_by(reminder.c.id)).all()
@@ -86,16 +91,88 @@ def test_unmapped_code_is_reported_not_ignored(world: Container) -> None:
     assert "未对码" in item.problem
 
 
-def test_regional_ct_mark_is_recognized_and_the_study_completeness_is_unknown(
-    world: Container,
-) -> None:
-    store(world, imaging_report(HOSP_A))
+def test_regional_ct_mark_with_its_complete_study_is_recognized(world: Container) -> None:
+    ct = ct_report(HOSP_A)
+    store(world, ct)
+    store_complete_ct_study(world, ct)
     (item,) = check(world, CT_CHEST).items
     assert item.recognition is not None
     assert item.recognition.best is not None
     best = item.recognition.best
     assert best.result.mark_symbol == "—JJJHR"
-    assert [r.code for r in best.cautions()] == [ReasonCode.STUDY_UNKNOWN]
+    assert ReasonCode.STUDY_COMPLETE in [r.code for r in best.reasons]
+    assert best.cautions() == ()
+
+
+def _incomplete(world: Container) -> list[str]:
+    """The blocking reasons of the only CT prior, which must not be proposed."""
+    (item,) = check(world, CT_CHEST).items
+    assert item.recognition is not None
+    assert item.recognition.candidates == ()
+    (miss,) = item.recognition.near_misses
+    return [r.text for r in miss.blocking()]
+
+
+def test_ct_report_whose_images_have_not_arrived_is_not_recognizable(world: Container) -> None:
+    # Issue 4 §3; 沪卫医〔2024〕135号 四(二)2: 影像 … 以及影像科医生签发的报告 — both parts.
+    store(world, ct_report(HOSP_A))
+    assert _incomplete(world) == ["影像资料不完整：影像未上传：尚未收到该报告对应的 DICOM 影像"]
+
+
+def test_ct_study_without_thin_slices_is_not_recognizable_and_names_the_missing_series(
+    world: Container,
+) -> None:
+    # 沪卫医〔2024〕135号 四(二)2: CT 应上传厚层及薄层图像. The world's 胸部CT平扫 requires
+    # 厚层 (≥ 3 mm) and 薄层 (≤ 1.5 mm).
+    ct = ct_report(HOSP_A)
+    store(world, ct)
+    store_thick_only_ct_study(world, ct)
+    assert _incomplete(world) == ["影像资料不完整：缺少薄层序列（层厚 ≤ 1.5 mm）"]
+
+
+def test_images_arriving_after_the_report_make_the_ct_recognizable(world: Container) -> None:
+    ct = ct_report(HOSP_A)
+    ref = store(world, ct).results[0]
+    (before,) = check(world, CT_CHEST).items
+    store_complete_ct_study(world, ct)
+    (after,) = check(world, CT_CHEST).items
+    assert before.recognition is not None
+    assert after.recognition is not None
+    assert before.recognition.best is None
+    assert after.recognition.best is not None
+    assert after.recognition.best.result.id == ref.result_id
+    with world.engine.connect() as conn:
+        counts = conn.execute(select(reminder.c.recognizable).order_by(reminder.c.id)).scalars()
+        assert list(counts) == [0, 1]
+
+
+def test_study_of_another_patient_with_the_same_accession_does_not_complete_the_report(
+    world: Container,
+) -> None:
+    # A study links to a report only for the same patient, whatever the numbers say.
+    ct = ct_report(HOSP_A, mrn="A-CT-0042")
+    store(world, ct)
+    from dataclasses import replace
+
+    other = replace(ct, patient=patient(LI_SI_ID, "李四", mrn="A-CT-7777"))
+    store_complete_ct_study(world, other)
+    assert _incomplete(world) == ["影像资料不完整：影像未上传：尚未收到该报告对应的 DICOM 影像"]
+
+
+def test_node_without_an_imaging_source_cautions_that_completeness_is_unknown(
+    world: Container,
+) -> None:
+    # The one case left UNKNOWN: recognition run without any study source (a lab-only
+    # node). It cautions, it does not block: the clinician opens the images and judges.
+    lab_only = RecognitionService(
+        SqlRecognitionStore(world.engine), world.catalog, world.clock, world.vault
+    )
+    store(world, ct_report(HOSP_A))
+    out = lab_only.check(CheckRequest(CLINICIAN_B, BY_NATIONAL_ID, (CT_CHEST,), channel="rest"))
+    (item,) = out.items
+    assert item.recognition is not None
+    assert item.recognition.best is not None
+    assert [r.code for r in item.recognition.best.cautions()] == [ReasonCode.STUDY_UNKNOWN]
 
 
 def test_shanghai_mark_is_a_near_miss_in_hebei(world: Container) -> None:

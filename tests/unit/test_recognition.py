@@ -180,11 +180,26 @@ def test_unmarked_result_is_listed_as_information_not_dropped() -> None:
     assert ReasonCode.UNMARKED in codes(a)
 
 
-def test_incomplete_imaging_study_is_a_near_miss_naming_the_missing_series() -> None:
-    # 沪卫医〔2024〕135号 四(二)2: CT 应上传厚层及薄层图像.
-    a = assess(ct(), study=StudyState(StudyCompleteness.INCOMPLETE, ("薄层",)))
+def test_incomplete_imaging_study_is_a_near_miss_naming_every_missing_part() -> None:
+    # 沪卫医〔2024〕135号 四(二)2: CT 应上传厚层及薄层图像…以及后处理生成的影像.
+    missing = ("缺少薄层序列（层厚 ≤ 1.5 mm）", "缺少后处理序列（后处理图像）")
+    a = assess(ct(), study=StudyState(StudyCompleteness.INCOMPLETE, missing))
     assert a.standing is Standing.NEAR_MISS
-    assert "影像资料不完整：缺少薄层" in [r.text for r in a.reasons]
+    (reason,) = a.blocking()
+    assert reason.code is ReasonCode.STUDY_INCOMPLETE
+    assert reason.text == (
+        "影像资料不完整：缺少薄层序列（层厚 ≤ 1.5 mm）；缺少后处理序列（后处理图像）"
+    )
+
+
+def test_imaging_report_whose_images_have_not_arrived_is_a_near_miss() -> None:
+    # Issue 4 §3: a report without its study is incomplete until both arrive.
+    missing = ("影像未上传：尚未收到该报告对应的 DICOM 影像",)
+    a = assess(ct(), study=StudyState(StudyCompleteness.INCOMPLETE, missing))
+    assert a.standing is Standing.NEAR_MISS
+    assert [r.text for r in a.blocking()] == [
+        "影像资料不完整：影像未上传：尚未收到该报告对应的 DICOM 影像"
+    ]
 
 
 def test_complete_imaging_study_supports_recognition() -> None:
@@ -193,11 +208,13 @@ def test_complete_imaging_study_supports_recognition() -> None:
     assert ReasonCode.STUDY_COMPLETE in codes(a)
 
 
-def test_imaging_without_any_imaging_data_is_not_blocked_but_cautioned() -> None:
-    # No DICOM on the platform: completeness cannot be checked; the clinician is told.
-    a = assess(ct())
+def test_unknown_completeness_cautions_but_does_not_block() -> None:
+    # Only a node without any imaging source cannot know (see StudyCompleteness): the
+    # clinician is told to open the original images and judge.
+    a = assess(ct(), study=StudyState(StudyCompleteness.UNKNOWN))
     assert a.standing is Standing.RECOGNIZABLE
     assert [r.code for r in a.cautions()] == [ReasonCode.STUDY_UNKNOWN]
+    assert "未接入影像数据" in a.cautions()[0].text
 
 
 def test_lab_results_carry_no_imaging_completeness_reason() -> None:

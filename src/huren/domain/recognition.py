@@ -80,12 +80,18 @@ STANDING_LABELS: Mapping[Standing, str] = {
 
 
 class StudyCompleteness(StrEnum):
-    """Completeness of an imaging study against the item's quality requirements.
+    """Completeness of an imaging result (report + study) against the item's quality
+    requirements (沪卫医〔2024〕135号 四(二)2).
 
-    ``UNKNOWN`` means the platform holds no imaging data for the study (no DICOM received
-    or no completeness check run yet); it does not block — the report is still shown with a
-    caution — because the completeness rule can only be applied to images the platform has.
-    Once the imaging area has checked a study it is ``COMPLETE`` or ``INCOMPLETE``."""
+    ``COMPLETE``: the report and its study both arrived and the study holds every required
+    series. ``INCOMPLETE`` blocks: a report whose images have not arrived, a study without
+    its report, or a study missing a required series (issue 4 §3–4).
+
+    ``UNKNOWN`` only where completeness cannot be known at all, and then it cautions rather
+    than blocks: a node run without an imaging source (``services.recognition.NoImagingData``,
+    e.g. a lab-only pilot), or a result the imaging source gives no answer for. A node with
+    the imaging area wired answers ``COMPLETE`` or ``INCOMPLETE`` for every imaging result:
+    "no images yet" is known, and it is ``INCOMPLETE``."""
 
     COMPLETE = "complete"
     INCOMPLETE = "incomplete"
@@ -95,7 +101,9 @@ class StudyCompleteness(StrEnum):
 @dataclass(frozen=True, slots=True)
 class StudyState:
     completeness: StudyCompleteness = StudyCompleteness.UNKNOWN
-    missing: tuple[str, ...] = ()  # e.g. ("薄层",), names of required series not received
+    # What is missing, in Chinese as the imaging area words it and shown to clinicians as
+    # it is, e.g. ("缺少薄层序列（层厚 ≤ 1.5 mm）",) or ("影像未上传：尚未收到…",).
+    missing: tuple[str, ...] = ()
 
 
 UNKNOWN_STUDY = StudyState()
@@ -313,22 +321,17 @@ def assess_prior(
         if study.completeness is StudyCompleteness.COMPLETE:
             reasons.append(Reason(ReasonCode.STUDY_COMPLETE, Effect.SUPPORTS, "影像资料完整"))
         elif study.completeness is StudyCompleteness.INCOMPLETE:
-            missing = "、".join(study.missing) or "未达到该项目的完整性要求"
+            # 沪卫医〔2024〕135号 四(二)2: 序列完整…应包括…影像以及影像科医生签发的报告.
+            missing = "；".join(study.missing) or "未达到该项目的完整性要求"
             reasons.append(
-                Reason(
-                    ReasonCode.STUDY_INCOMPLETE,
-                    Effect.BLOCKS,
-                    f"影像资料不完整：缺少{missing}"
-                    if study.missing
-                    else f"影像资料不完整：{missing}",
-                )
+                Reason(ReasonCode.STUDY_INCOMPLETE, Effect.BLOCKS, f"影像资料不完整：{missing}")
             )
         else:
             reasons.append(
                 Reason(
                     ReasonCode.STUDY_UNKNOWN,
                     Effect.CAUTION,
-                    "平台尚未收到该检查的影像，无法核对影像完整性，请调阅原始影像后判断",
+                    "本节点未接入影像数据，无法核对影像完整性，请调阅原始影像后判断",
                 )
             )
 

@@ -6,6 +6,8 @@ One card per ordered item that has something to say:
   reference time limit and the retest interval; a suggestion whose ``delete`` action
   removes the redundant draft ServiceRequest (accept); ``overrideReasons`` carrying the
   jurisdiction's negative-list reasons (decline); a link to the full report and images;
+  for an imaging prior also a link to the image viewer (``/imaging/results/{id}``), and an
+  incomplete study's missing parts among the reasons (沪卫医〔2024〕135号 四(二)2);
 - only near-misses / unmarked priors → ``info`` card listing them with their reasons;
 - an unmapped code → ``info`` card saying so (never silently ignored)."""
 
@@ -89,6 +91,19 @@ def workbench_url(ctx: CardContext, outcome: CheckOutcome, codes: Sequence[str])
     return f"{ctx.base_url}/workbench?{urlencode(query)}"
 
 
+def viewer_url(ctx: CardContext, result_id: int) -> str:
+    """The image viewer of an imaging result (report, completeness, series, stack view)."""
+    return f"{ctx.base_url}/imaging/results/{result_id}"
+
+
+def _viewer_link(ctx: CardContext, a: Assessment) -> list[dict[str, str]]:
+    if a.result.category is not Category.IMAGING:
+        return []
+    return [
+        {"label": "调阅影像（影像查看器）", "url": viewer_url(ctx, a.result.id), "type": "absolute"}
+    ]
+
+
 def _assessment_lines(
     a: Assessment, institutions: dict[str, Institution], ctx: CardContext
 ) -> list[str]:
@@ -103,7 +118,10 @@ def _assessment_lines(
             lines.append(f"  - ✗ {_md(reason.text)}")
         elif reason.effect is Effect.CAUTION:
             lines.append(f"  - ! {_md(reason.text)}")
-    lines.append(f"  - [完整报告]({ctx.base_url}/workbench/results/{r.id})")
+    report = f"  - [完整报告]({ctx.base_url}/workbench/results/{r.id})"
+    if r.category is Category.IMAGING:
+        report += f" · [调阅影像]({viewer_url(ctx, r.id)})"
+    lines.append(report)
     return lines
 
 
@@ -240,7 +258,7 @@ def build_cards(
                     ],
                     "selectionBehavior": "at-most-one",
                     "overrideReasons": _override_reasons(outcome.reasons, rec.item.category),
-                    "links": [link],
+                    "links": [link, *_viewer_link(ctx, best)],
                 }
             else:
                 n = len(rec.all())
@@ -254,7 +272,7 @@ def build_cards(
                     "indicator": "info",
                     "detail": _detail(answer, rec, institutions, ctx),
                     "source": source,
-                    "links": [link],
+                    "links": [link, *_viewer_link(ctx, first)],
                 }
                 best_id, best_version = first.result.id, first.result.version
         cards.append(card)

@@ -6,16 +6,17 @@ this node's WADO-RS ``/rendered`` — no CDN."""
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from huren.api.auth import optional_principal
+from huren.api.auth import SESSION_COOKIE, optional_principal
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
-from huren.domain.errors import Forbidden
+from huren.domain.errors import Forbidden, Unauthorized
 from huren.domain.imaging import WINDOW_PRESETS
 from huren.services.imaging import AuditRecord, StudyView
 
@@ -71,8 +72,39 @@ def study_page(study_uid: str, request: Request, user: User, c: Services) -> Res
     return _page(request, c, user, c.imaging.study_view(study_uid), None)
 
 
+def _session_from_token(request: Request, c: Container, token: str) -> Response:
+    """The viewer opened from the workbench in token mode (a HIS frame carries the
+    clinician's access token in the URL and has no session cookie): the token becomes this
+    browser's session cookie, as the login form sets it, and the page reloads without the
+    token in its address — so that its thumbnail and WADO-RS requests are authenticated."""
+    path = request.url.path
+    try:
+        c.accounts.principal_from_token(token)
+    except Unauthorized:
+        return RedirectResponse(f"/login?next={quote(path, safe='')}", status_code=303)
+    response = RedirectResponse(path, status_code=303)
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.set_cookie(
+        SESSION_COOKIE,
+        token,
+        httponly=True,
+        samesite="lax",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
 @router.get("/results/{result_id}", response_class=HTMLResponse)
-def result_page(result_id: int, request: Request, user: User, c: Services) -> Response:
+def result_page(
+    result_id: int,
+    request: Request,
+    user: User,
+    c: Services,
+    token: Annotated[str, Query(max_length=4000)] = "",
+) -> Response:
+    if token:
+        return _session_from_token(request, c, token)
     if user is None:
         return login_redirect(request)
     _check(user)
