@@ -147,6 +147,7 @@ class Container:
             intake=lambda: self.intake,
             purposes=load_purposes(),
             deadline_working_days=correction_deadline_working_days(),
+            studies=self.imaging,
         )
 
     @cached_property

@@ -337,3 +337,22 @@ def test_the_report_downloads_as_xlsx(
     values = [[c.value for c in row] for row in ws.iter_rows()]
     assert values[0][0] == "结算单号"
     assert values[1][6] == "肝功能"
+
+
+def test_a_ct_whose_images_never_arrived_was_not_a_recognizable_prior(
+    world: Container, client: TestClient, insurer: dict[str, str]
+) -> None:
+    # 沪卫医〔2024〕135号 四(二)2: the clinician was not offered it, so a repeat is no re-billing.
+    from tests.fixtures.imaging import ct_report, store_complete_ct_study
+    from tests.fixtures.world import CT_CHEST
+
+    report = ct_report()
+    store(world, report)
+    [without_images] = verify(client, insurer, line(item_code=CT_CHEST))
+    assert without_images["recognizable_prior"] is None
+    assert "repeat_without_reason" not in without_images["flags"]
+
+    store_complete_ct_study(world, report)
+    [with_images] = verify(client, insurer, line(item_code=CT_CHEST))
+    assert with_images["recognizable_prior"] is not None
+    assert with_images["flags"] == ["repeat_without_reason"]

@@ -35,6 +35,7 @@ from huren.domain.insurer import (
     judge,
 )
 from huren.domain.recognition import (
+    UNKNOWN_STUDY,
     Assessment,
     PriorResult,
     exclusions_in_force,
@@ -45,6 +46,7 @@ from huren.domain.sharing import CHINA_TZ, AuditAction
 from huren.services.catalog import CatalogCache
 from huren.services.patients import IdentifierKey, PatientMatcher
 from huren.services.ports import Clock, IdentifierVault
+from huren.services.recognition import StudyStates
 from huren.services.retrieval import AuditEvent, audit_event
 
 
@@ -125,12 +127,20 @@ def _prior(a: Assessment) -> PriorSummary:
 
 class InsurerService:
     def __init__(
-        self, store: InsurerStore, catalog: CatalogCache, vault: IdentifierVault, clock: Clock
+        self,
+        store: InsurerStore,
+        catalog: CatalogCache,
+        vault: IdentifierVault,
+        clock: Clock,
+        studies: StudyStates | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
         self._matcher = PatientMatcher(vault)
         self._clock = clock
+        # The same imaging completeness the clinician was shown: a CT without its images
+        # was not recognizable, so it is no ground for flagging a repeat.
+        self._studies = studies
 
     def verify(self, principal: Principal, lines: Sequence[ClaimLine]) -> list[LineVerdict]:
         """Verify claim lines; the whole batch is refused when any line is invalid."""
@@ -229,12 +239,20 @@ class InsurerService:
                         if r.id not in billed
                     ]
                     counts = tx.open_correction_counts([r.id for r in priors])
+                    states = self._studies.study_states(priors) if self._studies else {}
                     province = catalog.province_of(line.institution)
                     rec = recognizable_priors(
                         item,
                         line.institution,
                         order_time,
-                        [PriorResult(r, open_corrections=counts.get(r.id, 0)) for r in priors],
+                        [
+                            PriorResult(
+                                r,
+                                study=states.get(r.id, UNKNOWN_STUDY),
+                                open_corrections=counts.get(r.id, 0),
+                            )
+                            for r in priors
+                        ],
                         graph,
                         exclusions_in_force(item, (province, "NATIONAL"), catalog.exclusions),
                     )

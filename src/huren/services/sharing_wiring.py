@@ -13,6 +13,7 @@ from huren.services.corrections import CorrectionService, ResultReviser
 from huren.services.insurer import InsurerService
 from huren.services.portal import AccountsForPortal, CodeSender, LogCodeSender, PortalService
 from huren.services.ports import Clock, IdentifierVault
+from huren.services.recognition import StudyStates
 from huren.services.retrieval import RetrievalService
 
 
@@ -36,6 +37,7 @@ class SharingServices:
         purposes: PurposeList,
         deadline_working_days: int,
         sender: CodeSender | None = None,
+        studies: StudyStates | None = None,
     ) -> SharingServices:
         retrieval = RetrievalService(store, catalog, vault, clock, purposes)
         return cls(
@@ -53,5 +55,5 @@ class SharingServices:
                 sender or LogCodeSender(),
                 purposes,
             ),
-            insurer=InsurerService(store, catalog, vault, clock),
+            insurer=InsurerService(store, catalog, vault, clock, studies),
         )
