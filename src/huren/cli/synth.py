@@ -8,12 +8,22 @@ from collections.abc import Callable
 
 import typer
 
-from huren.adapters import reference_data
+from huren.adapters import recognition_data, reference_data
 from huren.adapters.db import engine as db_engine
-from huren.adapters.db.bulk import bulk_sink
+from huren.adapters.db.bulk import SqlSynthHistory, bulk_sink
 from huren.bootstrap import Container, build
 from huren.config import get_settings
-from huren.services.synth import SynthConfig, SynthReport, build_demo_world, run_synth
+from huren.services.synth import (
+    ActivityConfig,
+    ActivityReport,
+    SynthConfig,
+    SynthReport,
+    build_demo_world,
+    demo_config,
+    generate_world,
+    run_activity,
+    run_synth,
+)
 
 app = typer.Typer(help="合成数据: 生成可复现的虚拟机构、患者与检查检验结果", no_args_is_help=False)
 
@@ -25,22 +35,55 @@ def fill_demo_database(
     institutions: int = 300,
     results: int = 30_000,
     progress: Callable[[int], None] | None = None,
+    activity: bool = True,
+    refresh: bool = True,
 ) -> SynthReport:
     """The demo's data step: a fresh, migrated database gets a few hundred institutions
-    and tens of thousands of results, history ending at ``container.clock.now()``."""
+    and tens of thousands of results, history ending at ``container.clock.now()``; then
+    (``activity``) the point-of-care reminders and decisions of that history, and
+    (``refresh``) the monitoring aggregates brought up to date — about half a millisecond a
+    result, so benchmarks that fill large databases may leave it to the server."""
+    ref = reference_data.synth_reference()
+    until = container.clock.now()
     report = build_demo_world(
-        reference_data.synth_reference(),
+        ref,
         container.vault,
         bulk_sink(container.engine),
-        container.clock.now(),
+        until,
         timer=time.perf_counter,
         seed=seed,
         institutions=institutions,
         results=results,
         progress=progress,
     )
+    if activity:
+        cfg = demo_config(until, seed=seed, institutions=institutions, results=results)
+        synthesize_activity(container, cfg)
     container.catalog.invalidate()
+    if refresh:
+        container.monitoring.refresh()
     return report
+
+
+def synthesize_activity(
+    container: Container,
+    cfg: SynthConfig,
+    *,
+    patients: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ActivityReport:
+    """The point-of-care activity (reminders, decisions) of the synthetic world ``cfg``
+    already written to the database, for the patients ``patients`` (default all)."""
+    return run_activity(
+        generate_world(reference_data.synth_reference(), cfg),
+        ActivityConfig.of(cfg),
+        SqlSynthHistory(container.engine),
+        bulk_sink(container.engine),
+        explanations=recognition_data.patient_explanations(),
+        timer=time.perf_counter,
+        patients=patients,
+        progress=progress,
+    )
 
 
 @app.callback(invoke_without_command=True)
@@ -52,6 +95,11 @@ def synth(
     batch_size: int = typer.Option(5000, "--batch-size", min=100, help="每批写入的结果数"),
     append: bool = typer.Option(
         False, "--append", help="数据库中已有同一种子的主数据时，只追加患者和结果"
+    ),
+    activity: bool = typer.Option(
+        True,
+        "--activity/--no-activity",
+        help="同时生成互认提醒与医师决定（接受 / 不予互认）",
     ),
 ) -> None:
     """生成合成世界并写入 HUREN_DATABASE_URL 指定的数据库（需先 huren db upgrade）。"""
@@ -74,6 +122,7 @@ def synth(
         batch_size=batch_size,
     )
     typer.echo(f"种子 {seed}: {institutions} 家机构，{cfg.patient_count} 名患者，{results} 条结果")
+    first_patient = SqlSynthHistory(container.engine).patient_span()[1] + 1
     with typer.progressbar(length=results, label="写入结果") as bar:
         report = run_synth(
             reference_data.synth_reference(),
@@ -84,6 +133,18 @@ def synth(
             progress=bar.update,
             master=not append,
         )
+    typer.echo(report.summary())
+    if activity:
+        with typer.progressbar(length=cfg.patient_count, label="互认提醒与决定") as bar:
+            done = synthesize_activity(
+                container,
+                cfg,
+                patients=(first_patient, first_patient + cfg.patient_count - 1),
+                progress=bar.update,
+            )
+        typer.echo(done.summary())
+        # Monitoring counts these incrementally in the server's background job; for ten
+        # million results that takes a while, so it is not done here.
+        typer.echo("监测统计由服务（huren serve）的后台任务增量更新")
     container.catalog.invalidate()
     container.close()
-    typer.echo(report.summary())

@@ -23,7 +23,12 @@ What is generated, and the rules it follows:
   intake path stores them: keyed hash, encrypted value, masked value;
 - results over about two years, in time order, with observations, marks computed at issue
   time with ``Catalog.mark_for``, a version row each, and some corrected, amended or
-  entered in error.
+  entered in error;
+- the point of care over that history (``run_activity``, after the results are written):
+  reminders whose counts are what ``domain.recognition`` gives for the priors stored at
+  the time, accepted decisions (EMR text, money saved), declines with the ordering
+  institution's own negative list (冀 二(四), 沪 四(五)), reminders left without a decision,
+  repeats without any reminder, and a few planted outliers for monitoring to find.
 """
 
 from __future__ import annotations
@@ -32,11 +37,21 @@ import functools
 import hashlib
 import json
 import random
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any, Protocol
 
+from huren.domain.decisions import (
+    Action,
+    Explanation,
+    ReportForRecord,
+    choose_reason,
+    emr_text,
+    patient_explanation,
+    saved_fen,
+)
 from huren.domain.errors import ValidationFailed
 from huren.domain.identity import (
     IdentifierKind,
@@ -51,6 +66,7 @@ from huren.domain.masterdata import (
     Institution,
     InstitutionLevel,
     Item,
+    ItemExclusion,
     ItemListVersion,
     MarkSymbol,
     NegativeReason,
@@ -60,9 +76,18 @@ from huren.domain.masterdata import (
     Scope,
     ScopeKind,
 )
-from huren.domain.results import ResultStatus, ValueType
+from huren.domain.monitoring import MIN_PEERS
+from huren.domain.recognition import (
+    UNKNOWN_STUDY,
+    ItemRecognition,
+    PriorResult,
+    exclusions_in_force,
+    recognizable_priors,
+)
+from huren.domain.results import ObservationValue, ResultStatus, StoredResult, ValueType
 from huren.services.catalog import Catalog, MasterDataRecords
 from huren.services.ports import IdentifierVault
+from huren.services.recognition import PRIORS_PER_ITEM
 
 CST = timezone(timedelta(hours=8))  # 北京时间: hospitals work by it
 
@@ -885,6 +910,16 @@ OBSERVATION_COLUMNS = (
     "result_id", "seq", "code", "loinc", "name", "value_type", "value_num", "value_text",
     "unit", "ref_low", "ref_high", "ref_text", "flag",
 )  # fmt: skip
+# Point-of-care activity, column for column as services/recognition.py records it.
+REMINDER_COLUMNS = (
+    "id", "at", "channel", "institution_code", "department", "clinician", "patient_id",
+    "item_code", "local_code", "candidates", "recognizable", "request_id",
+)  # fmt: skip
+DECISION_COLUMNS = (
+    "id", "reminder_id", "at", "institution_code", "department", "clinician", "patient_id",
+    "item_code", "result_id", "result_version", "action", "reason_code", "reason_text",
+    "saved_fen", "emr_text", "patient_explanation", "external_report",
+)  # fmt: skip
 
 Row = tuple[Any, ...]
 
@@ -898,6 +933,8 @@ class Batch:
     results: list[Row] = field(default_factory=list)
     versions: list[Row] = field(default_factory=list)
     observations: list[Row] = field(default_factory=list)
+    reminders: list[Row] = field(default_factory=list)
+    decisions: list[Row] = field(default_factory=list)
 
     def tables(self) -> list[tuple[str, tuple[str, ...], list[Row]]]:
         return [
@@ -906,6 +943,8 @@ class Batch:
             ("result", RESULT_COLUMNS, self.results),
             ("result_version", VERSION_COLUMNS, self.versions),
             ("observation", OBSERVATION_COLUMNS, self.observations),
+            ("reminder", REMINDER_COLUMNS, self.reminders),
+            ("decision", DECISION_COLUMNS, self.decisions),
         ]
 
     @property
@@ -1414,3 +1453,803 @@ def build_demo_world(
 
 def snapshot_json(snapshot: Mapping[str, object]) -> str:
     return json.dumps(snapshot, ensure_ascii=False)
+
+
+# ---------------------------------------------------------------- point-of-care activity
+# The synthetic history of the point of care (R5) and what monitoring (R9) counts from it:
+# reminders shown while clinicians ordered, and their decisions. Generated from the results
+# already written (read back patient by patient through ``SynthHistory``), so that every
+# reminder's counts are those the recognition rules give for the priors that existed then.
+#
+# Two kinds of order are derived from a patient's history of one item:
+# - a *repeat*: a stored result was ordered at its institution shortly before it was
+#   performed. If the patient had prior results of the item then, the clinician saw a
+#   reminder; with a recognizable prior the test was still repeated, so the reminder was
+#   declined with a reason, or ignored (no decision: monitoring then finds the repeat from
+#   the results alone). Orders at institutions not yet connected, or outside the hook,
+#   leave no reminder at all.
+# - a *follow-up*: a later order of the same item at the same or another institution
+#   inside the time limit, where the clinician could accept the prior instead of repeating
+#   the test (互认: no new result). Each clinician keeps to a target share of accepted
+#   reminders (a quota over time, so that ratios hold at any size); a follow-up beyond it is
+#   declined or left without a decision.
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryVersion:
+    version: int
+    status: ResultStatus
+    recorded_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """A stored result of a mapped item, as the activity generator reads it back, with its
+    versions (oldest first) so that the version in force at any moment is known."""
+
+    id: int
+    patient_id: int
+    institution: str
+    item_code: str
+    category: Category
+    report_no: str
+    local_code: str
+    local_name: str
+    department: str
+    performed_at: datetime
+    issued_at: datetime
+    mark_scope: str | None
+    mark_symbol: str | None
+    versions: tuple[HistoryVersion, ...]
+
+    def version_at(self, at: datetime) -> HistoryVersion | None:
+        """The version a reader saw at ``at``; None before the result arrived."""
+        found = None
+        for v in self.versions:
+            if v.recorded_at > at:
+                break
+            found = v
+        return found
+
+    def stored(self, v: HistoryVersion) -> StoredResult:
+        return StoredResult(
+            id=self.id,
+            patient_id=self.patient_id,
+            institution=self.institution,
+            report_no=self.report_no,
+            local_code=self.local_code,
+            local_name=self.local_name,
+            item_code=self.item_code,
+            category=self.category,
+            status=v.status,
+            performed_at=self.performed_at,
+            issued_at=self.issued_at,
+            version=v.version,
+            mark_scope=self.mark_scope,
+            mark_symbol=self.mark_symbol,
+            department=self.department,
+        )
+
+
+class SynthHistory(Protocol):
+    """Reads back what was generated (``huren.adapters.db.bulk.SqlSynthHistory``)."""
+
+    def patient_span(self) -> tuple[int, int]:
+        """The lowest and highest patient id; (1, 0) when there are none."""
+        ...
+
+    def results_of_patients(self, first: int, last: int) -> list[HistoryResult]:
+        """Results with a unified item code of patients ``first..last``, ordered by
+        patient, item and performed time."""
+        ...
+
+    def snapshots(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+        """The ``result_version.snapshot`` of each (result id, version)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityConfig:
+    seed: int
+    until: datetime
+    days: int = 730
+    patients_per_batch: int = 5_000  # patients whose results are read back at once
+    rows_per_write: int = 5_000  # reminders per write (with their decisions)
+    follow_up_rate: float = 1.2  # follow-up orders per stored result (before the rules)
+    plant_outliers: bool = True
+
+    @classmethod
+    def of(cls, cfg: SynthConfig, **kw: Any) -> ActivityConfig:
+        return cls(seed=cfg.seed, until=cfg.until, days=cfg.days, **kw)
+
+    @property
+    def start(self) -> datetime:
+        return self.until - timedelta(days=self.days)
+
+    @property
+    def latest(self) -> datetime:
+        # Everything generated lies well before ``until`` so that monitoring, which only
+        # counts rows older than its settle time, takes all of it at once.
+        return self.until - timedelta(hours=2)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionStyle:
+    """How a clinician answers reminders that propose a recognizable prior."""
+
+    accept: float  # share of such reminders accepted (the 互认比例 aimed at)
+    decline_repeat: float  # test repeated anyway: share with a recorded decline (rest ignored)
+    decline_follow_up: float  # follow-up beyond the quota: share declined (rest ignored)
+    reason_weight: Mapping[str, float] = field(default_factory=dict)  # × the usual weight
+    free_texts: tuple[str, ...] = ()  # for 其他情形 (free text required); default texts if ()
+
+
+# How often each negative-list reason is chosen, by code, before department effects.
+# 冀卫医政函〔2025〕7号 二(四) (HB, also 甘 and the national list) and 沪卫医〔2024〕135号 四(五) (SH).
+DECLINE_REASON_WEIGHTS: Mapping[str, float] = {
+    "HB-1": 30, "HB-2": 22, "HB-3": 18, "HB-4": 13, "HB-5": 2, "HB-6": 12,
+    "SH-1": 22, "SH-2": 14, "SH-3": 14, "SH-4": 9, "SH-5": 10, "SH-6": 12, "SH-7": 11,
+    "SH-8": 2, "SH-9": 4, "SH-10": 2,
+}  # fmt: skip
+EMERGENCY_REASONS = frozenset({"HB-4", "SH-4"})  # 急诊、急救等紧急状态
+MAJOR_TREATMENT_REASONS = frozenset({"HB-3", "SH-3"})  # 手术、输血等重大医疗措施前
+SURGICAL_DEPARTMENTS = frozenset({"普通外科", "骨科", "妇产科"})
+
+# What clinicians write for 其他情形确需复查的 (the reason requires free text).
+OTHER_REASON_TEXTS = (
+    "外院报告单信息不全，无法核对检查条件",
+    "近期调整用药，需复查评估疗效",
+    "需与本院既往结果动态对比",
+    "拟行介入治疗，需本院近期结果",
+    "患者症状与外院结果不符，需再次确认",
+    "参加临床研究，方案要求本中心检测",
+)
+# The planted clinician who declines nearly everything with 其他情形.
+HABITUAL_RETEST_TEXTS = (
+    "本科室要求以本院结果为准",
+    "本院复查",
+    "按科室常规复查",
+    "外院结果仅供参考，本院复查",
+)
+
+# Clinical departments' share of orders, and items they order more often than others.
+DEPARTMENT_WEIGHTS: Mapping[str, float] = {
+    "心血管内科": 1.3,
+    "呼吸与危重症医学科": 1.1,
+    "消化内科": 1.0,
+    "神经内科": 0.9,
+    "内分泌科": 0.9,
+    "普通外科": 0.8,
+    "骨科": 0.7,
+    "妇产科": 0.5,
+    "儿科": 0.3,
+    "急诊科": 1.4,
+}
+DEPARTMENT_AFFINITY: Sequence[tuple[str, tuple[str, ...]]] = (
+    ("心血管内科", ("心电", "心肌", "血脂", "脑钠肽", "心脏", "冠状动脉")),
+    ("呼吸与危重症医学科", ("胸部", "肺", "血气")),
+    ("消化内科", ("肝", "腹部", "消化道", "上腹", "胃")),
+    ("神经内科", ("头颅", "颅脑", "颈椎", "头部")),
+    ("内分泌科", ("糖", "甲状腺", "胰岛素")),
+    ("骨科", ("关节", "腰椎", "膝", "骨")),
+    ("妇产科", ("乳腺", "妇科", "子宫", "盆腔", "孕")),
+)
+CHANNEL_LABELS: Mapping[str, str] = {
+    "cds-hooks": "CDS Hooks",
+    "rest": "REST",
+    "workbench": "工作台",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Clinician:
+    id: str  # as the channel records it: the HIS staff number, Practitioner/<id> over CDS Hooks
+    department: str
+    style: DecisionStyle
+
+
+@dataclass(frozen=True, slots=True)
+class PlantedOutlier:
+    kind: str  # institution | clinician
+    institution: str
+    clinician: str
+    description: str
+
+
+@dataclass
+class _PointOfCare:
+    """An institution as an orderer: when it was connected, how, and who orders there."""
+
+    code: str
+    channel: str
+    connected_from: datetime | None  # None: never connected to the reminder
+    departments: list[tuple[str, list[Clinician], list[float]]]  # name, clinicians, cum weights
+
+
+@dataclass(slots=True)
+class _Order:
+    at: datetime
+    kind: str  # repeat | follow_up
+    patient_id: int
+    institution: str
+    item: Item
+    local_code: str
+    clinician: Clinician
+    candidates: int
+    recognizable: int
+    best: StoredResult | None  # the best recognizable prior
+    roll: float  # the patient's draw for the outcome
+    reason_roll: float
+    text_roll: float
+    inpatient: bool
+    request_id: str
+    decided_after: timedelta
+    outcome: str = ""  # accepted | declined | ignored
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityReport:
+    reminders: int
+    decisions: int
+    accepted: int
+    declined: int
+    saved_fen: int
+    planted: tuple[PlantedOutlier, ...]
+    seconds: float
+
+    def summary(self) -> str:
+        lines = [
+            f"互认提醒 {self.reminders}，互认决定 {self.decisions}（接受 {self.accepted}，"
+            f"不予互认 {self.declined}），节约费用 {self.saved_fen / 100:,.2f} 元；"
+            f"用时 {self.seconds:.1f} 秒"
+        ]
+        lines += [f"  预置异常: {p.description}" for p in self.planted]
+        return "\n".join(lines)
+
+
+def _normal_style(r: random.Random) -> DecisionStyle:
+    return DecisionStyle(
+        accept=r.uniform(0.76, 0.88),
+        decline_repeat=r.uniform(0.6, 0.85),
+        decline_follow_up=r.uniform(0.3, 0.5),
+    )
+
+
+class ActivityGenerator:
+    """Reminders and decisions for the stored history of a synthetic world. Pure: reads
+    ``HistoryResult`` lists, returns rows; deterministic for the seed and configuration."""
+
+    def __init__(
+        self,
+        world: SynthWorld,
+        cfg: ActivityConfig,
+        explanations: Mapping[str, Explanation],
+    ) -> None:
+        self.world = world
+        self.cfg = cfg
+        self.explanations = dict(explanations)
+        self.catalog = Catalog.build(world.records, cfg.until)
+        self.items = self.catalog.items
+        self.planted: list[PlantedOutlier] = []
+        # (institution, clinician) → [recognizable reminders shown, accepted]
+        self._quota: dict[tuple[str, str], list[float]] = {}
+        self._dept_weights: dict[tuple[str, str], list[float]] = {}
+        self._exclusions: dict[tuple[str, str], list[ItemExclusion]] = {}
+        self._capitals: dict[str, list[str]] = {}
+        r = random.Random(f"activity-world:{cfg.seed}")
+        self.points: dict[str, _PointOfCare] = {}
+        clinical = {name for _, name in CLINICAL_DEPARTMENTS}
+        depts: dict[str, list[Department]] = {}
+        for d in world.departments:
+            if d.name in clinical:
+                depts.setdefault(d.institution, []).append(d)
+        for inst in sorted(world.records.institutions, key=lambda i: i.code):
+            self.points[inst.code] = self._point_of_care(r, inst, depts.get(inst.code, []))
+        for prov, codes in world.institutions_by_province.items():
+            tertiary = [
+                c for c in codes if self.catalog.institutions[c].level is InstitutionLevel.TERTIARY
+            ]
+            self._capitals[prov] = sorted(tertiary or codes)
+        if cfg.plant_outliers:
+            self._plant()
+
+    # -- the institutions as orderers
+    def _point_of_care(
+        self, r: random.Random, inst: Institution, depts: Sequence[Department]
+    ) -> _PointOfCare:
+        level = inst.level
+        start = self.cfg.start
+        # Connection to the reminder rolls out over the history: tertiary hospitals first
+        # (冀卫医政函〔2025〕7号: 嵌入医院信息系统), county hospitals and 卫生院 later, some never.
+        connected: datetime | None
+        if level is InstitutionLevel.TERTIARY:
+            connected = start + timedelta(days=r.uniform(0, 45))
+        elif level is InstitutionLevel.SECONDARY:
+            connected = start + timedelta(days=r.uniform(30, 240)) if r.random() < 0.92 else None
+        else:
+            connected = start + timedelta(days=r.uniform(120, 480)) if r.random() < 0.75 else None
+        if level in (InstitutionLevel.TERTIARY, InstitutionLevel.SECONDARY):
+            channel = "cds-hooks" if r.random() < 0.7 else "rest"
+        else:
+            channel = "workbench" if r.random() < 0.6 else "rest"
+        style = _normal_style(r)
+        per_dept = {InstitutionLevel.TERTIARY: (2, 4), InstitutionLevel.SECONDARY: (1, 3)}.get(
+            level, (1, 2)
+        )
+        departments = []
+        for d in depts:
+            clinicians, cum, total = [], [], 0.0
+            for n in range(r.randint(*per_dept)):
+                staff = f"{d.code}{n + 1:03d}"
+                cid = f"Practitioner/{staff}" if channel == "cds-hooks" else staff
+                c_style = replace(
+                    style, accept=min(0.97, max(0.05, style.accept + r.uniform(-0.04, 0.04)))
+                )
+                clinicians.append(Clinician(cid, d.name, c_style))
+                total += 1 / (n + 1)  # a few clinicians order most
+                cum.append(total)
+            departments.append((d.name, clinicians, cum))
+        return _PointOfCare(inst.code, channel, connected, departments)
+
+    def _plant(self) -> None:
+        """Outliers the dashboard should find: in every province with enough tertiary
+        hospitals to compare, one that accepts far less than its peers; and in the largest
+        province, one clinician who declines nearly everything with 其他情形."""
+        cat = self.catalog
+        by_province: dict[str, list[str]] = {}
+        for code, inst in cat.institutions.items():
+            if inst.level is InstitutionLevel.TERTIARY and self.points[code].departments:
+                by_province.setdefault(cat.province_of(code), []).append(code)
+        # Enough peers to compare once one of them is planted (domain.monitoring.MIN_PEERS).
+        large = sorted(p for p, codes in by_province.items() if len(codes) > MIN_PEERS)
+        names = {c: s.name for c, s in cat.graph.scopes.items()}
+        low_accept = DecisionStyle(
+            accept=0.3,
+            decline_repeat=0.92,
+            decline_follow_up=0.8,
+            reason_weight={"HB-1": 2.5, "HB-6": 2.0, "SH-5": 3.0, "SH-7": 2.5},
+        )
+        chosen: set[str] = set()
+        for prov in large:
+            codes = sorted(by_province[prov])
+            # Among the hospitals of the provincial capital, the last by code (the demo
+            # story prefers the first).
+            capital_city = self._capital_city(prov)
+            capital = [c for c in codes if cat.institutions[c].jurisdiction == capital_city]
+            pick = (capital or codes)[-1]
+            self._restyle_institution(pick, low_accept)
+            chosen.add(pick)
+            self.planted.append(
+                PlantedOutlier(
+                    "institution",
+                    pick,
+                    "",
+                    f"{cat.institutions[pick].name}（{names.get(prov, prov)}三级医院）互认比例约 30%，明显低于同组",
+                )
+            )
+        if not large:
+            return
+        prov = max(large, key=lambda p: (len(by_province[p]), p))
+        hosts = [c for c in sorted(by_province[prov]) if c not in chosen]
+        if not hosts:
+            return
+        host = self.points[hosts[0]]
+        name, clinicians, _cum = max(
+            host.departments, key=lambda d: (DEPARTMENT_WEIGHTS.get(d[0], 0.5), d[0])
+        )
+        first = clinicians[0]
+        habitual = DecisionStyle(
+            accept=0.03,
+            decline_repeat=1.0,
+            decline_follow_up=0.97,
+            reason_weight={"HB-6": 400.0, "SH-9": 400.0},
+            free_texts=HABITUAL_RETEST_TEXTS,
+        )
+        clinicians[0] = Clinician(first.id, first.department, habitual)
+        self.planted.append(
+            PlantedOutlier(
+                "clinician",
+                host.code,
+                first.id,
+                f"{cat.institutions[host.code].name}{name}医师 {first.id} 几乎全部以“其他情形确需复查”不予互认",
+            )
+        )
+
+    def _capital_city(self, province: str) -> str:
+        codes = self.world.institutions_by_province.get(province, [])
+        tertiary = [
+            c for c in codes if self.catalog.institutions[c].level is InstitutionLevel.TERTIARY
+        ]
+        # generate_world puts half of a province's tertiary hospitals in its first city
+        cities = [self.world.city_of[c] for c in tertiary]
+        return max(sorted(set(cities)), key=cities.count) if cities else ""
+
+    def _restyle_institution(self, code: str, style: DecisionStyle) -> None:
+        point = self.points[code]
+        point.departments = [
+            (name, [Clinician(c.id, c.department, style) for c in cs], cum)
+            for name, cs, cum in point.departments
+        ]
+
+    # -- orders
+    def _clinician(self, r: random.Random, point: _PointOfCare, item: Item) -> Clinician:
+        key = (point.code, item.code)
+        cum = self._dept_weights.get(key)
+        if cum is None:
+            cum, total = [], 0.0
+            text = f"{item.name}{item.body_part}{item.group}"
+            for name, _cs, _w in point.departments:
+                w = DEPARTMENT_WEIGHTS.get(name, 0.5)
+                for dept, words in DEPARTMENT_AFFINITY:
+                    if dept == name and any(word in text for word in words):
+                        w *= 4
+                total += w
+                cum.append(total)
+            self._dept_weights[key] = cum
+        name, clinicians, ccum = point.departments[_pick(cum, r.random() * cum[-1])]
+        return clinicians[_pick(ccum, r.random() * ccum[-1])]
+
+    def _exclusions_for(self, item: Item, institution: str) -> list[ItemExclusion]:
+        province = self.catalog.province_of(institution)
+        key = (item.code, province)
+        got = self._exclusions.get(key)
+        if got is None:
+            got = exclusions_in_force(item, (province, "NATIONAL"), self.catalog.exclusions)
+            self._exclusions[key] = got
+        return got
+
+    def _recognition(
+        self, item: Item, history: Sequence[HistoryResult], institution: str, at: datetime
+    ) -> ItemRecognition | None:
+        """What the reminder showed at ``at``: the newest priors then stored (as
+        ``RecognitionService.check`` reads them), assessed by the domain rules. Imaging
+        studies count as not known (the synthetic world holds no DICOM)."""
+        priors: list[PriorResult] = []
+        for h in reversed(history):  # newest first
+            if h.issued_at > at:
+                continue
+            v = h.version_at(at)
+            if v is None:
+                continue
+            priors.append(PriorResult(h.stored(v), UNKNOWN_STUDY))
+            if len(priors) >= PRIORS_PER_ITEM:
+                break
+        if not priors:
+            return None
+        return recognizable_priors(
+            item,
+            institution,
+            at,
+            priors,
+            self.catalog.graph,
+            self._exclusions_for(item, institution),
+        )
+
+    def _order(
+        self,
+        r: random.Random,
+        kind: str,
+        history: Sequence[HistoryResult],
+        point: _PointOfCare,
+        item: Item,
+        local_code: str,
+        at: datetime,
+    ) -> _Order | None:
+        rec = self._recognition(item, history, point.code, at)
+        if rec is None:
+            return None
+        clinician = self._clinician(r, point, item)
+        best = rec.candidates[0].result if rec.candidates else None
+        return _Order(
+            at=at,
+            kind=kind,
+            patient_id=history[0].patient_id,
+            institution=point.code,
+            item=item,
+            local_code=local_code,
+            clinician=clinician,
+            candidates=len(rec.all()),
+            recognizable=len(rec.candidates),
+            best=best,
+            roll=r.random(),
+            reason_roll=r.random(),
+            text_roll=r.random(),
+            inpatient=clinician.department != "急诊科" and r.random() < 0.35,
+            request_id=str(uuid.UUID(int=r.getrandbits(128), version=4)),
+            decided_after=timedelta(seconds=r.uniform(20, 480)),
+        )
+
+    def _connected(self, point: _PointOfCare, at: datetime) -> bool:
+        return (
+            bool(point.departments)
+            and point.connected_from is not None
+            and at >= point.connected_from
+        )
+
+    def orders_of(self, history: Sequence[HistoryResult]) -> list[_Order]:
+        """The orders of one patient for one item (``history`` oldest first)."""
+        first = history[0]
+        r = random.Random(f"activity:{self.cfg.seed}:{first.patient_id}:{first.item_code}")
+        item = self.items[first.item_code]
+        orders: list[_Order] = []
+        latest = self.cfg.latest
+        for h in history:
+            # The order behind a stored result, shortly before it was performed.
+            if item.category is Category.IMAGING:
+                lead = timedelta(minutes=r.uniform(30, 3 * 24 * 60))
+            else:
+                lead = timedelta(minutes=r.uniform(10, 180))
+            at = h.performed_at - lead
+            point = self.points[h.institution]
+            bypass = r.random() < 0.03  # ordered outside the hook (paper, another screen)
+            if self._connected(point, at) and not bypass and at <= latest:
+                order = self._order(r, "repeat", history, point, item, h.local_code, at)
+                if order is not None:
+                    orders.append(order)
+            # Follow-up orders inside the time limit.
+            rate = self.cfg.follow_up_rate
+            n = int(rate) + (r.random() < rate - int(rate))
+            for _ in range(n if h.mark_scope is not None else 0):
+                follow = self._follow_up(r, h, item, history)
+                if follow is not None:
+                    orders.append(follow)
+        return orders
+
+    def _follow_up(
+        self, r: random.Random, h: HistoryResult, item: Item, history: Sequence[HistoryResult]
+    ) -> _Order | None:
+        limit = item.time_limit
+        span = limit * (r.uniform(0.03, 0.9) ** 1.3)
+        at = h.issued_at + max(span, timedelta(minutes=40))
+        if limit >= timedelta(days=2):  # days away: an order in working hours (北京时间)
+            local = at.astimezone(CST)
+            at = local.replace(
+                hour=8 + int(r.triangular(0, 10, 1.5)), minute=r.randrange(60)
+            ).astimezone(UTC)
+        if at <= h.issued_at + timedelta(minutes=20) or at > self.cfg.latest:
+            return None
+        roll = r.random()
+        if roll < 0.15:
+            where = h.institution
+        elif roll < 0.65:
+            where = r.choice(self.world.institutions_by_city[self.world.city_of[h.institution]])
+        else:
+            prov = self.catalog.province_of(h.institution)
+            where = r.choice(self._capitals.get(prov) or [h.institution])
+        point = self.points[where]
+        if not self._connected(point, at) or h.mark_scope is None:
+            return None
+        if not self.catalog.graph.contains(h.mark_scope, where):
+            return None  # not proposed there: the test is simply done again (not modelled)
+        local = self.world.local_codes.get((where, item.code))
+        if local is None or self.catalog.unified_code(where, local[0]) != item.code:
+            return None  # not performed there, or not mapped (对码): no reminder about it
+        order = self._order(r, "follow_up", history, point, item, local[0], at)
+        if order is None or order.best is None:
+            return None
+        return order
+
+    # -- outcomes
+    def decide(self, orders: Sequence[_Order]) -> None:
+        """Set each order's outcome, in time order. A clinician's accepted share of
+        recognizable reminders follows the style's target (rising a little over the history
+        as the reminder becomes familiar); the quota carries over from batch to batch."""
+        start = self.cfg.start
+        days = self.cfg.days
+        for o in sorted(orders, key=_order_key):
+            if o.best is None:
+                continue
+            style = o.clinician.style
+            q = self._quota.setdefault((o.institution, o.clinician.id), [0.0, 0.0])
+            q[0] += 1
+            if o.kind == "repeat":
+                o.outcome = "declined" if o.roll < style.decline_repeat else "ignored"
+                continue
+            progress = min(1.0, max(0.0, (o.at - start).total_seconds() / (days * 86400)))
+            target = style.accept - 0.08 * (1 - progress)
+            if q[1] + 1 <= target * q[0] + 0.5:
+                q[1] += 1
+                o.outcome = "accepted"
+            else:
+                o.outcome = "declined" if o.roll < style.decline_follow_up else "ignored"
+
+    def reason(self, o: _Order) -> tuple[NegativeReason, str]:
+        """A negative-list reason of the ordering institution's jurisdiction, weighted by
+        how often it is used and by the department, with the free text where required."""
+        reasons = self.catalog.reasons_for(o.institution)
+        style = o.clinician.style
+        weights, total = [], 0.0
+        for reason in reasons:
+            if reason.imaging_only and o.item.category is not Category.IMAGING:
+                weights.append(total)
+                continue
+            w = DECLINE_REASON_WEIGHTS.get(reason.code, 1.0)
+            if reason.code in EMERGENCY_REASONS:
+                w *= 6 if o.clinician.department == "急诊科" else 0.5
+            if (
+                reason.code in MAJOR_TREATMENT_REASONS
+                and o.clinician.department in SURGICAL_DEPARTMENTS
+            ):
+                w *= 3
+            w *= style.reason_weight.get(reason.code, 1.0)
+            total += w
+            weights.append(total)
+        chosen = reasons[_pick(weights, o.reason_roll * total)]
+        text = ""
+        if chosen.requires_free_text:
+            texts = style.free_texts or OTHER_REASON_TEXTS
+            text = texts[int(o.text_roll * len(texts)) % len(texts)]
+        # The same check the service makes (imaging-only reasons, free text required).
+        return choose_reason(reasons, chosen.code, o.item, text), text
+
+
+def _order_key(o: _Order) -> tuple[datetime, int, str, str]:
+    return (o.at, o.patient_id, o.item.code, o.request_id)
+
+
+_ACTION = DECISION_COLUMNS.index("action")
+_SAVED = DECISION_COLUMNS.index("saved_fen")
+
+
+def _pick(cum: Sequence[float], x: float) -> int:
+    """Index of the first cumulative weight above ``x``."""
+    lo, hi = 0, len(cum) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if cum[mid] > x:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+def _observations(snapshot: Mapping[str, Any]) -> tuple[ObservationValue, ...]:
+    return tuple(
+        ObservationValue(
+            code=o.get("code", ""),
+            name=o.get("name", ""),
+            value_type=ValueType(o.get("value_type", "ST")),
+            value_num=o.get("value_num"),
+            value_text=o.get("value_text", ""),
+            unit=o.get("unit", ""),
+            ref_low=o.get("ref_low"),
+            ref_high=o.get("ref_high"),
+            ref_text=o.get("ref_text", ""),
+            flag=o.get("flag", ""),
+            loinc=o.get("loinc", ""),
+        )
+        for o in snapshot.get("observations", ())
+    )
+
+
+def activity_rows(
+    gen: ActivityGenerator,
+    orders: Sequence[_Order],
+    snapshots: Callable[[Sequence[tuple[int, int]]], Mapping[tuple[int, int], Any]],
+    first_reminder: int,
+    first_decision: int,
+) -> tuple[list[Row], list[Row]]:
+    """Reminder and decision rows for decided orders, ids from the given firsts, in time
+    order; the texts as ``RecognitionService.decide`` builds them (EMR text from the result
+    as it stood then, patient explanation from the reason)."""
+    cat = gen.catalog
+    ordered = sorted(orders, key=_order_key)
+    accepted = {(o.best.id, o.best.version) for o in ordered if o.outcome == "accepted" and o.best}
+    snaps = snapshots(sorted(accepted)) if accepted else {}
+    reminders: list[Row] = []
+    decisions: list[tuple[datetime, Row]] = []
+    for n, o in enumerate(ordered):
+        rid = first_reminder + n
+        point = gen.points[o.institution]
+        reminders.append(
+            (
+                rid, o.at, point.channel, o.institution, o.clinician.department, o.clinician.id,
+                o.patient_id, o.item.code, o.local_code, o.candidates,
+                o.recognizable, o.request_id,
+            )
+        )  # fmt: skip
+        if o.best is None or o.outcome not in ("accepted", "declined"):
+            continue
+        best = o.best
+        at = min(o.at + o.decided_after, gen.cfg.latest)
+        prior_inst = cat.institutions.get(best.institution)
+        prior_name = prior_inst.name if prior_inst else best.institution
+        reason_code = reason_text = text = explanation = ""
+        if o.outcome == "accepted":
+            snap = snaps.get((best.id, best.version), {})
+            shown = replace(
+                best, findings=snap.get("findings", ""), observations=_observations(snap)
+            )
+            text = emr_text(ReportForRecord.of(shown, o.item, prior_name), inpatient=o.inpatient)
+            action = Action.ACCEPTED
+        else:
+            reason, free = gen.reason(o)
+            reason_code = reason.code
+            reason_text = reason.text + (f"：{free}" if free else "")
+            explanation = patient_explanation(
+                reason, o.item, gen.explanations, free_text=free, prior_institution=prior_name
+            )
+            action = Action.DECLINED
+        decisions.append(
+            (
+                at,
+                (
+                    rid, at, o.institution, o.clinician.department, o.clinician.id, o.patient_id,
+                    o.item.code, best.id, best.version, str(action), reason_code, reason_text,
+                    saved_fen(o.item, action), text, explanation, None,
+                ),
+            )
+        )  # fmt: skip
+    decisions.sort(key=lambda d: (d[0], d[1][0]))
+    return reminders, [(first_decision + n, *row) for n, (_at, row) in enumerate(decisions)]
+
+
+def run_activity(
+    world: SynthWorld,
+    cfg: ActivityConfig,
+    history: SynthHistory,
+    sink: SynthSink,
+    *,
+    explanations: Mapping[str, Explanation],
+    timer: Callable[[], float],
+    patients: tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ActivityReport:
+    """Generate the point-of-care activity of the patients ``patients`` (first, last id;
+    default all) from their stored results and hand it to ``sink`` a batch of patients at
+    a time. ``progress`` is called with the number of patients done since the last call."""
+    t0 = timer()
+    gen = ActivityGenerator(world, cfg, explanations)
+    first, last = patients if patients is not None else history.patient_span()
+    next_reminder = sink.next_id("reminder")
+    next_decision = sink.next_id("decision")
+    n_reminders = n_accepted = n_declined = saved = 0
+    lo = first
+    while lo <= last:
+        hi = min(last, lo + cfg.patients_per_batch - 1)
+        rows = history.results_of_patients(lo, hi)
+        orders: list[_Order] = []
+        start = 0
+        for end in range(1, len(rows) + 1):
+            if end == len(rows) or (
+                rows[end].patient_id != rows[start].patient_id
+                or rows[end].item_code != rows[start].item_code
+            ):
+                if rows[start].item_code in gen.items:
+                    orders.extend(gen.orders_of(rows[start:end]))
+                start = end
+        gen.decide(orders)
+        orders.sort(key=_order_key)
+        del rows
+        # Rows (with their texts and the snapshots behind them) a slice at a time.
+        for n in range(0, len(orders), cfg.rows_per_write):
+            reminders, decisions = activity_rows(
+                gen,
+                orders[n : n + cfg.rows_per_write],
+                history.snapshots,
+                next_reminder,
+                next_decision,
+            )
+            next_reminder += len(reminders)
+            n_reminders += len(reminders)
+            next_decision += len(decisions)
+            for d in decisions:
+                if d[_ACTION] == "accepted":
+                    n_accepted += 1
+                    saved += d[_SAVED]
+                else:
+                    n_declined += 1
+            sink.write(Batch(reminders=reminders, decisions=decisions))
+        if progress:
+            progress(hi - lo + 1)
+        lo = hi + 1
+    sink.finish()
+    return ActivityReport(
+        reminders=n_reminders,
+        decisions=n_accepted + n_declined,
+        accepted=n_accepted,
+        declined=n_declined,
+        saved_fen=saved,
+        planted=tuple(gen.planted),
+        seconds=timer() - t0,
+    )

@@ -22,7 +22,9 @@ from sqlalchemy.engine import Dialect
 from huren.adapters.db import masterdata as md
 from huren.adapters.db import tables as t
 from huren.adapters.db.engine import is_sqlite
-from huren.services.synth import Batch, Row, SynthWorld
+from huren.domain.masterdata import Category
+from huren.domain.results import ResultStatus
+from huren.services.synth import Batch, HistoryResult, HistoryVersion, Row, SynthWorld
 
 TABLES: dict[str, Table] = {
     "patient": t.patient,
@@ -30,10 +32,12 @@ TABLES: dict[str, Table] = {
     "result": t.result,
     "result_version": t.result_version,
     "observation": t.observation,
+    "reminder": t.reminder,
+    "decision": t.decision,
 }
 
 # Tables whose explicit ids need the sequence moved on PostgreSQL.
-SEQUENCED = ("patient", "result", "patient_identifier", "observation")
+SEQUENCED = ("patient", "result", "patient_identifier", "observation", "reminder", "decision")
 
 
 def write_master_world(engine: Engine, world: SynthWorld, now: datetime) -> None:
@@ -172,7 +176,9 @@ class PostgresBulkSink:
         cols = ", ".join(columns)
         with self._db.cursor() as cur, cur.copy(f"COPY {table} ({cols}) FROM STDIN") as copy:
             json_cols = [
-                n for n, name in enumerate(columns) if name in ("snapshot", "quality", "payload")
+                n
+                for n, name in enumerate(columns)
+                if name in ("snapshot", "quality", "payload", "external_report")
             ]
             if json_cols:
                 for row in rows:
@@ -199,6 +205,81 @@ class PostgresBulkSink:
             cur.execute("ANALYZE")
         self._db.commit()
         self._raw.close()
+
+
+class SqlSynthHistory:
+    """Implements ``huren.services.synth.SynthHistory``: the stored results read back a
+    range of patients at a time, through ``ix_result_patient_item``."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def patient_span(self) -> tuple[int, int]:
+        p = t.patient.c
+        with self.engine.connect() as c:
+            lo, hi = c.execute(select(func.min(p.id), func.max(p.id))).one()
+        return (int(lo), int(hi)) if lo is not None else (1, 0)
+
+    def results_of_patients(self, first: int, last: int) -> list[HistoryResult]:
+        r, v = t.result.c, t.result_version.c
+        q = (
+            select(
+                r.id, r.patient_id, r.institution_code, r.item_code, r.category, r.report_no,
+                r.local_code, r.local_name, r.department, r.performed_at, r.issued_at,
+                r.mark_scope, r.mark_symbol, r.status, r.version,
+            )
+            .where(r.patient_id.between(first, last), r.item_code.is_not(None))
+            .order_by(r.patient_id, r.item_code, r.performed_at, r.id)
+        )  # fmt: skip
+        with self.engine.connect() as c:
+            rows = c.execute(q).all()
+            revised = [x.id for x in rows if x.version > 1]
+            versions: dict[int, list[HistoryVersion]] = {}
+            for n in range(0, len(revised), 500):
+                for x in c.execute(
+                    select(v.result_id, v.version, v.status, v.recorded_at)
+                    .where(v.result_id.in_(revised[n : n + 500]))
+                    .order_by(v.result_id, v.version)
+                ):
+                    versions.setdefault(x.result_id, []).append(
+                        HistoryVersion(x.version, ResultStatus(x.status), x.recorded_at)
+                    )
+        return [
+            HistoryResult(
+                id=x.id,
+                patient_id=x.patient_id,
+                institution=x.institution_code,
+                item_code=x.item_code,
+                category=Category(x.category),
+                report_no=x.report_no,
+                local_code=x.local_code,
+                local_name=x.local_name,
+                department=x.department,
+                performed_at=x.performed_at,
+                issued_at=x.issued_at,
+                mark_scope=x.mark_scope,
+                mark_symbol=x.mark_symbol,
+                versions=tuple(versions[x.id])
+                if x.id in versions
+                else (HistoryVersion(x.version, ResultStatus(x.status), x.issued_at),),
+            )
+            for x in rows
+        ]
+
+    def snapshots(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Any]:
+        v = t.result_version.c
+        out: dict[tuple[int, int], Any] = {}
+        with self.engine.connect() as c:
+            for n in range(0, len(keys), 500):
+                chunk = list(keys[n : n + 500])
+                q = select(v.result_id, v.version, v.snapshot).where(
+                    v.result_id.in_([k[0] for k in chunk])
+                )
+                wanted = set(chunk)
+                for x in c.execute(q):
+                    if (x.result_id, x.version) in wanted:
+                        out[(x.result_id, x.version)] = x.snapshot
+        return out
 
 
 def bulk_sink(engine: Engine) -> SqliteBulkSink | PostgresBulkSink:
