@@ -22,8 +22,10 @@ from sqlalchemy import (
     Date,
     Engine,
     MetaData,
+    Select,
     Table,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -483,6 +485,31 @@ def _upsert(
         conn.execute(stmt, rows[i : i + 1000])
 
 
+def _repeated_without_decision_statement() -> Select[tuple[bool]]:
+    """A result repeats a prior of the same item for the same patient at another
+    institution within the time limit, with no decision recorded at its own institution."""
+    r, d = t.result.c, t.decision.c
+    prior = select(r.id).where(
+        r.patient_id == bindparam("patient_id"),
+        r.item_code == bindparam("item"),
+        r.performed_at >= bindparam("since"),
+        r.performed_at < bindparam("performed_at"),
+        r.institution_code != bindparam("institution"),
+        r.status.in_(sorted(COUNTED_RESULT_STATUSES)),
+    )
+    recorded = select(d.id).where(
+        d.patient_id == bindparam("patient_id"),
+        d.item_code == bindparam("item"),
+        d.at >= bindparam("since"),
+        d.at <= bindparam("issued_at"),
+        d.institution_code == bindparam("institution"),
+    )
+    return select(and_(exists(prior), ~exists(recorded)))
+
+
+_REPEATED_WITHOUT_DECISION = _repeated_without_decision_statement()
+
+
 class SqlMonitoringTx:
     def __init__(self, conn: Connection) -> None:
         self.c = conn
@@ -601,24 +628,21 @@ class SqlMonitoringTx:
         ]
 
     def repeated_without_decision(self, res: ResultFact, since: datetime) -> bool:
-        r, d = t.result.c, t.decision.c
-        prior = select(r.id).where(
-            r.patient_id == res.patient_id,
-            r.item_code == res.item,
-            r.performed_at >= since,
-            r.performed_at < res.performed_at,
-            r.institution_code != res.institution,
-            r.status.in_(sorted(COUNTED_RESULT_STATUSES)),
+        # Called once per new result during refresh: the statement is built once
+        # (_REPEATED_WITHOUT_DECISION) and only its parameters change.
+        return bool(
+            self.c.execute(
+                _REPEATED_WITHOUT_DECISION,
+                {
+                    "patient_id": res.patient_id,
+                    "item": res.item,
+                    "since": since,
+                    "performed_at": res.performed_at,
+                    "issued_at": res.issued_at,
+                    "institution": res.institution,
+                },
+            ).scalar()
         )
-        recorded = select(d.id).where(
-            d.patient_id == res.patient_id,
-            d.item_code == res.item,
-            d.at >= since,
-            d.at <= res.issued_at,
-            d.institution_code == res.institution,
-        )
-        q = select(and_(exists(prior), ~exists(recorded)))
-        return bool(self.c.execute(q).scalar())
 
     def apply(self, fine: Mapping[FineKey, Counters], declines: Mapping[DeclineKey, int]) -> None:
         fine_rows: list[dict[str, Any]] = []
