@@ -124,11 +124,49 @@ class PatientMatcher:
         actor: str,
     ) -> PatientMatch:
         """``demographics.identifiers`` must already be validated and normalized."""
-        idents = sorted(
-            dict.fromkeys(demographics.identifiers), key=lambda i: IDENTIFIER_PRECEDENCE[i.kind]
-        )
-        keys = [self.lookup_key(i) for i in idents]
-        found = store.patients_by_identifier(keys)
+        return self.match_many(store, [demographics], at=at, actor=actor)[demographics]
+
+    def match_many(
+        self,
+        store: PatientStore,
+        demographics: Sequence[PatientDemographics],
+        *,
+        at: datetime,
+        actor: str,
+    ) -> dict[PatientDemographics, PatientMatch]:
+        """``match`` for every patient of a message with one identifier lookup: the
+        patients are then matched in order against what is known, including the patients
+        and identifiers added for the earlier ones, exactly as one ``match`` after
+        another would (two reports of one message that share an identifier get the same
+        patient)."""
+        unique = list(dict.fromkeys(demographics))
+        ordered: list[tuple[list[PatientIdentifier], list[IdentifierKey]]] = []
+        for d in unique:
+            idents = sorted(
+                dict.fromkeys(d.identifiers), key=lambda i: IDENTIFIER_PRECEDENCE[i.kind]
+            )
+            ordered.append((idents, [self.lookup_key(i) for i in idents]))
+        all_keys = list(dict.fromkeys(k for _, keys in ordered for k in keys))
+        known = store.patients_by_identifier(all_keys)
+        return {
+            d: self._match_known(store, d, idents, keys, known, at=at, actor=actor)
+            for d, (idents, keys) in zip(unique, ordered, strict=True)
+        }
+
+    def _match_known(
+        self,
+        store: PatientStore,
+        demographics: PatientDemographics,
+        idents: list[PatientIdentifier],
+        keys: list[IdentifierKey],
+        known: dict[IdentifierKey, int],
+        *,
+        at: datetime,
+        actor: str,
+    ) -> PatientMatch:
+        """Match against ``known`` (key → patient, as stored so far in this transaction)
+        and record in it what this match adds."""
+        found = {k: known[k] for k in keys if k in known}
         if not found:
             birth = demographics.birth_date or _birth_from(idents)
             name = demographics.name.strip()
@@ -142,6 +180,7 @@ class PatientMatcher:
                 )
             )
             store.add_identifiers(patient_id, [self.record(i) for i in idents])
+            known.update(dict.fromkeys(keys, patient_id))
             return PatientMatch(patient_id, created=True)
 
         # The strongest identifier that is known decides (keys are in precedence order).
@@ -167,9 +206,11 @@ class PatientMatcher:
                     ),
                 )
             )
-        new = [self.record(i) for i, k in zip(idents, keys, strict=True) if k not in found]
+        # An identifier already stored is neither encrypted again nor written again.
+        new = [(i, k) for i, k in zip(idents, keys, strict=True) if k not in found]
         if new:
-            store.add_identifiers(patient_id, new)
+            store.add_identifiers(patient_id, [self.record(i) for i, _ in new])
+            known.update(dict.fromkeys((k for _, k in new), patient_id))
         return PatientMatch(patient_id, created=False, linked_to=others)
 
 

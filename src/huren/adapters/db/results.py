@@ -6,16 +6,20 @@ Times are written as UTC. SQLite keeps them without a zone, so reads attach UTC 
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     Connection,
+    Dialect,
     Engine,
+    Table,
     and_,
     bindparam,
     delete,
@@ -48,6 +52,7 @@ from huren.domain.results import ObservationValue, ResultStatus, StoredResult, V
 from huren.services.intake import (
     CurrentResult,
     MessageRecord,
+    OpenedMessage,
     ResultWrite,
     TransientConflict,
     UnmappedCode,
@@ -65,9 +70,46 @@ def utc(value: datetime) -> datetime:
 
 
 # ---------------------------------------------------------------- write path
-_OBS_INSERT = insert(observation)
-_VERSION_INSERT = insert(result_version)
-_RESULT_INSERT = insert(result).returning(result.c.id, sort_by_parameter_order=True)
+# Statements of the intake transaction are built once: executing a prebuilt statement
+# skips constructing it and finds its compiled form in the engine's cache at once
+# (building ``select(...)`` per call cost more than running it on SQLite).
+_ACCEPTED = (
+    select(inbound_message.c.id, inbound_message.c.response)
+    .where(
+        inbound_message.c.content_hash == bindparam("b_hash"),
+        inbound_message.c.status == "accepted",
+    )
+    .order_by(inbound_message.c.id)
+    .limit(1)
+)
+_MESSAGE_INSERT = insert(inbound_message).returning(inbound_message.c.id)
+_HEADS = select(
+    result.c.id,
+    result.c.report_no,
+    result.c.local_code,
+    result.c.version,
+    result.c.content_hash,
+    result.c.status,
+).where(
+    result.c.institution_code == bindparam("b_institution"),
+    result.c.report_no.in_(bindparam("b_report_nos", expanding=True)),
+)
+_IDENTIFIED = (
+    select(
+        patient_identifier.c.kind,
+        patient_identifier.c.assigner,
+        patient_identifier.c.value_hash,
+        patient.c.id,
+        patient.c.merged_into,
+    )
+    .join(patient, patient.c.id == patient_identifier.c.patient_id)
+    .where(patient_identifier.c.value_hash.in_(bindparam("b_hashes", expanding=True)))
+)
+_MERGED_INTO = select(patient.c.merged_into).where(patient.c.id == bindparam("b_id"))
+_PATIENT_INSERT = insert(patient).returning(patient.c.id)
+_OBS_DELETE = delete(observation).where(
+    observation.c.result_id.in_(bindparam("b_ids", expanding=True))
+)
 _RESULT_UPDATE = (
     update(result)
     .where(result.c.id == bindparam("b_id"))
@@ -99,6 +141,213 @@ _RESULT_UPDATE = (
         }
     )
 )
+
+# Rows that nothing reads back within the transaction (versions, observations, new
+# identifiers, link events, the message's response, the outbox event) are written below
+# SQLAlchemy, on the DBAPI cursor, and only when the transaction is about to read or to
+# commit: per-row parameter processing in ``Connection.execute`` cost more than the
+# insert itself, and on PostgreSQL the queued statements go in one round trip (psycopg 3
+# pipeline mode) instead of one each. Their values need no type processing except times
+# (bound with the column type's own processor) and JSON (encoded here, as text).
+_OBS_COLUMNS = (
+    "result_id",
+    "seq",
+    "code",
+    "loinc",
+    "name",
+    "value_type",
+    "value_num",
+    "value_text",
+    "unit",
+    "ref_low",
+    "ref_high",
+    "ref_text",
+    "flag",
+)
+_VERSION_COLUMNS = ("result_id", "version", "status", "recorded_at", "reason", "snapshot")
+_IDENTIFIER_COLUMNS = ("patient_id", "kind", "assigner", "value_hash", "value_enc", "value_masked")
+_LINK_COLUMNS = ("at", "actor", "action", "from_patient", "to_patient", "reason")
+_OUTBOX_COLUMNS = ("at", "topic", "payload")
+_RESULT_COLUMNS = (
+    "patient_id",
+    "institution_code",
+    "department",
+    "report_no",
+    "local_code",
+    "local_name",
+    "item_code",
+    "category",
+    "status",
+    "performed_at",
+    "issued_at",
+    "performer",
+    "signer",
+    "findings",
+    "conclusion",
+    "accession_number",
+    "study_uid",
+    "mark_scope",
+    "mark_symbol",
+    "version",
+    "content_hash",
+    "source_message_id",
+    "updated_at",
+)
+_JSON = msgspec.json.Encoder()
+
+
+@dataclass(frozen=True, slots=True)
+class _Bulk:
+    """A queued multi-row write: ``columns`` (PostgreSQL: one INSERT … SELECT FROM
+    unnest(arrays) — one statement for all rows, parsed once) or ``rows`` (executemany)."""
+
+    sql: str
+    rows: list[tuple[Any, ...]]
+    by_columns: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _DriverSql:
+    """The driver-level statements of one dialect (qmark: sqlite3, format: psycopg)."""
+
+    sqlite: bool
+    observation: str
+    version: str
+    identifier: str
+    link: str
+    outbox: str
+    response: str
+    duplicate: str
+    result_returning: str  # PostgreSQL: all rows as arrays
+
+    @classmethod
+    def build(cls, dialect: Dialect) -> _DriverSql:
+        sqlite = dialect.name == "sqlite"
+        p = "?" if sqlite else "%s"
+
+        # S608 below: table and column names are this module's constants; values are bound.
+        def ins(table: Table, columns: Sequence[str]) -> str:
+            names = ", ".join(columns)
+            if sqlite:
+                values = ", ".join([p] * len(columns))
+                return f"INSERT INTO {table.name} ({names}) VALUES ({values})"  # noqa: S608
+            arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect)}[]" for c in columns)
+            return f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608
+
+        return cls(
+            sqlite=sqlite,
+            observation=ins(observation, _OBS_COLUMNS),
+            version=ins(result_version, _VERSION_COLUMNS),
+            identifier=ins(patient_identifier, _IDENTIFIER_COLUMNS),
+            link=ins(patient_link_event, _LINK_COLUMNS),
+            outbox=ins(outbox, _OUTBOX_COLUMNS),
+            response=f"UPDATE inbound_message SET response = {p} WHERE id = {p}",  # noqa: S608
+            duplicate=(
+                "UPDATE inbound_message SET status = 'duplicate', "  # noqa: S608 - constants
+                f"response = {p} WHERE id = {p}"
+            ),
+            result_returning=ins(result, _RESULT_COLUMNS) + " RETURNING id, report_no, local_code",
+        )
+
+
+_MESSAGE_COLUMNS = (
+    "received_at",
+    "channel",
+    "institution_code",
+    "content_hash",
+    "control_id",
+    "status",
+    "error",
+    "response",
+    "raw",
+)
+_PG_ACCEPTED = (
+    "SELECT id, response FROM inbound_message WHERE content_hash = %s "
+    "AND status = 'accepted' ORDER BY id LIMIT 1"
+)
+_PG_MESSAGE_INSERT = (
+    f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608 - constants
+    f"VALUES ({', '.join(['%s'] * len(_MESSAGE_COLUMNS))}) RETURNING id"
+)
+_PG_HEADS = (
+    "SELECT id, report_no, local_code, version, content_hash, status FROM result "
+    "WHERE institution_code = %s AND report_no = ANY(%s)"
+)
+
+
+def _message_values(record: MessageRecord) -> tuple[Any, ...]:
+    """An inbound_message row in ``_MESSAGE_COLUMNS`` order."""
+    return (
+        utc(record.received_at),
+        record.channel[:16],
+        (record.institution or None) and record.institution[:32],
+        record.content_hash,
+        record.control_id[:64],
+        record.status,
+        record.error,
+        record.response,
+        record.raw,
+    )
+
+
+_DRIVER_SQL: dict[str, _DriverSql] = {}
+# 23 parameters a row: well below SQLite's 32,766 bound parameters per statement.
+_SQLITE_ROWS_PER_INSERT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_result_rows(n: int) -> str:
+    """SQLite: INSERT of ``n`` result rows (multi-row VALUES) … RETURNING their keys."""
+    row = f"({', '.join('?' * len(_RESULT_COLUMNS))})"
+    return (
+        f"INSERT INTO result ({', '.join(_RESULT_COLUMNS)}) "  # noqa: S608 - constants
+        f"VALUES {', '.join([row] * n)} RETURNING id, report_no, local_code"
+    )
+
+
+def _driver_sql(dialect: Dialect) -> _DriverSql:
+    found = _DRIVER_SQL.get(dialect.name)
+    if found is None:
+        found = _DRIVER_SQL[dialect.name] = _DriverSql.build(dialect)
+    return found
+
+
+def _float(value: float | None) -> float | None:
+    """A float (an int would make psycopg dump the whole array as integers)."""
+    return None if value is None else float(value)
+
+
+def _result_values(
+    w: ResultWrite, message_id: int, updated_at: Any, time: Callable[[datetime], Any]
+) -> tuple[Any, ...]:
+    """A new result's values in ``_RESULT_COLUMNS`` order, times bound by ``time``."""
+    s = w.submission
+    mark = w.mark
+    return (
+        w.patient_id,
+        s.institution,
+        s.department,
+        s.report_no,
+        s.local_code,
+        s.local_name,
+        w.item_code,
+        str(w.category),
+        str(s.status),
+        time(s.performed_at),
+        time(s.issued_at),
+        s.performer,
+        s.signer,
+        s.findings,
+        s.conclusion,
+        s.accession_number,
+        s.study_uid,
+        mark.scope if mark else None,
+        mark.symbol if mark else None,
+        w.version,
+        w.content_hash,
+        message_id,
+        updated_at,
+    )
 
 
 def _result_row(w: ResultWrite, message_id: int, at: datetime) -> dict[str, Any]:
@@ -135,66 +384,103 @@ class SqlIntakeTx:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._sqlite = conn.dialect.name == "sqlite"
+        self._sql = _driver_sql(conn.dialect)
+        self._pending: list[_Bulk] = []
+        self._time_binder: Any = None
+
+    # -- queued writes
+    def _queue(self, sql: str, rows: list[tuple[Any, ...]], *, by_columns: bool = True) -> None:
+        if rows:
+            self._pending.append(_Bulk(sql, rows, by_columns and not self._sqlite))
+
+    def flush(self) -> None:
+        """Write the queued rows (before a read and before the commit)."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        if self._sqlite:
+            for bulk in pending:
+                self.conn.exec_driver_sql(bulk.sql, bulk.rows)
+            return
+        dbapi: Any = self.conn.connection.dbapi_connection
+        with dbapi.pipeline(), dbapi.cursor() as cur:
+            for bulk in pending:
+                if bulk.by_columns:
+                    cur.execute(bulk.sql, [list(c) for c in zip(*bulk.rows, strict=True)])
+                else:
+                    cur.executemany(bulk.sql, bulk.rows)
+
+    def _time(self, value: datetime) -> Any:
+        """A time as UtcDateTime binds it (SQLite keeps a text form; psycopg adapts it)."""
+        value = utc(value)
+        if not self._sqlite:
+            return value
+        if self._time_binder is None:
+            dialect = self.conn.dialect
+            self._time_binder = result_version.c.recorded_at.type.dialect_impl(
+                dialect
+            ).bind_processor(dialect)
+        return self._time_binder(value)
 
     # -- messages
+    def open_message(
+        self, record: MessageRecord, institution: str, keys: Sequence[tuple[str, str]]
+    ) -> OpenedMessage:
+        if self._sqlite:
+            earlier = self.accepted_message(record.content_hash)
+            message_id = self.insert_message(record)
+            return OpenedMessage(message_id, earlier, self.current_results(institution, keys))
+        # PostgreSQL: the three statements (and the transaction's BEGIN) in one pipeline;
+        # the SELECT of an earlier message runs first, so it sees only other messages.
+        self.flush()
+        dbapi: Any = self.conn.connection.dbapi_connection
+        with dbapi.pipeline(), dbapi.cursor() as c1, dbapi.cursor() as c2, dbapi.cursor() as c3:
+            c1.execute(_PG_ACCEPTED, (record.content_hash,))
+            c2.execute(_PG_MESSAGE_INSERT, _message_values(record))
+            c3.execute(_PG_HEADS, (institution, sorted({k[0] for k in keys})))
+            found = c1.fetchone()
+            message_id = int(c2.fetchone()[0])
+            rows = c3.fetchall()
+        wanted = set(keys)
+        heads = {
+            (no, code): CurrentResult(rid, version, content_hash, status)
+            for rid, no, code, version, content_hash, status in rows
+            if (no, code) in wanted
+        }
+        earlier = None if found is None else (int(found[0]), str(found[1]))
+        return OpenedMessage(message_id, earlier, heads)
+
+    def mark_duplicate(self, message_id: int, response: str) -> None:
+        self._queue(self._sql.duplicate, [(response, message_id)], by_columns=False)
+
     def accepted_message(self, content_hash: str) -> tuple[int, str] | None:
-        row = self.conn.execute(
-            select(inbound_message.c.id, inbound_message.c.response)
-            .where(
-                inbound_message.c.content_hash == content_hash,
-                inbound_message.c.status == "accepted",
-            )
-            .order_by(inbound_message.c.id)
-            .limit(1)
-        ).first()
+        self.flush()
+        row = self.conn.execute(_ACCEPTED, {"b_hash": content_hash}).first()
         return None if row is None else (int(row.id), str(row.response))
 
     def insert_message(self, record: MessageRecord) -> int:
-        inserted = self.conn.execute(
-            insert(inbound_message).returning(inbound_message.c.id),
-            {
-                "received_at": utc(record.received_at),
-                "channel": record.channel[:16],
-                "institution_code": (record.institution or None) and record.institution[:32],
-                "content_hash": record.content_hash,
-                "control_id": record.control_id[:64],
-                "status": record.status,
-                "error": record.error,
-                "response": record.response,
-                "raw": record.raw,
-            },
-        ).scalar_one()
-        return int(inserted)
+        values = dict(zip(_MESSAGE_COLUMNS, _message_values(record), strict=True))
+        return int(self.conn.execute(_MESSAGE_INSERT, values).scalar_one())
 
     def set_response(self, message_id: int, response: str) -> None:
-        self.conn.execute(
-            update(inbound_message)
-            .where(inbound_message.c.id == message_id)
-            .values(response=response)
-        )
+        self._queue(self._sql.response, [(response, message_id)], by_columns=False)
 
     def emit(self, topic: str, payload: dict[str, object], at: datetime) -> None:
-        self.conn.execute(insert(outbox), {"at": utc(at), "topic": topic, "payload": payload})
+        self._queue(self._sql.outbox, [(self._time(at), topic, _JSON.encode(payload).decode())])
 
     # -- results
     def current_results(
         self, institution: str, keys: Sequence[tuple[str, str]]
     ) -> dict[tuple[str, str], CurrentResult]:
+        """One SELECT for the whole message (all its report numbers)."""
         if not keys:
             return {}
+        self.flush()
         wanted = set(keys)
         rows = self.conn.execute(
-            select(
-                result.c.id,
-                result.c.report_no,
-                result.c.local_code,
-                result.c.version,
-                result.c.content_hash,
-                result.c.status,
-            ).where(
-                result.c.institution_code == institution,
-                result.c.report_no.in_(sorted({k[0] for k in keys})),
-            )
+            _HEADS,
+            {"b_institution": institution, "b_report_nos": sorted({k[0] for k in keys})},
         )
         return {
             (r.report_no, r.local_code): CurrentResult(r.id, r.version, r.content_hash, r.status)
@@ -209,11 +495,7 @@ class SqlIntakeTx:
         new = [w for w in writes if w.result_id is None]
         changed = [w for w in writes if w.result_id is not None]
         if new:
-            ids = self.conn.execute(
-                _RESULT_INSERT, [_result_row(w, message_id, at) for w in new]
-            ).scalars()
-            for w, rid in zip(new, ids, strict=True):
-                w.result_id = int(rid)
+            self._insert_results(new, message_id, at)
         if changed:
             rows = []
             for w in changed:
@@ -221,49 +503,72 @@ class SqlIntakeTx:
                 del row["institution_code"], row["report_no"], row["local_code"]
                 row["b_id"] = w.result_id
                 rows.append(row)
+            self.flush()
             self.conn.execute(_RESULT_UPDATE, rows)
-            self.conn.execute(
-                delete(observation).where(
-                    observation.c.result_id.in_([w.result_id for w in changed])
-                )
-            )
-        self.conn.execute(
-            _VERSION_INSERT,
+            self.conn.execute(_OBS_DELETE, {"b_ids": [w.result_id for w in changed]})
+        recorded_at = self._time(at)
+        self._queue(
+            self._sql.version,
             [
-                {
-                    "result_id": w.result_id,
-                    "version": w.version,
-                    "status": str(w.submission.status),
-                    "recorded_at": at,
-                    "reason": "" if w.version == 1 else f"{w.submission.status}",
-                    "snapshot": w.snapshot(),
-                }
+                (
+                    w.result_id,
+                    w.version,
+                    str(w.submission.status),
+                    recorded_at,
+                    "" if w.version == 1 else f"{w.submission.status}",
+                    w.snapshot_json().decode(),
+                )
                 for w in writes
             ],
         )
-        obs_rows = [
-            {
-                "result_id": w.result_id,
-                "seq": seq,
-                "code": o.code,
-                "loinc": o.loinc,
-                "name": o.name,
-                "value_type": str(o.value_type),
-                "value_num": o.value_num,
-                "value_text": o.value_text,
-                "unit": o.unit,
-                "ref_low": o.ref_low,
-                "ref_high": o.ref_high,
-                "ref_text": o.ref_text,
-                "flag": o.flag,
-            }
-            for w in writes
-            for seq, o in enumerate(w.submission.observations, start=1)
-        ]
-        if obs_rows:
-            self.conn.execute(_OBS_INSERT, obs_rows)
+        self._queue(
+            self._sql.observation,
+            [
+                (
+                    w.result_id,
+                    seq,
+                    o.code,
+                    o.loinc,
+                    o.name,
+                    str(o.value_type),
+                    _float(o.value_num),
+                    o.value_text,
+                    o.unit,
+                    _float(o.ref_low),
+                    _float(o.ref_high),
+                    o.ref_text,
+                    o.flag,
+                )
+                for w in writes
+                for seq, o in enumerate(w.submission.observations, start=1)
+            ],
+        )
+
+    def _insert_results(self, new: Sequence[ResultWrite], message_id: int, at: datetime) -> None:
+        """New results with their ids: one INSERT … RETURNING for the message (PostgreSQL:
+        SELECT FROM unnest(arrays); SQLite: multi-row VALUES), ids matched by the result's
+        key, so that nothing depends on the order RETURNING gives them in."""
+        updated_at = self._time(at)
+        rows = [_result_values(w, message_id, updated_at, self._time) for w in new]
+        by_key: dict[tuple[str, str], int] = {}
+        self.flush()
+        if self._sqlite:
+            for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
+                chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
+                params = tuple(v for r in chunk for v in r)
+                returned = self.conn.exec_driver_sql(_sqlite_result_rows(len(chunk)), params)
+                by_key.update({(no, code): rid for rid, no, code in returned})
+        else:
+            dbapi: Any = self.conn.connection.dbapi_connection
+            with dbapi.cursor() as cur:
+                cur.execute(self._sql.result_returning, [list(c) for c in zip(*rows, strict=True)])
+                by_key = {(no, code): rid for rid, no, code in cur.fetchall()}
+        ids = [by_key[(w.submission.report_no, w.submission.local_code)] for w in new]
+        for w, rid in zip(new, ids, strict=True):
+            w.result_id = int(rid)
 
     def unmapped_results(self, institution: str, local_code: str) -> list[UnmappedResult]:
+        self.flush()
         rows = self.conn.execute(
             select(result.c.id, result.c.issued_at, result.c.category).where(
                 result.c.institution_code == institution,
@@ -292,18 +597,9 @@ class SqlIntakeTx:
     def patients_by_identifier(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, int]:
         if not keys:
             return {}
+        self.flush()
         wanted = set(keys)
-        rows = self.conn.execute(
-            select(
-                patient_identifier.c.kind,
-                patient_identifier.c.assigner,
-                patient_identifier.c.value_hash,
-                patient.c.id,
-                patient.c.merged_into,
-            )
-            .join(patient, patient.c.id == patient_identifier.c.patient_id)
-            .where(patient_identifier.c.value_hash.in_([k[2] for k in keys]))
-        ).all()
+        rows = self.conn.execute(_IDENTIFIED, {"b_hashes": sorted({k[2] for k in keys})}).all()
         found: dict[IdentifierKey, int] = {}
         for r in rows:
             key = (r.kind, r.assigner, r.value_hash)
@@ -316,15 +612,13 @@ class SqlIntakeTx:
         while merged_into is not None and merged_into not in seen:
             seen.add(merged_into)
             patient_id = merged_into
-            merged_into = self.conn.execute(
-                select(patient.c.merged_into).where(patient.c.id == patient_id)
-            ).scalar_one_or_none()
+            merged_into = self.conn.execute(_MERGED_INTO, {"b_id": patient_id}).scalar_one_or_none()
         return patient_id
 
     def create_patient(self, new: NewPatient) -> int:
         return int(
             self.conn.execute(
-                insert(patient).returning(patient.c.id),
+                _PATIENT_INSERT,
                 {
                     "name_enc": new.name_enc,
                     "name_masked": new.name_masked,
@@ -336,33 +630,27 @@ class SqlIntakeTx:
         )
 
     def add_identifiers(self, patient_id: int, records: Sequence[IdentifierRecord]) -> None:
-        if records:
-            self.conn.execute(
-                insert(patient_identifier),
-                [
-                    {
-                        "patient_id": patient_id,
-                        "kind": r.kind,
-                        "assigner": r.assigner,
-                        "value_hash": r.value_hash,
-                        "value_enc": r.value_enc,
-                        "value_masked": r.value_masked,
-                    }
-                    for r in records
-                ],
-            )
+        self._queue(
+            self._sql.identifier,
+            [
+                (patient_id, r.kind, r.assigner, r.value_hash, r.value_enc, r.value_masked)
+                for r in records
+            ],
+        )
 
     def record_link(self, event: LinkEvent) -> None:
-        self.conn.execute(
-            insert(patient_link_event),
-            {
-                "at": utc(event.at),
-                "actor": event.actor[:64],
-                "action": event.action,
-                "from_patient": event.from_patient,
-                "to_patient": event.to_patient,
-                "reason": event.reason,
-            },
+        self._queue(
+            self._sql.link,
+            [
+                (
+                    self._time(event.at),
+                    event.actor[:64],
+                    event.action,
+                    event.from_patient,
+                    event.to_patient,
+                    event.reason,
+                )
+            ],
         )
 
 
@@ -372,6 +660,11 @@ class SqlIntakeStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sqlite = is_sqlite(str(engine.url))
+        # Rows written on the DBAPI cursor raise the driver's own IntegrityError.
+        self._conflicts: tuple[type[BaseException], ...] = (
+            IntegrityError,
+            engine.dialect.loaded_dbapi.IntegrityError,
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[SqlIntakeTx]:
@@ -380,12 +673,18 @@ class SqlIntakeStore:
                 # Take the write lock at once so that the duplicate check and the writes
                 # see the same state (no lost update between two writers).
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                # Begun explicitly: the first statements may go on the DBAPI connection,
+                # and ``commit`` must commit them.
+                conn.begin()
             try:
-                yield SqlIntakeTx(conn)
+                tx = SqlIntakeTx(conn)
+                yield tx
+                tx.flush()
                 conn.commit()
-            except IntegrityError as exc:
+            except self._conflicts as exc:
                 conn.rollback()
-                raise TransientConflict(str(exc.orig)) from exc
+                raise TransientConflict(str(getattr(exc, "orig", exc))) from exc
             except BaseException:
                 conn.rollback()
                 raise

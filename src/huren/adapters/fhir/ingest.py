@@ -43,6 +43,29 @@ _RESOURCE_DECODER = msgspec.json.Decoder(m.AnyResource)
 _TYPED_DECODER = msgspec.json.Decoder(m.Typed)
 _BUNDLE_DECODER = msgspec.json.Decoder(m.Bundle)
 
+
+class _DecodedEntry(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A Bundle entry whose resource is decoded with the Bundle (the fast path)."""
+
+    fullUrl: str = ""
+    # UNSET, not None: ``"resource": null`` is an error the generic path names.
+    resource: m.AnyResource | msgspec.UnsetType = msgspec.UNSET
+    request: m.BundleRequest | None = None
+
+
+class _DecodedBundle(msgspec.Struct, frozen=True, omit_defaults=True):
+    resourceType: Literal["Bundle"]
+    type: str
+    id: str = ""
+    identifier: m.Identifier | None = None
+    entry: list[_DecodedEntry] = msgspec.field(default_factory=list)
+
+
+# One pass over the whole Bundle when every entry is of a type we read and decodes
+# cleanly (the usual case, ~20% cheaper than decoding entry by entry); otherwise the
+# generic path decodes each entry on its own so that every problem names its entry.
+_DECODED_BUNDLE_DECODER = msgspec.json.Decoder(_DecodedBundle)
+
 _SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 
 # HL7 v2 Table 0074 diagnostic service sections → category (used only while unmapped).
@@ -207,9 +230,17 @@ def _patient(
 
 
 def _codes(cc: m.CodeableConcept) -> tuple[str, str, str]:
-    """(local code, its display, LOINC code) of a CodeableConcept."""
-    local = next((c for c in cc.coding if c.system != sid.LOINC and c.code), None)
-    loinc = next((c for c in cc.coding if c.system == sid.LOINC and c.code), None)
+    """(local code, its display, LOINC code) of a CodeableConcept: the first coding with
+    a code in a local system, the first with a code in LOINC."""
+    local = loinc = None
+    for c in cc.coding:
+        if not c.code:
+            continue
+        if c.system == sid.LOINC:
+            if loinc is None:
+                loinc = c
+        elif local is None:
+            local = c
     code = local.code if local else (loinc.code if loinc else "")
     name = (local.display if local else "") or (loinc.display if loinc else "") or cc.text
     return code, name or cc.text, loinc.code if loinc else ""
@@ -399,8 +430,9 @@ def _report_submission(
             )
             continue
         owhere, obs = found[0], found[1]
-        loinc = {c.code for c in obs.code.coding if c.system == sid.LOINC}
-        if loinc & sid.FINDINGS_LOINC and obs.valueString is not None:
+        if obs.valueString is not None and any(
+            c.system == sid.LOINC and c.code in sid.FINDINGS_LOINC for c in obs.code.coding
+        ):
             findings.append(obs.valueString)
             observation_plan[key] = (sub_index, 0, True)
             continue
@@ -467,19 +499,24 @@ def parse_transaction(
 ) -> ParsedBundle:
     """A transaction Bundle → ``ParsedBundle``; raises ValidationFailed naming elements."""
     ctx = _Ctx()
+    bundle: m.Bundle | _DecodedBundle
     try:
-        bundle = _BUNDLE_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-        raise ValidationFailed(
-            "Bundle 不是有效的 FHIR R4 JSON", problems=[_decode_problem(exc, "Bundle")]
-        ) from exc
+        bundle = _DECODED_BUNDLE_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        try:
+            bundle = _BUNDLE_DECODER.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ValidationFailed(
+                "Bundle 不是有效的 FHIR R4 JSON", problems=[_decode_problem(exc, "Bundle")]
+            ) from exc
     if bundle.type != "transaction":
         raise ValidationFailed(
             "仅接受 transaction 类型的 Bundle",
             problems=[Problem("Bundle.type", f"应为 transaction，收到 {bundle.type}")],
         )
+    entries: Sequence[m.BundleEntry | _DecodedEntry] = bundle.entry
     resources: list[m.Resource | str | None] = []
-    for i, entry in enumerate(bundle.entry):
+    for i, entry in enumerate(entries):
         where = f"Bundle.entry[{i}]"
         if entry.request is None:
             ctx.errors.add(f"{where}.request", "transaction Bundle 的每个条目都必须有 request")
@@ -487,11 +524,19 @@ def parse_transaction(
             ctx.errors.add(
                 f"{where}.request.method", f"仅支持 POST 与 PUT，收到 {entry.request.method}"
             )
-        if not entry.resource:
+        res: m.Resource | str | None
+        if isinstance(entry, _DecodedEntry):
+            if entry.resource is msgspec.UNSET:
+                ctx.errors.add(f"{where}.resource", "条目缺少 resource")
+                resources.append(None)
+                continue
+            res = entry.resource
+        elif not entry.resource:
             ctx.errors.add(f"{where}.resource", "条目缺少 resource")
             resources.append(None)
             continue
-        res = _decode_resource(bytes(entry.resource), f"{where}.resource", ctx.errors)
+        else:
+            res = _decode_resource(bytes(entry.resource), f"{where}.resource", ctx.errors)
         resources.append(res)
         if isinstance(res, m.Resource):
             rwhere = f"{where}.resource"
@@ -505,14 +550,14 @@ def parse_transaction(
     ctx.errors.raise_if_any("Bundle 未通过校验，未保存任何内容")
     reports = [
         _Report(i, f"Bundle.entry[{i}].resource", e.fullUrl or f"DiagnosticReport/{res.id}", res)
-        for i, (e, res) in enumerate(zip(bundle.entry, resources, strict=True))
+        for i, (e, res) in enumerate(zip(entries, resources, strict=True))
         if isinstance(res, m.DiagnosticReport)
     ]
     control_id = (bundle.identifier.value if bundle.identifier else "") or bundle.id
     return _assemble(
         ctx,
         reports,
-        bundle.entry,
+        entries,
         resources,
         default_institution,
         channel,
@@ -557,7 +602,7 @@ def parse_report(
 def _assemble(
     ctx: _Ctx,
     reports: list[_Report],
-    entries: Sequence[m.BundleEntry],
+    entries: Sequence[m.BundleEntry | _DecodedEntry],
     resources: Sequence[m.Resource | str | None],
     default_institution: str,
     channel: Channel,
