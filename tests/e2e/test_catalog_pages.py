@@ -12,17 +12,10 @@ from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.services.accounts import NewAccount
+from tests.e2e.browser import launch
 from tests.e2e.live import serve
 from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B, HOSP_C
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PASSWORD = "qc-centre-pass-2026"
 
 
@@ -100,7 +93,7 @@ def test_browser_login_and_see_marks_on_qualifications_page(
     from playwright.sync_api import expect, sync_playwright
 
     with serve(world) as base, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page()
             page.goto(f"{base}/catalog/qualifications")

@@ -11,19 +11,10 @@ from PIL import Image
 
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.e2e.browser import ARTIFACTS, launch
 from tests.e2e.live import serve
 from tests.fixtures import governance as gv
 from tests.fixtures import world as w
-
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # Counts canvas pixels that are drawn (not transparent, not near-white).
 INK_JS = """(sel) => {
@@ -71,7 +62,7 @@ def test_dashboard_charts_render_and_drill_down_reaches_clinicians(
     base, token = dashboard
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900}, locale="zh-CN")
             context.add_cookies([{"name": "huren_session", "value": token, "url": base}])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
@@ -16,6 +15,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.services.portal import LogCodeSender
+from tests.e2e.browser import ARTIFACTS, launch
 from tests.e2e.live import serve
 from tests.fixtures.results import ZHANG_SAN_ID, imaging_report, lab_panel, store
 from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B
@@ -23,15 +23,6 @@ from tests.integration.sharing_helpers import principal
 
 pytestmark = pytest.mark.browser
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 PHONE = {"width": 390, "height": 844}
 ZHANG = PatientIdentifier(IdentifierKind.NATIONAL_ID, ZHANG_SAN_ID)
 
@@ -76,7 +67,7 @@ def test_a_patient_logs_in_by_code_and_uses_the_portal_on_a_phone(
     base, sms = portal
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(
                 viewport=PHONE, device_scale_factor=2, is_mobile=True, has_touch=True
@@ -131,7 +122,7 @@ def test_a_wrong_code_keeps_the_patient_out(portal: tuple[str, LogCodeSender]) -
 
     base, sms = portal
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport=PHONE)
             page.goto(f"{base}/patient/login")

@@ -6,7 +6,6 @@ readable. Screenshots go to tests/e2e/artifacts/."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,22 +13,13 @@ import pytest
 from huren.api.auth import SESSION_COOKIE
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.e2e.browser import ARTIFACTS, launch
 from tests.e2e.live import serve
 from tests.fixtures.results import ZHANG_SAN_ID, imaging_report, lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
 from tests.integration.sharing_helpers import audit_rows
 
 pytestmark = pytest.mark.browser
-
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture
@@ -63,7 +53,7 @@ def test_a_clinician_retrieves_opens_and_files_a_correction_that_the_producer_co
     base = site["base"]
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = _context(browser, base, site["doctor"]).new_page()
             page.goto(f"{base}/retrieval")
@@ -122,7 +112,7 @@ def test_a_lookup_without_a_purpose_is_refused_on_the_page(site: dict[str, Any])
 
     base = site["base"]
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = _context(browser, base, site["doctor"]).new_page()
             page.goto(f"{base}/retrieval")

@@ -25,7 +25,17 @@ from huren.domain.accounts import Role
 # The document only: an app over an unopened in-memory database serves the same schema.
 schema = schemathesis.openapi.from_asgi(
     "/openapi.json",
-    create_app(build(Settings(database_url="sqlite://")), check_migrated=False),
+    create_app(
+        build(
+            Settings(
+                database_url="sqlite://",
+                start_dicom=False,
+                start_mllp=False,
+                background_jobs=False,
+            )
+        ),
+        check_migrated=False,
+    ),
 )
 
 

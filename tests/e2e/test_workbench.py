@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from urllib.parse import urlencode
 
 import httpx
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from huren.adapters.db.tables import decision
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.e2e.browser import ARTIFACTS, launch
 from tests.e2e.live import serve
 from tests.fixtures.imaging import (
     COMPLETE,
@@ -23,16 +23,6 @@ from tests.fixtures.imaging import (
 )
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B
-
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture
@@ -206,7 +196,7 @@ def test_clinician_accepts_the_ct_and_declines_the_lab_panel_in_the_browser(
     base, token = workbench
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 414, "height": 1400})  # a phone-width frame
             page.goto(page_url(base, token))
@@ -264,7 +254,7 @@ def test_clinician_opens_the_image_viewer_of_the_recognizable_ct_from_the_workbe
     base, token = workbench
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
@@ -310,7 +300,7 @@ def test_clinician_sees_what_an_incomplete_ct_lacks_in_the_workbench_and_the_vie
     store_thick_only_ct_study(world, report)
     ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        browser = launch(p)
         try:
             context = browser.new_context(viewport={"width": 414, "height": 900})
             page = context.new_page()
