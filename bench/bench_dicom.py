@@ -1,13 +1,18 @@
 """C-STORE throughput of HuRen's DICOM SCP side by side with Orthanc, and QIDO-RS latency.
 
-    uv run python bench/bench_dicom.py [--count 500] [--qido-scale 10000]
+    uv run python bench/bench_dicom.py [--count 500] [--rounds 3] [--qido-scale 10000]
 
 Both receivers get the same folder of CT instances (copies of pydicom's CT_small.dcm with
 fresh UIDs) from dcmtk's storescu, over 1 and over 4 concurrent associations, in the same
 run. Nagle's algorithm is off on both ends: ``TCP_NODELAY=1`` in the environment of
 storescu and Orthanc (dcmtk reads it) and TCP_NODELAY set on HuRen's SCP sockets (issue 4:
 without it both fall to 10–20 instances/s). Orthanc runs from a temporary config on free
-ports with its own storage directory. Prints rates and the ratio ours / Orthanc's.
+ports with its own storage directory and its defaults (``SyncStorageArea``: fsync of every
+file); HuRen runs with ``dicom_fsync`` on (every acknowledged instance flushed to disk).
+
+The machine this runs on is usually shared, so each setting runs ``--rounds`` rounds of
+Orthanc and HuRen back to back (who goes first alternates, ``sync`` before each run), and
+prints every round's rates, their ratio and the load average, then the median ratio.
 
 QIDO-RS: ``--qido-scale`` instances are indexed directly in the database (studies of 100
 instances), then study search by PatientID and instance listing of one study are timed
@@ -301,14 +306,58 @@ def qido_latency(root: Path, scale: int, repeats: int = 30) -> dict[str, float]:
     return out
 
 
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+ratios: dict[tuple[int, bool], list[float]] = {}
+
+
+def store_round(root: Path, files: list[Path], n: int, fsync: bool, ours_first: bool) -> str:
+    """One side-by-side round: Orthanc and HuRen receive the same files back to back (the
+    order alternates between rounds so that neither always meets the other's page cache
+    or load)."""
+    rates: dict[str, float] = {}
+    version, stored = "?", 0
+
+    def orthanc() -> None:
+        nonlocal version
+        with Orthanc(root / f"orthanc-{n}-{len(rates)}") as o:
+            version = o.version()
+            rates["orthanc"] = len(files) / send(o.port, "ORTHANC", files, n)
+
+    def huren() -> None:
+        nonlocal stored
+        with HurenSCP(root / f"huren-{n}-{fsync}-{len(rates)}", fsync) as ours:
+            rates["huren"] = len(files) / send(ours.scp.port, "HUREN", files, n)
+            stored = ours.container.imaging.index.count_instances()  # type: ignore[attr-defined]
+
+    load = load_average()
+    for step in (huren, orthanc) if ours_first else (orthanc, huren):
+        # Each run starts with no dirty pages of the previous one left to write back, which
+        # would otherwise slow the second run's flushes.
+        os.sync()
+        step()
+    label = "fsync" if fsync else "no-fsync"
+    ratios.setdefault((n, fsync), []).append(rates["huren"] / rates["orthanc"])
+    return (
+        f"  {n} assoc: Orthanc {version} {rates['orthanc']:6.1f}/s | HuRen[{label}] "
+        f"{rates['huren']:6.1f}/s (stored {stored}) | ratio {rates['huren'] / rates['orthanc']:4.2f}"
+        f" | load {load}"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--count", type=int, default=500, help="CT instances per run")
     ap.add_argument("--associations", type=int, nargs="+", default=[1, 4])
+    ap.add_argument("--rounds", type=int, default=3, help="side-by-side rounds per setting")
+    ap.add_argument("--no-fsync-too", action="store_true", help="also run HuRen without fsync")
     ap.add_argument("--qido-scale", type=int, default=10_000, help="instances indexed for QIDO-RS")
     ap.add_argument("--skip-store", action="store_true")
+    ap.add_argument("--skip-qido", action="store_true")
     args = ap.parse_args()
     for tool in (STORESCU, ORTHANC):
         if not Path(tool).exists():
@@ -318,28 +367,27 @@ def main() -> None:
         if not args.skip_store:
             files = make_files(root / "files", args.count)
             print(
-                f"C-STORE: {args.count} × CT_small.dcm ({files[0].stat().st_size} bytes) by dcmtk storescu, TCP_NODELAY=1"
+                f"C-STORE: {args.count} × CT_small.dcm ({files[0].stat().st_size} bytes) by "
+                f"dcmtk storescu, TCP_NODELAY=1, {os.cpu_count()} CPUs"
             )
             for n in args.associations:
-                with Orthanc(root / f"orthanc-{n}") as orthanc:
-                    version = orthanc.version()
-                    t_orthanc = send(orthanc.port, "ORTHANC", files, n)
-                r_orthanc = args.count / t_orthanc
-                line = f"  {n} association(s): Orthanc {version} {r_orthanc:6.1f}/s"
-                for fsync in (True, False):
-                    with HurenSCP(root / f"huren-{n}-{fsync}", fsync) as ours:
-                        t_ours = send(ours.scp.port, "HUREN", files, n)
-                        stored = ours.container.imaging.index.count_instances()  # type: ignore[attr-defined]
-                    r_ours = args.count / t_ours
-                    label = "fsync" if fsync else "no-fsync"
-                    line += f" | HuRen[{label}] {r_ours:6.1f}/s (stored {stored}) ratio {r_ours / r_orthanc:4.2f}"
-                print(line)
-        q = qido_latency(root / "qido", args.qido_scale)
-        print(
-            f"QIDO-RS with {args.qido_scale} instances indexed (load {q['index_seconds']:.1f}s), median of 30:"
-        )
-        for k in ("studies_by_patient_ms", "studies_by_date_ms", "study_instances_ms"):
-            print(f"  {k}: {q[k]:.1f} ms")
+                for fsync in (True, False) if args.no_fsync_too else (True,):
+                    for r in range(args.rounds):
+                        print(store_round(root / f"r{r}", files, n, fsync, r % 2 == 1), flush=True)
+            for (n, fsync), values in ratios.items():
+                label = "fsync" if fsync else "no-fsync"
+                print(
+                    f"  median ratio, {n} assoc, {label}: {statistics.median(values):.2f} "
+                    f"(of {len(values)}: {', '.join(f'{v:.2f}' for v in values)})"
+                )
+        if not args.skip_qido:
+            q = qido_latency(root / "qido", args.qido_scale)
+            print(
+                f"QIDO-RS with {args.qido_scale} instances indexed "
+                f"(load {q['index_seconds']:.1f}s), median of 30:"
+            )
+            for k in ("studies_by_patient_ms", "studies_by_date_ms", "study_instances_ms"):
+                print(f"  {k}: {q[k]:.1f} ms")
 
 
 if __name__ == "__main__":

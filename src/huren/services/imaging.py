@@ -7,14 +7,16 @@ into an ``InstanceHeader`` (pydicom, ``adapters/dicom/parse``), a content-addres
 store (``adapters/dicom/store``), the imaging index in the database
 (``adapters/dicom/index``) and the identifier vault.
 
-Storing an instance is all or nothing: the file is written (temp + fsync + rename) before
-its index row is committed in one transaction; a failure leaves at most an unreferenced
-content-addressed file, never an index row without its file or half a study."""
+Storing an instance is all or nothing: the file is written and made durable before its
+index row is committed in one transaction; a failure leaves at most an unreferenced
+content-addressed file, never an index row without its file or half a study. Both steps
+are shared between concurrent associations (one journal flush, one commit for every
+instance waiting at that moment) and a store returns only once both are done for it."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -111,6 +113,11 @@ class InstanceParser(Protocol):
 class BlobStore(Protocol):
     def put(self, data: bytes, content_hash: str) -> None:
         """Write durably under ``content_hash`` (no-op when already there)."""
+        ...
+
+    def stage(self, data: bytes, content_hash: str) -> Callable[[], None]:
+        """Write under ``content_hash`` so that readers see it; the returned call makes it
+        durable (one flush may cover several concurrent writes)."""
         ...
 
     def read(self, content_hash: str) -> bytes: ...
@@ -295,8 +302,9 @@ class ImagingIndex(Protocol):
 
     def instance_hash(self, sop_uid: str) -> str | None: ...
 
-    def add_instance(self, rec: NewInstance) -> AddOutcome:
-        """Index one instance with its study and series, atomically. ``same`` when the SOP
+    def add_instance(self, rec: NewInstance, before_commit: Callable[[], None] = ...) -> AddOutcome:
+        """Index one instance with its study and series, atomically, calling
+        ``before_commit`` (the file's durability) before committing. ``same`` when the SOP
         Instance UID is already indexed with the same content hash, ``conflict`` when with
         another (nothing written then)."""
         ...
@@ -481,7 +489,7 @@ class ImagingService:
             return self._duplicate(header, known, content_hash)
         # PS3.4 B.2.2: the SCP stores the instance as received; lossless originals kept
         # byte for byte (沪卫医〔2024〕135号 四(二)2: 无损 DICOM 格式影像).
-        self.blobs.put(data, content_hash)
+        durable = self.blobs.stage(data, content_hash)
         pid = header.patient_id.strip()
         outcome = self.index.add_instance(
             NewInstance(
@@ -498,7 +506,8 @@ class ImagingService:
                 source=source,
                 calling_ae=calling_ae,
                 received_at=self.clock.now(),
-            )
+            ),
+            durable,
         )
         if outcome == "added":
             return StoredInstance(
@@ -585,6 +594,12 @@ class ImagingService:
         candidates = self.index.studies_by_keys(
             [(r.institution, r.accession_number, r.study_uid) for r in imaging]
         )
+        return self._statuses(reports, candidates)
+
+    def _statuses(
+        self, reports: Sequence[ReportRow], candidates: Sequence[StudyRow]
+    ) -> dict[int, StudyStatus]:
+        imaging = [r for r in reports if r.category == Category.IMAGING.value]
         keys = [
             StudyKey(s.institution, s.accession_number, s.study_uid, s.patient_hash)
             for s in candidates
@@ -613,15 +628,33 @@ class ImagingService:
 
     def study_states(self, results: Sequence[StoredResult]) -> dict[int, StudyState]:
         """``services.recognition.StudyStates`` for the recognition service: COMPLETE or
-        INCOMPLETE (with the Chinese reasons) for every imaging result given."""
-        statuses = self.study_statuses([r.id for r in results])
-        return {
-            rid: StudyState(
-                StudyCompleteness.COMPLETE if st.complete else StudyCompleteness.INCOMPLETE,
-                st.missing,
-            )
-            for rid, st in statuses.items()
-        }
+        INCOMPLETE (with the Chinese reasons) for every imaging result given.
+
+        Runs on every order with imaging priors, so it looks the studies up by the keys
+        the results already carry (one query); only when some study has arrived are the
+        results read again with their patients' MRN hashes to link it (``link``)."""
+        imaging = [r for r in results if r.category is Category.IMAGING]
+        candidates = self.index.studies_by_keys(
+            [(r.institution, r.accession_number, r.study_uid) for r in imaging]
+        )
+        if not candidates:
+            return self.states_without_study(results)
+        statuses = self._statuses(self.index.reports([r.id for r in results]), candidates)
+        return _states(statuses)
+
+    def states_without_study(self, results: Sequence[StoredResult]) -> dict[int, StudyState]:
+        """``study_states`` of results for which no study has arrived (the caller knows),
+        without a query: what ``_statuses`` finds for unlinked reports."""
+        return _states(
+            {
+                r.id: assess_study(
+                    self._quality(r.item_code)[1], [], has_study=False, has_report=True
+                )
+                if r.category is Category.IMAGING
+                else StudyStatus(True, (), 0, 0, has_report=True)
+                for r in results
+            }
+        )
 
     def study_view(self, study_uid: str) -> StudyView:
         """A study with its series and its report when one has arrived; a study without a
@@ -767,3 +800,14 @@ def report_text(view: StudyView) -> str:
     if not view.status.complete:
         lines += ["", "【完整性】", *view.status.missing]
     return "\n".join(lines) + "\n"
+
+
+def _states(statuses: Mapping[int, StudyStatus]) -> dict[int, StudyState]:
+    """Study statuses as the recognition service's ``StudyState``."""
+    return {
+        rid: StudyState(
+            StudyCompleteness.COMPLETE if st.complete else StudyCompleteness.INCOMPLETE,
+            st.missing,
+        )
+        for rid, st in statuses.items()
+    }

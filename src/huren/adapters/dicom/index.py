@@ -1,16 +1,43 @@
 """The imaging index in the database (implements ``services.imaging.ImagingIndex``).
 
-One instance is indexed in one transaction: study and series rows are created with
-``INSERT … ON CONFLICT DO NOTHING`` so that concurrent associations storing the same
-study do not collide, and the transaction is rolled back whole when the instance turns
-out to be known already (nothing of a refused instance stays)."""
+Indexing is a group commit: C-STORE handlers on concurrent associations each call
+``add_instance``; the first to find no commit in progress becomes the leader and writes
+every instance waiting at that moment in one transaction, with one commit, while the
+others wait; each call returns only once the transaction holding its instance has
+committed. On SQLite (WAL, synchronous=NORMAL) a commit survives the process being
+killed, so an instance acknowledged with C-STORE success is never lost. One writer at a
+time also spares SQLite's busy-wait between competing writers.
+
+Per instance the transaction runs one look-up of the SOP Instance UID and one insert;
+study and series ids are remembered once committed (rows are never deleted), and the
+counters of a series and its study are updated once per batch. An instance already known
+(same or other content), or whose study belongs to another institution, writes nothing.
+If anything unexpected happens (a concurrent writer in another process, a database
+error) the batch is rolled back and each instance is written alone by ``_add``, in its
+own transaction with ``INSERT … ON CONFLICT DO NOTHING`` so that nothing of a refused
+instance stays."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Select, and_, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    and_,
+    bindparam,
+    case,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from huren.adapters.db.tables import audit_event, institution, patient_identifier, result
@@ -44,10 +71,107 @@ class _Rollback(Exception):
         self.outcome = outcome
 
 
+class _Race(Exception):
+    """Another writer got there between our look-up and our insert: redo one by one."""
+
+
+def _already_durable() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class _Waiting:
+    rec: NewInstance
+    durable: Callable[[], None]
+    outcome: AddOutcome | None = None
+    error: BaseException | None = None
+
+
+@dataclass(slots=True)
+class _StudyIds:
+    id: int
+    institution: str
+    modalities: frozenset[str]
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one group-commit transaction changed, applied to the caches after commit."""
+
+    studies: dict[str, _StudyIds] = field(default_factory=dict)
+    series: dict[str, int] = field(default_factory=dict)
+    series_added: dict[int, int] = field(default_factory=dict)  # series id → instances
+    study_added: dict[int, list[int]] = field(default_factory=dict)  # id → [inst, series]
+    new_modalities: dict[int, set[str]] = field(default_factory=dict)
+
+
+_CACHE_LIMIT = 20_000  # study and series ids remembered (cleared whole when exceeded)
+
+
 class SqlImagingIndex:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._dialect = engine.dialect.name
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._waiting: list[_Waiting] = []
+        self._leader = False
+        self._studies: dict[str, _StudyIds] = {}
+        self._series: dict[str, int] = {}
+        self._build_statements()
+
+    def _build_statements(self) -> None:
+        """Statements built once: executing a prepared Core statement skips SQLAlchemy's
+        per-call construction and cache-key work (~1 ms per instance before)."""
+        ins = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        i, se, st = imaging_instance.c, imaging_series.c, imaging_study.c
+        self._q_instance_hash = select(i.content_hash).where(i.sop_uid == bindparam("sop_uid"))
+        self._q_study = select(st.id, st.institution_code, st.modalities).where(
+            st.study_uid == bindparam("study_uid")
+        )
+        self._q_series = select(se.id).where(se.series_uid == bindparam("series_uid"))
+        self._ins_study = (
+            ins(imaging_study).on_conflict_do_nothing(index_elements=["study_uid"]).returning(st.id)
+        )
+        self._ins_series = (
+            ins(imaging_series)
+            .on_conflict_do_nothing(index_elements=["series_uid"])
+            .returning(se.id)
+        )
+        self._ins_instance = (
+            ins(imaging_instance).on_conflict_do_nothing(index_elements=["sop_uid"]).returning(i.id)
+        )
+        self._upd_series = (
+            update(imaging_series)
+            .where(se.id == bindparam("b_id"))
+            .values(
+                instance_count=se.instance_count + bindparam("b_instances"),
+                updated_at=bindparam("b_now"),
+            )
+        )
+        self._upd_study = (
+            update(imaging_study)
+            .where(st.id == bindparam("b_id"))
+            .values(
+                instance_count=st.instance_count + bindparam("b_instances"),
+                series_count=st.series_count + bindparam("b_series"),
+                updated_at=bindparam("b_now"),
+            )
+        )
+        # Adds "CT/" to "/MR/" unless present: race-free against other writers.
+        tag = literal(_SEP) + bindparam("b_modality") + literal(_SEP)
+        self._upd_modality = (
+            update(imaging_study)
+            .where(st.id == bindparam("b_id"))
+            .values(
+                modalities=case(
+                    (st.modalities.contains(tag), st.modalities),
+                    else_=func.coalesce(func.nullif(st.modalities, ""), _SEP)
+                    + bindparam("b_modality")
+                    + literal(_SEP),
+                )
+            )
+        )
 
     # ------------------------------------------------------------ helpers
     def _insert_ignore(self, table: Any, values: dict[str, Any], key: str) -> Any:
@@ -78,17 +202,224 @@ class SqlImagingIndex:
     # ------------------------------------------------------------ intake
     def instance_hash(self, sop_uid: str) -> str | None:
         with self.engine.connect() as c:
-            value = c.execute(
-                select(imaging_instance.c.content_hash).where(imaging_instance.c.sop_uid == sop_uid)
-            ).scalar()
+            value = c.execute(self._q_instance_hash, {"sop_uid": sop_uid}).scalar()
         return str(value) if value is not None else None
 
-    def add_instance(self, rec: NewInstance) -> AddOutcome:
+    def add_instance(
+        self, rec: NewInstance, before_commit: Callable[[], None] = _already_durable
+    ) -> AddOutcome:
+        """Group commit (see the module docstring): returns once committed.
+        ``before_commit`` makes the instance's file durable; the transaction indexing the
+        instance commits only after it returns (an error there refuses this instance
+        only)."""
+        me = _Waiting(rec, before_commit)
+        with self._lock:
+            self._waiting.append(me)
+            while True:
+                if me.outcome is not None or me.error is not None:
+                    break
+                if not self._leader:
+                    self._leader = True
+                    batch, self._waiting = self._waiting, []
+                    self._lock.release()
+                    try:
+                        self._commit(batch)
+                    except BaseException as exc:  # e.g. interrupted: nobody waits forever
+                        for w in batch:
+                            if w.outcome is None and w.error is None:
+                                w.error = exc
+                        raise
+                    finally:
+                        self._lock.acquire()
+                        self._leader = False
+                        self._done.notify_all()
+                    continue
+                self._done.wait()
+        if me.error is not None:
+            raise me.error
+        assert me.outcome is not None
+        return me.outcome
+
+    def _commit(self, batch: list[_Waiting]) -> None:
+        """One transaction for the whole batch; on any failure each instance alone.
+        The files are made durable just before the commit (never an index row without
+        its file), so their flush overlaps the statements."""
+        try:
+            changes = _Batch()
+            with self.engine.begin() as c:
+                outcomes = [self._add_batched(c, w.rec, changes) for w in batch]
+                self._apply_counters(c, changes, batch[-1].rec.received_at)
+                for w in batch:
+                    w.durable()
+        except Exception:
+            self._forget()
+            for w in batch:
+                try:
+                    w.durable()
+                    w.outcome = self._add_alone(w.rec)
+                except Exception as exc:  # handed to the waiting caller
+                    w.error = exc
+            return
+        self._remember(changes)
+        for w, outcome in zip(batch, outcomes, strict=True):
+            w.outcome = outcome
+
+    def _add_alone(self, rec: NewInstance) -> AddOutcome:
         try:
             with self.engine.begin() as c:
                 return self._add(c, rec)
         except _Rollback as rb:
             return rb.outcome
+
+    # -------------------------------------------- batched path
+    def _study_of(self, c: Connection, rec: NewInstance, changes: _Batch) -> _StudyIds:
+        h = rec.header
+        known = changes.studies.get(h.study_uid) or self._studies.get(h.study_uid)
+        if known is not None:
+            return known
+        row = c.execute(self._q_study, {"study_uid": h.study_uid}).first()
+        if row is None:
+            new_id = c.execute(self._ins_study, self._study_values(rec)).scalar()
+            if new_id is None:
+                raise _Race
+            ids = _StudyIds(int(new_id), rec.institution, frozenset((h.modality,)) - {""})
+        else:
+            ids = _StudyIds(
+                int(row.id),
+                row.institution_code,
+                frozenset(m for m in (row.modalities or "").split(_SEP) if m),
+            )
+        changes.studies[h.study_uid] = ids
+        return ids
+
+    def _series_of(self, c: Connection, rec: NewInstance, study: _StudyIds, changes: _Batch) -> int:
+        h = rec.header
+        known = changes.series.get(h.series_uid) or self._series.get(h.series_uid)
+        if known is not None:
+            return known
+        series_id = c.execute(self._q_series, {"series_uid": h.series_uid}).scalar()
+        if series_id is None:
+            series_id = c.execute(self._ins_series, self._series_values(rec, study.id)).scalar()
+            if series_id is None:
+                raise _Race
+            counts = changes.study_added.setdefault(study.id, [0, 0])
+            counts[1] += 1
+        changes.series[h.series_uid] = int(series_id)
+        return int(series_id)
+
+    def _add_batched(self, c: Connection, rec: NewInstance, changes: _Batch) -> AddOutcome:
+        h = rec.header
+        known_hash = c.execute(self._q_instance_hash, {"sop_uid": h.sop_uid}).scalar()
+        if known_hash is not None:
+            return "same" if known_hash == rec.content_hash else "conflict"
+        study = self._study_of(c, rec, changes)
+        if study.institution != rec.institution:
+            # A Study Instance UID is globally unique; another institution sending it is a
+            # conflict, not a merge.
+            return "conflict"
+        series_id = self._series_of(c, rec, study, changes)
+        added = c.execute(self._ins_instance, self._instance_values(rec, study.id, series_id))
+        if added.scalar() is None:
+            raise _Race
+        changes.series_added[series_id] = changes.series_added.get(series_id, 0) + 1
+        changes.study_added.setdefault(study.id, [0, 0])[0] += 1
+        if h.modality and h.modality not in study.modalities:
+            changes.new_modalities.setdefault(study.id, set()).add(h.modality)
+            study.modalities = study.modalities | {h.modality}
+        return "added"
+
+    def _apply_counters(self, c: Connection, changes: _Batch, now: datetime) -> None:
+        for series_id, n in changes.series_added.items():
+            c.execute(self._upd_series, {"b_id": series_id, "b_instances": n, "b_now": now})
+        for study_id, (instances, series) in changes.study_added.items():
+            c.execute(
+                self._upd_study,
+                {"b_id": study_id, "b_instances": instances, "b_series": series, "b_now": now},
+            )
+        for study_id, modalities in changes.new_modalities.items():
+            for m in sorted(modalities):
+                c.execute(self._upd_modality, {"b_id": study_id, "b_modality": m})
+
+    def _remember(self, changes: _Batch) -> None:
+        with self._lock:
+            if len(self._studies) > _CACHE_LIMIT or len(self._series) > _CACHE_LIMIT:
+                self._studies.clear()
+                self._series.clear()
+            self._studies.update(changes.studies)
+            self._series.update(changes.series)
+
+    def _forget(self) -> None:
+        with self._lock:
+            self._studies.clear()
+            self._series.clear()
+
+    @staticmethod
+    def _study_values(rec: NewInstance) -> dict[str, Any]:
+        h, now = rec.header, rec.received_at
+        return {
+            "study_uid": h.study_uid,
+            "institution_code": rec.institution,
+            "patient_hash": rec.patient_hash,
+            "patient_global_hash": rec.patient_global_hash,
+            "patient_id_enc": rec.patient_id_enc,
+            "patient_id_masked": rec.patient_id_masked,
+            "patient_name_enc": rec.patient_name_enc,
+            "patient_name_masked": rec.patient_name_masked,
+            "patient_sex": h.patient_sex,
+            "patient_birth_date": h.patient_birth_date,
+            "accession_number": h.accession_number,
+            "study_id": h.study_id,
+            "study_date": h.study_date,
+            "study_time": h.study_time,
+            "study_description": h.study_description,
+            "modalities": f"{_SEP}{h.modality}{_SEP}" if h.modality else _SEP,
+            "series_count": 0,
+            "instance_count": 0,
+            "received_at": now,
+            "updated_at": now,
+        }
+
+    @staticmethod
+    def _series_values(rec: NewInstance, study_id: int) -> dict[str, Any]:
+        h, now = rec.header, rec.received_at
+        return {
+            "study_id": study_id,
+            "series_uid": h.series_uid,
+            "modality": h.modality,
+            "series_number": h.series_number,
+            "series_description": h.series_description,
+            "body_part": h.body_part,
+            "slice_thickness": h.slice_thickness,
+            "derived": h.derived,
+            "image_type": "\\".join(h.image_type)[:100],
+            "instance_count": 0,
+            "received_at": now,
+            "updated_at": now,
+        }
+
+    @staticmethod
+    def _instance_values(rec: NewInstance, study_id: int, series_id: int) -> dict[str, Any]:
+        h = rec.header
+        return {
+            "study_id": study_id,
+            "series_id": series_id,
+            "sop_uid": h.sop_uid,
+            "sop_class_uid": h.sop_class_uid,
+            "transfer_syntax": h.transfer_syntax,
+            "instance_number": h.instance_number,
+            "rows": h.rows,
+            "columns": h.columns,
+            "number_of_frames": h.number_of_frames,
+            "slice_thickness": h.slice_thickness,
+            "image_type": "\\".join(h.image_type)[:100],
+            "content_hash": rec.content_hash,
+            "size_bytes": rec.size_bytes,
+            "source": rec.source.value,
+            "calling_ae": rec.calling_ae[:16],
+            "received_at": rec.received_at,
+        }
+
+    # -------------------------------------------- one instance alone (fallback)
 
     def _add(self, c: Connection, rec: NewInstance) -> AddOutcome:
         h, now = rec.header, rec.received_at

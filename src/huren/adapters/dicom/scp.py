@@ -12,21 +12,34 @@ SCP, for hospital PACS sending studies and querying / retrieving them.
   and, without it, each PDU exchange waits for a delayed ACK (issue 4: 10–20 instances/s
   instead of ~140/s). Clients such as dcmtk's storescu need ``TCP_NODELAY=1`` in their
   environment for the same reason.
+- pynetdicom's two threads per association poll: each sleeps 1 ms between looks at its
+  socket or queue, so every request and every response waits for a sleep to end, and
+  idle associations wake a thousand times a second. ``_WakingDUL`` and
+  ``_WakingAssociation`` run the same loops but wait on the socket (``poll``) and on the
+  queues instead, waking the moment there is something to do: with a handler that only
+  writes the file, one storescu association went from 111–137 to 279–300 instances/s on
+  the 2-core build machine.
+- C-STORE writes the data set as received behind a File Meta Information header built
+  here (PS3.10 7.1), without decoding it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import queue
+import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import date
 from io import BytesIO
-from typing import Any
+from typing import Any, cast
 
 import pydicom
+import pynetdicom
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     UID,
@@ -39,14 +52,23 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
-from pynetdicom import AE, AllStoragePresentationContexts, build_context, evt
+from pynetdicom import (
+    AE,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    AllStoragePresentationContexts,
+    build_context,
+    evt,
+)
+from pynetdicom.association import Association
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
-from pynetdicom.transport import ThreadedAssociationServer
+from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from huren.adapters.dicom import dicomjson
 from huren.domain.imaging import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
@@ -97,6 +119,212 @@ class _NoDelayServer(ThreadedAssociationServer):
         sock, addr = super().get_request()
         set_nodelay(sock)
         return sock, addr
+
+
+# ---------------------------------------------------------------- waking reactors
+# The two loops below are pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
+# ``Association._run_reactor`` with the fixed ``time.sleep`` replaced by a wait that ends
+# as soon as there is work. They are used only with the pynetdicom series they were
+# copied from; another version runs its own loops unchanged (just slower).
+WAKING_REACTORS = pynetdicom.__version__.startswith("3.0.")
+# Longest wait when nothing happens: bounds how late a timer (ARTIM, network timeout) or
+# a release is noticed; the socket, the outgoing queue and the DIMSE queue wake at once.
+_DUL_IDLE_WAIT = 0.02
+_ACCEPTOR_IDLE_WAIT = 0.005
+
+
+class _WakingDUL(DULServiceProvider):
+    """DUL whose reactor sleeps in ``select`` on the peer's socket and on a wake-up
+    socket pair signalled when a primitive is queued for sending."""
+
+    _wake_r: socket.socket
+    _wake_w: socket.socket
+
+    def _init_waker(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    def _notify(self) -> None:
+        with contextlib.suppress(OSError):  # full (already signalled) or closed
+            self._wake_w.send(b"\0")
+
+    def send_pdu(self, primitive: Any) -> None:
+        super().send_pdu(primitive)
+        self._notify()
+
+    def kill_dul(self) -> None:
+        super().kill_dul()
+        self._notify()
+
+    def _idle(self) -> None:
+        """Wait until the peer sent something, a primitive was queued, or the idle wait
+        passed (``poll``: no limit on descriptor numbers, unlike ``select``)."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        peer = getattr(self.socket, "socket", None)
+        if peer is not None:
+            pending = getattr(peer, "pending", None)  # TLS may hold decrypted bytes
+            if pending is not None and pending():
+                return
+            with contextlib.suppress(OSError, ValueError):  # closed meanwhile
+                poller.register(peer, select.POLLIN)
+        try:
+            ready = poller.poll(_DUL_IDLE_WAIT * 1000)
+        except OSError:
+            time.sleep(self._run_loop_delay)
+            return
+        if any(fd == self._wake_r.fileno() for fd, _ in ready):
+            with contextlib.suppress(OSError):
+                while self._wake_r.recv(4096):
+                    pass
+
+    def run(self) -> None:
+        # The stock thread target is the stock loop, bound at construction.
+        self.run_reactor()
+
+    def run_reactor(self) -> None:
+        try:
+            self._run_waking_reactor()
+        finally:
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _run_waking_reactor(self) -> None:  # pynetdicom 3.0 dul.py run_reactor
+        self._idle_timer.start()
+        sleep = False
+        while True:
+            if not self.assoc._dul_ready.is_set():
+                self.assoc._dul_ready.set()
+                sleep = True
+            if sleep:
+                self._idle()
+            if self._kill_thread:
+                break
+            if self.artim_timer.expired:
+                self.event_queue.put("Evt18")
+            try:
+                if self._process_recv_primitive():
+                    pass
+                elif self._is_transport_event():
+                    self._idle_timer.restart()
+            except Exception as exc:
+                log.error("Exception in DUL.run(), aborting association")
+                log.exception(exc)
+                from pynetdicom.pdu import A_ABORT_RQ
+
+                abort_pdu = A_ABORT_RQ()
+                abort_pdu.source = 0x02
+                abort_pdu.reason_diagnostic = 0x00
+                self.socket.send(abort_pdu.encode())  # type: ignore[union-attr]
+                self.assoc.is_aborted = True
+                self.assoc.is_established = False
+                self.assoc._kill = True
+                self._kill_thread = True
+                return
+            try:
+                event = self.event_queue.get(block=False)
+            except queue.Empty:
+                sleep = True
+                continue
+            self.state_machine.do_action(event)
+            sleep = False
+
+
+class _WakingAssociation(Association):
+    """Acceptor whose reactor waits on the DIMSE message queue instead of sleeping."""
+
+    def _await_message(self) -> None:
+        q = self.dimse.msg_queue
+        with q.not_empty:
+            if not q.queue:
+                q.not_empty.wait(_ACCEPTOR_IDLE_WAIT)
+
+    def _run_reactor(self) -> None:  # pynetdicom 3.0 association.py _run_reactor
+        self._is_paused = False
+        while not self._kill:
+            self._await_message()
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self._is_paused = False
+            context_id, msg = self.dimse.get_msg(block=False)
+            if msg:
+                self._serve_request(msg, context_id)  # type: ignore[arg-type]
+            if self.is_established and self.acse.is_release_requested():
+                self.acse.send_release(is_response=True)
+                log.debug("Association Released")
+                self.is_released = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_RELEASED, {})
+                self.kill()
+                return
+            if self.acse.is_aborted():
+                self.dul.receive_pdu(wait=False)
+                self.is_aborted = True
+                self.is_established = False
+                evt.trigger(self, evt.EVT_ABORTED, {})
+                self.kill()
+                return
+            if not self.dul.is_alive():
+                self.kill()
+                return
+            if self.dul.idle_timer_expired():
+                log.error("Network timeout reached")
+                if self.network_timeout_response == "A-RELEASE":
+                    self._is_paused = True
+                    self._reactor_checkpoint.wait()
+                    self.release()
+                    self._is_paused = False
+                else:
+                    self.abort()
+                self.kill()
+                return
+
+
+class _WakingRequestHandler(RequestHandler):
+    def _create_association(self) -> Association:
+        assoc = super()._create_association()
+        if WAKING_REACTORS:
+            # Same objects, same state: only the two loops differ (see above).
+            assoc.__class__ = _WakingAssociation
+            assoc.dul.__class__ = _WakingDUL
+            cast(_WakingDUL, assoc.dul)._init_waker()
+        return assoc
+
+
+# ---------------------------------------------------------------- Part 10 header
+def _meta_element(tag: int, vr: bytes, value: bytes) -> bytes:
+    # PS3.5 7.1.2 explicit VR little endian; UI padded with NUL, others with a space
+    # (PS3.5 6.2) to an even length.
+    if len(value) % 2:
+        value += b"\0" if vr == b"UI" else b" "
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + vr
+    if vr in (b"OB", b"UN", b"SQ"):
+        return head + b"\0\0" + struct.pack("<I", len(value)) + value
+    return head + struct.pack("<H", len(value)) + value
+
+
+_IMPLEMENTATION = _meta_element(
+    0x00020012, b"UI", str(PYNETDICOM_IMPLEMENTATION_UID).encode()
+) + _meta_element(0x00020013, b"SH", PYNETDICOM_IMPLEMENTATION_VERSION.encode())
+
+
+def part10(
+    sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str, data_set: bytes
+) -> bytes:
+    """A DICOM file (PS3.10 7.1: preamble, "DICM", File Meta Information) around a data
+    set encoded in ``transfer_syntax``, kept byte for byte."""
+    body = b"".join(
+        (
+            _meta_element(0x00020001, b"OB", b"\x00\x01"),
+            _meta_element(0x00020002, b"UI", sop_class_uid.encode()),
+            _meta_element(0x00020003, b"UI", sop_instance_uid.encode()),
+            _meta_element(0x00020010, b"UI", transfer_syntax.encode()),
+            _IMPLEMENTATION,
+        )
+    )
+    group_length = _meta_element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"".join((b"\0" * 128, b"DICM", group_length, body, data_set))
 
 
 class _PlatformAE(AE):
@@ -208,6 +436,7 @@ class DicomNetworkService:
             (self.host, self.port),
             evt_handlers=handlers,
             server_class=_NoDelayServer,
+            request_handler=_WakingRequestHandler,
         )
         thread = threading.Thread(target=server.serve_forever, name="dicom-scp", daemon=True)
         thread.start()
@@ -265,8 +494,14 @@ class DicomNetworkService:
         if institution is None:  # the AE was removed after the association started
             return 0x0124
         try:
+            request = event.request
             self.imaging.store_instance(
-                event.encoded_dataset(),
+                part10(
+                    str(request.AffectedSOPClassUID),
+                    str(request.AffectedSOPInstanceUID),
+                    str(event.context.transfer_syntax),
+                    request.DataSet.getvalue(),
+                ),
                 institution=institution,
                 source=Source.DIMSE,
                 calling_ae=calling,

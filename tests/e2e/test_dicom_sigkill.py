@@ -1,0 +1,211 @@
+"""Issue 4: an instance answered with C-STORE success (0x0000) is never lost, even if the
+process is killed right after the response; resending after the crash stores nothing twice.
+
+Runs the real ``huren serve`` as a subprocess on its own SQLite file and free ports (DICOM
+listener on, fsync on), streams CT instances over three concurrent associations with
+pynetdicom as the Storage SCU, recording which got 0x0000, kills the server with SIGKILL
+mid-stream, restarts it, and checks the database and the stored files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+from sqlalchemy import create_engine, func, select, update
+
+from huren.adapters.clock import SystemClock
+from huren.adapters.crypto import new_key
+from huren.adapters.db import engine as db_engine
+from huren.adapters.db.tables import institution
+from huren.adapters.db.tables_imaging import imaging_instance, imaging_series, imaging_study
+from tests.fixtures.dicom import Spec, instance, uid
+from tests.fixtures.world import HOSP_A, seed_world
+
+pytestmark = pytest.mark.slow
+
+ASSOCIATIONS = 3
+PER_ASSOCIATION = 120
+KILL_AFTER_STORED = 90
+CALLING = "PACS_KILL"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spec(assoc: int, n: int) -> Spec:
+    return Spec(study=f"kill-{assoc}", series="thin", instance=n + 1, thickness=1.0)
+
+
+class Server:
+    def __init__(self, env: dict[str, str], dicom_port: int, log: Path) -> None:
+        self.env, self.dicom_port, self.log = env, dicom_port, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        huren = Path(sys.executable).parent / "huren"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(huren), "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("huren serve 未能启动 DICOM 监听")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[Server, str, Path]]:
+    url = f"sqlite:///{tmp_path / 'huren.db'}"
+    db_engine.upgrade(url)
+    eng = db_engine.make_engine(url)
+    seed_world(eng, SystemClock().now())
+    with eng.begin() as c:
+        c.execute(update(institution).where(institution.c.code == HOSP_A).values(ae_titles=CALLING))
+    eng.dispose()
+    dicom_port = free_port()
+    data_dir = tmp_path / "data"
+    env = os.environ | {
+        "HUREN_DATABASE_URL": url,
+        "HUREN_DATA_DIR": str(data_dir),
+        "HUREN_PORT": str(free_port()),
+        "HUREN_MLLP_PORT": str(free_port()),
+        "HUREN_DICOM_PORT": str(dicom_port),
+        "HUREN_START_DICOM": "true",
+        "HUREN_START_MLLP": "false",
+        "HUREN_DICOM_FSYNC": "true",
+        "HUREN_IDENTIFIER_HASH_KEY": new_key(),
+        "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
+        "HUREN_TOKEN_SIGNING_KEY": new_key(),
+    }
+    s = Server(env, dicom_port, tmp_path / "server.log")
+    try:
+        yield s, url, data_dir / "dicom"
+    finally:
+        s.stop()
+
+
+def stream(
+    port: int, assoc_no: int, stored: list[str], refused: list[int], lock: threading.Lock
+) -> None:
+    """Send this association's instances until the server goes away; record every SOP
+    Instance UID answered with 0x0000."""
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate("127.0.0.1", port, ae_title="HUREN")
+    if not assoc.is_established:
+        return
+    # Nagle off on our side too (see adapters/dicom/scp.py).
+    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for n in range(PER_ASSOCIATION):
+            ds = instance(spec(assoc_no, n))
+            status = assoc.send_c_store(ds)
+            if not assoc.is_established or "Status" not in status:
+                return  # no response: the server died before answering
+            with lock:
+                if status.Status == 0x0000:
+                    stored.append(str(ds.SOPInstanceUID))
+                else:
+                    refused.append(int(status.Status))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+
+def indexed(url: str) -> dict[str, str]:
+    eng = create_engine(url)
+    with eng.connect() as c:
+        rows = c.execute(select(imaging_instance.c.sop_uid, imaging_instance.c.content_hash)).all()
+    eng.dispose()
+    return {str(k): str(v) for k, v in rows}
+
+
+def stored_file(root: Path, content_hash: str) -> bytes:
+    return (root / content_hash[:2] / content_hash[2:4] / f"{content_hash}.dcm").read_bytes()
+
+
+def test_every_instance_answered_success_survives_sigkill_and_resend_stores_nothing_twice(
+    server: tuple[Server, str, Path],
+) -> None:
+    srv, url, store_root = server
+    srv.start()
+    stored: list[str] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+    threads = [
+        threading.Thread(target=stream, args=(srv.dicom_port, a, stored, refused, lock))
+        for a in range(ASSOCIATIONS)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 180
+    while len(stored) < KILL_AFTER_STORED and time.monotonic() < deadline:
+        time.sleep(0.002)
+    srv.kill()  # mid-stream: the associations are still sending
+    for t in threads:
+        t.join(60)
+    total = ASSOCIATIONS * PER_ASSOCIATION
+    assert refused == []
+    assert KILL_AFTER_STORED <= len(stored) < total, "the kill must land mid-stream"
+
+    # Restart (replays the store's journal), then every acknowledged instance is indexed
+    # and its file holds exactly the bytes the index names.
+    srv.start()
+    index = indexed(url)
+    for sop in stored:
+        assert sop in index, f"{sop} was answered 0x0000 but is lost"
+        data = stored_file(store_root, index[sop])
+        assert hashlib.sha256(data).hexdigest() == index[sop]
+        assert pydicom.dcmread(BytesIO(data)).SOPInstanceUID == sop
+    assert list((store_root / ".journal").glob("*.log")) == []
+
+    # Resend everything to the restarted server: all accepted, nothing stored twice, and
+    # the counters agree with the rows.
+    for a in range(ASSOCIATIONS):
+        again: list[str] = []
+        stream(srv.dicom_port, a, again, refused, lock)
+        assert len(again) == PER_ASSOCIATION
+    assert refused == []
+    assert len(indexed(url)) == total
+    eng = create_engine(url)
+    with eng.connect() as c:
+        studies = c.execute(select(imaging_study.c.study_uid, imaging_study.c.instance_count)).all()
+        series_total = c.execute(select(func.sum(imaging_series.c.instance_count))).scalar_one()
+    eng.dispose()
+    assert sorted(studies) == sorted((uid(f"kill-{a}"), PER_ASSOCIATION) for a in range(3))
+    assert series_total == total
