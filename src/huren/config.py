@@ -26,8 +26,9 @@ class Settings(BaseSettings):
     dicom_ae_title: str = "HUREN"
     dicom_fsync: bool = Field(
         default=True,
-        description="fsync each received DICOM file before acknowledging it (off: survives a "
-        "process kill but not an OS crash, like the SQLite WAL NORMAL setting)",
+        description="flush received DICOM data to disk (one journal fsync shared by every "
+        "instance waiting at that moment) before answering success; off: survives a process "
+        "kill but not an OS crash, like the SQLite WAL NORMAL setting",
     )
     base_url: str = Field(default="", description="public URL used in links; empty = request's own")
     # Keys: HMAC key for identifier lookup hashes, AES-256-GCM key for display values,
