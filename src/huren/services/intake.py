@@ -10,17 +10,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import operator
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Protocol
 
 import msgspec
 
-from huren.domain.errors import Problem, ProblemCollector, ValidationFailed
+from huren.domain.errors import DomainError, Problem, ProblemCollector, ValidationFailed
 from huren.domain.identity import PatientIdentifier, validate_identifier
 from huren.domain.marks import Mark
 from huren.domain.masterdata import Category
@@ -32,6 +33,8 @@ from huren.domain.results import (
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.patients import PatientMatcher, PatientStore
 from huren.services.ports import Clock, IdentifierVault
+
+log = logging.getLogger("huren.intake")
 
 
 class Channel(StrEnum):
@@ -98,6 +101,11 @@ class Rejection:
 #       Raises huren.domain.errors.ValidationFailed (problems name the fields) and stores
 #       nothing of the message when any part is invalid (unknown institution, invalid
 #       身份证, missing report number …); unmapped codes are NOT an error.
+#   receive_many(messages: Sequence[InboundMessage]) -> list[ReceiveOutcome | Exception]
+#       group commit: the valid messages stored in ONE transaction, each with receive()'s
+#       own all-or-nothing outcome, in order; a DomainError (AE/AR: the message's fault)
+#       or another Exception (not stored, send again later) in the place of a message
+#       that was not stored. Never raises for one message's sake.
 #   reject(rejection: Rejection) -> int
 #       records a refused message in inbound_message with status "rejected".
 
@@ -129,6 +137,7 @@ class ResultWrite:
     version: int
     content_hash: str
     result_id: int | None = None  # None: a new result; the store fills it in
+    message_id: int = 0  # the inbound message that brought it (result.source_message_id)
 
     def snapshot(self) -> dict[str, object]:
         """The full content of this version, kept in result_version (R3: 完整版本历史)."""
@@ -222,6 +231,16 @@ class OpenedMessage:
     heads: dict[tuple[str, str], CurrentResult]
 
 
+@dataclass(frozen=True, slots=True)
+class OpenedBatch:
+    """Messages of one group commit just recorded as accepted, with what intake reads
+    before writing."""
+
+    message_ids: list[int]  # in the order of the records
+    earlier: dict[str, tuple[int, str]]  # content hash → (id, response) accepted before
+    heads: dict[tuple[str, str, str], CurrentResult]  # (institution, report_no, local_code)
+
+
 class IntakeTx(PatientStore, Protocol):
     """Storage operations of one intake transaction."""
 
@@ -231,6 +250,14 @@ class IntakeTx(PatientStore, Protocol):
         """``accepted_message(record.content_hash)`` as it was before this message,
         ``insert_message(record)`` and ``current_results(institution, keys)`` at once
         (on PostgreSQL in one round trip)."""
+        ...
+
+    def open_messages(
+        self, records: Sequence[MessageRecord], keys: Sequence[tuple[str, str, str]]
+    ) -> OpenedBatch:
+        """``open_message`` for many messages at once: the earlier accepted messages of
+        the records' hashes (as they were before this batch), all records inserted, and
+        the heads of the (institution, report_no, local_code) keys."""
         ...
 
     def mark_duplicate(self, message_id: int, response: str) -> None:
@@ -250,9 +277,9 @@ class IntakeTx(PatientStore, Protocol):
         """Heads of the given (report_no, local_code) pairs of ``institution``."""
         ...
 
-    def write_results(self, writes: Sequence[ResultWrite], message_id: int, at: datetime) -> None:
+    def write_results(self, writes: Sequence[ResultWrite], at: datetime) -> None:
         """Insert new results, update changed ones, add their versions and replace their
-        observations; fills ``result_id`` of new writes."""
+        observations; fills ``result_id`` of new writes. No two writes share a result."""
         ...
 
     def set_response(self, message_id: int, response: str) -> None: ...
@@ -305,6 +332,32 @@ _obs_limited = operator.attrgetter(*(name for name, _ in _OBS_LIMITS))
 _OBS_MAX = tuple(limit for _, limit in _OBS_LIMITS)
 
 
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A validated message waiting for its transaction."""
+
+    index: int  # in the caller's sequence
+    message: InboundMessage
+    submissions: list[ResultSubmission]
+    hashes: list[str]
+    msg_hash: str
+
+
+@dataclass(slots=True)
+class _Staged:
+    """A message of a group commit with its writes (``refs``: None where a write goes)."""
+
+    pos: int  # in the batch
+    message: InboundMessage
+    message_id: int
+    refs: list[StoredRef | None] = field(default_factory=list)
+    writes: list[ResultWrite] = field(default_factory=list)
+
+    @property
+    def actor(self) -> str:
+        return f"intake:{self.message.channel}:{self.message.institution}"
+
+
 class IntakeService:
     """``container.intake``: stores every channel's results (R3)."""
 
@@ -326,122 +379,252 @@ class IntakeService:
 
     # ------------------------------------------------------------ receive
     def receive(self, message: InboundMessage) -> ReceiveOutcome:
+        (received,) = self.receive_many([message])
+        if isinstance(received, Exception):
+            raise received
+        return received
+
+    def receive_many(self, messages: Sequence[InboundMessage]) -> list[ReceiveOutcome | Exception]:
+        """Group commit (issue 7, performance): every valid message stored in one
+        transaction, with exactly the outcome ``receive`` would give it, one after
+        another in the given order (a later message may correct an earlier one, a resend
+        in the same batch is a duplicate). In the place of a message not stored: its
+        ``DomainError`` (validation, the message's fault — nothing of it stored) or the
+        exception that kept it from being stored. When the batch transaction fails, the
+        messages are stored one by one, so one bad message never costs the others."""
         catalog = self._catalog.get()
-        submissions = self._validate(message, catalog)
-        # Each submission is hashed once: for its own version check and for the message's.
-        hashes = [submission_hash(s) for s in submissions]
-        msg_hash = message_hash(message, hashes)
+        out: list[ReceiveOutcome | Exception | None] = [None] * len(messages)
+        pending: list[_Pending] = []
+        for index, message in enumerate(messages):
+            try:
+                submissions = self._validate(message, catalog)
+            except DomainError as exc:
+                out[index] = exc
+                continue
+            # Each submission is hashed once: for its own version check and the message's.
+            hashes = [submission_hash(s) for s in submissions]
+            pending.append(
+                _Pending(index, message, submissions, hashes, message_hash(message, hashes))
+            )
+        if pending:
+            try:
+                stored: list[ReceiveOutcome | Exception] = list(
+                    self._store_with_retries(pending, catalog)
+                )
+            except Exception as exc:
+                if len(pending) == 1:
+                    stored = [exc]
+                else:
+                    log.warning(
+                        "group commit of %s messages failed (%s); storing them one by one",
+                        len(pending),
+                        exc,
+                    )
+                    stored = [self._store_alone(p, catalog) for p in pending]
+            for p, received in zip(pending, stored, strict=True):
+                out[p.index] = received
+        return [r for r in out if r is not None]
+
+    def _store_alone(self, pending: _Pending, catalog: Catalog) -> ReceiveOutcome | Exception:
+        try:
+            return self._store_with_retries([pending], catalog)[0]
+        except Exception as exc:
+            return exc
+
+    def _store_with_retries(
+        self, pending: Sequence[_Pending], catalog: Catalog
+    ) -> list[ReceiveOutcome]:
         for attempt in range(self._retries):
             try:
-                return self._receive_once(message, submissions, hashes, msg_hash, catalog)
+                return self._store_batch(pending, catalog)
             except TransientConflict:
                 if attempt == self._retries - 1:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _receive_once(
-        self,
-        message: InboundMessage,
-        submissions: Sequence[ResultSubmission],
-        hashes: Sequence[str],
-        msg_hash: str,
-        catalog: Catalog,
-    ) -> ReceiveOutcome:
+    def _store_batch(self, pending: Sequence[_Pending], catalog: Catalog) -> list[ReceiveOutcome]:
+        """One transaction for ``pending``, each message as if stored after the previous
+        one: writes are collected in waves, and a message touching a result already
+        written in the current wave starts a new wave once that one is written."""
         now = self._clock.now()
-        actor = f"intake:{message.channel}:{message.institution}"
+        marks = self._marks(catalog)
         with self._store.transaction() as tx:
-            opened = tx.open_message(
-                MessageRecord(
-                    now,
-                    str(message.channel),
-                    message.institution,
-                    msg_hash,
-                    message.control_id,
-                    "accepted",
-                    "",
-                    "",
-                    message.raw,
-                ),
-                message.institution,
-                [(s.report_no, s.local_code) for s in submissions],
-            )
-            if opened.earlier is not None:
-                # Idempotent resend: answer as before, record the receipt, change nothing.
-                earlier_id, response = opened.earlier
-                tx.mark_duplicate(opened.message_id, response)
-                return ReceiveOutcome(earlier_id, True, refs_from_json(response))
-            message_id, heads = opened.message_id, opened.heads
-            marks = self._marks(catalog)
-            writes: list[ResultWrite] = []
-            refs: list[StoredRef | None] = []
-            for sub, content_hash in zip(submissions, hashes, strict=True):
-                head = heads.get((sub.report_no, sub.local_code))
-                item_code = unified_code(catalog, sub.institution, sub.local_code)
-                mark = (
-                    marks.mark_for(sub.institution, item_code, sub.issued_at)
-                    if item_code is not None
-                    else None
-                )
-                if head is not None and head.content_hash == content_hash:
-                    refs.append(
-                        StoredRef(
-                            head.id,
-                            head.version,
-                            Disposition.UNCHANGED,
-                            sub.report_no,
-                            sub.local_code,
-                            item_code,
-                            mark.symbol if mark else None,
-                        )
-                    )
+            opened = self._open(tx, pending, now)
+            outcomes: list[ReceiveOutcome | None] = [None] * len(pending)
+            first_of: dict[str, int] = {}  # message hash → position accepted in this batch
+            resends: list[tuple[int, int, int]] = []  # (position, message id, original)
+            wave: list[_Staged] = []
+            wave_keys: set[tuple[str, str, str]] = set()
+            for pos, (p, message_id) in enumerate(zip(pending, opened.message_ids, strict=True)):
+                earlier = opened.earlier.get(p.msg_hash)
+                if earlier is not None:
+                    # Idempotent resend: answer as before, record the receipt, change nothing.
+                    tx.mark_duplicate(message_id, earlier[1])
+                    outcomes[pos] = ReceiveOutcome(earlier[0], True, refs_from_json(earlier[1]))
                     continue
-                writes.append(
-                    ResultWrite(
-                        submission=sub,
-                        patient_id=0,  # matched below, all patients of the message at once
-                        item_code=item_code,
-                        category=category_of(sub, item_code, catalog),
-                        mark=mark,
-                        version=1 if head is None else head.version + 1,
-                        content_hash=content_hash,
-                        result_id=None if head is None else head.id,
+                if p.msg_hash in first_of:
+                    resends.append((pos, message_id, first_of[p.msg_hash]))
+                    continue
+                first_of[p.msg_hash] = pos
+                keys = {(p.message.institution, s.report_no, s.local_code) for s in p.submissions}
+                if not wave_keys.isdisjoint(keys):
+                    self._write_wave(tx, wave, opened.heads, outcomes, now)
+                    wave, wave_keys = [], set()
+                wave.append(self._stage(pos, p, message_id, opened.heads, catalog, marks))
+                wave_keys |= keys
+            self._write_wave(tx, wave, opened.heads, outcomes, now)
+            for pos, message_id, original in resends:
+                first = outcomes[original]
+                assert first is not None
+                tx.mark_duplicate(message_id, refs_to_json(first.results))
+                outcomes[pos] = ReceiveOutcome(first.message_id, True, first.results)
+        done = [o for o in outcomes if o is not None]
+        assert len(done) == len(pending)
+        return done
+
+    @staticmethod
+    def _open(tx: IntakeTx, pending: Sequence[_Pending], now: datetime) -> OpenedBatch:
+        records = [
+            MessageRecord(
+                now,
+                str(p.message.channel),
+                p.message.institution,
+                p.msg_hash,
+                p.message.control_id,
+                "accepted",
+                "",
+                "",
+                p.message.raw,
+            )
+            for p in pending
+        ]
+        if len(pending) > 1:
+            return tx.open_messages(
+                records,
+                [
+                    (p.message.institution, s.report_no, s.local_code)
+                    for p in pending
+                    for s in p.submissions
+                ],
+            )
+        # One message (``receive``): the single-message statements (PostgreSQL: one round
+        # trip for the duplicate check, the insert and the heads).
+        (p,) = pending
+        institution = p.message.institution
+        one = tx.open_message(
+            records[0], institution, [(s.report_no, s.local_code) for s in p.submissions]
+        )
+        return OpenedBatch(
+            [one.message_id],
+            {} if one.earlier is None else {p.msg_hash: one.earlier},
+            {(institution, no, code): head for (no, code), head in one.heads.items()},
+        )
+
+    def _stage(
+        self,
+        pos: int,
+        p: _Pending,
+        message_id: int,
+        heads: dict[tuple[str, str, str], CurrentResult],
+        catalog: Catalog,
+        marks: MarkMemo,
+    ) -> _Staged:
+        """What one message writes: a new result or version per changed submission, a
+        reference to the stored head per unchanged one."""
+        staged = _Staged(pos, p.message, message_id)
+        for sub, content_hash in zip(p.submissions, p.hashes, strict=True):
+            head = heads.get((p.message.institution, sub.report_no, sub.local_code))
+            item_code = unified_code(catalog, sub.institution, sub.local_code)
+            mark = (
+                marks.mark_for(sub.institution, item_code, sub.issued_at)
+                if item_code is not None
+                else None
+            )
+            if head is not None and head.content_hash == content_hash:
+                staged.refs.append(
+                    StoredRef(
+                        head.id,
+                        head.version,
+                        Disposition.UNCHANGED,
+                        sub.report_no,
+                        sub.local_code,
+                        item_code,
+                        mark.symbol if mark else None,
                     )
                 )
-                refs.append(None)
+                continue
+            staged.writes.append(
+                ResultWrite(
+                    submission=sub,
+                    patient_id=0,  # matched with the wave's other patients
+                    item_code=item_code,
+                    category=category_of(sub, item_code, catalog),
+                    mark=mark,
+                    version=1 if head is None else head.version + 1,
+                    content_hash=content_hash,
+                    result_id=None if head is None else head.id,
+                    message_id=message_id,
+                )
+            )
+            staged.refs.append(None)
+        return staged
+
+    def _write_wave(
+        self,
+        tx: IntakeTx,
+        wave: Sequence[_Staged],
+        heads: dict[tuple[str, str, str], CurrentResult],
+        outcomes: list[ReceiveOutcome | None],
+        now: datetime,
+    ) -> None:
+        """Match the wave's patients (consecutive messages of one sender together, in
+        order: as one ``match`` after another), write its results, answer its messages."""
+        start = 0
+        while start < len(wave):
+            actor = wave[start].actor
+            end = start + 1
+            while end < len(wave) and wave[end].actor == actor:
+                end += 1
+            writes = [w for s in wave[start:end] for w in s.writes]
             if writes:
                 matches = self._matcher.match_many(
                     tx, [w.submission.patient for w in writes], at=now, actor=actor
                 )
                 for w in writes:
                     w.patient_id = matches[w.submission.patient].patient_id
-            tx.write_results(writes, message_id, now)
-            it = iter(writes)
+            start = end
+        tx.write_results([w for s in wave for w in s.writes], now)
+        for s in wave:
+            it = iter(s.writes)
             final: list[StoredRef] = []
-            for ref in refs:
+            for ref in s.refs:
                 if ref is not None:
                     final.append(ref)
                     continue
                 w = next(it)
                 assert w.result_id is not None
+                sub = w.submission
+                heads[(s.message.institution, sub.report_no, sub.local_code)] = CurrentResult(
+                    w.result_id, w.version, w.content_hash, str(sub.status)
+                )
                 final.append(
                     StoredRef(
                         w.result_id,
                         w.version,
                         Disposition.CREATED if w.version == 1 else Disposition.UPDATED,
-                        w.submission.report_no,
-                        w.submission.local_code,
+                        sub.report_no,
+                        sub.local_code,
                         w.item_code,
                         w.mark.symbol if w.mark else None,
                     )
                 )
-            response = refs_to_json(final)
-            tx.set_response(message_id, response)
-            if writes:
+            tx.set_response(s.message_id, refs_to_json(final))
+            if s.writes:
                 tx.emit(
                     "results.stored",
                     {
-                        "message_id": message_id,
-                        "institution": message.institution,
+                        "message_id": s.message_id,
+                        "institution": s.message.institution,
                         "results": [
                             {"id": r.result_id, "version": r.version, "disposition": r.disposition}
                             for r in final
@@ -450,7 +633,7 @@ class IntakeService:
                     },
                     now,
                 )
-            return ReceiveOutcome(message_id, False, tuple(final))
+            outcomes[s.pos] = ReceiveOutcome(s.message_id, False, tuple(final))
 
     def _marks(self, catalog: Catalog) -> MarkMemo:
         memo = self._mark_memo

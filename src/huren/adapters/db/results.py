@@ -52,6 +52,7 @@ from huren.domain.results import ObservationValue, ResultStatus, StoredResult, V
 from huren.services.intake import (
     CurrentResult,
     MessageRecord,
+    OpenedBatch,
     OpenedMessage,
     ResultWrite,
     TransientConflict,
@@ -219,6 +220,7 @@ class _DriverSql:
     response: str
     duplicate: str
     result_returning: str  # PostgreSQL: all rows as arrays
+    messages_returning: str  # PostgreSQL: inbound messages as arrays, ids in row order
 
     @classmethod
     def build(cls, dialect: Dialect) -> _DriverSql:
@@ -246,7 +248,24 @@ class _DriverSql:
                 "UPDATE inbound_message SET status = 'duplicate', "  # noqa: S608 - constants
                 f"response = {p} WHERE id = {p}"
             ),
-            result_returning=ins(result, _RESULT_COLUMNS) + " RETURNING id, report_no, local_code",
+            messages_returning=(
+                ""
+                if sqlite
+                else (
+                    f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608
+                    f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM unnest("
+                    + ", ".join(
+                        f"%b::{inbound_message.c[c].type.compile(dialect)}[]"
+                        for c in _MESSAGE_COLUMNS
+                    )
+                    + f") WITH ORDINALITY AS m({', '.join(_MESSAGE_COLUMNS)}, n) "
+                    "ORDER BY n RETURNING id"
+                )
+            ),
+            result_returning=(
+                ins(result, _RESULT_COLUMNS)
+                + " RETURNING id, institution_code, report_no, local_code"
+            ),
         )
 
 
@@ -272,6 +291,18 @@ _PG_MESSAGE_INSERT = (
 _PG_HEADS = (
     "SELECT id, report_no, local_code, version, content_hash, status FROM result "
     "WHERE institution_code = %s AND report_no = ANY(%s)"
+)
+_PG_ACCEPTED_MANY = (
+    "SELECT id, response, content_hash FROM inbound_message WHERE content_hash = ANY(%s) "
+    "AND status = 'accepted' ORDER BY id"
+)
+_ACCEPTED_MANY = (
+    select(inbound_message.c.id, inbound_message.c.response, inbound_message.c.content_hash)
+    .where(
+        inbound_message.c.content_hash.in_(bindparam("b_hashes", expanding=True)),
+        inbound_message.c.status == "accepted",
+    )
+    .order_by(inbound_message.c.id)
 )
 
 
@@ -301,7 +332,21 @@ def _sqlite_result_rows(n: int) -> str:
     row = f"({', '.join('?' * len(_RESULT_COLUMNS))})"
     return (
         f"INSERT INTO result ({', '.join(_RESULT_COLUMNS)}) "  # noqa: S608 - constants
-        f"VALUES {', '.join([row] * n)} RETURNING id, report_no, local_code"
+        f"VALUES {', '.join([row] * n)} RETURNING id, institution_code, report_no, local_code"
+    )
+
+
+# 9 parameters a message row.
+_SQLITE_MESSAGES_PER_INSERT = 500
+
+
+@functools.lru_cache(maxsize=64)
+def _sqlite_message_rows(n: int) -> str:
+    """SQLite: INSERT of ``n`` inbound messages … RETURNING their ids."""
+    row = f"({', '.join('?' * len(_MESSAGE_COLUMNS))})"
+    return (
+        f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608 - constants
+        f"VALUES {', '.join([row] * n)} RETURNING id"
     )
 
 
@@ -386,19 +431,27 @@ class SqlIntakeTx:
         self.conn = conn
         self._sqlite = conn.dialect.name == "sqlite"
         self._sql = _driver_sql(conn.dialect)
-        self._pending: list[_Bulk] = []
+        # One queued write per statement: rows of the same statement (the responses,
+        # versions, observations, events of all messages of a group commit) go together.
+        # Nothing queued is read back in the transaction and every row it references is
+        # written at once, so statements may run in any order; each keeps its rows' order.
+        self._pending: dict[str, _Bulk] = {}
         self._time_binder: Any = None
 
     # -- queued writes
     def _queue(self, sql: str, rows: list[tuple[Any, ...]], *, by_columns: bool = True) -> None:
         if rows:
-            self._pending.append(_Bulk(sql, rows, by_columns and not self._sqlite))
+            queued = self._pending.get(sql)
+            if queued is None:
+                self._pending[sql] = _Bulk(sql, rows, by_columns and not self._sqlite)
+            else:
+                queued.rows.extend(rows)
 
     def flush(self) -> None:
         """Write the queued rows (before a read and before the commit)."""
         if not self._pending:
             return
-        pending, self._pending = self._pending, []
+        pending, self._pending = list(self._pending.values()), {}
         if self._sqlite:
             for bulk in pending:
                 self.conn.exec_driver_sql(bulk.sql, bulk.rows)
@@ -451,6 +504,64 @@ class SqlIntakeTx:
         earlier = None if found is None else (int(found[0]), str(found[1]))
         return OpenedMessage(message_id, earlier, heads)
 
+    def open_messages(
+        self, records: Sequence[MessageRecord], keys: Sequence[tuple[str, str, str]]
+    ) -> OpenedBatch:
+        """One SELECT of earlier messages, one INSERT of all records, one SELECT of heads
+        per institution (PostgreSQL: all in one pipeline). Message ids are given in row
+        order (SQLite under BEGIN IMMEDIATE and PostgreSQL's ordered INSERT … SELECT both
+        number the rows in order), so the ids are matched to the records sorted."""
+        hashes = sorted({r.content_hash for r in records})
+        by_institution: dict[str, set[str]] = {}
+        for institution, report_no, _ in keys:
+            by_institution.setdefault(institution, set()).add(report_no)
+        self.flush()
+        head_rows: list[tuple[str, Any]] = []
+        if self._sqlite:
+            found = self.conn.execute(_ACCEPTED_MANY, {"b_hashes": hashes}).all()
+            ids: list[int] = []
+            for start in range(0, len(records), _SQLITE_MESSAGES_PER_INSERT):
+                chunk = records[start : start + _SQLITE_MESSAGES_PER_INSERT]
+                params = tuple(v for r in chunk for v in self._message_row(r))
+                returned = self.conn.exec_driver_sql(_sqlite_message_rows(len(chunk)), params)
+                ids.extend(sorted(int(rid) for (rid,) in returned))
+            for institution, report_nos in by_institution.items():
+                rows = self.conn.execute(
+                    _HEADS, {"b_institution": institution, "b_report_nos": sorted(report_nos)}
+                )
+                head_rows.extend((institution, r) for r in rows)
+        else:
+            dbapi: Any = self.conn.connection.dbapi_connection
+            columns = [list(c) for c in zip(*map(_message_values, records), strict=True)]
+            with dbapi.pipeline(), dbapi.cursor() as c1, dbapi.cursor() as c2:
+                c1.execute(_PG_ACCEPTED_MANY, (hashes,))
+                c2.execute(self._sql.messages_returning, columns)
+                head_cursors = []
+                for institution, report_nos in by_institution.items():
+                    cur = dbapi.cursor()
+                    cur.execute(_PG_HEADS, (institution, sorted(report_nos)))
+                    head_cursors.append((institution, cur))
+                found = c1.fetchall()
+                ids = sorted(int(rid) for (rid,) in c2.fetchall())
+                for institution, cur in head_cursors:
+                    head_rows.extend((institution, r) for r in cur.fetchall())
+                    cur.close()
+        earlier: dict[str, tuple[int, str]] = {}
+        for rid, response, content_hash in found:
+            earlier.setdefault(content_hash, (int(rid), str(response)))
+        wanted = set(keys)
+        heads: dict[tuple[str, str, str], CurrentResult] = {}
+        for institution, (rid, no, code, version, content_hash, status) in head_rows:
+            if (institution, no, code) in wanted:
+                heads[(institution, no, code)] = CurrentResult(rid, version, content_hash, status)
+        assert len(ids) == len(records)
+        return OpenedBatch(ids, earlier, heads)
+
+    def _message_row(self, record: MessageRecord) -> tuple[Any, ...]:
+        """``_message_values`` with the time bound as the column type binds it."""
+        values = _message_values(record)
+        return (self._time(values[0]), *values[1:])
+
     def mark_duplicate(self, message_id: int, response: str) -> None:
         self._queue(self._sql.duplicate, [(response, message_id)], by_columns=False)
 
@@ -488,18 +599,18 @@ class SqlIntakeTx:
             if (r.report_no, r.local_code) in wanted
         }
 
-    def write_results(self, writes: Sequence[ResultWrite], message_id: int, at: datetime) -> None:
+    def write_results(self, writes: Sequence[ResultWrite], at: datetime) -> None:
         if not writes:
             return
         at = utc(at)
         new = [w for w in writes if w.result_id is None]
         changed = [w for w in writes if w.result_id is not None]
         if new:
-            self._insert_results(new, message_id, at)
+            self._insert_results(new, at)
         if changed:
             rows = []
             for w in changed:
-                row = _result_row(w, message_id, at)
+                row = _result_row(w, w.message_id, at)
                 del row["institution_code"], row["report_no"], row["local_code"]
                 row["b_id"] = w.result_id
                 rows.append(row)
@@ -544,26 +655,29 @@ class SqlIntakeTx:
             ],
         )
 
-    def _insert_results(self, new: Sequence[ResultWrite], message_id: int, at: datetime) -> None:
-        """New results with their ids: one INSERT … RETURNING for the message (PostgreSQL:
+    def _insert_results(self, new: Sequence[ResultWrite], at: datetime) -> None:
+        """New results with their ids: one INSERT … RETURNING for all of them (PostgreSQL:
         SELECT FROM unnest(arrays); SQLite: multi-row VALUES), ids matched by the result's
         key, so that nothing depends on the order RETURNING gives them in."""
         updated_at = self._time(at)
-        rows = [_result_values(w, message_id, updated_at, self._time) for w in new]
-        by_key: dict[tuple[str, str], int] = {}
+        rows = [_result_values(w, w.message_id, updated_at, self._time) for w in new]
+        by_key: dict[tuple[str, str, str], int] = {}
         self.flush()
         if self._sqlite:
             for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
                 chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
                 params = tuple(v for r in chunk for v in r)
                 returned = self.conn.exec_driver_sql(_sqlite_result_rows(len(chunk)), params)
-                by_key.update({(no, code): rid for rid, no, code in returned})
+                by_key.update({(inst, no, code): rid for rid, inst, no, code in returned})
         else:
             dbapi: Any = self.conn.connection.dbapi_connection
             with dbapi.cursor() as cur:
                 cur.execute(self._sql.result_returning, [list(c) for c in zip(*rows, strict=True)])
-                by_key = {(no, code): rid for rid, no, code in cur.fetchall()}
-        ids = [by_key[(w.submission.report_no, w.submission.local_code)] for w in new]
+                by_key = {(inst, no, code): rid for rid, inst, no, code in cur.fetchall()}
+        ids = [
+            by_key[(w.submission.institution, w.submission.report_no, w.submission.local_code)]
+            for w in new
+        ]
         for w, rid in zip(new, ids, strict=True):
             w.result_id = int(rid)
 

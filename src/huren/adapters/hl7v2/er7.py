@@ -34,6 +34,19 @@ class Delimiters:
     def escape_text(self, text: str) -> str:
         """Escape a value for writing (v2.5.1 §2.7.1); line breaks become ``\\.br\\``."""
         e = self.escape
+        if not any(
+            ch in text
+            for ch in (
+                e,
+                self.field,
+                self.component,
+                self.repetition,
+                self.subcomponent,
+                "\r",
+                "\n",
+            )
+        ):
+            return text  # the common case: nothing to escape
         table = {
             e: f"{e}E{e}",
             self.field: f"{e}F{e}",
@@ -78,12 +91,30 @@ class Delimiters:
         return pattern.sub(sub, text)
 
 
-@dataclass(frozen=True, slots=True)
 class FieldValue:
-    """One field's raw ER7 text with typed accessors (1-based like HL7)."""
+    """One field's raw ER7 text with typed accessors (1-based like HL7).
 
-    text: str
-    delimiters: Delimiters
+    The first repetition is split into components once, when first read: a parser reads
+    several components of one field (OBX-3 code, text, system, alternate …), and splitting
+    the field again for each was the parser's largest cost."""
+
+    __slots__ = ("_components", "delimiters", "text")
+
+    def __init__(self, text: str, delimiters: Delimiters) -> None:
+        self.text = text
+        self.delimiters = delimiters
+        self._components: list[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"FieldValue({self.text!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FieldValue):
+            return NotImplemented
+        return (self.text, self.delimiters) == (other.text, other.delimiters)
+
+    def __hash__(self) -> int:
+        return hash((self.text, self.delimiters))
 
     def rep(self, n: int = 1) -> FieldValue:
         reps = self.delimiters.repetitions(self.text)
@@ -94,12 +125,26 @@ class FieldValue:
 
     def component_text(self, n: int = 1) -> str:
         """Component ``n`` of the first repetition, subcomponents left joined."""
-        first = self.delimiters.repetitions(self.text)[:1]
-        comps = self.delimiters.components(first[0]) if first else []
+        comps = self._components
+        if comps is None:
+            d = self.delimiters
+            text = self.text
+            comps = self._components = (
+                text.split(d.repetition, 1)[0].split(d.component) if text else []
+            )
         return comps[n - 1] if 0 < n <= len(comps) else ""
 
     def component(self, n: int = 1) -> str:
         """Component ``n`` of the first repetition, first subcomponent, unescaped."""
+        comps = self._components
+        if comps is None:
+            self.component_text(n)
+            comps = self._components
+            assert comps is not None
+        raw = comps[n - 1] if 0 < n <= len(comps) else ""
+        d = self.delimiters
+        if d.subcomponent not in raw and d.escape not in raw:
+            return raw.strip()  # the common case: nothing to split or unescape
         return self.subcomponents(n)[0]
 
     def subcomponents(self, n: int = 1) -> list[str]:

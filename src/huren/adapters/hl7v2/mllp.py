@@ -5,16 +5,26 @@ messages; a frame may arrive split over several reads, several frames in one rea
 bytes outside a frame (keep-alive newlines, a half frame from a crashed sender followed
 by a new <SB>) are skipped. Messages of one connection are answered in order, one ACK
 per message, and the ACK is written only after the handler — which commits — returned.
-The handler blocks, so it runs in a worker thread; the event loop only moves bytes."""
+The handler blocks, so it runs in a worker thread; the event loop only moves bytes.
+
+Group commit (``batch``): instead of one transaction per message, a ``GroupCommitter``
+takes whatever has arrived — up to ``max_batch`` messages of all connections, in arrival
+order — prepares (parses) them and commits them in one call of ``commit``; each
+message's ACK is released only when that call returned, i.e. after the commit. A
+connection's messages keep their order (one ACK per message, in order), also when a
+sender sends several before reading the ACKs."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import queue
 import socket
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
 
 log = logging.getLogger("huren.mllp")
 
@@ -24,6 +34,20 @@ CR = b"\x0d"
 FRAME_END = EB + CR
 
 Handler = Callable[[bytes], bytes]  # message bytes (unframed) → ACK bytes (unframed)
+
+
+class BatchHandler(Protocol):
+    """A handler in two steps, for group commit."""
+
+    def prepare(self, message: bytes) -> Any:
+        """Everything that needs no transaction (parsing, validation of the syntax);
+        called in arrival order, must not raise."""
+        ...
+
+    def commit(self, prepared: Sequence[Any]) -> list[bytes]:
+        """Store the prepared messages (one transaction) and return their ACKs, in order,
+        only after the commit; must not raise."""
+        ...
 
 
 def frame(payload: bytes) -> bytes:
@@ -69,28 +93,152 @@ class FrameTooLarge(Exception):
     pass
 
 
+_STOP = object()
+
+
+class GroupCommitter:
+    """One thread, "mllp-commit", between the event loop and the database: it takes
+    whatever messages have arrived (up to ``max_batch``, in arrival order), prepares
+    them and commits them in one call, then hands each connection its ACK. While one
+    batch commits the next one gathers, so the batch grows with the load and a lone
+    message waits for no one (``linger``: seconds to wait for more when nothing else has
+    arrived, 0 by default).
+
+    Preparing in the same thread costs less than a separate parsing thread: under the
+    GIL the two only took turns, and each turn cost a hand-over (measured: 0.59 against
+    0.67 ms of CPU per message, bench/bench_mllp.py)."""
+
+    def __init__(self, handler: BatchHandler, *, max_batch: int = 64, linger: float = 0.0) -> None:
+        self.handler = handler
+        self.max_batch = max_batch
+        self.linger = linger
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self.batches = 0  # committed so far (for the benchmark)
+        self.messages = 0
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="mllp-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, message: bytes) -> asyncio.Future[bytes]:
+        """The ACK of ``message``, once committed (call from the event loop)."""
+        assert self._loop is not None, "GroupCommitter.start() first"
+        fut: asyncio.Future[bytes] = self._loop.create_future()
+        self._inbox.put((message, fut))
+        return fut
+
+    def backlog(self) -> int:
+        """Messages received and waiting for the next batch."""
+        return self._inbox.qsize()
+
+    def stop(self) -> None:
+        """Commit what was submitted, then end the thread (blocks)."""
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            self._thread.join()
+            self._thread = None
+
+    def _next_batch(self) -> tuple[list[tuple[bytes, asyncio.Future[bytes]]], bool]:
+        """(batch, stop after it)."""
+        item = self._inbox.get()
+        if item is _STOP:
+            return [], True
+        batch = [item]
+        while len(batch) < self.max_batch:
+            try:
+                item = (
+                    self._inbox.get(timeout=self.linger)
+                    if self.linger
+                    else self._inbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if not batch:
+                continue
+            prepared: list[Any] = []
+            futures: list[asyncio.Future[bytes]] = []
+            for message, fut in batch:
+                try:
+                    prepared.append(self.handler.prepare(message))
+                    futures.append(fut)
+                except Exception as exc:  # the handler promised not to; never lose a waiter
+                    log.exception("MLLP: preparing a message failed")
+                    self._answer([fut], exc)
+            if not prepared:
+                continue
+            try:
+                acks: list[bytes] | Exception = self.handler.commit(prepared)
+            except Exception as exc:  # the handler promised not to; no ACK is sent
+                log.exception("MLLP: committing %s messages failed", len(prepared))
+                acks = exc
+            self.batches += 1
+            self.messages += len(prepared)
+            self._answer(futures, acks)
+
+    def _answer(self, futures: list[asyncio.Future[bytes]], acks: list[bytes] | Exception) -> None:
+        """Hand the ACKs to the event loop, in one call for the whole batch."""
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            self._loop.call_soon_threadsafe(_resolve, futures, acks)
+
+
+def _resolve(futures: list[asyncio.Future[bytes]], acks: list[bytes] | Exception) -> None:
+    for i, fut in enumerate(futures):
+        if fut.done():  # the connection went away meanwhile
+            continue
+        if isinstance(acks, Exception):
+            fut.set_exception(acks)
+        else:
+            fut.set_result(acks[i])
+
+
 class MllpServer:
+    """``handler``: one message at a time, each in a worker thread; or ``batch``: group
+    commit through a ``GroupCommitter``."""
+
     def __init__(
         self,
-        handler: Handler,
+        handler: Handler | None = None,
         host: str = "127.0.0.1",
         port: int = 2575,
         *,
+        batch: BatchHandler | None = None,
         workers: int = 8,
+        max_batch: int = 64,
+        linger: float = 0.0,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
+        if (handler is None) == (batch is None):
+            raise ValueError("MllpServer needs either handler or batch")
         self.handler = handler
         self.host = host
         self.port = port
         self.max_message_bytes = max_message_bytes
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp")
+        self.committer = (
+            GroupCommitter(batch, max_batch=max_batch, linger=linger) if batch else None
+        )
         self._server: asyncio.Server | None = None
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamReader] = {}
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(
             self._serve, self.host, self.port, reuse_address=True, limit=1 << 20
         )
+        if self.committer is not None:
+            self.committer.start(asyncio.get_running_loop())
         sock = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
         log.info("MLLP 监听 %s:%s", self.host, self.port)
@@ -98,17 +246,26 @@ class MllpServer:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            for task in list(self._connections):
-                task.cancel()
+            # Stop reading: each connection answers what it has received (those messages
+            # commit meanwhile) and closes; one that does not within 5 s is cancelled.
+            for reader in list(self._connections.values()):
+                reader.feed_eof()
+            if self._connections:
+                _, late = await asyncio.wait(list(self._connections), timeout=5)
+                for task in late:
+                    task.cancel()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
             self._server = None
-        await asyncio.get_running_loop().run_in_executor(None, self.executor.shutdown, True)
+        loop = asyncio.get_running_loop()
+        if self.committer is not None:
+            await loop.run_in_executor(None, self.committer.stop)
+        await loop.run_in_executor(None, self.executor.shutdown, True)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         if task is not None:
-            self._connections.add(task)
+            self._connections[task] = reader
         sock = writer.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -116,7 +273,27 @@ class MllpServer:
         peer = writer.get_extra_info("peername")
         frames = FrameReader(self.max_message_bytes)
         loop = asyncio.get_running_loop()
+        acks: asyncio.Task[None] | None = None
         try:
+            if self.committer is not None:
+                # Reading goes on while ACKs are awaited: a sender that does not wait for
+                # each ACK gets its messages into the next batch together. ACKs go back
+                # in the order the messages came, each after its own commit.
+                committer = self.committer
+                waiting: asyncio.Queue[asyncio.Future[bytes] | None] = asyncio.Queue(
+                    maxsize=committer.max_batch * 4  # backpressure on a sender that never reads
+                )
+                acks = asyncio.create_task(self._write_acks(waiting, writer))
+                while not acks.done() and (data := await reader.read(65536)):
+                    for message in frames.feed(data):
+                        if acks.done():
+                            break
+                        await waiting.put(committer.submit(message))
+                if not acks.done():
+                    await waiting.put(None)
+                await acks
+                return
+            assert self.handler is not None
             while True:
                 data = await reader.read(65536)
                 if not data:
@@ -129,11 +306,35 @@ class MllpServer:
             log.warning("MLLP %s: 消息超过 %s 字节，断开连接", peer, exc.args[0])
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except Exception:
+            # No ACK for what was not answered: the sender resends it after reconnecting.
+            log.exception("MLLP %s: 连接异常，断开", peer)
         finally:
+            if acks is not None and not acks.done():
+                acks.cancel()
             if frames.skipped:
                 log.info("MLLP %s: 跳过帧外字节 %s", peer, frames.skipped)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
             if task is not None:
-                self._connections.discard(task)
+                self._connections.pop(task, None)
+
+    @staticmethod
+    async def _write_acks(
+        waiting: asyncio.Queue[asyncio.Future[bytes] | None], writer: asyncio.StreamWriter
+    ) -> None:
+        """Write each ACK once its message is committed, in order; flush when caught up."""
+        try:
+            while (fut := await waiting.get()) is not None:
+                writer.write(frame(await fut))
+                if waiting.empty():
+                    await writer.drain()
+            await writer.drain()
+        except BaseException:
+            # No further ACK on this connection: close it (the sender resends what was
+            # not answered) and let a reader blocked on the full queue go on to notice.
+            writer.close()
+            while not waiting.empty():
+                waiting.get_nowait()
+            raise

@@ -396,9 +396,15 @@ class Segment:
     fields: tuple[str, ...]  # raw ER7 text; index n = field n (MSH: index n = MSH-n)
     delimiters: Delimiters
     indexed: bool
+    # Fields read so far: each keeps its components once split (``FieldValue``).
+    _read: dict[int, FieldValue] = field(default_factory=dict, compare=False, repr=False)
 
     def f(self, n: int) -> FieldValue:
-        return FieldValue(self.fields[n] if n < len(self.fields) else "", self.delimiters)
+        fv = self._read.get(n)
+        if fv is None:
+            fields = self.fields
+            fv = self._read[n] = FieldValue(fields[n] if n < len(fields) else "", self.delimiters)
+        return fv
 
     def loc(self, n: int | None = None, repetition: int | None = None) -> Location:
         return Location(self.id, self.sequence, n, repetition, None, self.indexed)
@@ -831,8 +837,8 @@ class _Translator:
                 continue
             if kind is ValueKind.ATTACHMENT:
                 continue  # embedded PDFs / references: the structured content is what we keep
-            section = _section(obx)
-            if section is not None and kind is ValueKind.TEXT:
+            # Only text can be a report section (findings / conclusion).
+            if kind is ValueKind.TEXT and (section := _section(obx)) is not None:
                 sections[section].append(_text_value(obx))
                 continue
             obs = self._observation(obx, vt, kind)

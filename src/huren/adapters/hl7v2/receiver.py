@@ -1,9 +1,12 @@
 """One HL7 v2 message in, one ACK out — the same for MLLP and HTTP.
 
-The ACK is built only after ``intake.receive`` has returned, i.e. after the intake
+The ACK is built only after ``intake.receive_many`` has returned, i.e. after the intake
 transaction has committed: AA means the result is durable (R3: 已确认的结果不会丢失).
 Bad messages are recorded through ``intake.reject`` for the integration engineer's page,
-and nothing of them is stored. This call blocks; servers run it in a worker thread."""
+and nothing of them is stored. ``handle`` does one message (HTTP); ``prepare`` and
+``commit`` split it for the MLLP listener's group commit (``MllpGroupCommit``), where
+many messages share one transaction and each still gets its own ACK. These calls block;
+servers run them in worker threads."""
 
 from __future__ import annotations
 
@@ -36,13 +39,16 @@ log = logging.getLogger("huren.hl7v2")
 class Intake(Protocol):
     """The intake service as this adapter uses it (``huren.services.intake``)."""
 
-    def receive(self, message: InboundMessage) -> ReceiveOutcome: ...
+    def receive_many(
+        self, messages: Sequence[InboundMessage]
+    ) -> list[ReceiveOutcome | Exception]: ...
 
     def reject(self, rejection: Rejection) -> int: ...
 
 
 class ResponseLog(Protocol):
-    """Keeps the ACK we sent next to the inbound message, for the engineer's page."""
+    """Keeps the ACK we sent next to a rejected inbound message, for the engineer's page
+    (an accepted message's response is what intake answers a resend with)."""
 
     def record_response(self, message_id: int, response: str) -> None: ...
 
@@ -147,6 +153,19 @@ class Hl7Receiver:
     ) -> Hl7Reply:
         """Parse, store, acknowledge. ``sender_institution``: the authenticated caller's
         institution (HTTP); MSH-4 must name it."""
+        prepared = self.prepare(
+            raw, charset_hint=charset_hint, sender_institution=sender_institution
+        )
+        return self.commit([prepared])[0]
+
+    def prepare(
+        self,
+        raw: bytes,
+        *,
+        charset_hint: str | None = None,
+        sender_institution: str | None = None,
+    ) -> ParsedOru | Hl7Reply:
+        """The parsed message, or the reply to a message refused before storing."""
         try:
             parsed = parse_oru(raw, self.channel, charset_hint=charset_hint)
             if sender_institution is not None and parsed.header.institution != sender_institution:
@@ -171,24 +190,36 @@ class Hl7Receiver:
             return self._refuse(
                 AckCode.AR, MessageHeader(), [problem], raw.decode("utf-8", errors="replace")
             )
-        return self._store(parsed)
+        return parsed
 
-    def _store(self, parsed: ParsedOru) -> Hl7Reply:
+    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply]) -> list[Hl7Reply]:
+        """Store the parsed messages in one group commit and answer each, in order: AA
+        once committed, AE naming the field for a message intake refuses, AR 207 for one
+        that could not be stored now (the engine sends it again later)."""
+        parsed = [p for p in prepared if isinstance(p, ParsedOru)]
+        received: list[ReceiveOutcome | Exception] = []
+        if parsed:
+            try:
+                received = self.intake.receive_many([p.message for p in parsed])
+            except Exception as exc:  # e.g. the catalog could not be read: nothing stored
+                received = [exc] * len(parsed)
+        outcomes = iter(received)
+        return [p if isinstance(p, Hl7Reply) else self._answer(p, next(outcomes)) for p in prepared]
+
+    def _answer(self, parsed: ParsedOru, received: ReceiveOutcome | Exception) -> Hl7Reply:
         header = parsed.header
-        try:
-            outcome = self.intake.receive(parsed.message)
-        except DomainError as exc:
+        if isinstance(received, DomainError):
             problems = [
                 Hl7Problem(hl7_location(p, parsed.origins), _error_code(p), p.message)
-                for p in exc.problems
+                for p in received.problems
             ]
             if not problems:
-                problems = [Hl7Problem(MSH, ErrorCode.DATA_TYPE, exc.message)]
+                problems = [Hl7Problem(MSH, ErrorCode.DATA_TYPE, received.message)]
             return self._refuse(AckCode.AE, header, problems, parsed.message.raw)
-        except Exception:
+        if isinstance(received, Exception):
             # Not the message's fault (database down, disk full): AR with 207 tells the
             # engine to resend later. Nothing was committed, so nothing is acknowledged.
-            log.exception("intake failed for %s", header.control_id)
+            log.error("intake failed for %s", header.control_id, exc_info=received)
             problem = Hl7Problem(
                 MSH, ErrorCode.INTERNAL_ERROR, "平台暂时无法保存该消息，请稍后重发"
             )
@@ -196,10 +227,11 @@ class Hl7Receiver:
                 header, AckCode.AR, now=self.clock.now(), text=problem.message, problems=[problem]
             )
             return Hl7Reply(AckCode.AR, ack, encode_ack(ack, header), header, problems=(problem,))
-        ack = build_ack(header, AckCode.AA, now=self.clock.now(), text=accepted_text(outcome))
-        self._record(outcome.message_id, ack)
+        # The accepted message's response column already holds what a resend is answered
+        # with (intake's stored references); the AA itself is not written back.
+        ack = build_ack(header, AckCode.AA, now=self.clock.now(), text=accepted_text(received))
         return Hl7Reply(
-            AckCode.AA, ack, encode_ack(ack, header), header, outcome, outcome.message_id
+            AckCode.AA, ack, encode_ack(ack, header), header, received, received.message_id
         )
 
     def _refuse(
@@ -235,6 +267,19 @@ class Hl7Receiver:
         except Exception:
             # The result is committed; a lost copy of the ACK text is not worth an AR.
             log.exception("could not keep the ACK of inbound message %s", message_id)
+
+
+class MllpGroupCommit:
+    """The receiver as the MLLP listener's ``BatchHandler``: ACK bytes per message."""
+
+    def __init__(self, receiver: Hl7Receiver) -> None:
+        self.receiver = receiver
+
+    def prepare(self, message: bytes) -> ParsedOru | Hl7Reply:
+        return self.receiver.prepare(message)
+
+    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply]) -> list[bytes]:
+        return [reply.payload for reply in self.receiver.commit(prepared)]
 
 
 def accepted_text(outcome: ReceiveOutcome) -> str:

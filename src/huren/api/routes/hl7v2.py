@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from huren.adapters.hl7v2.mllp import MllpServer
-from huren.adapters.hl7v2.receiver import Hl7Receiver
+from huren.adapters.hl7v2.receiver import Hl7Receiver, MllpGroupCommit
 from huren.adapters.hl7v2.responses import SqlResponseLog
 from huren.api.auth import require_roles
 from huren.api.deps import container
@@ -121,9 +121,12 @@ def install_mllp_listener(app: FastAPI) -> None:
     c: Container = app.state.container
 
     async def start(app: FastAPI) -> None:
-        handler = receiver(c, Channel.HL7V2_MLLP)
+        # Group commit: the messages of all connections that arrive while one batch
+        # commits are stored together; each ACK still waits for its own commit.
         server = MllpServer(
-            lambda raw: handler.handle(raw).payload, c.settings.mllp_host, c.settings.mllp_port
+            host=c.settings.mllp_host,
+            port=c.settings.mllp_port,
+            batch=MllpGroupCommit(receiver(c, Channel.HL7V2_MLLP)),
         )
         await server.start()
         app.state.mllp = server
