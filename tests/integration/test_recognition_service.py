@@ -6,10 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from huren.adapters.db.recognition import SqlRecognitionStore
-from huren.adapters.db.tables import audit_event, decision, reminder
+from huren.adapters.db.tables import audit_event, decision, reminder, result
+from huren.adapters.db.tables import patient as patient_table
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.decisions import Action
@@ -382,3 +383,58 @@ def test_accept_needs_a_result_or_an_external_report(world: Container) -> None:
     with pytest.raises(ValidationFailed) as exc:
         world.recognition.decide(DecisionRequest(CLINICIAN_B, LFT, Action.ACCEPTED))
     assert exc.value.problems[0].field == "result_id"
+
+
+def test_answers_carry_the_reminder_row_of_their_own_ordered_item(world: Container) -> None:
+    store(world, lab_panel(HOSP_A))
+    out = check(world, "NO-SUCH-CODE", "B-LFT", "B-CT-CHEST", "B-LFT")
+    with world.engine.connect() as conn:
+        local_code_of = dict(conn.execute(select(reminder.c.id, reminder.c.local_code)).all())
+    assert [local_code_of[a.reminder_id] for a in out.items] == [
+        "NO-SUCH-CODE",
+        "B-LFT",
+        "B-CT-CHEST",
+        "B-LFT",
+    ]
+
+
+def test_observations_keep_their_values_units_and_order(world: Container) -> None:
+    sent = lab_panel(HOSP_A)
+    store(world, sent)
+    (item,) = check(world, "B-LFT").items
+    assert item.recognition is not None
+    assert item.recognition.best is not None
+    assert item.recognition.best.result.observations == sent.observations
+
+
+def test_results_of_a_patient_merged_into_another_are_found_under_the_survivor(
+    world: Container,
+) -> None:
+    # 李四's record was merged into 张三's (the same person registered twice): a check
+    # under either identity finds the results of both records, newest first.
+    older = store(
+        world,
+        lab_panel(
+            HOSP_A,
+            patient_demographics=patient(LI_SI_ID, "李四"),
+            issued_at=TEST_NOW - timedelta(days=5),
+        ),
+    ).results[0]
+    newer = store(world, lab_panel(HOSP_A)).results[0]
+    with world.engine.begin() as conn:
+        ids = dict(conn.execute(select(result.c.id, result.c.patient_id)).all())
+        conn.execute(
+            update(patient_table)
+            .where(patient_table.c.id == ids[older.result_id])
+            .values(merged_into=ids[newer.result_id])
+        )
+    by_li_si = PatientRef(identifiers=(PatientIdentifier(IdentifierKind.NATIONAL_ID, LI_SI_ID),))
+    for ref in (BY_NATIONAL_ID, by_li_si):
+        out = check(world, "B-LFT", ref=ref)
+        assert out.patient_id == ids[newer.result_id]
+        (item,) = out.items
+        assert item.recognition is not None
+        assert [a.result.id for a in item.recognition.all()] == [
+            newer.result_id,
+            older.result_id,
+        ]

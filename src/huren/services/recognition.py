@@ -14,11 +14,11 @@ Channels (CDS Hooks, REST, the workbench page) are adapters over these two use c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from huren.domain.accounts import Principal
 from huren.domain.decisions import (
@@ -58,6 +58,7 @@ _PRECEDENCE = {
 }
 
 CHANNELS = frozenset({"cds-hooks", "rest", "workbench"})
+T = TypeVar("T")
 
 
 # ---------------------------------------------------------------- records written
@@ -157,13 +158,31 @@ class RecognitionTx(Protocol):
 
     def priors(
         self, patient_ids: Sequence[int], item_codes: Sequence[str], limit: int
-    ) -> dict[str, list[StoredResult]]: ...
+    ) -> dict[str, list[PriorRow]]:
+        """Per item code, the newest ``limit`` results of these patients with their
+        observations, newest first."""
+        ...
+
+    def family_priors(
+        self, patient_id: int, item_codes: Sequence[str], limit: int
+    ) -> tuple[list[int] | None, dict[str, list[PriorRow]]]:
+        """``patient_family`` and, for that family, ``priors``."""
+        ...
 
     def result(self, result_id: int) -> StoredResult | None: ...
 
-    def open_corrections(self, result_ids: Sequence[int]) -> dict[int, int]: ...
+    def record_check(self, rows: Sequence[ReminderRecord], audit: AuditRecord) -> list[int]:
+        """``record_reminders`` and ``record_audit`` of one check."""
+        ...
 
-    def record_reminders(self, rows: Sequence[ReminderRecord]) -> list[int]: ...
+    def record_reminders(self, rows: Sequence[ReminderRecord]) -> list[int]:
+        """Ids of the rows written, in the order given."""
+        ...
+
+    def writing(self) -> AbstractContextManager[None]:
+        """On a ``RecognitionStore.reading`` connection: a transaction for writes, on
+        the same connection, committed when the block ends."""
+        ...
 
     def reminder_institution(self, reminder_id: int) -> str | None: ...
 
@@ -181,6 +200,10 @@ class RecognitionTx(Protocol):
 class RecognitionStore(Protocol):
     def transaction(self) -> AbstractContextManager[RecognitionTx]: ...
 
+    def reading(self) -> AbstractContextManager[RecognitionTx]:
+        """A connection for reads only (no writes are made through it)."""
+        ...
+
 
 class StudyStates(Protocol):
     """Completeness of the imaging studies behind imaging results (the imaging area
@@ -189,12 +212,30 @@ class StudyStates(Protocol):
 
     def study_states(self, results: Sequence[StoredResult]) -> Mapping[int, StudyState]: ...
 
+    def states_without_study(self, results: Sequence[StoredResult]) -> Mapping[int, StudyState]:
+        """The states of imaging results for which no study has arrived (the caller
+        knows: ``PriorRow.study_arrived``), without looking studies up."""
+        ...
+
 
 class NoImagingData:
     """The ``StudyStates`` of a node without imaging data: every study ``UNKNOWN``."""
 
     def study_states(self, results: Sequence[StoredResult]) -> Mapping[int, StudyState]:
         return {}
+
+    def states_without_study(self, results: Sequence[StoredResult]) -> Mapping[int, StudyState]:
+        return {}
+
+
+class PriorRow(NamedTuple):
+    """A prior result as the check reads it."""
+
+    result: StoredResult
+    open_corrections: int
+    # False when no imaging study that could be this result's (same institution, and its
+    # Study Instance UID or else its accession number) has arrived.
+    study_arrived: bool
 
 
 # ---------------------------------------------------------------- inputs and outputs
@@ -329,6 +370,7 @@ class RecognitionService:
         self._intervals = tuple(retest_intervals)
         self._explanations = dict(explanations or {})
         self.studies: StudyStates = studies or NoImagingData()
+        self._scope_names: tuple[Catalog, dict[str, str]] | None = None
 
     # -- helpers
     @staticmethod
@@ -352,6 +394,18 @@ class RecognitionService:
             for i in idents
         ]
 
+    def _patient_id(
+        self, tx: RecognitionTx, ref: PatientRef, institution: str, where: str
+    ) -> int | None:
+        """The platform id given, or the patient the identifiers find (None: nobody)."""
+        if ref.patient_id is not None:
+            return ref.patient_id
+        if not ref.identifiers:
+            raise ValidationFailed(
+                "缺少患者标识", problems=[Problem(where, "请提供患者 id 或至少一个患者标识")]
+            )
+        return tx.patient_by_keys(self._keys(ref, institution, where))
+
     def _family(
         self, tx: RecognitionTx, ref: PatientRef, institution: str, where: str
     ) -> list[int] | None:
@@ -360,10 +414,7 @@ class RecognitionService:
         if ref.patient_id is not None:
             family = tx.patient_family(ref.patient_id)
             if family is None:
-                raise NotFound(
-                    f"患者 {ref.patient_id} 不存在",
-                    problems=[Problem(f"{where}.id", "平台上没有该患者")],
-                )
+                raise _unknown_patient(ref.patient_id, where)
             return family
         if not ref.identifiers:
             raise ValidationFailed(
@@ -378,6 +429,32 @@ class RecognitionService:
 
     # -- check
     def check(self, req: CheckRequest) -> CheckOutcome:
+        outcome, _ = self._check(req, None)
+        return outcome
+
+    def check_with_cards(
+        self, req: CheckRequest, cards: Callable[[CheckOutcome], tuple[T, Sequence[CardRecord]]]
+    ) -> tuple[CheckOutcome, T]:
+        """``check``, and the CDS Hooks cards made from its outcome by ``cards``: the
+        cards' records are written in the same transaction as the reminders."""
+        outcome, made = self._check(req, cards)
+        assert made is not None
+        return outcome, made
+
+    def _derived(self, catalog: Catalog) -> dict[str, str]:
+        """Scope names of a catalog snapshot, computed once per snapshot."""
+        cached = self._scope_names
+        if cached is not None and cached[0] is catalog:
+            return cached[1]
+        names = {code: s.name for code, s in catalog.graph.scopes.items()}
+        self._scope_names = (catalog, names)
+        return names
+
+    def _check(
+        self,
+        req: CheckRequest,
+        cards: Callable[[CheckOutcome], tuple[T, Sequence[CardRecord]]] | None,
+    ) -> tuple[CheckOutcome, T | None]:
         institution = self._institution(req.principal)
         if req.channel not in CHANNELS:
             raise ValidationFailed("未知的渠道", problems=[Problem("channel", req.channel)])
@@ -392,7 +469,7 @@ class RecognitionService:
         province = catalog.province_of(institution)
         listed_codes = catalog.items_in_force(province, now)
         reasons = tuple(catalog.reasons_for(institution))
-        scope_names = {code: s.name for code, s in catalog.graph.scopes.items()}
+        scope_names = self._derived(catalog)
         request_id = req.request_id or str(uuid.uuid4())
         clinician = req.clinician or req.principal.username
         department = req.department or req.principal.department or ""
@@ -400,14 +477,7 @@ class RecognitionService:
         resolved = [(code, self._resolve(catalog, institution, code)) for code in codes]
         item_codes = list(dict.fromkeys(it.code for _, it in resolved if it is not None))
 
-        with self._store.transaction() as tx:
-            family = self._family(tx, req.patient, institution, "patient")
-            priors = tx.priors(family, item_codes, PRIORS_PER_ITEM) if family else {}
-            all_results = [r for rs in priors.values() for r in rs]
-            corrections = tx.open_corrections([r.id for r in all_results])
-            studies = self.studies.study_states(
-                [r for r in all_results if r.category is Category.IMAGING]
-            )
+        def assess(studies: Mapping[int, StudyState]) -> _Assessed[T]:
             recognitions: dict[str, ItemRecognition] = {}
             for code in item_codes:
                 item = catalog.items[code]
@@ -417,11 +487,9 @@ class RecognitionService:
                     now,
                     [
                         PriorResult(
-                            r,
-                            studies.get(r.id, StudyState()),
-                            corrections.get(r.id, 0),
+                            p.result, studies.get(p.result.id, _NO_STUDY), p.open_corrections
                         )
-                        for r in priors.get(code, [])
+                        for p in priors.get(code, ())
                     ],
                     catalog.graph,
                     exclusions_in_force(item, (province, "NATIONAL"), catalog.exclusions),
@@ -430,8 +498,9 @@ class RecognitionService:
                 )
             patient_id = family[0] if family else None
             rows = []
-            for code, maybe_item in resolved:
-                rec = recognitions.get(maybe_item.code) if maybe_item is not None else None
+            answers: list[ItemAnswer] = []
+            for n, (code, found) in enumerate(resolved):
+                rec = recognitions[found.code] if found is not None else None
                 rows.append(
                     ReminderRecord(
                         at=now,
@@ -440,66 +509,83 @@ class RecognitionService:
                         department=department,
                         clinician=clinician,
                         patient_id=patient_id,
-                        item_code=maybe_item.code if maybe_item is not None else None,
+                        item_code=found.code if found is not None else None,
                         local_code=code,
                         candidates=len(rec.all()) if rec else 0,
                         recognizable=len(rec.candidates) if rec else 0,
                         request_id=request_id,
                     )
                 )
-            reminder_ids = tx.record_reminders(rows)
-            tx.record_audit(
-                AuditRecord(
-                    at=now,
-                    account_id=req.principal.account_id,
-                    actor=req.principal.username,
-                    role=str(req.principal.role),
-                    institution_code=institution,
-                    patient_id=patient_id,
-                    result_id=None,
-                    action="recognition_check",
-                    purpose="互认提醒（开具医嘱时调阅既往检查检验结果）",
-                )
+                # reminder_id is the position until the rows are written (below).
+                answers.append(_answer(code, found, rec, n, listed_codes))
+            outcome = CheckOutcome(
+                request_id=request_id,
+                institution=institution,
+                patient_id=patient_id,
+                patient_known=family is not None,
+                items=tuple(answers),
+                reasons=reasons,
+                notice=(
+                    ""
+                    if family
+                    else "平台上没有找到该患者的共享检查检验结果（患者标识未匹配到任何患者）"
+                ),
             )
+            made, records = cards(outcome) if cards is not None else (None, ())
+            audit = AuditRecord(
+                at=now,
+                account_id=req.principal.account_id,
+                actor=req.principal.username,
+                role=str(req.principal.role),
+                institution_code=institution,
+                patient_id=patient_id,
+                result_id=None,
+                action="recognition_check",
+                purpose="互认提醒（开具医嘱时调阅既往检查检验结果）",
+            )
+            return _Assessed(outcome, made, rows, records, audit)
 
-        answers: list[ItemAnswer] = []
-        for (code, found), rid in zip(resolved, reminder_ids, strict=True):
-            if found is None:
-                answers.append(
-                    ItemAnswer(
-                        requested=code,
-                        item=None,
-                        recognition=None,
-                        reminder_id=rid,
-                        problem=(
-                            f"项目代码 {code} 未对码：本机构尚未将该代码对应到统一互认项目代码，"
-                            "无法查询互认结果，请联系信息科完成对码"
-                        ),
-                        listed=False,
-                    )
-                )
-                continue
-            answers.append(
-                ItemAnswer(
-                    requested=code,
-                    item=found,
-                    recognition=recognitions[found.code],
-                    reminder_id=rid,
-                    listed=found.code in listed_codes,
-                )
+        # One pooled connection for the reads (the family, then every prior of every
+        # ordered item with its observations, open corrections and whether a study may
+        # have arrived: one statement) and the writes. When an imaging study may have
+        # arrived, the imaging service links it on its own connections: this one is
+        # given back first, so that a check never holds two pooled connections at once
+        # (concurrent checks would otherwise exhaust the pool waiting for each other).
+        with self._store.reading() as tx:
+            pid = self._patient_id(tx, req.patient, institution, "patient")
+            family, priors = (
+                tx.family_priors(pid, item_codes, PRIORS_PER_ITEM)
+                if pid is not None
+                else (None, {})
             )
-        notice = (
-            "" if family else "平台上没有找到该患者的共享检查检验结果（患者标识未匹配到任何患者）"
+            if family is None and req.patient.patient_id is not None:
+                raise _unknown_patient(req.patient.patient_id, "patient")
+            arrived: list[StoredResult] = []
+            absent: list[StoredResult] = []
+            for rows_of_item in priors.values():
+                for p in rows_of_item:
+                    if p.result.category is Category.IMAGING:
+                        (arrived if p.study_arrived else absent).append(p.result)
+            studies: dict[int, StudyState] = {}
+            if absent:
+                studies.update(self.studies.states_without_study(absent))
+            if not arrived:
+                done = assess(studies)
+                with tx.writing():
+                    reminder_ids = _write(tx, done)
+        if arrived:
+            studies.update(self.studies.study_states(arrived))
+            done = assess(studies)
+            with self._store.transaction() as tx:
+                reminder_ids = _write(tx, done)
+        final = replace(
+            done.outcome,
+            items=tuple(
+                replace(a, reminder_id=rid)
+                for a, rid in zip(done.outcome.items, reminder_ids, strict=True)
+            ),
         )
-        return CheckOutcome(
-            request_id=request_id,
-            institution=institution,
-            patient_id=family[0] if family else None,
-            patient_known=family is not None,
-            items=tuple(answers),
-            reasons=reasons,
-            notice=notice,
-        )
+        return final, done.made
 
     # -- decisions
     def decide(self, req: DecisionRequest, *, card: str | None = None) -> DecisionOutcome:
@@ -828,6 +914,71 @@ def _check_external(ext: ExternalReport) -> None:
     ]
     if problems:
         raise ValidationFailed("患者提供的外院报告信息不完整", problems=problems)
+
+
+_NO_STUDY = StudyState()
+
+
+def _unknown_patient(patient_id: int, where: str) -> NotFound:
+    """An explicit platform id that does not exist is an error."""
+    return NotFound(
+        f"患者 {patient_id} 不存在", problems=[Problem(f"{where}.id", "平台上没有该患者")]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Assessed(Generic[T]):
+    """What a check writes and answers, reminder ids still to be assigned."""
+
+    outcome: CheckOutcome  # reminder_id of each item = its position
+    made: T | None
+    rows: list[ReminderRecord]
+    records: Sequence[CardRecord]
+    audit: AuditRecord
+
+
+def _write(tx: RecognitionTx, done: _Assessed[Any]) -> list[int]:
+    """The check's writes, back to back (on SQLite the write lock is held from the first
+    insert to the commit): its reminders, its cards' records, its audit row."""
+    reminder_ids = tx.record_check(done.rows, done.audit)
+    if done.records:
+        tx.record_cards(
+            [
+                replace(c, reminder_id=reminder_ids[c.reminder_id])
+                if c.reminder_id is not None
+                else c
+                for c in done.records
+            ]
+        )
+    return reminder_ids
+
+
+def _answer(
+    code: str,
+    found: Item | None,
+    rec: ItemRecognition | None,
+    reminder_id: int,
+    listed_codes: frozenset[str],
+) -> ItemAnswer:
+    if found is None or rec is None:
+        return ItemAnswer(
+            requested=code,
+            item=None,
+            recognition=None,
+            reminder_id=reminder_id,
+            problem=(
+                f"项目代码 {code} 未对码：本机构尚未将该代码对应到统一互认项目代码，"
+                "无法查询互认结果，请联系信息科完成对码"
+            ),
+            listed=False,
+        )
+    return ItemAnswer(
+        requested=code,
+        item=found,
+        recognition=rec,
+        reminder_id=reminder_id,
+        listed=found.code in listed_codes,
+    )
 
 
 def iter_candidates(outcome: CheckOutcome) -> Iterator[tuple[ItemAnswer, ItemRecognition]]:

@@ -256,7 +256,9 @@ patient = Table(
     Column("name_masked", String(64), nullable=False, default=""),
     Column("sex", String(1), nullable=False, default=""),
     Column("birth_date", Date, nullable=True),
-    Column("merged_into", Id, ForeignKey("patient.id"), nullable=True),
+    # Indexed: finding the patients merged into one (the point-of-care check reads a
+    # patient's whole family on every order) must not scan the patient table.
+    Column("merged_into", Id, ForeignKey("patient.id"), nullable=True, index=True),
     _ts("created_at", nullable=False),
 )
 

@@ -8,13 +8,15 @@ card saying what is missing (rather than an error in the order screen)."""
 
 from __future__ import annotations
 
+import json
 import logging
+from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import anyio
 import httpx
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Request, Response, Security
 from fastapi.responses import JSONResponse
 
 from huren.adapters.cdshooks import cards as card_builder
@@ -29,17 +31,26 @@ from huren.adapters.cdshooks.hooks import (
     patient_identifiers,
 )
 from huren.adapters.fhir import systems
-from huren.api.auth import require_roles
+from huren.api.auth import api_key_scheme, bearer_scheme, require_roles
 from huren.api.deps import container
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier, validate_identifier
-from huren.services.recognition import CheckRequest, Feedback, PatientRef
+from huren.services.recognition import (
+    CardRecord,
+    CheckOutcome,
+    CheckRequest,
+    Feedback,
+    PatientRef,
+)
 
 log = logging.getLogger("huren.cdshooks")
 router = APIRouter(tags=["CDS Hooks"])
 Caller = Annotated[Principal, Depends(require_roles(Role.CLINICIAN, Role.INTEGRATION))]
+_CALLER = require_roles(Role.CLINICIAN, Role.INTEGRATION)
+# The security schemes, declared for the OpenAPI document (async: no worker thread).
+AUTH_SCHEMES = [Security(bearer_scheme), Security(api_key_scheme)]
 FHIR_TIMEOUT = httpx.Timeout(2.0)
 
 
@@ -88,16 +99,30 @@ def _is_own_fhir(req: HookRequest, own_base: str) -> bool:
     return theirs.netloc == ours.netloc and theirs.path.rstrip("/") == "/fhir"
 
 
-async def _patient(
-    req: HookRequest, institution: str, own_base: str
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """What the client's FHIR server answered for the patient (None: nothing usable)."""
+
+    resource: dict[str, Any] | None
+
+
+class _NeedsFetch(Exception):
+    """The patient must be read from the client's FHIR server (async, on the loop)."""
+
+
+def _patient(
+    req: HookRequest, institution: str, own_base: str, fetched: _Fetched | None
 ) -> tuple[PatientRef | None, str]:
-    """The patient to look up, or None with the reason in Chinese."""
+    """The patient to look up, or None with the reason in Chinese. Raises ``_NeedsFetch``
+    when the patient is neither prefetched nor on this server and ``fetched`` is None."""
     prefetched = (req.prefetch or {}).get("patient")
     resource: dict[str, Any] | None = prefetched if isinstance(prefetched, dict) else None
     if resource is None and req.fhirServer:
         if _is_own_fhir(req, own_base) and req.context.patientId.isdigit():
             return PatientRef(patient_id=int(req.context.patientId)), ""
-        resource = await _fetch_patient(req)
+        if fetched is None:
+            raise _NeedsFetch
+        resource = fetched.resource
         if resource is None:
             return None, (
                 f"未提供 prefetch.patient，且无法从 fhirServer（{req.fhirServer}）读取 "
@@ -134,27 +159,31 @@ def _choose_code(c: Container, institution: str, codings: tuple[tuple[str, str],
     return codings[0][1]
 
 
-@router.post("/cds-services/{service_id}", summary="调用 CDS 服务（order-select / order-sign）")
-async def call_service(
-    service_id: str,
+def _call(
+    c: Container,
     request: Request,
-    principal: Caller,
-    c: Annotated[Container, Depends(container)],
-) -> JSONResponse:
+    service_id: str,
+    body: bytes,
+    own: str,
+    fetched: _Fetched | None,
+) -> bytes:
+    """The whole service call, in one worker thread: authentication (first, as the
+    dependency did), the hook request, the patient, the check with its cards and their
+    records in one transaction, and the JSON answer."""
+    principal = _CALLER(request)
     _service(service_id)
-    req = parse_hook(await request.body(), service_id)
+    req = parse_hook(body, service_id)
     institution = principal.institution or ""
-    own = base_url(c, request)
     orders = draft_orders(req)
     if not orders:
-        return JSONResponse({"cards": []})
-    patient, missing = await _patient(req, institution, own)
+        return _json({"cards": []})
+    patient, missing = _patient(req, institution, own, fetched)
     if patient is None:
         detail = (
             f"无法确定患者身份，未能查询互认结果：{missing}。"
             "请在 prefetch 中提供 Patient 资源（含居民身份证或院内病历号），或提供 fhirServer 与 fhirAuthorization。"
         )
-        return JSONResponse(
+        return _json(
             {"cards": [card_builder.info_card("缺少患者身份信息，无法查询互认结果", detail, own)]}
         )
     codes = [_choose_code(c, institution, o.codings) for o in orders]
@@ -168,7 +197,6 @@ async def call_service(
         clinician=clinician,
         request_id=req.hookInstance[:64],
     )
-    outcome = await anyio.to_thread.run_sync(c.recognition.check, check)
     ctx = card_builder.CardContext(
         service_id=service_id,
         hook_instance=req.hookInstance[:64],
@@ -177,15 +205,42 @@ async def call_service(
         clinician=clinician,
         at=c.clock.now(),
     )
-    cards, records = card_builder.build_cards(
-        outcome,
-        [(o.reference, code) for o, code in zip(orders, codes, strict=True)],
-        c.recognition.catalog().institutions,
-        ctx,
-    )
-    if records:
-        await anyio.to_thread.run_sync(c.recognition.remember_cards, records)
-    return JSONResponse({"cards": cards})
+    drafts = list(zip((o.reference for o in orders), codes, strict=True))
+
+    def make_cards(
+        outcome: CheckOutcome,
+    ) -> tuple[list[dict[str, Any]], list[CardRecord]]:
+        return card_builder.build_cards(outcome, drafts, c.recognition.catalog().institutions, ctx)
+
+    _, cards = c.recognition.check_with_cards(check, make_cards)
+    return _json({"cards": cards})
+
+
+def _json(content: dict[str, Any]) -> bytes:
+    # As Starlette's JSONResponse renders it.
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
+@router.post(
+    "/cds-services/{service_id}",
+    summary="调用 CDS 服务（order-select / order-sign）",
+    dependencies=AUTH_SCHEMES,
+)
+async def call_service(service_id: str, request: Request) -> Response:
+    # No synchronous dependencies (FastAPI would run each in its own worker thread): the
+    # call runs in one worker thread, and only a patient to be read from the client's
+    # FHIR server takes a second trip (the read itself is async).
+    c: Container = request.app.state.container
+    body = await request.body()
+    own = base_url(c, request)
+    try:
+        answer = await anyio.to_thread.run_sync(_call, c, request, service_id, body, own, None)
+    except _NeedsFetch:
+        fetched = _Fetched(await _fetch_patient(parse_hook(body, service_id)))
+        answer = await anyio.to_thread.run_sync(_call, c, request, service_id, body, own, fetched)
+    return Response(answer, media_type="application/json")
 
 
 @router.post("/cds-services/{service_id}/feedback", summary="CDS 服务反馈（接受 / 不予互认）")

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 00:02:51.914048
+Create Date: 2026-11-26 00:23:52.779759
 """
 
 from collections.abc import Sequence
@@ -232,6 +232,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_patient")),
     )
+    with op.batch_alter_table("patient", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_patient_merged_into"), ["merged_into"], unique=False)
+
     op.create_table(
         "reminder",
         sa.Column(
@@ -1279,6 +1282,9 @@ def downgrade() -> None:
         batch_op.drop_index("ix_reminder_at")
 
     op.drop_table("reminder")
+    with op.batch_alter_table("patient", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_patient_merged_into"))
+
     op.drop_table("patient")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index("ix_outbox_pending")
