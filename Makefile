@@ -16,6 +16,7 @@ test:  ## install everything and run the whole suite: lint, types, layers, tests
 
 lint:
 	uv run ruff check src tests bench
+	uv run ruff format --check src tests bench
 	uv run mypy
 	uv run lint-imports
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from alembic import context
-
 from typing import Any
+
+from alembic import context
 
 from huren.adapters.db.engine import make_engine
 from huren.adapters.db.schema import metadata
