@@ -12,6 +12,7 @@ from huren.adapters.db import engine as db_engine
 from huren.adapters.db.schema import metadata
 from huren.api.app import create_app
 from huren.bootstrap import Container
+from huren.services.accounts import NewAccount
 
 
 def test_migrations_create_every_table_in_the_metadata(container: Container) -> None:
@@ -68,3 +69,24 @@ def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
         time.sleep(0.1)
     assert path.stat().st_size > 2_000_000  # the rows reached the database file
     eng.dispose()
+
+
+def test_a_value_the_database_cannot_store_is_a_422_not_a_500(container: Container) -> None:
+    # Found by schemathesis: a NUL in a query (PostgreSQL text) or an id beyond 64 bits.
+    from huren.domain.accounts import Role
+
+    with TestClient(create_app(container)) as client:
+        token = container.accounts.issue_token(
+            container.accounts.create_account(
+                NewAccount("ops", "运维", Role.OPERATOR)
+            ).account.principal()
+        ).access_token
+        headers = {"Authorization": f"Bearer {token}"}
+        huge = client.post(
+            f"/api/v1/qc/evaluations/{2**70}/rectification",
+            json={"rectification": "已整改"},
+            headers=headers,
+        )
+        nul = client.get("/api/v1/integration/messages?channel=a%00b", headers=headers)
+    assert huge.status_code == 422
+    assert nul.status_code in (200, 422)  # SQLite stores NUL; PostgreSQL refuses it

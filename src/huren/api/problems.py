@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from huren.domain.errors import DomainError
@@ -87,6 +88,18 @@ def install(app: FastAPI) -> None:
             f"http_{exc.status_code}",
             detail,
             headers=getattr(exc, "headers", None),
+        )
+
+    # The database refusing a value the request carried (a NUL character PostgreSQL cannot
+    # store in text, an identifier beyond 64 bits) is bad input, not a server fault.
+    @app.exception_handler(DataError)
+    @app.exception_handler(OverflowError)
+    async def _unstorable(_: Request, exc: Exception) -> JSONResponse:
+        log.info("request value refused by the database: %s", exc)
+        return problem(
+            422,
+            "unstorable_value",
+            "请求中含有无法处理的值（如空字符 NUL 或超出范围的数字），请检查后重试",
         )
 
     @app.exception_handler(Exception)
