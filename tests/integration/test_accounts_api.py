@@ -210,3 +210,24 @@ def test_logout_clears_the_session_cookie(client: TestClient, world: Container) 
     client.post("/login", data={"username": "dr.wang", "password": password})
     client.get("/logout")
     assert client.get("/api/v1/auth/me").status_code == 401
+
+
+def test_repeated_requests_with_one_token_read_the_account_once(
+    client: TestClient, world: Container, login: Login
+) -> None:
+    headers = login(Role.CLINICIAN, institution="H130600001")
+    store = world.accounts.store
+    reads: list[int] = []
+    original = store.account_by_id
+
+    def counting(account_id: int):  # type: ignore[no-untyped-def]
+        reads.append(account_id)
+        return original(account_id)
+
+    store.account_by_id = counting  # type: ignore[method-assign]
+    try:
+        for _ in range(5):
+            assert client.get("/api/v1/auth/me", headers=headers).status_code == 200
+    finally:
+        store.account_by_id = original  # type: ignore[method-assign]
+    assert len(reads) <= 1
