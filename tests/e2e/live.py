@@ -3,11 +3,16 @@ tests that talk to the platform as an outside client would (httpx, a browser).""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import uvicorn
 
@@ -41,3 +46,42 @@ def serve(container: Container) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+class ServeProcess:
+    """``huren serve`` as a child process with its own environment, for tests that kill it
+    (SIGKILL) mid-stream and start it again. ``port`` is the listener it waits for."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path, timeout: float = 90) -> None:
+        self.env, self.port, self.log, self.timeout = env, port, log, timeout
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        huren = Path(sys.executable).parent / "huren"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [str(huren), "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-2000:]
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"huren serve 未能在端口 {self.port} 上启动监听")
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -31,6 +28,7 @@ from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.tables import institution
 from huren.adapters.db.tables_imaging import imaging_instance, imaging_series, imaging_study
+from tests.e2e.live import ServeProcess, free_port
 from tests.fixtures.dicom import Spec, instance, uid
 from tests.fixtures.world import HOSP_A, seed_world
 
@@ -42,54 +40,12 @@ KILL_AFTER_STORED = 90
 CALLING = "PACS_KILL"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def spec(assoc: int, n: int) -> Spec:
     return Spec(study=f"kill-{assoc}", series="thin", instance=n + 1, thickness=1.0)
 
 
-class Server:
-    def __init__(self, env: dict[str, str], dicom_port: int, log: Path) -> None:
-        self.env, self.dicom_port, self.log = env, dicom_port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        huren = Path(sys.executable).parent / "huren"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(huren), "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", self.dicom_port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("huren serve 未能启动 DICOM 监听")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[Server, str, Path]]:
+def server(tmp_path: Path) -> Iterator[tuple[ServeProcess, str, Path]]:
     url = f"sqlite:///{tmp_path / 'huren.db'}"
     db_engine.upgrade(url)
     eng = db_engine.make_engine(url)
@@ -112,7 +68,7 @@ def server(tmp_path: Path) -> Iterator[tuple[Server, str, Path]]:
         "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
         "HUREN_TOKEN_SIGNING_KEY": new_key(),
     }
-    s = Server(env, dicom_port, tmp_path / "server.log")
+    s = ServeProcess(env, dicom_port, tmp_path / "server.log")
     try:
         yield s, url, data_dir / "dicom"
     finally:
@@ -160,7 +116,7 @@ def stored_file(root: Path, content_hash: str) -> bytes:
 
 
 def test_every_instance_answered_success_survives_sigkill_and_resend_stores_nothing_twice(
-    server: tuple[Server, str, Path],
+    server: tuple[ServeProcess, str, Path],
 ) -> None:
     srv, url, store_root = server
     srv.start()
@@ -168,7 +124,7 @@ def test_every_instance_answered_success_survives_sigkill_and_resend_stores_noth
     refused: list[int] = []
     lock = threading.Lock()
     threads = [
-        threading.Thread(target=stream, args=(srv.dicom_port, a, stored, refused, lock))
+        threading.Thread(target=stream, args=(srv.port, a, stored, refused, lock))
         for a in range(ASSOCIATIONS)
     ]
     for t in threads:
@@ -198,7 +154,7 @@ def test_every_instance_answered_success_survives_sigkill_and_resend_stores_noth
     # the counters agree with the rows.
     for a in range(ASSOCIATIONS):
         again: list[str] = []
-        stream(srv.dicom_port, a, again, refused, lock)
+        stream(srv.port, a, again, refused, lock)
         assert len(again) == PER_ASSOCIATION
     assert refused == []
     assert len(indexed(url)) == total

@@ -8,10 +8,6 @@ the server with SIGKILL mid-stream, restarts it, and checks the database."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,6 +22,7 @@ from huren.adapters.clock import SystemClock
 from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.tables import result, result_version
+from tests.e2e.live import ServeProcess, free_port
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
 from tests.fixtures.world import seed_world
 
@@ -36,56 +33,14 @@ CONNECTIONS = 3
 KILL_AFTER_ACKS = 45
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def message(conn: int, n: int) -> str:
     control = f"K{conn}-{n:04d}"
     text = with_control_id(sample_text(LAB_LFT_V251), control)
     return with_field(text, "OBR", 3, f"RPT-KILL-{conn}-{n:04d}")
 
 
-class Server:
-    def __init__(self, env: dict[str, str], mllp_port: int, log: Path) -> None:
-        self.env, self.mllp_port, self.log = env, mllp_port, log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        huren = Path(sys.executable).parent / "huren"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(huren), "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, self.log.read_text(errors="replace")[-2000:]
-            try:
-                socket.create_connection(("127.0.0.1", self.mllp_port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError("huren serve 未能启动 MLLP 监听")
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-
-
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[Server, str]]:
+def server(tmp_path: Path) -> Iterator[tuple[ServeProcess, str]]:
     url = f"sqlite:///{tmp_path / 'huren.db'}"
     db_engine.upgrade(url)
     eng = db_engine.make_engine(url)
@@ -103,7 +58,7 @@ def server(tmp_path: Path) -> Iterator[tuple[Server, str]]:
         "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
         "HUREN_TOKEN_SIGNING_KEY": new_key(),
     }
-    s = Server(env, mllp_port, tmp_path / "server.log")
+    s = ServeProcess(env, mllp_port, tmp_path / "server.log")
     try:
         yield s, url
     finally:
@@ -141,7 +96,7 @@ def report_numbers(url: str) -> list[str]:
 
 
 def test_every_acknowledged_message_survives_sigkill_and_resend_stores_nothing_twice(
-    server: tuple[Server, str],
+    server: tuple[ServeProcess, str],
 ) -> None:
     srv, url = server
     srv.start()
@@ -149,7 +104,7 @@ def test_every_acknowledged_message_survives_sigkill_and_resend_stores_nothing_t
     refused: list[bytes] = []
     lock = threading.Lock()
     threads = [
-        threading.Thread(target=stream, args=(srv.mllp_port, conn, acked, refused, lock))
+        threading.Thread(target=stream, args=(srv.port, conn, acked, refused, lock))
         for conn in range(CONNECTIONS)
     ]
     for t in threads:
@@ -172,7 +127,7 @@ def test_every_acknowledged_message_survives_sigkill_and_resend_stores_nothing_t
 
     # Restart and resend everything: all accepted, nothing stored twice.
     srv.start()
-    with MLLPClient("127.0.0.1", srv.mllp_port) as client:
+    with MLLPClient("127.0.0.1", srv.port) as client:
         for conn in range(CONNECTIONS):
             for n in range(MESSAGES_PER_CONNECTION):
                 assert ack_of(client.send_message(message(conn, n)))[0] == "AA"
