@@ -111,36 +111,37 @@ _PATIENT_INSERT = insert(patient).returning(patient.c.id)
 _OBS_DELETE = delete(observation).where(
     observation.c.result_id.in_(bindparam("b_ids", expanding=True))
 )
+_RESULT_COLUMNS = (
+    "patient_id",
+    "institution_code",
+    "department",
+    "report_no",
+    "local_code",
+    "local_name",
+    "item_code",
+    "category",
+    "status",
+    "performed_at",
+    "issued_at",
+    "performer",
+    "signer",
+    "findings",
+    "conclusion",
+    "accession_number",
+    "study_uid",
+    "mark_scope",
+    "mark_symbol",
+    "version",
+    "content_hash",
+    "source_message_id",
+    "updated_at",
+)
+# The business key (institution, report number, local code) never changes on update.
+_RESULT_KEY = frozenset({"institution_code", "report_no", "local_code"})
 _RESULT_UPDATE = (
     update(result)
     .where(result.c.id == bindparam("b_id"))
-    .values(
-        {
-            c: bindparam(c)
-            for c in (
-                "patient_id",
-                "department",
-                "local_name",
-                "item_code",
-                "category",
-                "status",
-                "performed_at",
-                "issued_at",
-                "performer",
-                "signer",
-                "findings",
-                "conclusion",
-                "accession_number",
-                "study_uid",
-                "mark_scope",
-                "mark_symbol",
-                "version",
-                "content_hash",
-                "source_message_id",
-                "updated_at",
-            )
-        }
-    )
+    .values({c: bindparam(c) for c in _RESULT_COLUMNS if c not in _RESULT_KEY})
 )
 
 # Rows that nothing reads back within the transaction (versions, observations, new
@@ -169,31 +170,6 @@ _VERSION_COLUMNS = ("result_id", "version", "status", "recorded_at", "reason", "
 _IDENTIFIER_COLUMNS = ("patient_id", "kind", "assigner", "value_hash", "value_enc", "value_masked")
 _LINK_COLUMNS = ("at", "actor", "action", "from_patient", "to_patient", "reason")
 _OUTBOX_COLUMNS = ("at", "topic", "payload")
-_RESULT_COLUMNS = (
-    "patient_id",
-    "institution_code",
-    "department",
-    "report_no",
-    "local_code",
-    "local_name",
-    "item_code",
-    "category",
-    "status",
-    "performed_at",
-    "issued_at",
-    "performer",
-    "signer",
-    "findings",
-    "conclusion",
-    "accession_number",
-    "study_uid",
-    "mark_scope",
-    "mark_symbol",
-    "version",
-    "content_hash",
-    "source_message_id",
-    "updated_at",
-)
 _JSON = msgspec.json.Encoder()
 
 
