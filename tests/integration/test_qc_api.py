@@ -152,3 +152,23 @@ def test_bad_month_is_a_problem_not_a_500(client: TestClient, login: Login) -> N
     r = client.get("/api/v1/monitoring/statistics?month_from=2026-13", headers=reg)
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "month_from"
+
+
+def test_item_and_trend_statistics_export_as_the_json_rows(
+    world: Container, client: TestClient, login: Login
+) -> None:
+    gv.add_peers(world.engine)
+    world.catalog.invalidate()
+    gv.seed_activity(world.engine)
+    world.monitoring.refresh()
+    reg = login(Role.REGULATOR, jurisdiction="HE")
+    q = "scope=HE&month_from=2026-01&month_to=2026-06"
+    for path, head in (("items", "项目编码"), ("trend", "月份")):
+        data = client.get(f"/api/v1/monitoring/{path}?{q}", headers=reg).json()
+        assert data
+        r = client.get(f"/api/v1/monitoring/{path}?{q}&format=xlsx", headers=reg)
+        sheet = load_workbook(io.BytesIO(r.content)).active
+        assert sheet is not None
+        rows = list(sheet.iter_rows(values_only=True))
+        assert rows[0][0] == head
+        assert [row[0] for row in rows[1:]] == [row["key"] for row in data]

@@ -258,15 +258,13 @@ def items(
 ) -> Any:
     period = c.monitoring.period(month_from, month_to)
     rows = c.monitoring.by_item(user, period, scope)
-    if format != "json":
-        return export(
-            format,
-            f"互认统计-项目-{period.start:%Y%m}-{period.end:%Y%m}.{format}",
-            "项目统计",
-            ["项目编码", "项目名称", *COUNTER_HEADERS],
-            [[r.key, r.label, *counter_cells(r.counters)] for r in rows],
-        )
-    return [StatRowOut.of(r) for r in rows]
+    return _stat_rows(
+        rows,
+        format,
+        f"互认统计-项目-{period.start:%Y%m}-{period.end:%Y%m}",
+        "项目统计",
+        ("项目编码", "项目名称"),
+    )
 
 
 @router.get("/trend", response_model=list[StatRowOut], summary="按月趋势")
@@ -280,12 +278,25 @@ def trend(
 ) -> Any:
     period = c.monitoring.period(month_from, month_to)
     rows = c.monitoring.trend(user, period, scope)
+    return _stat_rows(
+        rows,
+        format,
+        f"互认趋势-{period.start:%Y%m}-{period.end:%Y%m}",
+        "按月趋势",
+        ("月份", "月份"),
+    )
+
+
+def _stat_rows(
+    rows: Sequence[StatRow], format: Format, filename: str, sheet: str, heads: tuple[str, str]
+) -> Any:
+    """The rows as JSON, or as a CSV / Excel download with the counters' Chinese headers."""
     if format != "json":
         return export(
             format,
-            f"互认趋势-{period.start:%Y%m}-{period.end:%Y%m}.{format}",
-            "按月趋势",
-            ["月份", "月份", *COUNTER_HEADERS],
+            f"{filename}.{format}",
+            sheet,
+            [*heads, *COUNTER_HEADERS],
             [[r.key, r.label, *counter_cells(r.counters)] for r in rows],
         )
     return [StatRowOut.of(r) for r in rows]
