@@ -423,32 +423,10 @@ class SqlImagingIndex:
 
     def _add(self, c: Connection, rec: NewInstance) -> AddOutcome:
         h, now = rec.header, rec.received_at
-        modality_tag = f"{_SEP}{h.modality}{_SEP}" if h.modality else _SEP
         c.execute(
             self._insert_ignore(
                 imaging_study,
-                {
-                    "study_uid": h.study_uid,
-                    "institution_code": rec.institution,
-                    "patient_hash": rec.patient_hash,
-                    "patient_global_hash": rec.patient_global_hash,
-                    "patient_id_enc": rec.patient_id_enc,
-                    "patient_id_masked": rec.patient_id_masked,
-                    "patient_name_enc": rec.patient_name_enc,
-                    "patient_name_masked": rec.patient_name_masked,
-                    "patient_sex": h.patient_sex,
-                    "patient_birth_date": h.patient_birth_date,
-                    "accession_number": h.accession_number,
-                    "study_id": h.study_id,
-                    "study_date": h.study_date,
-                    "study_time": h.study_time,
-                    "study_description": h.study_description,
-                    "modalities": modality_tag,
-                    "series_count": 0,
-                    "instance_count": 0,
-                    "received_at": now,
-                    "updated_at": now,
-                },
+                self._study_values(rec),
                 "study_uid",
             )
         )
@@ -465,20 +443,7 @@ class SqlImagingIndex:
             c.execute(
                 self._insert_ignore(
                     imaging_series,
-                    {
-                        "study_id": study.id,
-                        "series_uid": h.series_uid,
-                        "modality": h.modality,
-                        "series_number": h.series_number,
-                        "series_description": h.series_description,
-                        "body_part": h.body_part,
-                        "slice_thickness": h.slice_thickness,
-                        "derived": h.derived,
-                        "image_type": "\\".join(h.image_type)[:100],
-                        "instance_count": 0,
-                        "received_at": now,
-                        "updated_at": now,
-                    },
+                    self._series_values(rec, study.id),
                     "series_uid",
                 )
             ).first()
@@ -491,24 +456,7 @@ class SqlImagingIndex:
             c.execute(
                 self._insert_ignore(
                     imaging_instance,
-                    {
-                        "study_id": study.id,
-                        "series_id": series_id,
-                        "sop_uid": h.sop_uid,
-                        "sop_class_uid": h.sop_class_uid,
-                        "transfer_syntax": h.transfer_syntax,
-                        "instance_number": h.instance_number,
-                        "rows": h.rows,
-                        "columns": h.columns,
-                        "number_of_frames": h.number_of_frames,
-                        "slice_thickness": h.slice_thickness,
-                        "image_type": "\\".join(h.image_type)[:100],
-                        "content_hash": rec.content_hash,
-                        "size_bytes": rec.size_bytes,
-                        "source": rec.source.value,
-                        "calling_ae": rec.calling_ae[:16],
-                        "received_at": now,
-                    },
+                    self._instance_values(rec, study.id, series_id),
                     "sop_uid",
                 )
             ).first()
