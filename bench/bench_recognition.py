@@ -51,11 +51,9 @@ from typing import Any
 import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse
-from pydantic import SecretStr
 from sqlalchemy import event, func, select
 
-from huren.adapters.crypto import new_key
-from huren.adapters.db import engine as db_engine
+from bench.world import pct, prepare, settings_for
 from huren.adapters.db.recognition import SqlRecognitionTx
 from huren.adapters.db.tables import result
 from huren.bootstrap import Container, build
@@ -68,37 +66,6 @@ from huren.services.accounts import NewAccount
 from huren.services.recognition import CheckRequest, PatientRef, StudyStates
 
 NATIONAL_ID_SYSTEM = "https://huren.example/fhir/sid/national-id"
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def settings_for(args: argparse.Namespace, tmp: Path) -> Settings:
-    if args.use_existing:
-        return Settings(start_mllp=False, start_dicom=False)
-    return Settings(
-        database_url=f"sqlite:///{tmp / 'bench.db'}",
-        data_dir=tmp / "data",
-        identifier_hash_key=SecretStr(new_key()),
-        identifier_encryption_key=SecretStr(new_key()),
-        token_signing_key=SecretStr(new_key()),
-        start_mllp=False,
-        start_dicom=False,
-    )
-
-
-def prepare(c: Container, args: argparse.Namespace) -> None:
-    if args.use_existing:
-        db_engine.require_migrated(c.engine)
-        return
-    from huren.cli.synth import fill_demo_database
-
-    db_engine.upgrade(c.settings.database_url)
-    t0 = time.perf_counter()
-    fill_demo_database(c, seed=args.seed, institutions=60, results=args.results)
-    print(f"合成 {args.results} 条结果用时 {time.perf_counter() - t0:.1f} s")
 
 
 def sample_orders(

@@ -29,48 +29,14 @@ import tempfile
 import time
 from pathlib import Path
 
-from pydantic import SecretStr
 from sqlalchemy import func, select, text, update
 
-from huren.adapters.crypto import new_key
-from huren.adapters.db import engine as db_engine
+from bench.world import pct, prepare, settings_for
 from huren.adapters.db.tables import audit_event, patient_identifier, result
 from huren.bootstrap import Container, build
-from huren.config import Settings
 from huren.domain.accounts import Principal, Role
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.sharing import sharing_partners
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
-
-
-def settings_for(args: argparse.Namespace, tmp: Path) -> Settings:
-    if args.use_existing:
-        return Settings(start_mllp=False, start_dicom=False)
-    return Settings(
-        database_url=f"sqlite:///{tmp / 'bench.db'}",
-        data_dir=tmp / "data",
-        identifier_hash_key=SecretStr(new_key()),
-        identifier_encryption_key=SecretStr(new_key()),
-        token_signing_key=SecretStr(new_key()),
-        start_mllp=False,
-        start_dicom=False,
-    )
-
-
-def prepare(c: Container, args: argparse.Namespace) -> None:
-    if args.use_existing:
-        db_engine.require_migrated(c.engine)
-        return
-    from huren.cli.synth import fill_demo_database
-
-    db_engine.upgrade(c.settings.database_url)
-    t0 = time.perf_counter()
-    fill_demo_database(c, seed=args.seed, institutions=60, results=args.results)
-    print(f"合成 {args.results} 条结果用时 {time.perf_counter() - t0:.1f} s")
 
 
 def history_patient(c: Container, rng: random.Random, size: int) -> tuple[str, str, int]:
