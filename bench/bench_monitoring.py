@@ -2,7 +2,7 @@
 when HUREN_TEST_DATABASE_URL is set — on PostgreSQL, each reported with the ratio to a
 full-scan ``SELECT COUNT(*) FROM decision`` measured in the same run.
 
-    uv run python bench/bench_monitoring.py [--n 200000] [--backends sqlite,postgresql]
+    uv run huren bench monitoring -- [--n 200000] [--backends sqlite,postgresql]
 
 Rows are bulk-inserted (SQLite ``executemany`` in one transaction, PostgreSQL ``COPY``):
 300 hospitals in 3 provinces / 10 cities, 8 departments × 20 clinicians each, 50 items,
