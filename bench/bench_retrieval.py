@@ -6,8 +6,8 @@ bare primary-key read of one ``result`` row measured in the same run.
 Small by default (a temporary SQLite database with 20 000 synthetic results; one patient
 is given a history of ``--history`` results from institutions of one province):
 
-    uv run python bench/bench_retrieval.py
-    uv run python bench/bench_retrieval.py --results 200000 --history 500 --repeat 300
+    uv run huren bench retrieval
+    uv run huren bench retrieval -- --results 200000 --history 500 --repeat 300
 
 At 10 million results (synthesise once, then point the bench at the database; the same
 HUREN_IDENTIFIER_* keys must be set for both, since the bench decrypts a patient's 身份证):
@@ -15,7 +15,7 @@ HUREN_IDENTIFIER_* keys must be set for both, since the bench decrypts a patient
     export HUREN_DATABASE_URL=sqlite:///./var/bench10m.db   # or postgresql+psycopg://…
     export HUREN_IDENTIFIER_HASH_KEY=… HUREN_IDENTIFIER_ENCRYPTION_KEY=… HUREN_TOKEN_SIGNING_KEY=…
     uv run huren db upgrade && uv run huren synth --seed 1 --results 10000000
-    uv run python bench/bench_retrieval.py --use-existing --history 500
+    uv run huren bench retrieval -- --use-existing --history 500
 
 The history patient is made by re-pointing ``--history`` existing results to one patient
 (a benchmark setup step, not something the platform does)."""
@@ -23,10 +23,12 @@ The history patient is made by re-pointing ``--history`` existing results to one
 from __future__ import annotations
 
 import argparse
+import itertools
 import random
 import statistics
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select, text, update
@@ -36,7 +38,9 @@ from huren.adapters.db.tables import audit_event, patient_identifier, result
 from huren.bootstrap import Container, build
 from huren.domain.accounts import Principal, Role
 from huren.domain.identity import IdentifierKind, PatientIdentifier
-from huren.domain.sharing import sharing_partners
+from huren.domain.sharing import RateLimit, sharing_partners
+from huren.services.ratelimit import MemoryRateCounters
+from huren.services.retrieval import RetrievalService
 
 
 def history_patient(c: Container, rng: random.Random, size: int) -> tuple[str, str, int]:
@@ -98,6 +102,19 @@ def main() -> None:
         ident = PatientIdentifier(IdentifierKind.NATIONAL_ID, national_id)
         svc = c.sharing.retrieval
         svc._limiter.rule = type(svc._limiter.rule)(limit=10**9, window=svc._limiter.rule.window)
+        # The same lookups with the rate limit counted in this process instead of the
+        # database (what it was before the limits were shared by every server process).
+        in_process = RetrievalService(
+            c.sharing.retrieval._store,
+            c.catalog,
+            c.vault,
+            c.clock,
+            svc.purposes,
+            svc._limiter.rule,
+            counters=MemoryRateCounters(),
+        )
+        limit = RateLimit(limit=30, window=timedelta(minutes=1))
+        accounts = itertools.cycle(range(1000))
 
         with c.engine.connect() as conn:
             total = conn.execute(select(func.count()).select_from(result)).scalar_one()
@@ -114,15 +131,23 @@ def main() -> None:
         def history() -> None:
             svc.search(doctor, ident, "treatment")
 
+        def history_in_process_limit() -> None:
+            in_process.search(doctor, ident, "treatment")
+
         def report() -> None:
             svc.open_report(doctor, one_id, "treatment")
 
-        for fn in (pk_read, history, report):
+        def count_one_lookup() -> None:
+            c.rate_counters.hit(f"bench:{next(accounts)}", c.clock.now(), limit)
+
+        for fn in (pk_read, history, history_in_process_limit, report, count_one_lookup):
             timed(fn, 10)  # warm-up
         rows = {
             "主键读取一行 result（基线）": timed(pk_read, args.repeat * 5),
             f"调阅完整历史（{listed} 条，含审计写入）": timed(history, args.repeat),
+            "  同上，限流计数在进程内": timed(history_in_process_limit, args.repeat),
             "打开一份完整报告（含审计写入）": timed(report, args.repeat),
+            "限流计数一次（数据库，跨进程共享）": timed(count_one_lookup, args.repeat * 5),
         }
         with c.engine.connect() as conn:
             audits = conn.execute(select(func.count()).select_from(audit_event)).scalar_one()

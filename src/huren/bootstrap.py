@@ -18,6 +18,7 @@ from huren.adapters.db.engine import make_engine
 from huren.adapters.db.inbound import SqlInboundMessages
 from huren.adapters.db.masterdata import SqlMasterData
 from huren.adapters.db.masterdata_admin import SqlMasterDataAdmin
+from huren.adapters.db.ratelimits import SqlRateCounters
 from huren.adapters.db.recognition import SqlRecognitionStore
 from huren.adapters.db.results import SqlIntakeStore, SqlResultReader
 from huren.adapters.db.sharing import SqlSharing, correction_deadline_working_days, load_purposes
@@ -76,6 +77,12 @@ class Container:
         return MasterDataAdmin(SqlMasterDataAdmin(self.engine), self.catalog, self.clock)
 
     @cached_property
+    def rate_counters(self) -> SqlRateCounters:
+        """Rate limits and login throttles, counted in the database so that every server
+        process on it shares them."""
+        return SqlRateCounters(self.engine)
+
+    @cached_property
     def accounts(self) -> AccountService:
         key = self.settings.token_signing_key.get_secret_value()
         return AccountService(
@@ -85,6 +92,7 @@ class Container:
             JwtTokens(key),
             self.clock,
             timedelta(seconds=self.settings.token_ttl_seconds),
+            counters=self.rate_counters,
         )
 
     @cached_property
@@ -148,6 +156,7 @@ class Container:
             purposes=load_purposes(),
             deadline_working_days=correction_deadline_working_days(),
             studies=self.imaging,
+            counters=self.rate_counters,
         )
 
     @cached_property

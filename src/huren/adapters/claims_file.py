@@ -53,7 +53,7 @@ def _normalize(header: Sequence[Any]) -> list[str | None]:
 
 def _rows_to_lines(
     header: Sequence[Any], rows: Sequence[Sequence[Any]], first_row: int
-) -> list[ClaimLine]:
+) -> list[tuple[int, ClaimLine]]:
     keys = _normalize(header)
     if "claim_no" not in keys or "id_value" not in keys:
         raise ValidationFailed(
@@ -70,7 +70,7 @@ def _rows_to_lines(
             f"一次最多核查 {MAX_LINES} 条明细", problems=[Problem("file", f"共 {len(rows)} 行")]
         )
     errors = ProblemCollector()
-    lines: list[ClaimLine] = []
+    lines: list[tuple[int, ClaimLine]] = []
     for n, row in enumerate(rows, start=first_row):
         if not any(str(v or "").strip() for v in row):
             continue
@@ -87,14 +87,14 @@ def _rows_to_lines(
             values[key] = "" if value is None else str(value)
         line = claim_line_from_row(values, f"第 {n} 行", errors)
         if line is not None:
-            lines.append(line)
+            lines.append((n, line))
     errors.raise_if_any("文件中有无效的行，未作核查")
     if not lines:
         raise ValidationFailed("文件中没有结算明细", problems=[Problem("file", "没有数据行")])
     return lines
 
 
-def parse_csv(data: bytes) -> list[ClaimLine]:
+def parse_csv(data: bytes) -> list[tuple[int, ClaimLine]]:
     text = _decode(data)
     rows = list(csv.reader(io.StringIO(text)))
     if not rows:
@@ -102,7 +102,7 @@ def parse_csv(data: bytes) -> list[ClaimLine]:
     return _rows_to_lines(rows[0], rows[1:], 2)
 
 
-def parse_xlsx(data: bytes) -> list[ClaimLine]:
+def parse_xlsx(data: bytes) -> list[tuple[int, ClaimLine]]:
     try:
         wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many kinds for a damaged file
@@ -118,6 +118,14 @@ def parse_xlsx(data: bytes) -> list[ClaimLine]:
 
 
 def parse_claims(filename: str, content_type: str, data: bytes) -> list[ClaimLine]:
+    return [line for _, line in parse_claims_numbered(filename, content_type, data)]
+
+
+def parse_claims_numbered(
+    filename: str, content_type: str, data: bytes
+) -> list[tuple[int, ClaimLine]]:
+    """The claim lines of a batch file, each with its row number in the file (the header
+    is row 1), so that a problem found later can name the row."""
     name = filename.lower()
     if name.endswith(".xlsx") or "spreadsheetml" in content_type:
         return parse_xlsx(data)

@@ -12,14 +12,16 @@ CONTRACT for every route module:
 Credentials accepted, first match wins:
 ``Authorization: Bearer <jwt>``, ``Authorization: ApiKey <key>``, ``X-API-Key: <key>``,
 and the ``huren_session`` cookie (HttpOnly, SameSite=Lax) that the login page sets,
-carrying the same signed token."""
+carrying the same signed token. Last, the image viewer's ``huren_viewer`` cookie (set from
+a ``?token=`` the HIS frame passed, see ``routes/viewer.py``) — honoured only for reading
+the viewer and its images (GET/HEAD under ``VIEWER_COOKIE_PATHS``), never for a change."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated, ClassVar
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from huren.bootstrap import Container
@@ -34,6 +36,8 @@ from huren.domain.errors import Forbidden, Unauthorized
 from huren.services.catalog import Catalog
 
 SESSION_COOKIE = "huren_session"
+VIEWER_COOKIE = "huren_viewer"
+VIEWER_COOKIE_PATHS = ("/imaging/", "/dicomweb/")
 ALL_ROLES: tuple[Role, ...] = tuple(Role)
 STAFF_ROLES: tuple[Role, ...] = tuple(r for r in Role if r is not Role.PATIENT)
 LIST_EDITORS: tuple[Role, ...] = (Role.REGULATOR, Role.QC_CENTRE, Role.OPERATOR)
@@ -57,6 +61,37 @@ class NotAuthenticated(Unauthorized):
 def _container(request: Request) -> Container:
     c: Container = request.app.state.container
     return c
+
+
+def set_viewer_cookie(response: Response, token: str, max_age: int, *, https: bool) -> None:
+    """HttpOnly. Over HTTPS SameSite=None, Secure and Partitioned, so that it is sent
+    inside the HIS's cross-site frame (CHIPS keeps it to that frame's top-level site);
+    over plain HTTP browsers refuse SameSite=None, so Lax (a new tab or a same-site
+    frame). ``max_age=0`` deletes it."""
+    response.set_cookie(
+        VIEWER_COOKIE,
+        token,
+        max_age=max_age,
+        httponly=True,
+        samesite="none" if https else "lax",
+        secure=https,
+        path="/",
+    )
+    if https:
+        # Partitioned by hand: Starlette's ``partitioned=`` needs Python 3.14.
+        prefix = f"{VIEWER_COOKIE}=".encode()
+        response.raw_headers[:] = [
+            (k, v + b"; Partitioned" if k == b"set-cookie" and v.startswith(prefix) else v)
+            for k, v in response.raw_headers
+        ]
+
+
+def _viewer_cookie(request: Request) -> str:
+    if request.method not in ("GET", "HEAD"):
+        return ""
+    if not request.url.path.startswith(VIEWER_COOKIE_PATHS):
+        return ""
+    return request.cookies.get(VIEWER_COOKIE, "")
 
 
 def _resolve(request: Request) -> Principal | None:
@@ -83,6 +118,8 @@ def _resolve(request: Request) -> Principal | None:
             principal = accounts.principal_from_api_key(x_api_key)
         elif cookie:
             principal = accounts.principal_from_token(cookie)
+        elif viewer := _viewer_cookie(request):
+            principal = accounts.principal_from_token(viewer)
         else:
             return None
     except NotAuthenticated:

@@ -59,6 +59,7 @@ _KIND_ALIASES = {
 }
 
 MAX_LINES = 5000
+TWINS_NAMED = 5  # other lines named in a verdict's summary; the rest are counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,7 +225,11 @@ def judge(facts: LineFacts, reason_labels: Mapping[str, str]) -> LineVerdict:
         flags.append(Flag.REPEAT_WITHOUT_REASON)
     if facts.twin_lines:
         flags.append(Flag.SAME_RESULT_BILLED_TWICE)
-        parts.append(f"与 {'、'.join(facts.twin_lines)} 为同一结果")
+        named = "、".join(facts.twin_lines[:TWINS_NAMED])
+        more = len(facts.twin_lines) - TWINS_NAMED
+        parts.append(
+            f"与 {named}{f' 等 {len(facts.twin_lines)} 条明细' if more > 0 else ''} 为同一结果"
+        )
     if facts.bundled_recognized:
         flags.append(Flag.BUNDLED_RECOGNIZED_ITEM)
         parts.append(f"打包项目中含已互认项目 {'、'.join(facts.bundled_recognized)}")

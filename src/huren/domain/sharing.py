@@ -7,10 +7,9 @@ reader is told; every read, allowed or refused, is audited by the service."""
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta, timezone
 from enum import StrEnum
 
 from huren.domain.accounts import Principal, Role, scope_within
@@ -38,6 +37,7 @@ class AuditAction(StrEnum):
     DOWNLOAD = "download"  # a report downloaded (patient portal)
     VERIFY = "verify"  # a result consulted for an insurer claim line
     AUDIT_QUERY = "audit_query"  # someone read the audit trail of a patient
+    BIND = "bind"  # a patient's portal account opened or re-bound at a counter (or tried)
 
 
 class AuditOutcome(StrEnum):
@@ -162,33 +162,18 @@ class RateLimit:
     window: timedelta
 
 
-class SlidingWindowLimiter:
-    """In-process sliding-window counter per key (e.g. per account). Each process keeps
-    its own counts: with N server processes an account gets up to N × ``limit``; a
-    shared limiter (database or Redis) is the production answer behind several workers."""
-
-    def __init__(self, rule: RateLimit) -> None:
-        self.rule = rule
-        self._events: dict[str, deque[datetime]] = {}
-
-    def hit(self, key: str, now: datetime, message: str = "查询过于频繁，请稍后再试") -> None:
-        """Count one event for ``key`` or raise ``RateLimited`` when over the limit."""
-        q = self._events.setdefault(key, deque())
-        horizon = now - self.rule.window
-        while q and q[0] <= horizon:
-            q.popleft()
-        if len(q) >= self.rule.limit:
-            retry = int((q[0] + self.rule.window - now).total_seconds()) + 1
-            raise RateLimited(
-                message,
-                problems=[
-                    Problem(
-                        "rate_limit",
-                        f"每{_window_text(self.rule.window)}最多 {self.rule.limit} 次，请 {retry} 秒后再试",
-                    )
-                ],
+def rate_limited(rule: RateLimit, retry_after: int, message: str) -> RateLimited:
+    """The refusal of an event over ``rule``, telling when to try again. The counting is
+    ``huren.services.ratelimit`` (shared by every server process)."""
+    return RateLimited(
+        message,
+        problems=[
+            Problem(
+                "rate_limit",
+                f"每{_window_text(rule.window)}最多 {rule.limit} 次，请 {retry_after} 秒后再试",
             )
-        q.append(now)
+        ],
+    )
 
 
 def _window_text(window: timedelta) -> str:

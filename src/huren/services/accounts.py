@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import re
 import secrets
-import threading
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,7 +20,9 @@ from huren.domain.errors import (
     ProblemCollector,
     Unauthorized,
 )
+from huren.domain.sharing import RateLimit
 from huren.services.ports import Clock
+from huren.services.ratelimit import MemoryRateCounters, RateCounters
 
 USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{2,63}$")
 MIN_PASSWORD_LENGTH = 10
@@ -148,39 +148,36 @@ class TokenCodec(Protocol):
 
 # ---------------------------------------------------------------- login throttle
 class LoginThrottle:
-    """Failed logins per (username, client address) in a sliding window, held in this
-    process only: enough to slow password guessing against one node; a cluster behind a
-    load balancer would need a shared store."""
+    """Failed logins per (username, client address) in a sliding window. The counts live
+    in ``counters``: the database in a running server (``SqlRateCounters``), so every
+    server process sees the same failures; in this process when none is given."""
 
     def __init__(
-        self, clock: Clock, max_failures: int = 5, window: timedelta = timedelta(minutes=5)
+        self,
+        clock: Clock,
+        max_failures: int = 5,
+        window: timedelta = timedelta(minutes=5),
+        counters: RateCounters | None = None,
     ) -> None:
         self._clock = clock
-        self._max = max_failures
-        self._window = window
-        self._failures: dict[tuple[str, str], deque[datetime]] = {}
-        self._lock = threading.Lock()
+        self._rule = RateLimit(limit=max_failures, window=window)
+        self._counters = counters or MemoryRateCounters()
 
-    def _recent(self, key: tuple[str, str]) -> deque[datetime]:
-        now = self._clock.now()
-        q = self._failures.setdefault(key, deque())
-        while q and now - q[0] >= self._window:
-            q.popleft()
-        return q
+    @staticmethod
+    def _key(username: str, client: str) -> str:
+        return f"login:{username.lower()}|{client}"
 
     def check(self, username: str, client: str) -> None:
-        with self._lock:
-            if len(self._recent((username.lower(), client))) >= self._max:
-                minutes = int(self._window.total_seconds() // 60)
-                raise TooManyAttempts(f"登录失败次数过多，请 {minutes} 分钟后再试")
+        now = self._clock.now()
+        if self._counters.count(self._key(username, client), now, self._rule) >= self._rule.limit:
+            minutes = int(self._rule.window.total_seconds() // 60)
+            raise TooManyAttempts(f"登录失败次数过多，请 {minutes} 分钟后再试")
 
     def failed(self, username: str, client: str) -> None:
-        with self._lock:
-            self._recent((username.lower(), client)).append(self._clock.now())
+        self._counters.add(self._key(username, client), self._clock.now(), self._rule)
 
     def succeeded(self, username: str, client: str) -> None:
-        with self._lock:
-            self._failures.pop((username.lower(), client), None)
+        self._counters.clear(self._key(username, client))
 
 
 # ---------------------------------------------------------------- the service
@@ -217,6 +214,7 @@ class AccountService:
         tokens: TokenCodec,
         clock: Clock,
         token_ttl: timedelta,
+        counters: RateCounters | None = None,
     ) -> None:
         self.store = store
         self.passwords = passwords
@@ -224,7 +222,7 @@ class AccountService:
         self.tokens = tokens
         self.clock = clock
         self.token_ttl = token_ttl
-        self.throttle = LoginThrottle(clock)
+        self.throttle = LoginThrottle(clock, counters=counters)
         # Every authenticated request re-reads its account (active? role unchanged?); that
         # read was a third of a CDS Hooks call. Records are kept for ACCOUNT_CACHE_SECONDS
         # (monotonic time: a freshness bound, not domain time) and dropped at once when

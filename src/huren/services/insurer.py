@@ -336,14 +336,16 @@ class InsurerService:
                     keys.append(("report", line.institution, line.report_no, item_code))
                 billed_keys.append(keys)
             tx.write_audit(audit)
+        # Lines sharing a billed key, through an index of the keys (a batch of thousands of
+        # lines must not compare every pair).
+        by_key: dict[tuple[str, ...], list[int]] = {}
+        for i, keys in enumerate(billed_keys):
+            for k in dict.fromkeys(keys):
+                by_key.setdefault(k, []).append(i)
         out: list[LineVerdict] = []
         for i, f in enumerate(facts):
-            mine = set(billed_keys[i])
-            twins = tuple(
-                facts[j].line.ref
-                for j in range(len(facts))
-                if j != i and mine & set(billed_keys[j])
-            )
+            same = sorted({j for k in billed_keys[i] for j in by_key[k] if j != i})
+            twins = tuple(facts[j].line.ref for j in same)
             out.append(judge(_with_twins(f, twins), reason_labels))
         return out
 

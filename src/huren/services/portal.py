@@ -13,7 +13,7 @@ Verified identity, in two steps:
    ``MAX_ATTEMPTS`` tries, and at most ``MAX_CODES_PER_HOUR`` are sent per identifier
    (counted in the database, so it holds across processes) with ``RESEND_AFTER``
    between two. Per client address, ``request_code`` and ``verify_code`` are also rate
-   limited in-process (sliding window).
+   limited (``huren.services.ratelimit``, counted in the database).
 
 The answer to "send me a code" is the same whether or not the identifier is bound (no
 enumeration); an unbound identifier gets a challenge row that can never succeed.
@@ -34,21 +34,28 @@ from typing import Any, Protocol
 
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import Forbidden, NotFound, Problem, Unauthorized, ValidationFailed
-from huren.domain.identity import IdentifierKind, PatientIdentifier, mask_id, mask_name
+from huren.domain.identity import (
+    IdentifierKind,
+    PatientIdentifier,
+    mask_id,
+    mask_name,
+    validate_identifier,
+)
 from huren.domain.results import StoredResult
 from huren.domain.sharing import (
+    CHINA_TZ,
     ROLE_READER_LABEL,
     AuditAction,
     PurposeList,
     RateLimit,
     RateLimited,
-    SlidingWindowLimiter,
     mask_actor,
 )
 from huren.services.catalog import CatalogCache
 from huren.services.insurer import DecisionFact
 from huren.services.patients import IdentifierKey
 from huren.services.ports import Clock, IdentifierVault
+from huren.services.ratelimit import Limiter, MemoryRateCounters, RateCounters
 from huren.services.retrieval import (
     AuditEvent,
     AuditQuery,
@@ -65,6 +72,10 @@ MAX_ATTEMPTS = 5
 MAX_CODES_PER_HOUR = 5
 RESEND_AFTER = timedelta(seconds=60)
 CLIENT_LIMIT = RateLimit(limit=20, window=timedelta(minutes=10))
+# Bindings per administrator: a counter serves patients one at a time; more is probing
+# which identifiers the platform knows.
+BIND_LIMIT = RateLimit(limit=60, window=timedelta(hours=1))
+BIND_PURPOSE = "account_binding"
 
 CODE_SENT_MESSAGE = "如该证件已在医疗机构绑定手机号，验证码已发送至绑定手机，5 分钟内有效"
 BAD_CODE_MESSAGE = "验证码错误或已失效，请重新获取"
@@ -121,6 +132,8 @@ class PortalTx(Protocol):
 
     def upsert_binding(self, b: BindingRecord) -> None: ...
 
+    def bindings_made_at(self, institution_code: str, limit: int) -> list[BindingListEntry]: ...
+
     def insert_challenge(self, c: Challenge) -> int: ...
 
     def set_challenge_hash(self, challenge_id: int, code_hash: str) -> None: ...
@@ -162,6 +175,21 @@ class BindingOutcome:
     patient_id: int
     phone_masked: str
     name_masked: str
+    identifier_masked: str = ""
+    rebound: bool = False  # the account existed; its mobile was replaced
+
+
+@dataclass(frozen=True, slots=True)
+class BindingListEntry:
+    """A binding made at an institution's counter, as its staff see it: masked."""
+
+    account_id: int
+    bound_at: datetime
+    name_masked: str
+    identifier_kind: str
+    identifier_masked: str
+    phone_masked: str
+    bound_by: str  # the staff member's display name
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +222,9 @@ _ACTION_LABELS = {
     "download": "下载报告",
     "verify": "医保核查",
     "audit_query": "查看调阅记录",
+    "bind": "开通或改绑患者端账号",
 }
+_OWN_PURPOSES = {BIND_PURPOSE: "现场核验身份证件"}
 
 
 def _phone(value: str) -> str:
@@ -219,6 +249,7 @@ class PortalService:
         clock: Clock,
         sender: CodeSender,
         purposes: PurposeList,
+        counters: RateCounters | None = None,
     ) -> None:
         self._store = store
         self._accounts = accounts
@@ -228,7 +259,8 @@ class PortalService:
         self._clock = clock
         self.sender = sender
         self.purposes = purposes
-        self._client_limiter = SlidingWindowLimiter(CLIENT_LIMIT)
+        self._client_limiter = Limiter(CLIENT_LIMIT, counters or MemoryRateCounters())
+        self._bind_limiter = Limiter(BIND_LIMIT, self._client_limiter.counters)
 
     def _key(self, identifier: PatientIdentifier) -> IdentifierKey:
         return self._retrieval.lookup_key(identifier)
@@ -238,19 +270,31 @@ class PortalService:
 
     # -- binding at the counter
     def bind(self, admin: Principal, identifier: PatientIdentifier, phone: str) -> BindingOutcome:
+        """Open (or re-bind) the portal account of the patient ``identifier`` names, with
+        ``phone`` receiving the login codes; done by an institution administrator with the
+        patient's ID document in front of them. A re-binding tells the previous mobile, so
+        that a wrong or fraudulent one does not go unnoticed. Every attempt is audited (the
+        patient sees it among who read their results) and rate limited per administrator."""
         if admin.role is not Role.INSTITUTION_ADMIN or not admin.institution:
             raise Forbidden("只有医疗机构管理员可以为患者绑定账号（需现场核验身份证件）")
         mobile = _phone(phone)
         key = self._key(identifier)
+        now = self._clock.now()
+        self._bind_limiter.hit(f"bind:{admin.account_id}", now, "办理绑定过于频繁，请稍后再试")
+        existing: BindingRecord | None = None
+        p: dict[str, Any] = {}
         with self._store.transaction() as tx:
             patient_id = tx.patients_by_identifier([key]).get(key)
             if patient_id is None:
-                raise NotFound(
-                    "平台中尚无该患者的检查检验结果，暂不能开通患者账号",
-                    problems=[Problem("identifier", "未找到该患者")],
-                )
-            existing = tx.binding_by_identifier(key[2])
-            p = tx.patient(patient_id) or {}
+                tx.write_audit([audit_event(admin, now, AuditAction.BIND, BIND_PURPOSE)])
+            else:
+                existing = tx.binding_by_identifier(key[2])
+                p = tx.patient(patient_id) or {}
+        if patient_id is None:
+            raise NotFound(
+                "平台中尚无该患者的检查检验结果，暂不能开通患者账号",
+                problems=[Problem("identifier", "未找到该患者")],
+            )
         name_masked = str(p.get("name_masked", ""))
         account_id = (
             existing.account_id
@@ -267,10 +311,36 @@ class PortalService:
                     phone_masked=_mask_phone(mobile),
                     bound_by=admin.account_id,
                     bound_institution=admin.institution,
-                    bound_at=self._clock.now(),
+                    bound_at=now,
                 )
             )
-        return BindingOutcome(account_id, patient_id, _mask_phone(mobile), name_masked)
+            tx.write_audit(
+                [audit_event(admin, now, AuditAction.BIND, BIND_PURPOSE, patient_id=patient_id)]
+            )
+        previous = self._vault.decrypt(existing.phone_enc) if existing is not None else None
+        if previous is not None and previous != mobile:
+            inst = self._catalog.get().institutions.get(admin.institution)
+            self.sender.send(
+                previous,
+                f"【互认平台】您的患者账号绑定手机已于 {now.astimezone(CHINA_TZ):%Y-%m-%d %H:%M} "
+                f"在{inst.name if inst else admin.institution}变更为 {_mask_phone(mobile)}。"
+                "如非本人办理，请尽快联系该医疗机构。",
+            )
+        return BindingOutcome(
+            account_id,
+            patient_id,
+            _mask_phone(mobile),
+            name_masked,
+            identifier_masked=mask_id(validate_identifier(identifier, "identifier").value),
+            rebound=existing is not None,
+        )
+
+    def bindings_made_here(self, admin: Principal, limit: int = 50) -> list[BindingListEntry]:
+        """The latest bindings made at the administrator's institution, masked."""
+        if admin.role is not Role.INSTITUTION_ADMIN or not admin.institution:
+            raise Forbidden("只有医疗机构管理员可以查看本机构的患者账号绑定记录")
+        with self._store.transaction() as tx:
+            return tx.bindings_made_at(admin.institution, limit)
 
     # -- login
     def request_code(self, identifier: PatientIdentifier, client: str = "") -> str:
@@ -421,7 +491,7 @@ class PortalService:
                     institution_name=inst.name if inst else (r.institution or "—"),
                     item_name=r.item_name,
                     action=_ACTION_LABELS.get(r.action, r.action),
-                    purpose=self.purposes.label(r.purpose),
+                    purpose=_OWN_PURPOSES.get(r.purpose) or self.purposes.label(r.purpose),
                     outcome="已拒绝" if r.outcome == "denied" else "",
                 )
             )

@@ -11,8 +11,8 @@ row per result shown, a report one ``view`` row. A refused read is refused AND l
 
 No enumeration: an unknown identifier and a known patient with nothing in reach give the
 same answer, and a result id that does not exist and one out of reach the same refusal.
-Lookups are rate limited per account by an in-process sliding window
-(``huren.domain.sharing.SlidingWindowLimiter``: per process, not shared across workers)."""
+Lookups are rate limited per account (``huren.services.ratelimit``; counted in the
+database, so the limit holds across server processes)."""
 
 from __future__ import annotations
 
@@ -37,12 +37,12 @@ from huren.domain.sharing import (
     AuditOutcome,
     PurposeList,
     RateLimit,
-    SlidingWindowLimiter,
     may_read_result,
 )
 from huren.services.catalog import CatalogCache
 from huren.services.patients import IdentifierKey, PatientMatcher
 from huren.services.ports import Clock, IdentifierVault
+from huren.services.ratelimit import Limiter, MemoryRateCounters, RateCounters
 
 # Identifiers a reader may look a patient up by (never by name alone; an MRN belongs to one
 # hospital and is not a cross-institution key).
@@ -237,6 +237,7 @@ class RetrievalService:
         clock: Clock,
         purposes: PurposeList,
         lookup_limit: RateLimit = DEFAULT_LOOKUP_LIMIT,
+        counters: RateCounters | None = None,
     ) -> None:
         self._store = store
         self._catalog = catalog
@@ -244,7 +245,7 @@ class RetrievalService:
         self._matcher = PatientMatcher(vault)
         self._clock = clock
         self.purposes = purposes
-        self._limiter = SlidingWindowLimiter(lookup_limit)
+        self._limiter = Limiter(lookup_limit, counters or MemoryRateCounters())
 
     # -- helpers
     def _reach(self, principal: Principal) -> frozenset[str] | None:

@@ -13,6 +13,7 @@ from huren.services.corrections import CorrectionService, ResultReviser
 from huren.services.insurer import InsurerService
 from huren.services.portal import AccountsForPortal, CodeSender, LogCodeSender, PortalService
 from huren.services.ports import Clock, IdentifierVault
+from huren.services.ratelimit import RateCounters
 from huren.services.recognition import StudyStates
 from huren.services.retrieval import RetrievalService
 
@@ -38,8 +39,9 @@ class SharingServices:
         deadline_working_days: int,
         sender: CodeSender | None = None,
         studies: StudyStates | None = None,
+        counters: RateCounters | None = None,
     ) -> SharingServices:
-        retrieval = RetrievalService(store, catalog, vault, clock, purposes)
+        retrieval = RetrievalService(store, catalog, vault, clock, purposes, counters=counters)
         return cls(
             retrieval=retrieval,
             corrections=CorrectionService(
@@ -54,6 +56,7 @@ class SharingServices:
                 clock,
                 sender or LogCodeSender(),
                 purposes,
+                counters,
             ),
             insurer=InsurerService(store, catalog, vault, clock, studies),
         )

@@ -45,7 +45,7 @@ from huren.domain.sharing import CHINA_TZ, Purpose, PurposeList
 from huren.services.corrections import CorrectionRecord, Notice
 from huren.services.insurer import DecisionFact, ReminderFact
 from huren.services.patients import IdentifierKey
-from huren.services.portal import BindingRecord, Challenge
+from huren.services.portal import BindingListEntry, BindingRecord, Challenge
 from huren.services.ports import IdentifierVault
 from huren.services.retrieval import (
     AuditEvent,
@@ -120,14 +120,22 @@ class SqlSharingTx:
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._families: dict[int, list[int]] = {}
 
     # ------------------------------------------------------------ patients
     def patients_by_identifier(self, keys: Sequence[IdentifierKey]) -> dict[IdentifierKey, int]:
         return SqlIntakeTx(self.conn).patients_by_identifier(keys)
 
     def _family(self, patient_id: int) -> list[int]:
-        merged = self.conn.execute(select(patient.c.id).where(patient.c.merged_into == patient_id))
-        return [patient_id, *(int(i) for i in merged.scalars())]
+        """The patient and those merged into them; read once per transaction (an insurer
+        batch asks it three times per claim line)."""
+        family = self._families.get(patient_id)
+        if family is None:
+            merged = self.conn.execute(
+                select(patient.c.id).where(patient.c.merged_into == patient_id)
+            )
+            family = self._families[patient_id] = [patient_id, *(int(i) for i in merged.scalars())]
+        return family
 
     def patient(self, patient_id: int) -> dict[str, Any] | None:
         row = self.conn.execute(select(patient).where(patient.c.id == patient_id)).first()
@@ -631,6 +639,44 @@ class SqlSharingTx:
         )
         if not done.rowcount:
             self.conn.execute(insert(portal_binding), [{"account_id": b.account_id, **values}])
+
+    def bindings_made_at(self, institution_code: str, limit: int) -> list[BindingListEntry]:
+        """Newest first; the identifier shown is the one bound, masked as stored."""
+        staff_account = account.alias("staff")
+        b, pi, staff = portal_binding.c, patient_identifier.c, staff_account.c
+        rows = self.conn.execute(
+            select(
+                b.account_id,
+                b.bound_at,
+                b.phone_masked,
+                patient.c.name_masked,
+                pi.kind,
+                pi.value_masked,
+                staff.display_name,
+            )
+            .join(patient, patient.c.id == b.patient_id)
+            .join(
+                patient_identifier,
+                (pi.value_hash == b.identifier_hash) & (pi.patient_id == b.patient_id),
+                isouter=True,
+            )
+            .join(staff_account, staff.id == b.bound_by)
+            .where(b.bound_institution == institution_code)
+            .order_by(b.bound_at.desc(), b.account_id.desc())
+            .limit(limit)
+        ).all()
+        return [
+            BindingListEntry(
+                account_id=r.account_id,
+                bound_at=utc(r.bound_at),
+                name_masked=r.name_masked,
+                identifier_kind=r.kind or "",
+                identifier_masked=r.value_masked or "",
+                phone_masked=r.phone_masked,
+                bound_by=r.display_name,
+            )
+            for r in rows
+        ]
 
     def insert_challenge(self, c: Challenge) -> int:
         return int(

@@ -57,6 +57,10 @@ imaging_study = Table(
     Index("ix_imaging_study_accession", "institution_code", "accession_number"),
     Index("ix_imaging_study_patient", "institution_code", "patient_hash"),
     Index("ix_imaging_study_date", "study_date"),
+    # QIDO-RS searches are scoped to the caller's institution and listed newest first
+    # (study_date DESC, id DESC): date ranges, modality filters and paging walk this
+    # index in order instead of sorting or skipping other institutions' studies.
+    Index("ix_imaging_study_institution_date", "institution_code", "study_date", "id"),
 )
 
 imaging_series = Table(

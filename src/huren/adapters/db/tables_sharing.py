@@ -1,10 +1,11 @@
 """Tables of the sharing-and-trust area (R6, R7): correction requests, inbox
 notifications, and the patient portal's bindings and one-time codes. Reads are audited
-in the core ``audit_event`` table; notifications are also written to the core ``outbox``."""
+in the core ``audit_event`` table; notifications are also written to the core ``outbox``.
+And the rate-limit counters every server process shares."""
 
 from __future__ import annotations
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table, Text
+from sqlalchemy import BigInteger, Column, ForeignKey, Index, Integer, String, Table, Text
 
 from huren.adapters.db.tables import Id, UtcDateTime, metadata
 
@@ -78,4 +79,17 @@ otp_challenge = Table(
     Column("attempts", Integer, nullable=False, default=0),
     _ts("consumed_at"),
     Index("ix_otp_challenge_ident", "identifier_hash", "created_at"),
+)
+
+# Rate limits shared by every server process (``huren.services.ratelimit``): events per
+# key (e.g. ``lookup:<account>``, ``login:<user>|<address>``) in millisecond buckets. Rows
+# of a key leave with its next hit once out of its window; ``expires_ms`` lets the
+# occasional sweep drop keys that are never hit again.
+rate_counter = Table(
+    "rate_counter",
+    metadata,
+    Column("bucket_key", String(200), primary_key=True),
+    Column("bucket_ms", BigInteger, primary_key=True, autoincrement=False),
+    Column("events", Integer, nullable=False),
+    Column("expires_ms", BigInteger, nullable=False, index=True),
 )

@@ -10,7 +10,13 @@ from urllib.parse import quote
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
-from huren.api.auth import ALL_ROLES, SESSION_COOKIE, optional_principal, require_roles
+from huren.api.auth import (
+    ALL_ROLES,
+    SESSION_COOKIE,
+    optional_principal,
+    require_roles,
+    set_viewer_cookie,
+)
 from huren.api.deps import container, templates
 from huren.api.problems import PROBLEM
 from huren.api.schemas.auth import PrincipalOut, TokenOut
@@ -190,7 +196,8 @@ def login_submit(
 
 
 @router.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
-def logout() -> Response:
+def logout(request: Request) -> Response:
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
+    set_viewer_cookie(response, "", 0, https=request.url.scheme == "https")
     return response

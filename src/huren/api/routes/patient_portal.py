@@ -18,20 +18,22 @@ from pydantic import BaseModel, Field
 
 from huren.api.auth import SESSION_COOKIE, optional_principal, require_roles
 from huren.api.deps import container, templates
+from huren.api.routes.auth import login_redirect
 from huren.api.routes.corrections import CorrectionOut
 from huren.api.routes.corrections import out as correction_out
 from huren.api.routes.retrieval import ReportOut, ResultSummaryOut, local, report_out, summary
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
-from huren.domain.errors import DomainError
+from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
 from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
 from huren.services.insurer import DecisionFact
-from huren.services.portal import ReaderEntry
+from huren.services.portal import BindingListEntry, BindingOutcome, ReaderEntry
 
 router = APIRouter(tags=["患者端"])
 
 Services = Annotated[Container, Depends(container)]
 Patient = Annotated[Principal, Depends(require_roles(Role.PATIENT))]
+InstitutionAdmin = Annotated[Principal, Depends(require_roles(Role.INSTITUTION_ADMIN))]
 
 KINDS = (IdentifierKind.NATIONAL_ID, IdentifierKind.INSURANCE, IdentifierKind.HEALTH_CARD)
 KindField = Literal["national_id", "insurance", "health_card"]
@@ -64,6 +66,19 @@ class BindOut(BaseModel):
     account_id: int
     phone_masked: str
     name_masked: str
+    identifier_masked: str
+    rebound: bool = Field(description="账号已存在，本次为改绑手机")
+
+
+class BindingListOut(BaseModel):
+    account_id: int
+    bound_at: datetime
+    name_masked: str
+    identifier_kind: str
+    identifier_label: str
+    identifier_masked: str
+    phone_masked: str
+    bound_by: str
 
 
 class DecisionOut(BaseModel):
@@ -153,13 +168,45 @@ def _set_session(response: Response, request: Request, token: str, max_age: int)
     status_code=201,
     summary="为患者开通账号并绑定手机（机构管理员，现场核验证件）",
 )
-def bind(
-    body: BindIn,
-    principal: Annotated[Principal, Depends(require_roles(Role.INSTITUTION_ADMIN))],
-    c: Services,
-) -> BindOut:
+def bind(body: BindIn, principal: InstitutionAdmin, c: Services) -> BindOut:
     b = c.sharing.portal.bind(principal, _ident(body.identifier_kind, body.identifier), body.phone)
-    return BindOut(account_id=b.account_id, phone_masked=b.phone_masked, name_masked=b.name_masked)
+    return _bind_out(b)
+
+
+def _bind_out(b: BindingOutcome) -> BindOut:
+    return BindOut(
+        account_id=b.account_id,
+        phone_masked=b.phone_masked,
+        name_masked=b.name_masked,
+        identifier_masked=b.identifier_masked,
+        rebound=b.rebound,
+    )
+
+
+@router.get(
+    "/api/v1/patient/bindings",
+    response_model=list[BindingListOut],
+    summary="本机构办理的患者账号绑定（脱敏）",
+)
+def bindings(principal: InstitutionAdmin, c: Services) -> list[BindingListOut]:
+    return _bindings_out(c.sharing.portal.bindings_made_here(principal))
+
+
+def _bindings_out(entries: list[BindingListEntry]) -> list[BindingListOut]:
+    labels = {str(k): v for k, v in IDENTIFIER_LABELS.items()}
+    return [
+        BindingListOut(
+            account_id=e.account_id,
+            bound_at=local(e.bound_at),
+            name_masked=e.name_masked,
+            identifier_kind=e.identifier_kind,
+            identifier_label=labels.get(e.identifier_kind, e.identifier_kind),
+            identifier_masked=e.identifier_masked,
+            phone_masked=e.phone_masked,
+            bound_by=e.bound_by,
+        )
+        for e in entries
+    ]
 
 
 @router.post("/api/v1/patient/otp", response_model=MessageOut, summary="获取登录验证码")
@@ -432,3 +479,79 @@ def audit_page(
             "rows": [ReaderOut(**_fields(e)) for e in c.sharing.portal.who_read_my_results(me)],
         },
     )
+
+
+# ---------------------------------------------------------------- binding at the counter
+def _render_bindings(
+    request: Request,
+    c: Container,
+    user: Principal,
+    *,
+    form: dict[str, str] | None = None,
+    outcome: BindOut | None = None,
+    error: DomainError | None = None,
+    status_code: int = 200,
+) -> Response:
+    allowed = user.role is Role.INSTITUTION_ADMIN and bool(user.institution)
+    rows = _bindings_out(c.sharing.portal.bindings_made_here(user)) if allowed else []
+    inst = c.catalog.get().institutions.get(user.institution or "")
+    return templates.TemplateResponse(
+        request,
+        "bindings/bindings.html",
+        {
+            "user": user,
+            "allowed": allowed,
+            "institution_name": inst.name if inst else (user.institution or ""),
+            "kinds": _kinds(),
+            "form": form or {},
+            "outcome": outcome,
+            "error": error,
+            "rows": rows,
+        },
+        status_code=status_code,
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/patient-bindings", response_class=HTMLResponse, include_in_schema=False)
+def bindings_page(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    allowed = user.role is Role.INSTITUTION_ADMIN and bool(user.institution)
+    return _render_bindings(request, c, user, status_code=200 if allowed else 403)
+
+
+@router.post("/patient-bindings", response_class=HTMLResponse, include_in_schema=False)
+def bindings_submit(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    identifier_kind: Annotated[str, Form()] = "national_id",
+    identifier: Annotated[str, Form()] = "",
+    phone: Annotated[str, Form()] = "",
+    verified: Annotated[str, Form()] = "",
+) -> Response:
+    """The identifier and the mobile are not echoed back into the form."""
+    if user is None:
+        return login_redirect(request)
+    form = {"identifier_kind": identifier_kind}
+    try:
+        if user.role is not Role.INSTITUTION_ADMIN or not user.institution:
+            raise Forbidden("只有医疗机构管理员可以为患者绑定账号（需现场核验身份证件）")
+        problems = []
+        if identifier_kind not in {str(k) for k in KINDS}:
+            problems.append(Problem("identifier_kind", "证件类型无效"))
+        if not identifier.strip():
+            problems.append(Problem("identifier", "请输入证件号码"))
+        if verified != "yes":
+            problems.append(Problem("verified", "请先核验患者本人有效身份证件原件，并勾选确认"))
+        if problems:
+            raise ValidationFailed("绑定信息不完整，未办理", problems=problems)
+        b = c.sharing.portal.bind(user, _ident(identifier_kind, identifier), phone)
+    except DomainError as exc:
+        return _render_bindings(request, c, user, form=form, error=exc, status_code=exc.status)
+    return _render_bindings(request, c, user, form=form, outcome=_bind_out(b), status_code=201)

@@ -6,12 +6,12 @@ this node's WADO-RS ``/rendered`` — no CDN."""
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from huren.api.auth import SESSION_COOKIE, optional_principal
+from huren.api.auth import optional_principal, set_viewer_cookie
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.bootstrap import Container
@@ -61,6 +61,7 @@ def _page(
             "status": view.status,
             "presets": WINDOW_PRESETS,
         },
+        headers=_frame_headers(c),
     )
 
 
@@ -72,26 +73,39 @@ def study_page(study_uid: str, request: Request, user: User, c: Services) -> Res
     return _page(request, c, user, c.imaging.study_view(study_uid), None)
 
 
+def _frame_headers(c: Container) -> dict[str, str]:
+    """The viewer may sit in the same HIS frames as the workbench, and no others."""
+    return {"Content-Security-Policy": f"frame-ancestors {c.settings.workbench_frame_ancestors}"}
+
+
+def _without_token(request: Request) -> str:
+    """This page's own path and query, less ``token`` (a relative URL: never elsewhere)."""
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    return request.url.path + (f"?{urlencode(rest)}" if rest else "")
+
+
 def _session_from_token(request: Request, c: Container, token: str) -> Response:
     """The viewer opened from the workbench in token mode (a HIS frame carries the
-    clinician's access token in the URL and has no session cookie): the token becomes this
-    browser's session cookie, as the login form sets it, and the page reloads without the
-    token in its address — so that its thumbnail and WADO-RS requests are authenticated."""
-    path = request.url.path
+    clinician's access token in the URL and has no session cookie): the token becomes the
+    viewer cookie and the page reloads without the token in its address — so that its
+    thumbnail and WADO-RS requests are authenticated and the token leaves the address bar,
+    the history and any Referer.
+
+    Not the login session: ``huren_viewer`` is honoured only for GET/HEAD of the viewer and
+    DICOMweb (``huren.api.auth``), so a link carrying someone else's token cannot swap the
+    browser's session (login CSRF) nor act in it. Its attributes: ``set_viewer_cookie``;
+    it lives no longer than the token, and logging out clears it."""
     try:
-        c.accounts.principal_from_token(token)
+        principal = c.accounts.principal_from_token(token)
     except Unauthorized:
-        return RedirectResponse(f"/login?next={quote(path, safe='')}", status_code=303)
-    response = RedirectResponse(path, status_code=303)
+        return RedirectResponse(f"/login?next={quote(request.url.path, safe='')}", status_code=303)
+    _check(principal)
+    claims = c.accounts.tokens.decode(token)
+    remaining = int((claims.expires_at - c.clock.now()).total_seconds()) if claims else 0
+    response = RedirectResponse(_without_token(request), status_code=303)
     response.headers["Referrer-Policy"] = "no-referrer"
-    response.set_cookie(
-        SESSION_COOKIE,
-        token,
-        httponly=True,
-        samesite="lax",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    response.headers["Cache-Control"] = "no-store"
+    set_viewer_cookie(response, token, max(1, remaining), https=request.url.scheme == "https")
     return response
 
 
@@ -114,5 +128,6 @@ def result_page(
             request,
             "viewer/missing.html",
             {"user": user, "report": report, "status": status},
+            headers=_frame_headers(c),
         )
     return _page(request, c, user, view, result_id)

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 00:23:52.779759
+Create Date: 2026-11-26 03:21:41.509903
 """
 
 from collections.abc import Sequence
@@ -234,6 +234,19 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("patient", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_patient_merged_into"), ["merged_into"], unique=False)
+
+    op.create_table(
+        "rate_counter",
+        sa.Column("bucket_key", sa.String(length=200), nullable=False),
+        sa.Column("bucket_ms", sa.BigInteger(), autoincrement=False, nullable=False),
+        sa.Column("events", sa.Integer(), nullable=False),
+        sa.Column("expires_ms", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("bucket_key", "bucket_ms", name=op.f("pk_rate_counter")),
+    )
+    with op.batch_alter_table("rate_counter", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_rate_counter_expires_ms"), ["expires_ms"], unique=False
+        )
 
     op.create_table(
         "reminder",
@@ -566,6 +579,11 @@ def upgrade() -> None:
             "ix_imaging_study_accession", ["institution_code", "accession_number"], unique=False
         )
         batch_op.create_index("ix_imaging_study_date", ["study_date"], unique=False)
+        batch_op.create_index(
+            "ix_imaging_study_institution_date",
+            ["institution_code", "study_date", "id"],
+            unique=False,
+        )
         batch_op.create_index(
             "ix_imaging_study_patient", ["institution_code", "patient_hash"], unique=False
         )
@@ -1249,6 +1267,7 @@ def downgrade() -> None:
     with op.batch_alter_table("imaging_study", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_imaging_study_patient_global_hash"))
         batch_op.drop_index("ix_imaging_study_patient")
+        batch_op.drop_index("ix_imaging_study_institution_date")
         batch_op.drop_index("ix_imaging_study_date")
         batch_op.drop_index("ix_imaging_study_accession")
 
@@ -1282,6 +1301,10 @@ def downgrade() -> None:
         batch_op.drop_index("ix_reminder_at")
 
     op.drop_table("reminder")
+    with op.batch_alter_table("rate_counter", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_rate_counter_expires_ms"))
+
+    op.drop_table("rate_counter")
     with op.batch_alter_table("patient", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_patient_merged_into"))
 
