@@ -30,7 +30,12 @@ def active(world: Container) -> Container:
 def _snapshot(c: Container) -> dict[str, list[tuple[object, ...]]]:
     out = {}
     with c.engine.connect() as conn:
-        for table in (g.monitoring_month, g.monitoring_month_inst, g.monitoring_decline):
+        for table in (
+            g.monitoring_month,
+            g.monitoring_month_inst,
+            g.monitoring_decline,
+            g.monitoring_decline_inst,
+        ):
             rows = conn.execute(select(table).order_by(*table.primary_key.columns)).all()
             out[table.name] = [tuple(r) for r in rows]
     return out
@@ -162,6 +167,25 @@ def test_declines_are_counted_by_reason(active: Container) -> None:
         )
     got = {code: n for code, _, n in active.monitoring.declines(gv.REGULATOR_HE, WHOLE)}
     assert got == expected
+    assert _snapshot(active)["monitoring_decline_inst"]
+
+
+def test_declines_of_one_department_read_the_fine_table(active: Container) -> None:
+    active.monitoring.refresh()
+    with active.engine.connect() as conn:
+        d = t.decision.c
+        inst, dept = conn.execute(
+            select(d.institution_code, d.department).where(d.action == "declined").limit(1)
+        ).one()
+        expected = dict(
+            conn.execute(
+                select(d.reason_code, func.count())
+                .where(d.action == "declined", d.institution_code == inst, d.department == dept)
+                .group_by(d.reason_code)
+            ).all()
+        )
+    got = active.monitoring._store.declines_by_reason([inst], WHOLE.start, WHOLE.end, dept)
+    assert dict(got) == expected
 
 
 # ---------------------------------------------------------------- repeats without a decision

@@ -3,8 +3,9 @@ for SQLite and PostgreSQL except the month bucket and the upsert dialect).
 
 Monitoring queries read only the aggregate tables, never ``decision`` or ``reminder``:
 region-wide and item statistics read ``monitoring_month_inst`` (month × institution ×
-item), the department and clinician drill-down reads ``monitoring_month`` through its
-(institution, month) index. Both stay small relative to the decisions they count.
+item) and ``monitoring_decline_inst`` (month × institution × reason), the department and
+clinician drill-down reads ``monitoring_month`` / ``monitoring_decline`` through their
+(institution, month) indexes. Both stay small relative to the decisions they count.
 Also the data-file loaders for re-evaluation policies and targets."""
 
 from __future__ import annotations
@@ -454,6 +455,7 @@ class SqlQcStore:
 _FINE_KEYS = ("month", "institution_code", "department", "clinician", "item_code")
 _INST_KEYS = ("month", "institution_code", "item_code")
 _DECLINE_KEYS = (*_FINE_KEYS, "reason_code")
+_DECLINE_INST_KEYS = ("month", "institution_code", "reason_code")
 
 
 def month_bucket(conn: Connection, at: ColumnElement[Any]) -> ColumnElement[Any]:
@@ -679,9 +681,27 @@ class SqlMonitoringTx:
                 for k, n in sorted(declines.items())
             ],
         )
+        coarse_declines: dict[tuple[date, str, str], int] = {}
+        for (month, inst, _dept, _clin, _item, reason), n in declines.items():
+            key = (month, inst, reason)
+            coarse_declines[key] = coarse_declines.get(key, 0) + n
+        _upsert(
+            self.c,
+            g.monitoring_decline_inst,
+            _DECLINE_INST_KEYS,
+            [
+                dict(zip(_DECLINE_INST_KEYS, k, strict=True)) | {"declined": n}
+                for k, n in sorted(coarse_declines.items())
+            ],
+        )
 
     def clear_aggregates(self) -> None:
-        for table in (g.monitoring_month, g.monitoring_month_inst, g.monitoring_decline):
+        for table in (
+            g.monitoring_month,
+            g.monitoring_month_inst,
+            g.monitoring_decline,
+            g.monitoring_decline_inst,
+        ):
             self.c.execute(delete(table))
         self.c.execute(delete(g.monitoring_cursor))
 
@@ -745,6 +765,14 @@ class SqlMonitoringTx:
                 .group_by(*dkeys),
             )
         )
+        dl = g.monitoring_decline.c
+        coarse_dkeys = [dl.month, dl.institution_code, dl.reason_code]
+        self.c.execute(
+            insert(g.monitoring_decline_inst).from_select(
+                [*_DECLINE_INST_KEYS, "declined"],
+                select(*coarse_dkeys, func.sum(dl.declined)).group_by(*coarse_dkeys),
+            )
+        )
 
 
 class SqlMonitoringStore:
@@ -806,7 +834,8 @@ class SqlMonitoringStore:
     ) -> list[tuple[str, int]]:
         if institutions is not None and not institutions:
             return []
-        dc = g.monitoring_decline.c
+        # per department from the fine table, otherwise from the per-institution one
+        dc = (g.monitoring_decline if department is not None else g.monitoring_decline_inst).c
         q = (
             select(dc.reason_code, func.sum(dc.declined).label("n"))
             .where(dc.month >= month_from, dc.month <= month_to)
@@ -816,7 +845,7 @@ class SqlMonitoringStore:
         if institutions is not None:
             q = q.where(dc.institution_code.in_(list(institutions)))
         if department is not None:
-            q = q.where(dc.department == department)
+            q = q.where(g.monitoring_decline.c.department == department)
         with self.engine.connect() as conn:
             return [(r.reason_code, int(r.n)) for r in conn.execute(q)]
 

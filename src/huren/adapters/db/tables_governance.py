@@ -10,7 +10,8 @@ date incrementally by a job that remembers the last processed ``reminder`` / ``d
 ``result`` id in ``monitoring_cursor`` (see ``adapters/db/governance.py`` for why a
 watermark job and not an outbox). ``monitoring_month_inst`` is the same counters without
 department and clinician, so that region-wide queries read few rows; ``monitoring_decline``
-counts declines by negative-list reason. Months are calendar months in China Standard
+counts declines by negative-list reason (``monitoring_decline_inst`` the same per
+institution only). Months are calendar months in China Standard
 Time (UTC+8), stored as the first day of the month.
 """
 
@@ -159,6 +160,17 @@ monitoring_decline = Table(
     Column("reason_code", String(32), primary_key=True),
     Column("declined", BigInteger, nullable=False, default=0),
     Index("ix_monitoring_decline_inst", "institution_code", "month"),
+)
+
+# Declines by reason without department, clinician and item: what region-wide "declines by
+# reason" reads (a few rows per institution and month instead of one per clinician × item).
+monitoring_decline_inst = Table(
+    "monitoring_decline_inst",
+    metadata,
+    Column("month", Date, primary_key=True),
+    Column("institution_code", String(32), primary_key=True),
+    Column("reason_code", String(32), primary_key=True),
+    Column("declined", BigInteger, nullable=False, default=0),
 )
 
 monitoring_cursor = Table(

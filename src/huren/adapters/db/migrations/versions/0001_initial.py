@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-11-26 03:21:41.509903
+Create Date: 2026-11-26 04:12:36.195861
 """
 
 from collections.abc import Sequence
@@ -141,6 +141,16 @@ def upgrade() -> None:
             "ix_monitoring_decline_inst", ["institution_code", "month"], unique=False
         )
 
+    op.create_table(
+        "monitoring_decline_inst",
+        sa.Column("month", sa.Date(), nullable=False),
+        sa.Column("institution_code", sa.String(length=32), nullable=False),
+        sa.Column("reason_code", sa.String(length=32), nullable=False),
+        sa.Column("declined", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "month", "institution_code", "reason_code", name=op.f("pk_monitoring_decline_inst")
+        ),
+    )
     op.create_table(
         "monitoring_month",
         sa.Column("month", sa.Date(), nullable=False),
@@ -1319,6 +1329,7 @@ def downgrade() -> None:
         batch_op.drop_index("ix_monitoring_month_inst")
 
     op.drop_table("monitoring_month")
+    op.drop_table("monitoring_decline_inst")
     with op.batch_alter_table("monitoring_decline", schema=None) as batch_op:
         batch_op.drop_index("ix_monitoring_decline_inst")
 
