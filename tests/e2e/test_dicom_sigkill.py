@@ -90,7 +90,10 @@ def stream(
     try:
         for n in range(PER_ASSOCIATION):
             ds = instance(spec(assoc_no, n))
-            status = assoc.send_c_store(ds)
+            try:
+                status = assoc.send_c_store(ds)
+            except RuntimeError:  # the association ended between two sends: server killed
+                return
             if not assoc.is_established or "Status" not in status:
                 return  # no response: the server died before answering
             with lock:

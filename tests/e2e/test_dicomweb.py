@@ -25,6 +25,9 @@ from tests.fixtures.dicom import Spec, instance, instance_bytes, series_specs, t
 from tests.fixtures.dicom.peers import free_port
 from tests.fixtures.world import HOSP_A
 
+# The build machine is shared and loaded: httpx's 5 s default timed out once at load 11.
+_http = httpx.Client(timeout=30)
+
 PACS = Principal(1, "pacs-a", "PACS 接口", Role.INTEGRATION, institution=HOSP_A)
 DOCTOR = Principal(2, "dr-li", "李医生", Role.CLINICIAN, institution="H130600001")
 
@@ -150,7 +153,7 @@ def test_wado_rs_metadata_is_dicom_json_with_pixel_data_as_bulk_data(
 def test_rendered_frame_is_a_jpeg_of_the_image_size(client: DICOMwebClient, server: Server) -> None:
     client.store_instances([instance(Spec(study="rd"))])
     url = f"{server.url}/studies/{uid('rd')}/series/{uid('rd/series-1')}/instances/{uid('rd/series-1/1')}/frames/1/rendered"
-    r = httpx.get(url, params={"window": "40,400"})
+    r = _http.get(url, params={"window": "40,400"})
     assert r.status_code == 200
     assert r.headers["content-type"] == "image/jpeg"
     assert Image.open(BytesIO(r.content)).size == (128, 128)
@@ -159,8 +162,8 @@ def test_rendered_frame_is_a_jpeg_of_the_image_size(client: DICOMwebClient, serv
 def test_rendered_window_changes_the_picture(client: DICOMwebClient, server: Server) -> None:
     client.store_instances([instance(Spec(study="rw"))])
     url = f"{server.url}/studies/{uid('rw')}/series/{uid('rw/series-1')}/instances/{uid('rw/series-1/1')}/rendered"
-    lung = httpx.get(url, params={"window": "-600,1500", "accept": "image/png"}).content
-    bone = httpx.get(url, params={"window": "400,1800", "accept": "image/png"}).content
+    lung = _http.get(url, params={"window": "-600,1500", "accept": "image/png"}).content
+    bone = _http.get(url, params={"window": "400,1800", "accept": "image/png"}).content
     assert lung != bone
 
 
@@ -168,7 +171,7 @@ def test_stow_of_non_dicom_bytes_is_refused_with_409_and_logged(
     server: Server, world: Container
 ) -> None:
     body = b"--b1\r\nContent-Type: application/dicom\r\n\r\nthis is not dicom\r\n--b1--\r\n"
-    r = httpx.post(
+    r = _http.post(
         f"{server.url}/studies",
         content=body,
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b1'},
@@ -191,7 +194,7 @@ def test_stow_of_a_batch_with_one_bad_instance_stores_the_rest_with_202(
         b"--b2\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
         for p in (good, to_bytes(bad))
     )
-    r = httpx.post(
+    r = _http.post(
         f"{server.url}/studies",
         content=parts + b"--b2--\r\n",
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b2'},
@@ -203,7 +206,7 @@ def test_stow_of_a_batch_with_one_bad_instance_stores_the_rest_with_202(
 
 
 def test_stow_with_a_json_body_is_unsupported_media_type(server: Server) -> None:
-    r = httpx.post(f"{server.url}/studies", json={"a": 1})
+    r = _http.post(f"{server.url}/studies", json={"a": 1})
     assert r.status_code == 415
     assert r.headers["content-type"].startswith("application/problem+json")
 
@@ -216,7 +219,7 @@ def test_stow_of_a_conflicting_duplicate_is_409(client: DICOMwebClient, server: 
     body = (
         b"--b3\r\nContent-Type: application/dicom\r\n\r\n" + to_bytes(changed) + b"\r\n--b3--\r\n"
     )
-    r = httpx.post(
+    r = _http.post(
         f"{server.url}/studies",
         content=body,
         headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b3'},
@@ -226,7 +229,7 @@ def test_stow_of_a_conflicting_duplicate_is_409(client: DICOMwebClient, server: 
 
 
 def test_qido_with_an_unsupported_matching_key_names_it(server: Server) -> None:
-    r = httpx.get(f"{server.url}/studies", params={"ReferringPhysicianName": "x"})
+    r = _http.get(f"{server.url}/studies", params={"ReferringPhysicianName": "x"})
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "ReferringPhysicianName"
 
@@ -234,5 +237,5 @@ def test_qido_with_an_unsupported_matching_key_names_it(server: Server) -> None:
 def test_reads_without_credentials_are_401(world: Container) -> None:
     with Server(world) as s:
         s.app.dependency_overrides.clear()
-        r = httpx.get(f"{s.url}/studies")
+        r = _http.get(f"{s.url}/studies")
     assert r.status_code == 401

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import threading
 from io import BytesIO
 from pathlib import Path
 
@@ -304,3 +305,114 @@ def test_getscu_retrieves_a_series_over_the_same_association(
         )
     assert out.returncode == 0, out.stderr
     assert len(list(out_dir.iterdir())) == 2
+
+
+# ---------------------------------------------------------------- the C-STORE fast path
+@pytest.mark.parametrize(
+    ("message_id", "status", "sop_instance"),
+    [(1, 0x0000, "1.2.3.4"), (65535, 0xA700, "1.2.3.45"), (7, 0xC211, uid("rsp"))],
+)
+def test_the_hand_encoded_c_store_response_is_what_pynetdicom_encodes(
+    message_id: int, status: int, sop_instance: str
+) -> None:
+    from pynetdicom.dimse_messages import C_STORE_RSP
+    from pynetdicom.dimse_primitives import C_STORE
+
+    from huren.adapters.dicom.scp import store_response_command
+
+    rsp = C_STORE()
+    rsp.MessageIDBeingRespondedTo = message_id
+    rsp.AffectedSOPClassUID = CTImageStorage
+    rsp.AffectedSOPInstanceUID = sop_instance
+    rsp.Status = status
+    message = C_STORE_RSP()
+    message.primitive_to_message(rsp)
+    [pdata] = list(message.encode_msg(1, 16384))
+    [(context_id, pdv)] = pdata.presentation_data_value_list
+    mine = store_response_command(CTImageStorage, message_id, status, sop_instance)
+    assert (context_id, pdv) == (1, b"\x03" + mine)
+
+
+def test_c_store_is_served_where_it_arrives_and_other_requests_keep_their_order(
+    pacs: Container,
+) -> None:
+    from pynetdicom.association import Association
+    from pynetdicom.dul import DULServiceProvider
+
+    served: list[tuple[str, str]] = []  # (request, kind of thread serving it)
+
+    def kind() -> str:
+        t = threading.current_thread()
+        if isinstance(t, DULServiceProvider):
+            return "connection"
+        return "association" if isinstance(t, Association) else type(t).__name__
+
+    with running_scp(pacs) as scp:
+        on_store, on_echo = scp._on_store, scp._on_echo
+
+        def store(event: evt.Event) -> int:
+            served.append((str(event.request.AffectedSOPInstanceUID), kind()))
+            return on_store(event)
+
+        def echo(event: evt.Event) -> int:
+            served.append(("echo", kind()))
+            return on_echo(event)
+
+        server = scp._server
+        assert server is not None
+        for event, old, new in (
+            (evt.EVT_C_STORE, on_store, store),
+            (evt.EVT_C_ECHO, on_echo, echo),
+        ):
+            server.unbind(event, old)
+            server.bind(event, new)
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(CTImageStorage)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        statuses = [int(assoc.send_c_echo().Status)]
+        sent = []
+        for n in range(1, 4):
+            ds = instance(Spec(study="fast", instance=n))
+            sent.append(str(ds.SOPInstanceUID))
+            statuses.append(int(assoc.send_c_store(ds).Status))
+        statuses.append(int(assoc.send_c_echo().Status))
+        assoc.release()
+    assert statuses == [0] * 5
+    assert [r for r, _ in served] == ["echo", *sent, "echo"]
+    assert {k for r, k in served if r != "echo"} == {"connection"}
+    assert {k for r, k in served if r == "echo"} == {"association"}
+    assert _count(pacs, imaging_instance) == 3
+
+
+def test_a_peer_with_a_tiny_maximum_pdu_still_gets_every_response(pacs: Container) -> None:
+    statuses = []
+    with running_scp(pacs) as scp:
+        ae = AE(ae_title=PACS_AE)
+        ae.maximum_pdu_size = 64  # smaller than a C-STORE-RSP command: fragmented answers
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        for n in range(1, 3):
+            statuses.append(int(assoc.send_c_store(instance(Spec(study="pdu", instance=n))).Status))
+        assoc.release()
+    assert statuses == [0, 0]
+    assert _count(pacs, imaging_instance) == 2
+
+
+def test_associations_share_the_servers_contexts_without_changing_them(
+    pacs: Container, tmp_path: Path
+) -> None:
+    files = write(tmp_path, series_specs("shared", "s", 2))
+    with running_scp(pacs) as scp:
+        server = scp._server
+        assert server is not None
+        before = [(str(cx.abstract_syntax), list(cx.transfer_syntax)) for cx in server.contexts]
+        out = storescu(scp.port, files)
+        echo = dcmtk("echoscu", ["-aet", PACS_AE, "-aec", SCP_AE, "127.0.0.1", str(scp.port)])
+        after = [(str(cx.abstract_syntax), list(cx.transfer_syntax)) for cx in server.contexts]
+        # Negotiation as acceptor builds new contexts; the shared ones stay untouched.
+        assert all(cx.context_id is None and cx.result is None for cx in server.contexts)
+    assert out.returncode == 0, out.stderr
+    assert echo.returncode == 0, echo.stderr
+    assert after == before
+    assert _count(pacs, imaging_instance) == 2

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from huren.adapters.db.tables_imaging import imaging_instance, imaging_series, imaging_study
 from huren.bootstrap import Container
-from huren.services.imaging import ConflictingInstance, Source, StoredInstance
+from huren.services.imaging import ConflictingInstance, Source, StagedBlob, StoredInstance
 from tests.fixtures.dicom import Spec, instance, instance_bytes, to_bytes, uid
 from tests.fixtures.world import HOSP_A, HOSP_B
 
@@ -114,21 +114,30 @@ def test_a_file_that_cannot_be_made_durable_refuses_only_its_instance(
     world: Container, monkeypatch: pytest.MonkeyPatch, failing: int
 ) -> None:
     blobs = world.imaging.blobs
-    real_stage = blobs.stage
+    real_begin = blobs.begin
     datas = [instance_bytes(Spec(study="disk", instance=n)) for n in range(4)]
     bad = datas[failing]
 
-    def stage(data: bytes, content_hash: str) -> Callable[[], None]:
-        durable = real_stage(data, content_hash)
-        if data != bad:
-            return durable
+    class FailingFlush:
+        def __init__(self, staged: StagedBlob) -> None:
+            self.staged = staged
 
-        def fail() -> None:
-            raise OSError(28, "No space left on device")
+        def commit(self) -> Callable[[], None]:
+            self.staged.commit()
 
-        return fail
+            def fail() -> None:
+                raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(blobs, "stage", stage)
+            return fail
+
+        def cancel(self) -> None:
+            self.staged.cancel()
+
+    def begin(data: bytes, content_hash: str) -> StagedBlob:
+        staged = real_begin(data, content_hash)
+        return FailingFlush(staged) if data == bad else staged
+
+    monkeypatch.setattr(blobs, "begin", begin)
     results = _concurrently([_store(world, d) for d in datas])
     assert isinstance(results[failing], OSError)
     assert sum(isinstance(r, StoredInstance) for r in results) == 3

@@ -133,3 +133,58 @@ def test_a_journal_still_written_by_a_live_process_is_left_alone(tmp_path: Path)
     server.close()
     ContentAddressedStore(tmp_path)
     assert _journal(tmp_path) == []
+
+
+def test_begun_bytes_are_invisible_until_committed(tmp_path: Path) -> None:
+    store = ContentAddressedStore(tmp_path)
+    data, h = _blob(60)
+    staged = store.begin(data, h)
+    assert not store.exists(h)
+    durable = staged.commit()
+    assert store.read(h) == data
+    durable()
+
+
+def test_a_cancelled_record_is_not_restored_after_a_crash(tmp_path: Path) -> None:
+    store = ContentAddressedStore(tmp_path)
+    kept, h_kept = _blob(61)
+    refused, h_refused = _blob(62)
+    store.begin(refused, h_refused).cancel()
+    store.stage(kept, h_kept)()
+    store.close()
+    Path(store.path(h_kept)).unlink()
+    reopened = ContentAddressedStore(tmp_path)
+    assert reopened.read(h_kept) == kept
+    assert not reopened.exists(h_refused)
+
+
+def test_cancelling_one_of_two_records_of_the_same_bytes_keeps_the_other(tmp_path: Path) -> None:
+    store = ContentAddressedStore(tmp_path)
+    data, h = _blob(63)
+    first = store.begin(data, h)  # e.g. two associations sending the same file at once
+    second = store.begin(data, h)
+    first.cancel()
+    second.commit()()
+    store.close()
+    Path(store.path(h)).unlink()
+    assert ContentAddressedStore(tmp_path).read(h) == data
+
+
+def test_a_checkpoint_waits_for_records_begun_but_not_yet_committed(tmp_path: Path) -> None:
+    slow, h_slow = _blob(64)
+    fast, h_fast = _blob(65)
+    # The slow record alone stays under the limit; the fast one fills the segment and
+    # starts the checkpoint while the slow one is still being checked.
+    store = ContentAddressedStore(tmp_path, checkpoint_bytes=len(slow) + 100)
+    pending = store.begin(slow, h_slow)
+    store.stage(fast, h_fast)()
+    time.sleep(0.3)
+    assert len(_journal(tmp_path)) == 1  # waits: the slow file is not written yet
+    pending.commit()()
+    for _ in range(100):
+        if not _journal(tmp_path):
+            break
+        time.sleep(0.05)
+    assert _journal(tmp_path) == []  # checkpointed: both files flushed, segment dropped
+    assert store.read(h_slow) == slow
+    assert store.read(h_fast) == fast

@@ -110,6 +110,17 @@ class InstanceParser(Protocol):
         ...
 
 
+class StagedBlob(Protocol):
+    def commit(self) -> Callable[[], None]:
+        """Make the bytes visible; the returned call waits until they are durable (one
+        flush may cover several concurrent writes)."""
+        ...
+
+    def cancel(self) -> None:
+        """The bytes are not kept (no-op after ``commit``)."""
+        ...
+
+
 class BlobStore(Protocol):
     def put(self, data: bytes, content_hash: str) -> None:
         """Write durably under ``content_hash`` (no-op when already there)."""
@@ -118,6 +129,11 @@ class BlobStore(Protocol):
     def stage(self, data: bytes, content_hash: str) -> Callable[[], None]:
         """Write under ``content_hash`` so that readers see it; the returned call makes it
         durable (one flush may cover several concurrent writes)."""
+        ...
+
+    def begin(self, data: bytes, content_hash: str) -> StagedBlob:
+        """Start making ``data`` durable before it is checked (the disk works meanwhile);
+        nothing is visible until ``commit``."""
         ...
 
     def read(self, content_hash: str) -> bytes: ...
@@ -465,31 +481,22 @@ class ImagingService:
     def _store(
         self, data: bytes, institution: str, source: Source, calling_ae: str
     ) -> StoredInstance:
-        try:
-            header, required = self.parser.parse(data)
-        except InvalidDicomBytes as exc:
-            raise NotDicom(
-                f"不是有效的 DICOM 文件: {exc}",
-                problems=[
-                    Problem("DICOM", "内容不是 DICOM Part 10 文件（缺少 DICM 前导或无法解析）")
-                ],
-            ) from exc
-        missing = missing_required(required)
-        if missing:
-            labels = "、".join(label for _, label in missing)
-            raise MissingRequiredTags(
-                f"缺少必需的 DICOM 属性: {labels}",
-                sop_uid=required.get("SOPInstanceUID", ""),
-                problems=[Problem(kw, f"缺少必需属性 {label}") for kw, label in missing],
-            )
         content_hash = hashlib.sha256(data).hexdigest()
+        # The disk flush that makes the bytes durable starts now and runs while they are
+        # checked and indexed; refused bytes are cancelled, never visible.
+        staged = self.blobs.begin(data, content_hash)
+        try:
+            header, known = self._check(data)
+            if known is not None:
+                staged.cancel()
+                return self._duplicate(header, known, content_hash)
+            # PS3.4 B.2.2: the SCP stores the instance as received; lossless originals
+            # kept byte for byte (沪卫医〔2024〕135号 四(二)2: 无损 DICOM 格式影像).
+            durable = staged.commit()
+        except BaseException:
+            staged.cancel()
+            raise
         sop = header.sop_uid
-        known = self.index.instance_hash(sop)
-        if known is not None:
-            return self._duplicate(header, known, content_hash)
-        # PS3.4 B.2.2: the SCP stores the instance as received; lossless originals kept
-        # byte for byte (沪卫医〔2024〕135号 四(二)2: 无损 DICOM 格式影像).
-        durable = self.blobs.stage(data, content_hash)
         pid = header.patient_id.strip()
         outcome = self.index.add_instance(
             NewInstance(
@@ -520,6 +527,28 @@ class ImagingService:
             )
         # Lost a race with a concurrent association storing the same SOP Instance UID.
         return self._duplicate(header, self.index.instance_hash(sop) or "", content_hash)
+
+    def _check(self, data: bytes) -> tuple[InstanceHeader, str | None]:
+        """The header of valid DICOM bytes with every required identifier, and the content
+        hash already stored under its SOP Instance UID (None: new)."""
+        try:
+            header, required = self.parser.parse(data)
+        except InvalidDicomBytes as exc:
+            raise NotDicom(
+                f"不是有效的 DICOM 文件: {exc}",
+                problems=[
+                    Problem("DICOM", "内容不是 DICOM Part 10 文件（缺少 DICM 前导或无法解析）")
+                ],
+            ) from exc
+        missing = missing_required(required)
+        if missing:
+            labels = "、".join(label for _, label in missing)
+            raise MissingRequiredTags(
+                f"缺少必需的 DICOM 属性: {labels}",
+                sop_uid=required.get("SOPInstanceUID", ""),
+                problems=[Problem(kw, f"缺少必需属性 {label}") for kw, label in missing],
+            )
+        return header, self.index.instance_hash(header.sop_uid)
 
     def _duplicate(self, header: InstanceHeader, known: str, content_hash: str) -> StoredInstance:
         if known != content_hash:

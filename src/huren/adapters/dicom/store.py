@@ -6,16 +6,24 @@ temporary name in its directory and renamed into place, so a reader never sees h
 file. The bytes are kept exactly as received (transfer syntax included).
 
 Durability (``fsync=True``). Making one new file durable on its own takes two flushes in a
-row (the file, then its directory for the rename), each a few milliseconds. Instead,
-``stage`` writes the file without flushing and appends the same bytes to a journal
-(``<root>/.journal/<n>.log``: length, SHA-256, bytes); the callable it returns flushes the
-journal (``fdatasync``) up to that record — one flush, shared by every instance staged
-meanwhile on other associations, so concurrent C-STOREs are made durable together. The
-index commits only after it returns. A background checkpoint, when a journal segment has
-grown past ``checkpoint_bytes``, fsyncs the files and directories the segment covers and
-then deletes it. Opening the store replays the journal left by a crash: a file missing,
-short or not matching its hash is written again from its record (a torn last record is
-ignored: it was never acknowledged).
+row (the file, then its directory for the rename), each a few milliseconds. Instead, the
+bytes are appended to a journal (``<root>/.journal/<n>.log``: length, SHA-256, bytes) and
+the file is written without flushing; the call returned by ``commit`` waits until the
+journal is flushed (``fdatasync``) up to that record — one flush, shared by every instance
+appended meanwhile on other associations, so concurrent C-STOREs are made durable
+together. The index commits only after it returns.
+
+``begin`` appends the record and starts its flush at once, before the caller has even
+parsed the bytes, so the disk works while the caller checks them; ``commit`` then writes
+the file, ``cancel`` (bytes refused) appends a small record naming the cancelled one, so
+that recovery does not bring back a file nobody kept. ``stage`` is both in one call.
+
+A background checkpoint, when a journal segment has grown past ``checkpoint_bytes``, waits
+for its records still begun but not committed or cancelled, fsyncs the files and
+directories the segment covers and then deletes it. Opening the store replays the journal
+left by a crash: a file missing, short or not matching its hash is written again from its
+record unless the record was cancelled (a torn last record is ignored: it was never
+acknowledged).
 
 With ``fsync=False`` nothing is flushed: files still survive a process kill (the kernel
 has them), not an OS crash.
@@ -23,6 +31,7 @@ has them), not an OS crash.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -38,6 +47,9 @@ log = logging.getLogger("huren.dicom")
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 _RECORD = struct.Struct("<4sQ32s")  # magic, length, sha256 digest
 _MAGIC = b"HRJ1"
+# A cancelled record: same header, the length field holds the offset of the record it
+# cancels, no bytes follow.
+_CANCEL = b"HRJX"
 _JOURNAL_DIR = ".journal"
 
 
@@ -65,11 +77,65 @@ class _Segment:
         self.size = 0
         self.synced = 0
         self.covers: list[Path] = []
+        self.open_records = 0  # begun, neither committed nor cancelled
         self.closed = False
         self.error: OSError | None = None
 
 
 _FLUSHER_IDLE = 2.0  # seconds without work before the flusher thread ends
+
+
+class StagedBlob:
+    """Bytes on their way into the store (see ``ContentAddressedStore.begin``)."""
+
+    __slots__ = ("_data", "_done", "_existing", "_hash", "_record", "_store", "_target")
+
+    def __init__(
+        self,
+        store: ContentAddressedStore,
+        data: bytes,
+        content_hash: str,
+        target: Path,
+        record: tuple[_Segment, int, int] | None,
+        existing: bool,
+    ) -> None:
+        self._store = store
+        self._data = data
+        self._hash = content_hash
+        self._target = target
+        self._record = record  # segment, record start, record end
+        self._existing = existing
+        self._done = False
+
+    def commit(self) -> Callable[[], None]:
+        """Write the file so that readers see it; returns the call that waits until it is
+        durable."""
+        if self._done:
+            raise RuntimeError("staged blob already committed or cancelled")
+        store = self._store
+        if self._existing:
+            self._done = True
+            return store._durable_existing(self._hash)
+        try:
+            store._write_file(self._target, self._data)
+        except BaseException:
+            self.cancel()  # not kept: its record must not hold up a checkpoint
+            raise
+        self._done = True
+        if self._record is None:  # no fsync
+            return _noop
+        segment, _, end = self._record
+        store._committed(segment, self._target)
+        return lambda: store._sync(segment, end)
+
+    def cancel(self) -> None:
+        """The bytes are not kept: nothing is written, recovery will not restore them.
+        No-op after ``commit``."""
+        if self._done:
+            return
+        self._done = True
+        if self._record is not None:
+            self._store._cancel(self._hash, *self._record)
 
 
 class ContentAddressedStore:
@@ -81,6 +147,7 @@ class ContentAddressedStore:
         self._fsync = fsync
         self._checkpoint_bytes = checkpoint_bytes
         self._lock = threading.Lock()  # journal appends, segment switch, _pending
+        self._records_done = threading.Condition(self._lock)  # open_records reached 0
         self._sync_lock = threading.Lock()  # fdatasync against closing a segment
         self._flushed = threading.Condition()  # the flusher's work flag, ``synced`` moves
         self._flush_wanted = False
@@ -131,31 +198,60 @@ class ContentAddressedStore:
 
     def stage(self, data: bytes, content_hash: str) -> Callable[[], None]:
         """Write ``data`` under ``content_hash`` so that readers see it, and return the
-        call that makes it durable. The journal record is written first and its flush
-        starts at once on the flusher thread, so the caller's other work (writing the
-        file, indexing) overlaps the disk flush."""
+        call that makes it durable (``begin`` then ``commit``)."""
+        return self.begin(data, content_hash).commit()
+
+    def begin(self, data: bytes, content_hash: str) -> StagedBlob:
+        """Start keeping ``data``: its journal record is appended and its flush starts at
+        once on the flusher thread, so that whatever the caller does before ``commit``
+        (checking the bytes, writing the file, indexing) overlaps the disk flush. Nothing
+        is visible to readers before ``commit``."""
         target = self._path(content_hash)
         if target.exists() and target.stat().st_size == len(data):
-            if not self._fsync:
-                return _noop
-            with self._lock:
-                pending = self._pending.get(content_hash)
-            if pending is None:  # there before this process's journal: durable
-                return _noop
-            return lambda: self._sync(*pending)
+            return StagedBlob(self, data, content_hash, target, None, existing=True)
         if not self._fsync:
-            self._write_file(target, data)
+            return StagedBlob(self, data, content_hash, target, None, existing=False)
+        return StagedBlob(
+            self, data, content_hash, target, self._append(data, content_hash), existing=False
+        )
+
+    def _durable_existing(self, content_hash: str) -> Callable[[], None]:
+        if not self._fsync:
             return _noop
-        segment, end = self._append(data, content_hash, target)
-        self._write_file(target, data)
-        return lambda: self._sync(segment, end)
+        with self._lock:
+            pending = self._pending.get(content_hash)
+        if pending is None:  # there before this process's journal: durable
+            return _noop
+        return lambda: self._sync(*pending)
+
+    def _committed(self, segment: _Segment, target: Path) -> None:
+        with self._lock:
+            segment.covers.append(target)
+            segment.open_records -= 1
+            if not segment.open_records:
+                self._records_done.notify_all()
+
+    def _cancel(self, content_hash: str, segment: _Segment, start: int, end: int) -> None:
+        with self._lock:
+            if self._pending.get(content_hash) == (segment, end):
+                del self._pending[content_hash]
+            if not segment.closed:
+                with contextlib.suppress(OSError):  # then recovery restores an orphan file
+                    os.write(
+                        segment.fd,
+                        _RECORD.pack(_CANCEL, start, bytes.fromhex(content_hash)),
+                    )
+                    segment.size += _RECORD.size
+            segment.open_records -= 1
+            if not segment.open_records:
+                self._records_done.notify_all()
 
     def _write_file(self, target: Path, data: bytes) -> None:
         if target.parent not in self._dirs:
             target.parent.mkdir(parents=True, exist_ok=True)
             if len(self._dirs) < 70_000:  # at most 65 536 leaf directories
                 self._dirs.add(target.parent)
-        tmp = target.with_name(f".incoming-{threading.get_ident()}-{target.name}")
+        tmp = target.with_name(f".incoming-{os.getpid()}-{threading.get_ident()}-{target.name}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -172,15 +268,16 @@ class ContentAddressedStore:
         self._live.append(segment)
         return segment
 
-    def _append(self, data: bytes, content_hash: str, target: Path) -> tuple[_Segment, int]:
+    def _append(self, data: bytes, content_hash: str) -> tuple[_Segment, int, int]:
         header = _RECORD.pack(_MAGIC, len(data), bytes.fromhex(content_hash))
         with self._lock:
             if self._segment is None:
                 self._segment = self._open_segment()
             segment = self._segment
+            start = segment.size
             os.write(segment.fd, header + data)
             segment.size += len(header) + len(data)
-            segment.covers.append(target)
+            segment.open_records += 1
             end = segment.size
             self._pending[content_hash] = (segment, end)
             full = segment.size >= self._checkpoint_bytes and not self._checkpointing
@@ -193,7 +290,7 @@ class ContentAddressedStore:
             threading.Thread(
                 target=self._checkpoint, args=(segment,), name="dicom-checkpoint", daemon=True
             ).start()
-        return segment, end
+        return segment, start, end
 
     # ------------------------------------------------------------ flushing
     def _want_flush(self) -> None:
@@ -256,6 +353,9 @@ class ContentAddressedStore:
     def _checkpoint(self, segment: _Segment) -> None:
         """Make the files of a full segment durable on their own, then drop it."""
         try:
+            with self._lock:  # files of records begun but not yet written
+                while segment.open_records:
+                    self._records_done.wait()
             self._flush(segment, segment.size)
             if segment.error is not None:
                 raise segment.error
@@ -285,15 +385,28 @@ class ContentAddressedStore:
     # ------------------------------------------------------------ recovery
     @staticmethod
     def _records(path: Path) -> Iterator[tuple[str, bytes]]:
-        """Valid records of a segment, up to the first torn or corrupt one."""
+        """Valid records of a segment not cancelled, up to the first torn or corrupt
+        one."""
         with open(path, "rb") as f:
+            records: list[tuple[int, int, bytes]] = []  # start, length, digest
+            cancelled: set[int] = set()
             while True:
+                start = f.tell()
                 header = f.read(_RECORD.size)
                 if len(header) < _RECORD.size:
-                    return
+                    break
                 magic, length, digest = _RECORD.unpack(header)
+                if magic == _CANCEL:
+                    cancelled.add(length)  # the start of the record it cancels
+                    continue
                 if magic != _MAGIC:
-                    return
+                    break
+                f.seek(length, os.SEEK_CUR)
+                records.append((start, length, digest))
+            for start, length, digest in records:
+                if start in cancelled:
+                    continue
+                f.seek(start + _RECORD.size)
                 data = f.read(length)
                 if len(data) < length or hashlib.sha256(data).digest() != digest:
                     return
