@@ -356,3 +356,14 @@ def test_a_ct_whose_images_never_arrived_was_not_a_recognizable_prior(
     [with_images] = verify(client, insurer, line(item_code=CT_CHEST))
     assert with_images["recognizable_prior"] is not None
     assert with_images["flags"] == ["repeat_without_reason"]
+
+
+def test_a_result_billed_on_many_lines_names_five_and_counts_the_rest(
+    client: TestClient, insurer: dict[str, str], prior: int
+) -> None:
+    verdicts = verify(client, insurer, *(line(line_no=str(n)) for n in range(1, 9)))
+    assert all("same_result_billed_twice" in v["flags"] for v in verdicts)
+    first = verdicts[0]["summary"]
+    assert "与 JS2026061500001#2、JS2026061500001#3、JS2026061500001#4、" in first
+    assert "JS2026061500001#6 等 7 条明细 为同一结果" in first
+    assert "#7" not in first
