@@ -197,3 +197,19 @@ def test_stopping_the_server_commits_and_answers_what_it_received(world: Contain
     assert [ack_fields(a)[0] for a in acks] == ["AA"] * 5
     assert stored(world) == 5
     assert not any(t.is_alive() for t in threading.enumerate() if t.name.startswith("mllp-"))
+
+
+def test_a_refused_message_is_recorded_and_answered_in_order_among_accepted_ones(
+    mllp: RunningServer, world: Container
+) -> None:
+    """A message the parser refuses is recorded by the committing thread (``prepare``
+    only parses) and answered in its place among the others of its batch."""
+    not_oru = lab_message(2).replace("ORU^R01^ORU_R01", "ADT^A01^ADT_A01")
+    with socket.create_connection(("127.0.0.1", mllp.port)) as sock:
+        sock.sendall(b"".join(frame(m.encode()) for m in (lab_message(1), not_oru, lab_message(3))))
+        acks = [ack_fields(a) for a in read_acks(sock, 3)]
+    assert [a[0] for a in acks] == ["AA", "AR", "AA"]
+    assert stored(world) == 2
+    with world.engine.connect() as c:
+        statuses = [r.status for r in c.execute(select(inbound_message.c.status))]
+    assert sorted(statuses) == ["accepted", "accepted", "rejected"]

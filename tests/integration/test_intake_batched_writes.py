@@ -27,6 +27,7 @@ from huren.bootstrap import Container
 from huren.cli.ingest import BulkLoader
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.services.intake import IntakeService, IntakeTx, MessageRecord, OpenedMessage
+from huren.services.patients import IdentifierKey
 from tests.fixtures.fhir.builders import contained_report, dumps
 from tests.fixtures.results import (
     LI_SI_ID,
@@ -95,9 +96,12 @@ class _RendezvousStore:
             real = tx.open_message
 
             def open_message(
-                record: MessageRecord, institution: str, keys: Sequence[tuple[str, str]]
+                record: MessageRecord,
+                institution: str,
+                keys: Sequence[tuple[str, str]],
+                patient_keys: Sequence[IdentifierKey] = (),
             ) -> OpenedMessage:
-                opened = real(record, institution, keys)
+                opened = real(record, institution, keys, patient_keys)
                 if not barrier.broken:
                     with suppress(threading.BrokenBarrierError):
                         barrier.wait()

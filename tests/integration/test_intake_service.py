@@ -297,3 +297,33 @@ def test_identifiers_are_stored_hashed_encrypted_and_masked(world: Container) ->
     assert "李四" not in dump
     assert "李*" in dump
     assert world.vault.decrypt(row.value_enc) == LI_SI_ID
+
+
+def test_result_of_a_merged_patient_goes_to_the_patient_it_was_merged_into(
+    world: Container,
+) -> None:
+    first = store(world, lab_panel(HOSP_A, patient_demographics=patient(ZHANG_SAN_ID)))
+    second = store(world, imaging_report(HOSP_A, patient_demographics=patient(LI_SI_ID)))
+    merged = world.results.get_result(first.results[0].result_id).patient_id
+    survivor = world.results.get_result(second.results[0].result_id).patient_id
+    with world.engine.begin() as c:
+        c.execute(t.patient.update().where(t.patient.c.id == merged).values(merged_into=survivor))
+    later = lab_panel(
+        HOSP_A, report_no="JY-AFTER-MERGE", patient_demographics=patient(ZHANG_SAN_ID)
+    )
+    ref = store(world, later)
+    assert world.results.get_result(ref.results[0].result_id).patient_id == survivor
+
+
+def test_a_message_kept_as_its_utf8_bytes_is_stored_and_read_as_text(world: Container) -> None:
+    raw = "MSH|^~\\&|LIS|H130100001 王秀英 丙氨酸氨基转移酶".encode()
+    outcome = world.intake.receive(replace(message(lab_panel(HOSP_A)), raw=raw))
+    assert not outcome.duplicate
+    detail = world.inbound_messages.get(outcome.message_id)
+    assert detail is not None
+    assert detail.raw == raw.decode()
+    with world.engine.connect() as c:
+        kind = c.execute(
+            text("SELECT raw FROM inbound_message WHERE id = :i"), {"i": outcome.message_id}
+        ).scalar_one()
+    assert isinstance(kind, str)

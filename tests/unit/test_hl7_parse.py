@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from huren.adapters.hl7v2.codes import ErrorCode
 from huren.adapters.hl7v2.parse import (
@@ -413,3 +415,53 @@ def test_nul_byte_inside_the_message_is_rejected() -> None:
     exc = rejected(LFT.replace("王^秀英", "王\x00秀英"))
     assert exc.ack is AckCode.AR
     assert "第 2 段" in exc.problems[0].message
+
+
+# ---------------------------------------------------------------- the plain OBX reader
+# A plain OBX (no escape, no subcomponent character) with a numeric or coded value is read
+# in one pass (``_plain_observation``); whatever it gives must be what the general reader
+# gives, and where it declines the general reader decides (and names the problem).
+_TEXT = st.text(alphabet="AZaz09 .-<>=:/~^阴性高低", max_size=12)
+_NUMBERISH = st.sampled_from(["56", " 41.2 ", "-3", ".5", "1e3", "", "^", "7^x", "12~13", "abc"])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    value_type=st.sampled_from(["NM", "CE", "CWE", "ST", "nm"]),
+    ident=st.lists(_TEXT, min_size=0, max_size=6),
+    value=st.one_of(_NUMBERISH, _TEXT),
+    unit=_TEXT,
+    ref=_TEXT,
+    flag=st.sampled_from(["", "H", "L", "N", "A", "h", "X", " H "]),
+    status=st.sampled_from(["F", "", "X", "P"]),
+)
+def test_plain_obx_reads_as_the_general_reader(
+    value_type: str,
+    ident: list[str],
+    value: str,
+    unit: str,
+    ref: str,
+    flag: str,
+    status: str,
+) -> None:
+    import huren.adapters.hl7v2.parse as module
+
+    obx = "|".join(
+        ["OBX", "1", value_type, "^".join(ident), "", value, unit, ref, flag, "", "", status]
+    )
+    text = without_segments(sample_text(LAB_LFT_V251), "OBX") + "\r" + obx
+    data = text.encode("utf-8")
+
+    def read() -> object:
+        try:
+            return parse(data).message.submissions
+        except Hl7Rejected as exc:
+            return [(str(p.location), p.code, p.message) for p in exc.problems]
+
+    fast = read()
+    general_only = module._plain_observation
+    module._plain_observation = lambda *_: None  # type: ignore[assignment]
+    try:
+        assert read() == fast
+    finally:
+        module._plain_observation = general_only

@@ -7,17 +7,16 @@ is ``IntakeStore``; the SQL implementation is ``huren.adapters.db.results``."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import msgspec
 
@@ -31,10 +30,12 @@ from huren.domain.results import (
     ValueType,
 )
 from huren.services.catalog import Catalog, CatalogCache
-from huren.services.patients import PatientMatcher, PatientStore
+from huren.services.patients import IdentifierKey, PatientLookup, PatientMatcher, PatientStore
 from huren.services.ports import Clock, IdentifierVault
 
 log = logging.getLogger("huren.intake")
+
+T = TypeVar("T")
 
 
 class Channel(StrEnum):
@@ -51,8 +52,46 @@ class InboundMessage:
     channel: Channel
     institution: str  # producing institution's code (from MSH-4, the API key, Bundle meta…)
     control_id: str  # MSH-10, Bundle.id/identifier, file:line
-    raw: str  # the message as received (kept for the engineer's page and for replays)
+    # The message as received (kept for the engineer's page and for replays): its text,
+    # or its bytes when they are valid UTF-8 — stored as text as they are, without the
+    # round trip through a Python str (encoding a Bundle's text back to UTF-8 for the
+    # insert cost more than the insert).
+    raw: str | bytes
     submissions: tuple[ResultSubmission, ...]
+
+
+def positional_constructor(cls: type[T]) -> Callable[..., T]:
+    """A constructor of the frozen, slotted dataclass ``cls`` taking every field
+    positionally, in declaration order, that sets the slots directly. The dataclass's
+    own ``__init__`` sets each field through ``object.__setattr__`` (it is frozen), which
+    cost ~1,500 instructions a field (callgrind): making an ``ObservationValue`` cost as
+    much as decoding the FHIR Observation it comes from. Only for classes whose ``__init__`` does nothing else (no ``__post_init__``,
+    no ``init=False`` field); the objects are the same (==, hash)."""
+    params = getattr(cls, "__dataclass_params__", None)
+    names = [f.name for f in fields(cls)]  # type: ignore[arg-type]
+    if (
+        params is None
+        or not params.frozen
+        or "__slots__" not in cls.__dict__
+        or hasattr(cls, "__post_init__")
+        or not all(f.init for f in fields(cls))  # type: ignore[arg-type]
+    ):
+        raise TypeError(f"{cls.__name__}: not a plain frozen slotted dataclass")
+    namespace: dict[str, object] = {"_new": object.__new__, "_cls": cls}
+    lines = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
+    for n, name in enumerate(names):
+        namespace[f"_set{n}"] = cls.__dict__[name].__set__
+        lines.append(f"    _set{n}(o, {name})")
+    lines.append("    return o")
+    exec("\n".join(lines), namespace)  # noqa: S102 - the source is built from field names
+    make: Callable[..., T] = namespace["make"]  # type: ignore[assignment]
+    make.__qualname__ = make.__name__ = f"new_{cls.__name__}"
+    return make
+
+
+# For the channel adapters, which make a few of these per result.
+new_observation = positional_constructor(ObservationValue)
+new_submission = positional_constructor(ResultSubmission)
 
 
 class Disposition(StrEnum):
@@ -70,6 +109,9 @@ class StoredRef:
     local_code: str
     item_code: str | None  # None: unmapped (对码缺失), stored and flagged
     mark_symbol: str | None
+    # The result's patient, when known without a read: not kept in the stored response,
+    # so not part of what a resend is answered with (compare=False).
+    patient_id: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +165,7 @@ class CurrentResult:
     version: int
     content_hash: str
     status: str
+    patient_id: int | None = None
 
 
 @dataclass(slots=True)
@@ -138,6 +181,8 @@ class ResultWrite:
     content_hash: str
     result_id: int | None = None  # None: a new result; the store fills it in
     message_id: int = 0  # the inbound message that brought it (result.source_message_id)
+    # ``submission.observations`` as JSON when already encoded (``encode_submission``).
+    observations_json: bytes | None = None
 
     def snapshot(self) -> dict[str, object]:
         """The full content of this version, kept in result_version (R3: 完整版本历史)."""
@@ -146,8 +191,14 @@ class ResultWrite:
     def snapshot_json(self) -> bytes:
         """``snapshot()`` as JSON, in one encoding pass: ``ObservationValue``'s fields are
         ``observation_json``'s keys in the same order, so the dataclasses are encoded as
-        those objects without building a dict per observation."""
-        return _CANONICAL.encode(self._snapshot(self.submission.observations))
+        those objects without building a dict per observation — or taken as encoded for
+        the submission's hash."""
+        encoded = self.observations_json
+        return _CANONICAL.encode(
+            self._snapshot(
+                self.submission.observations if encoded is None else msgspec.Raw(encoded)
+            )
+        )
 
     def _snapshot(self, observations: object) -> dict[str, object]:
         s = self.submission
@@ -161,8 +212,8 @@ class ResultWrite:
             "item_code": self.item_code,
             "category": str(self.category),
             "status": str(s.status),
-            "performed_at": s.performed_at.isoformat(),
-            "issued_at": s.issued_at.isoformat(),
+            "performed_at": _isoformat(s.performed_at),
+            "issued_at": _isoformat(s.issued_at),
             "performer": s.performer,
             "signer": s.signer,
             "findings": s.findings,
@@ -173,6 +224,21 @@ class ResultWrite:
             "mark_symbol": self.mark.symbol if self.mark else None,
             "observations": observations,
         }
+
+
+_ISO: dict[tuple[object, datetime], str] = {}
+
+
+def _isoformat(value: datetime) -> str:
+    """``value.isoformat()``, remembered: the times of a report recur in its neighbours'
+    (keyed with the zone too: equal instants in two zones are written differently)."""
+    key = (value.tzinfo, value)
+    text = _ISO.get(key)
+    if text is None:
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        text = _ISO[key] = value.isoformat()
+    return text
 
 
 def observation_json(o: ObservationValue) -> dict[str, object]:
@@ -201,7 +267,7 @@ class MessageRecord:
     status: str  # accepted | rejected | duplicate
     error: str
     response: str
-    raw: str
+    raw: str | bytes  # bytes: valid UTF-8 (``InboundMessage.raw``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +295,7 @@ class OpenedMessage:
     message_id: int
     earlier: tuple[int, str] | None  # (id, response) of an identical accepted message
     heads: dict[tuple[str, str], CurrentResult]
+    patients: dict[IdentifierKey, int] = field(default_factory=dict)  # of ``patient_keys``
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,25 +306,35 @@ class OpenedBatch:
     message_ids: list[int]  # in the order of the records
     earlier: dict[str, tuple[int, str]]  # content hash → (id, response) accepted before
     heads: dict[tuple[str, str, str], CurrentResult]  # (institution, report_no, local_code)
+    patients: dict[IdentifierKey, int] = field(default_factory=dict)  # of ``patient_keys``
 
 
 class IntakeTx(PatientStore, Protocol):
     """Storage operations of one intake transaction."""
 
     def open_message(
-        self, record: MessageRecord, institution: str, keys: Sequence[tuple[str, str]]
+        self,
+        record: MessageRecord,
+        institution: str,
+        keys: Sequence[tuple[str, str]],
+        patient_keys: Sequence[IdentifierKey] = (),
     ) -> OpenedMessage:
         """``accepted_message(record.content_hash)`` as it was before this message,
-        ``insert_message(record)`` and ``current_results(institution, keys)`` at once
-        (on PostgreSQL in one round trip)."""
+        ``insert_message(record)``, ``current_results(institution, keys)`` and
+        ``patients_by_identifier(patient_keys)`` at once (on PostgreSQL in one round
+        trip)."""
         ...
 
     def open_messages(
-        self, records: Sequence[MessageRecord], keys: Sequence[tuple[str, str, str]]
+        self,
+        records: Sequence[MessageRecord],
+        keys: Sequence[tuple[str, str, str]],
+        patient_keys: Sequence[IdentifierKey] = (),
     ) -> OpenedBatch:
         """``open_message`` for many messages at once: the earlier accepted messages of
-        the records' hashes (as they were before this batch), all records inserted, and
-        the heads of the (institution, report_no, local_code) keys."""
+        the records' hashes (as they were before this batch), all records inserted, the
+        heads of the (institution, report_no, local_code) keys and the patients of the
+        identifier keys."""
         ...
 
     def mark_duplicate(self, message_id: int, response: str) -> None:
@@ -327,9 +404,12 @@ _OBS_LIMITS = (
     ("ref_text", 100),
     ("flag", 8),
 )
-# The common case (nothing too long) checked in one pass per observation.
+# The common case (nothing too long) checked in one pass per result and observation.
+_sub_limited = operator.attrgetter(*(name for name, _ in _LIMITS))
+_SUB_MAX = tuple(limit for _, limit in _LIMITS)
 _obs_limited = operator.attrgetter(*(name for name, _ in _OBS_LIMITS))
 _OBS_MAX = tuple(limit for _, limit in _OBS_LIMITS)
+_NM = ValueType.NM
 
 
 @dataclass(frozen=True, slots=True)
@@ -341,6 +421,7 @@ class _Pending:
     submissions: list[ResultSubmission]
     hashes: list[str]
     msg_hash: str
+    observations_json: list[bytes]  # each submission's observations, encoded
 
 
 @dataclass(slots=True)
@@ -401,10 +482,19 @@ class IntakeService:
             except DomainError as exc:
                 out[index] = exc
                 continue
-            # Each submission is hashed once: for its own version check and the message's.
-            hashes = [submission_hash(s) for s in submissions]
+            # Each submission is hashed once: for its own version check and the message's;
+            # its observations' JSON is kept for the version snapshot.
+            encoded = [encode_submission(s) for s in submissions]
+            hashes = [h for h, _ in encoded]
             pending.append(
-                _Pending(index, message, submissions, hashes, message_hash(message, hashes))
+                _Pending(
+                    index,
+                    message,
+                    submissions,
+                    hashes,
+                    message_hash(message, hashes),
+                    [obs for _, obs in encoded],
+                )
             )
         if pending:
             try:
@@ -448,8 +538,11 @@ class IntakeService:
         written in the current wave starts a new wave once that one is written."""
         now = self._clock.now()
         marks = self._marks(catalog)
+        # The patients' identifiers are looked up with the transaction's other reads.
+        patient_keys = self._matcher.lookup_keys(s.patient for p in pending for s in p.submissions)
         with self._store.transaction() as tx:
-            opened = self._open(tx, pending, now)
+            opened = self._open(tx, pending, now, patient_keys)
+            lookup = PatientLookup(set(patient_keys), dict(opened.patients))
             outcomes: list[ReceiveOutcome | None] = [None] * len(pending)
             first_of: dict[str, int] = {}  # message hash → position accepted in this batch
             resends: list[tuple[int, int, int]] = []  # (position, message id, original)
@@ -468,11 +561,11 @@ class IntakeService:
                 first_of[p.msg_hash] = pos
                 keys = {(p.message.institution, s.report_no, s.local_code) for s in p.submissions}
                 if not wave_keys.isdisjoint(keys):
-                    self._write_wave(tx, wave, opened.heads, outcomes, now)
+                    self._write_wave(tx, wave, opened.heads, outcomes, now, lookup)
                     wave, wave_keys = [], set()
                 wave.append(self._stage(pos, p, message_id, opened.heads, catalog, marks))
                 wave_keys |= keys
-            self._write_wave(tx, wave, opened.heads, outcomes, now)
+            self._write_wave(tx, wave, opened.heads, outcomes, now, lookup)
             for pos, message_id, original in resends:
                 first = outcomes[original]
                 assert first is not None
@@ -483,7 +576,12 @@ class IntakeService:
         return done
 
     @staticmethod
-    def _open(tx: IntakeTx, pending: Sequence[_Pending], now: datetime) -> OpenedBatch:
+    def _open(
+        tx: IntakeTx,
+        pending: Sequence[_Pending],
+        now: datetime,
+        patient_keys: Sequence[IdentifierKey],
+    ) -> OpenedBatch:
         records = [
             MessageRecord(
                 now,
@@ -506,18 +604,23 @@ class IntakeService:
                     for p in pending
                     for s in p.submissions
                 ],
+                patient_keys,
             )
         # One message (``receive``): the single-message statements (PostgreSQL: one round
         # trip for the duplicate check, the insert and the heads).
         (p,) = pending
         institution = p.message.institution
         one = tx.open_message(
-            records[0], institution, [(s.report_no, s.local_code) for s in p.submissions]
+            records[0],
+            institution,
+            [(s.report_no, s.local_code) for s in p.submissions],
+            patient_keys,
         )
         return OpenedBatch(
             [one.message_id],
             {} if one.earlier is None else {p.msg_hash: one.earlier},
             {(institution, no, code): head for (no, code), head in one.heads.items()},
+            one.patients,
         )
 
     def _stage(
@@ -532,7 +635,9 @@ class IntakeService:
         """What one message writes: a new result or version per changed submission, a
         reference to the stored head per unchanged one."""
         staged = _Staged(pos, p.message, message_id)
-        for sub, content_hash in zip(p.submissions, p.hashes, strict=True):
+        for sub, content_hash, observations_json in zip(
+            p.submissions, p.hashes, p.observations_json, strict=True
+        ):
             head = heads.get((p.message.institution, sub.report_no, sub.local_code))
             item_code = unified_code(catalog, sub.institution, sub.local_code)
             mark = (
@@ -550,6 +655,7 @@ class IntakeService:
                         sub.local_code,
                         item_code,
                         mark.symbol if mark else None,
+                        head.patient_id,
                     )
                 )
                 continue
@@ -564,6 +670,7 @@ class IntakeService:
                     content_hash=content_hash,
                     result_id=None if head is None else head.id,
                     message_id=message_id,
+                    observations_json=observations_json,
                 )
             )
             staged.refs.append(None)
@@ -576,6 +683,7 @@ class IntakeService:
         heads: dict[tuple[str, str, str], CurrentResult],
         outcomes: list[ReceiveOutcome | None],
         now: datetime,
+        lookup: PatientLookup,
     ) -> None:
         """Match the wave's patients (consecutive messages of one sender together, in
         order: as one ``match`` after another), write its results, answer its messages."""
@@ -588,7 +696,7 @@ class IntakeService:
             writes = [w for s in wave[start:end] for w in s.writes]
             if writes:
                 matches = self._matcher.match_many(
-                    tx, [w.submission.patient for w in writes], at=now, actor=actor
+                    tx, [w.submission.patient for w in writes], at=now, actor=actor, lookup=lookup
                 )
                 for w in writes:
                     w.patient_id = matches[w.submission.patient].patient_id
@@ -605,7 +713,7 @@ class IntakeService:
                 assert w.result_id is not None
                 sub = w.submission
                 heads[(s.message.institution, sub.report_no, sub.local_code)] = CurrentResult(
-                    w.result_id, w.version, w.content_hash, str(sub.status)
+                    w.result_id, w.version, w.content_hash, str(sub.status), w.patient_id
                 )
                 final.append(
                     StoredRef(
@@ -616,6 +724,7 @@ class IntakeService:
                         sub.local_code,
                         w.item_code,
                         w.mark.symbol if w.mark else None,
+                        w.patient_id,
                     )
                 )
             tx.set_response(s.message_id, refs_to_json(final))
@@ -644,69 +753,80 @@ class IntakeService:
     # ------------------------------------------------------------ validation
     def _validate(self, message: InboundMessage, catalog: Catalog) -> list[ResultSubmission]:
         """Every problem of the message at once; returns submissions with identifiers
-        normalized. Unmapped codes are not a problem (R1.4: 对码缺失照常保存并标记)."""
+        normalized. Unmapped codes are not a problem (R1.4: 对码缺失照常保存并标记).
+        (Field names are spelled out only for a problem: this runs for every result.)"""
         errors = ProblemCollector()
-        if message.institution not in catalog.institutions:
-            errors.add("institution", f"{UNKNOWN_INSTITUTION}: {message.institution}")
+        institution = message.institution
+        if institution not in catalog.institutions:
+            errors.add("institution", f"{UNKNOWN_INSTITUTION}: {institution}")
         if not message.submissions:
             errors.add("submissions", "消息中没有检查检验结果")
         out: list[ResultSubmission] = []
         seen: set[tuple[str, str]] = set()
+        gt = operator.gt
         for i, sub in enumerate(message.submissions):
-            where = f"submissions[{i}]"
-            if sub.institution != message.institution:
+            if sub.institution != institution:
                 errors.add(
-                    f"{where}.institution",
-                    f"结果的检查检验机构 {sub.institution} 与消息的发送机构 {message.institution} 不一致",
+                    f"submissions[{i}].institution",
+                    f"结果的检查检验机构 {sub.institution} 与消息的发送机构 {institution} 不一致",
                 )
-            for name, label in (
-                ("report_no", "报告单编号"),
-                ("local_code", "项目编码"),
+            key = (sub.report_no, sub.local_code)
+            if not key[0].strip():
+                errors.add(f"submissions[{i}].report_no", "缺少报告单编号")
+            if not key[1].strip():
+                errors.add(f"submissions[{i}].local_code", "缺少项目编码")
+            if key in seen:
+                errors.add(
+                    f"submissions[{i}].report_no",
+                    f"同一消息中报告单编号 {key[0]} 的项目 {key[1]} 重复",
+                )
+            seen.add(key)
+            for value, name, label in (
+                (sub.performed_at, "performed_at", "检查检验时间"),
+                (sub.issued_at, "issued_at", "报告时间"),
             ):
-                if not str(getattr(sub, name)).strip():
-                    errors.add(f"{where}.{name}", f"缺少{label}")
-            if (sub.report_no, sub.local_code) in seen:
-                errors.add(
-                    f"{where}.report_no",
-                    f"同一消息中报告单编号 {sub.report_no} 的项目 {sub.local_code} 重复",
-                )
-            seen.add((sub.report_no, sub.local_code))
-            for name, label in (("performed_at", "检查检验时间"), ("issued_at", "报告时间")):
-                value = getattr(sub, name)
                 if not isinstance(value, datetime):
-                    errors.add(f"{where}.{name}", f"缺少{label}")
+                    errors.add(f"submissions[{i}].{name}", f"缺少{label}")
                 elif value.tzinfo is None:
-                    errors.add(f"{where}.{name}", f"{label}缺少时区")
-            if not sub.patient.identifiers:
+                    errors.add(f"submissions[{i}].{name}", f"{label}缺少时区")
+            identifiers = sub.patient.identifiers
+            if not identifiers:
                 errors.add(
-                    f"{where}.patient.identifiers",
+                    f"submissions[{i}].patient.identifiers",
                     "缺少患者标识（身份证、医保号、电子健康卡或病历号）",
                 )
             idents: list[PatientIdentifier] = []
-            for j, ident in enumerate(sub.patient.identifiers):
-                checked = _checked_identifier(ident)
+            for j, ident in enumerate(identifiers):
+                checked = checked_identifier(ident)
                 if isinstance(checked, PatientIdentifier):
                     idents.append(checked)
                 else:
                     errors.problems.extend(
-                        Problem(f"{where}.patient.identifiers[{j}]", msg) for msg in checked
+                        Problem(f"submissions[{i}].patient.identifiers[{j}]", msg)
+                        for msg in checked
                     )
-            for name, limit in _LIMITS:
-                if len(getattr(sub, name)) > limit:
-                    errors.add(f"{where}.{name}", f"长度超过 {limit} 个字符")
+            if any(map(gt, map(len, _sub_limited(sub)), _SUB_MAX)):
+                for name, limit in _LIMITS:
+                    if len(getattr(sub, name)) > limit:
+                        errors.add(f"submissions[{i}].{name}", f"长度超过 {limit} 个字符")
             for k, obs in enumerate(sub.observations):
-                if any(map(operator.gt, map(len, _obs_limited(obs)), _OBS_MAX)):
+                if any(map(gt, map(len, _obs_limited(obs)), _OBS_MAX)):
                     for name, limit in _OBS_LIMITS:
                         if len(getattr(obs, name)) > limit:
                             errors.add(
-                                f"{where}.observations[{k}].{name}", f"长度超过 {limit} 个字符"
+                                f"submissions[{i}].observations[{k}].{name}",
+                                f"长度超过 {limit} 个字符",
                             )
                 if not obs.code.strip():
-                    errors.add(f"{where}.observations[{k}].code", "缺少检验项目编码")
-                if obs.value_type is ValueType.NM and obs.value_num is None:
-                    errors.add(f"{where}.observations[{k}].value_num", "数值型结果缺少数值")
-            if tuple(idents) != sub.patient.identifiers and len(idents) == len(
-                sub.patient.identifiers
+                    errors.add(f"submissions[{i}].observations[{k}].code", "缺少检验项目编码")
+                if obs.value_type is _NM and obs.value_num is None:
+                    errors.add(
+                        f"submissions[{i}].observations[{k}].value_num", "数值型结果缺少数值"
+                    )
+            if (
+                len(idents) == len(identifiers)
+                and any(a is not b for a, b in zip(idents, identifiers, strict=True))
+                and tuple(idents) != identifiers
             ):
                 sub = replace(sub, patient=replace(sub.patient, identifiers=tuple(idents)))
             out.append(sub)
@@ -774,14 +894,25 @@ class IntakeService:
         return self._store.unmapped_codes(institution)
 
 
-@functools.lru_cache(maxsize=65536)
-def _checked_identifier(ident: PatientIdentifier) -> PatientIdentifier | tuple[str, ...]:
-    """The normalized identifier, or the problems with it (cached: the same patient's
-    身份证 arrives with every report, and the check digit costs more than the insert)."""
-    try:
-        return validate_identifier(ident, "")
-    except ValidationFailed as exc:
-        return tuple(p.message for p in exc.problems)
+_CHECKED: dict[tuple[str, str, str], PatientIdentifier | tuple[str, ...]] = {}
+_CHECKED_SIZE = 65536
+
+
+def checked_identifier(ident: PatientIdentifier) -> PatientIdentifier | tuple[str, ...]:
+    """The normalized identifier, or the problems with it (remembered by its values: the
+    same patient's 身份证 arrives with every report, and the check digit costs more than
+    the insert; the dataclass's own hash would cost a Python call per lookup)."""
+    key = (ident.kind, ident.value, ident.assigner)
+    found = _CHECKED.get(key)
+    if found is None:
+        try:
+            found = validate_identifier(ident, "")
+        except ValidationFailed as exc:
+            found = tuple(p.message for p in exc.problems)
+        if len(_CHECKED) >= _CHECKED_SIZE:
+            _CHECKED.clear()
+        _CHECKED[key] = found
+    return found
 
 
 class MarkMemo:
@@ -860,6 +991,20 @@ def submission_hash(sub: ResultSubmission) -> str:
     """Stable hash of a submission's clinical content: a resend with the same content is a
     no-op (same role as ``ResultSubmission.content_hash``, computed once per result)."""
     return hashlib.sha256(_CANONICAL.encode(sub)).hexdigest()
+
+
+_SUBMISSION_FIELDS = tuple(f.name for f in fields(ResultSubmission))
+
+
+def encode_submission(sub: ResultSubmission) -> tuple[str, bytes]:
+    """(``submission_hash(sub)``, ``sub.observations`` as JSON), the observations encoded
+    once for both: the submission is encoded as the object of its fields in declaration
+    order — what msgspec makes of the dataclass, byte for byte — with the observations
+    spliced in as encoded."""
+    observations = _CANONICAL.encode(sub.observations)
+    content = {name: getattr(sub, name) for name in _SUBMISSION_FIELDS}
+    content["observations"] = msgspec.Raw(observations)
+    return hashlib.sha256(_CANONICAL.encode(content)).hexdigest(), observations
 
 
 def refs_to_json(refs: Sequence[StoredRef]) -> str:

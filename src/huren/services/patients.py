@@ -13,7 +13,7 @@ reason is recorded for a person to review (R4: 合并与关联均有记录，不
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Protocol
 
@@ -88,6 +88,16 @@ class PatientStore(Protocol):
     def record_link(self, event: LinkEvent) -> None: ...
 
 
+@dataclass(slots=True)
+class PatientLookup:
+    """The patients of identifier keys looked up ahead, for the rest of a transaction
+    (PostgreSQL: with the message's other reads, in one round trip): what ``match_many``
+    would read, kept up to date with the patients and identifiers it adds."""
+
+    keys: set[IdentifierKey] = field(default_factory=set)  # looked up
+    patients: dict[IdentifierKey, int] = field(default_factory=dict)  # known among them
+
+
 @dataclass(frozen=True, slots=True)
 class PatientMatch:
     patient_id: int
@@ -95,25 +105,41 @@ class PatientMatch:
     linked_to: tuple[int, ...] = ()  # other patients the identifiers pointed to
 
 
+# Lookup keys remembered (the keyed hash costs more than the rest of a match, and the
+# same patients' identifiers come with every report); cleared when this many are held.
+LOOKUP_MEMO_SIZE = 65536
+
+
 class PatientMatcher:
     """Finds or creates the patient of a submission."""
 
     def __init__(self, vault: IdentifierVault) -> None:
         self._vault = vault
+        self._keys: dict[tuple[IdentifierKind, str, str], IdentifierKey] = {}
 
     def record(self, ident: PatientIdentifier) -> IdentifierRecord:
-        kind = str(ident.kind)
+        kind, assigner, value_hash = self.lookup_key(ident)
         return IdentifierRecord(
             kind=kind,
-            assigner=ident.assigner,
-            value_hash=self._vault.lookup_hash(kind, ident.assigner, ident.value),
+            assigner=assigner,
+            value_hash=value_hash,
             value_enc=self._vault.encrypt(ident.value),
             value_masked=mask_id(ident.value),
         )
 
     def lookup_key(self, ident: PatientIdentifier) -> IdentifierKey:
-        kind = str(ident.kind)
-        return (kind, ident.assigner, self._vault.lookup_hash(kind, ident.assigner, ident.value))
+        memo = (ident.kind, ident.assigner, ident.value)
+        key = self._keys.get(memo)
+        if key is None:
+            if len(self._keys) >= LOOKUP_MEMO_SIZE:
+                self._keys.clear()
+            kind = str(ident.kind)
+            key = self._keys[memo] = (
+                kind,
+                ident.assigner,
+                self._vault.lookup_hash(kind, ident.assigner, ident.value),
+            )
+        return key
 
     def match(
         self,
@@ -126,6 +152,10 @@ class PatientMatcher:
         """``demographics.identifiers`` must already be validated and normalized."""
         return self.match_many(store, [demographics], at=at, actor=actor)[demographics]
 
+    def lookup_keys(self, demographics: Iterable[PatientDemographics]) -> list[IdentifierKey]:
+        """The lookup keys of the patients' identifiers, each once (to look up ahead)."""
+        return list(dict.fromkeys(self.lookup_key(i) for d in demographics for i in d.identifiers))
+
     def match_many(
         self,
         store: PatientStore,
@@ -133,12 +163,14 @@ class PatientMatcher:
         *,
         at: datetime,
         actor: str,
+        lookup: PatientLookup | None = None,
     ) -> dict[PatientDemographics, PatientMatch]:
         """``match`` for every patient of a message with one identifier lookup: the
         patients are then matched in order against what is known, including the patients
         and identifiers added for the earlier ones, exactly as one ``match`` after
         another would (two reports of one message that share an identifier get the same
-        patient)."""
+        patient). ``lookup``: what the transaction looked up ahead (only keys it did not
+        look up are read), updated with what this match adds."""
         unique = list(dict.fromkeys(demographics))
         ordered: list[tuple[list[PatientIdentifier], list[IdentifierKey]]] = []
         for d in unique:
@@ -147,7 +179,14 @@ class PatientMatcher:
             )
             ordered.append((idents, [self.lookup_key(i) for i in idents]))
         all_keys = list(dict.fromkeys(k for _, keys in ordered for k in keys))
-        known = store.patients_by_identifier(all_keys)
+        if lookup is None:
+            known = store.patients_by_identifier(all_keys)
+        else:
+            known = lookup.patients
+            missing = [k for k in all_keys if k not in lookup.keys and k not in known]
+            if missing:
+                known.update(store.patients_by_identifier(missing))
+                lookup.keys.update(missing)
         return {
             d: self._match_known(store, d, idents, keys, known, at=at, actor=actor)
             for d, (idents, keys) in zip(unique, ordered, strict=True)

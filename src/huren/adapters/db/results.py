@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 from sqlalchemy import (
@@ -22,13 +23,13 @@ from sqlalchemy import (
     Table,
     and_,
     bindparam,
-    delete,
     func,
     insert,
     or_,
     select,
     update,
 )
+from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 
 from huren.adapters.db.engine import is_sqlite
@@ -91,6 +92,7 @@ _HEADS = select(
     result.c.version,
     result.c.content_hash,
     result.c.status,
+    result.c.patient_id,
 ).where(
     result.c.institution_code == bindparam("b_institution"),
     result.c.report_no.in_(bindparam("b_report_nos", expanding=True)),
@@ -104,13 +106,16 @@ _IDENTIFIED = (
         patient.c.merged_into,
     )
     .join(patient, patient.c.id == patient_identifier.c.patient_id)
-    .where(patient_identifier.c.value_hash.in_(bindparam("b_hashes", expanding=True)))
+    # All three columns of the unique key, so that the lookup is a search of its index
+    # (value_hash alone, not its leading column, made it a scan of every identifier).
+    .where(
+        patient_identifier.c.kind.in_(bindparam("b_kinds", expanding=True)),
+        patient_identifier.c.assigner.in_(bindparam("b_assigners", expanding=True)),
+        patient_identifier.c.value_hash.in_(bindparam("b_hashes", expanding=True)),
+    )
 )
 _MERGED_INTO = select(patient.c.merged_into).where(patient.c.id == bindparam("b_id"))
 _PATIENT_INSERT = insert(patient).returning(patient.c.id)
-_OBS_DELETE = delete(observation).where(
-    observation.c.result_id.in_(bindparam("b_ids", expanding=True))
-)
 _RESULT_COLUMNS = (
     "patient_id",
     "institution_code",
@@ -138,11 +143,6 @@ _RESULT_COLUMNS = (
 )
 # The business key (institution, report number, local code) never changes on update.
 _RESULT_KEY = frozenset({"institution_code", "report_no", "local_code"})
-_RESULT_UPDATE = (
-    update(result)
-    .where(result.c.id == bindparam("b_id"))
-    .values({c: bindparam(c) for c in _RESULT_COLUMNS if c not in _RESULT_KEY})
-)
 
 # Rows that nothing reads back within the transaction (versions, observations, new
 # identifiers, link events, the message's response, the outbox event) are written below
@@ -167,6 +167,7 @@ _OBS_COLUMNS = (
     "flag",
 )
 _VERSION_COLUMNS = ("result_id", "version", "status", "recorded_at", "reason", "snapshot")
+assert _VERSION_COLUMNS[-1] == "snapshot"  # bound as bytes on SQLite (_DriverSql.version)
 _IDENTIFIER_COLUMNS = ("patient_id", "kind", "assigner", "value_hash", "value_enc", "value_masked")
 _LINK_COLUMNS = ("at", "actor", "action", "from_patient", "to_patient", "reason")
 _OUTBOX_COLUMNS = ("at", "topic", "payload")
@@ -196,6 +197,7 @@ class _DriverSql:
     response: str
     duplicate: str
     result_returning: str  # PostgreSQL: all rows as arrays
+    result_with_ids: str  # PostgreSQL: all rows as arrays, ids drawn ahead
     messages_returning: str  # PostgreSQL: inbound messages as arrays, ids in row order
 
     @classmethod
@@ -215,7 +217,14 @@ class _DriverSql:
         return cls(
             sqlite=sqlite,
             observation=ins(observation, _OBS_COLUMNS),
-            version=ins(result_version, _VERSION_COLUMNS),
+            # SQLite: the snapshot is bound as its UTF-8 JSON bytes, cast to the TEXT they are
+            # (decoding it to a str for the driver to encode again cost more than the row).
+            version=(
+                # The snapshot is the last column: its placeholder is the one before ")".
+                ins(result_version, _VERSION_COLUMNS).replace("?)", "CAST(? AS TEXT))")
+                if sqlite
+                else ins(result_version, _VERSION_COLUMNS)
+            ),
             identifier=ins(patient_identifier, _IDENTIFIER_COLUMNS),
             link=ins(patient_link_event, _LINK_COLUMNS),
             outbox=ins(outbox, _OUTBOX_COLUMNS),
@@ -242,6 +251,7 @@ class _DriverSql:
                 ins(result, _RESULT_COLUMNS)
                 + " RETURNING id, institution_code, report_no, local_code"
             ),
+            result_with_ids=ins(result, ("id", *_RESULT_COLUMNS)),
         )
 
 
@@ -265,25 +275,27 @@ _PG_MESSAGE_INSERT = (
     f"VALUES ({', '.join(['%s'] * len(_MESSAGE_COLUMNS))}) RETURNING id"
 )
 _PG_HEADS = (
-    "SELECT id, report_no, local_code, version, content_hash, status FROM result "
+    "SELECT id, report_no, local_code, version, content_hash, status, patient_id FROM result "
     "WHERE institution_code = %s AND report_no = ANY(%s)"
+)
+_PG_IDENTIFIED = (  # see _IDENTIFIED
+    "SELECT i.kind, i.assigner, i.value_hash, p.id, p.merged_into "
+    "FROM patient_identifier i JOIN patient p ON p.id = i.patient_id "
+    "WHERE i.kind = ANY(%s) AND i.assigner = ANY(%s) AND i.value_hash = ANY(%s)"
+)
+_PG_NEXT_RESULT_IDS = (
+    "SELECT nextval(pg_get_serial_sequence('result', 'id')) FROM generate_series(1, %s)"
 )
 _PG_ACCEPTED_MANY = (
     "SELECT id, response, content_hash FROM inbound_message WHERE content_hash = ANY(%s) "
     "AND status = 'accepted' ORDER BY id"
 )
-_ACCEPTED_MANY = (
-    select(inbound_message.c.id, inbound_message.c.response, inbound_message.c.content_hash)
-    .where(
-        inbound_message.c.content_hash.in_(bindparam("b_hashes", expanding=True)),
-        inbound_message.c.status == "accepted",
-    )
-    .order_by(inbound_message.c.id)
-)
 
 
 def _message_values(record: MessageRecord) -> tuple[Any, ...]:
-    """An inbound_message row in ``_MESSAGE_COLUMNS`` order."""
+    """An inbound_message row in ``_MESSAGE_COLUMNS`` order (PostgreSQL: the raw message
+    as text; SQLite binds UTF-8 bytes as they are, see ``_SQLITE_MESSAGE_VALUES``)."""
+    raw = record.raw
     return (
         utc(record.received_at),
         record.channel[:16],
@@ -293,11 +305,90 @@ def _message_values(record: MessageRecord) -> tuple[Any, ...]:
         record.status,
         record.error,
         record.response,
-        record.raw,
+        raw if isinstance(raw, str) else raw.decode(),
     )
 
 
+# SQLite: the statements of the intake transaction on the DBAPI cursor (sqlite3), as the
+# queued writes already were: through ``Connection.execute`` each cost several times
+# what SQLite took to run it.
+_SQ_ACCEPTED = (
+    "SELECT id, response FROM inbound_message WHERE content_hash = ? "
+    "AND status = 'accepted' ORDER BY id LIMIT 1"
+)
+# The raw message may be bound as its UTF-8 bytes (``InboundMessage.raw``): CAST makes
+# them the TEXT they are (SQLite reads a BLOB cast to TEXT in the database encoding).
+assert _MESSAGE_COLUMNS[-1] == "raw"
+_SQLITE_MESSAGE_VALUES = "(" + ", ".join(["?"] * (len(_MESSAGE_COLUMNS) - 1)) + ", CAST(? AS TEXT))"
+_SQ_MESSAGE_INSERT = (
+    f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608 - constants
+    f"VALUES {_SQLITE_MESSAGE_VALUES}"
+)
+_SQ_PATIENT_INSERT = (
+    "INSERT INTO patient (name_enc, name_masked, sex, birth_date, created_at) "
+    "VALUES (?, ?, ?, ?, ?)"
+)
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_in(sql: str, n: int) -> str:
+    """``sql`` with its ``(?*)`` replaced by ``n`` placeholders: one statement per list
+    length, prepared once by sqlite3's statement cache."""
+    return sql.replace("(?*)", f"({', '.join('?' * n)})")
+
+
+_SQ_ACCEPTED_MANY = (
+    "SELECT id, response, content_hash FROM inbound_message WHERE content_hash IN (?*) "
+    "AND status = 'accepted' ORDER BY id"
+)
+_SQ_HEADS = (
+    "SELECT id, report_no, local_code, version, content_hash, status, patient_id FROM result "
+    "WHERE institution_code = ? AND report_no IN (?*)"
+)
+_SQ_IDENTIFIED = (  # see _IDENTIFIED
+    "SELECT patient_identifier.kind, patient_identifier.assigner, "
+    "patient_identifier.value_hash, patient.id, patient.merged_into "
+    "FROM patient_identifier JOIN patient ON patient.id = patient_identifier.patient_id "
+    "WHERE patient_identifier.kind = ? AND patient_identifier.assigner = ? "
+    "AND patient_identifier.value_hash IN (?*)"
+)
+_SQ_MERGED_INTO = "SELECT merged_into FROM patient WHERE id = ?"
+_SQ_OBS_DELETE = "DELETE FROM observation WHERE result_id IN (?*)"
+_SQ_UNMAPPED = (
+    "SELECT id, issued_at, category FROM result "
+    "WHERE institution_code = ? AND local_code = ? AND item_code IS NULL"
+)
+_SQ_SET_MAPPING = (
+    "UPDATE result SET item_code = ?, category = ?, mark_scope = ?, mark_symbol = ?, "
+    "updated_at = ? WHERE id = ?"
+)
+# A new version updates every column but the business key, in ``_RESULT_COLUMNS`` order.
+_UPDATED = tuple(n for n, c in enumerate(_RESULT_COLUMNS) if c not in _RESULT_KEY)
+_SQ_RESULT_UPDATE = (
+    "UPDATE result SET "  # noqa: S608 - column names are this module's constants
+    + ", ".join(f"{_RESULT_COLUMNS[n]} = ?" for n in _UPDATED)
+    + " WHERE id = ?"
+)
+_PG_RESULT_UPDATE = _SQ_RESULT_UPDATE.replace("?", "%s")
+_PG_OBS_DELETE = "DELETE FROM observation WHERE result_id = ANY(%s)"
+
+
+def _updated_values(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``_result_values`` without the business key (``_SQ_RESULT_UPDATE``'s order)."""
+    return tuple(values[n] for n in _UPDATED)
+
+
+def _sqlite_utc(text: str) -> datetime:
+    """A time as SQLite keeps it (``sqlite_time``), aware UTC again."""
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+# Lists longer than this are looked up in chunks (SQLite's default limit of bound
+# parameters is 32,766; chunks keep the number of distinct statements small).
+_SQLITE_IN_CHUNK = 500
+
 _DRIVER_SQL: dict[str, _DriverSql] = {}
+_SQLITE_DIALECT: Dialect = sqlite_dialect.dialect()
 # 23 parameters a row: well below SQLite's 32,766 bound parameters per statement.
 _SQLITE_ROWS_PER_INSERT = 500
 
@@ -319,10 +410,9 @@ _SQLITE_MESSAGES_PER_INSERT = 500
 @functools.lru_cache(maxsize=64)
 def _sqlite_message_rows(n: int) -> str:
     """SQLite: INSERT of ``n`` inbound messages … RETURNING their ids."""
-    row = f"({', '.join('?' * len(_MESSAGE_COLUMNS))})"
     return (
         f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608 - constants
-        f"VALUES {', '.join([row] * n)} RETURNING id"
+        f"VALUES {', '.join([_SQLITE_MESSAGE_VALUES] * n)} RETURNING id"
     )
 
 
@@ -331,6 +421,13 @@ def _driver_sql(dialect: Dialect) -> _DriverSql:
     if found is None:
         found = _DRIVER_SQL[dialect.name] = _DriverSql.build(dialect)
     return found
+
+
+def sqlite_time(value: datetime) -> str:
+    """A UTC time in the text form SQLAlchemy's SQLite DATETIME binds it in
+    (``YYYY-MM-DD HH:MM:SS.ffffff``, no zone), by ``isoformat`` in C rather than its
+    ``%``-formatting of a dict (several times the cost of the insert of the value)."""
+    return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _float(value: float | None) -> float | None:
@@ -371,48 +468,49 @@ def _result_values(
     )
 
 
-def _result_row(w: ResultWrite, message_id: int, at: datetime) -> dict[str, Any]:
-    s = w.submission
-    return {
-        "patient_id": w.patient_id,
-        "institution_code": s.institution,
-        "department": s.department,
-        "report_no": s.report_no,
-        "local_code": s.local_code,
-        "local_name": s.local_name,
-        "item_code": w.item_code,
-        "category": str(w.category),
-        "status": str(s.status),
-        "performed_at": utc(s.performed_at),
-        "issued_at": utc(s.issued_at),
-        "performer": s.performer,
-        "signer": s.signer,
-        "findings": s.findings,
-        "conclusion": s.conclusion,
-        "accession_number": s.accession_number,
-        "study_uid": s.study_uid,
-        "mark_scope": w.mark.scope if w.mark else None,
-        "mark_symbol": w.mark.symbol if w.mark else None,
-        "version": w.version,
-        "content_hash": w.content_hash,
-        "source_message_id": message_id,
-        "updated_at": at,
-    }
-
-
 class SqlIntakeTx:
-    """Implements ``huren.services.intake.IntakeTx`` on one connection."""
+    """Implements ``huren.services.intake.IntakeTx`` on one connection: a SQLAlchemy
+    ``Connection``, or (``on_sqlite``) a bare sqlite3 connection — SQLite runs every
+    statement of the transaction on the DBAPI cursor."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection | None, *, sqlite_db: Any = None) -> None:
         self.conn = conn
-        self._sqlite = conn.dialect.name == "sqlite"
-        self._sql = _driver_sql(conn.dialect)
+        self._sqlite = conn is None or conn.dialect.name == "sqlite"
+        self._dbapi: Any = (
+            sqlite_db if conn is None else cast(Any, conn.connection.dbapi_connection)
+        )
+        self._sql = _driver_sql(_SQLITE_DIALECT if conn is None else conn.dialect)
         # One queued write per statement: rows of the same statement (the responses,
         # versions, observations, events of all messages of a group commit) go together.
         # Nothing queued is read back in the transaction and every row it references is
         # written at once, so statements may run in any order; each keeps its rows' order.
         self._pending: dict[str, _Bulk] = {}
-        self._time_binder: Any = None
+        self._times: dict[datetime, str] = {}  # instant → SQLite text (``_time``)
+        self._result_ids: list[int] = []  # PostgreSQL: ids drawn ahead for new results
+        # SQLite: the DBAPI cursor the intake statements run on.
+        self._cur: Any = self._dbapi.cursor() if self._sqlite else None
+
+    @classmethod
+    def on_sqlite(cls, db: Any) -> SqlIntakeTx:
+        """On a sqlite3 connection (no SQLAlchemy ``Connection``: its per-transaction
+        cost was a third of a small group commit's)."""
+        return cls(None, sqlite_db=db)
+
+    @property
+    def _sa(self) -> Connection:
+        """The SQLAlchemy connection (PostgreSQL)."""
+        assert self.conn is not None, "SQLite statements run on the DBAPI cursor"
+        return self.conn
+
+    def _select_in(
+        self, sql: str, head: tuple[Any, ...], values: Sequence[Any]
+    ) -> list[tuple[Any, ...]]:
+        """SQLite: rows of ``sql`` (``IN (?*)``) for ``values``, in chunks."""
+        rows: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), _SQLITE_IN_CHUNK):
+            chunk = values[start : start + _SQLITE_IN_CHUNK]
+            rows += self._cur.execute(_sqlite_in(sql, len(chunk)), (*head, *chunk)).fetchall()
+        return rows
 
     # -- queued writes
     def _queue(self, sql: str, rows: list[tuple[Any, ...]], *, by_columns: bool = True) -> None:
@@ -423,70 +521,110 @@ class SqlIntakeTx:
             else:
                 queued.rows.extend(rows)
 
-    def flush(self) -> None:
-        """Write the queued rows (before a read and before the commit)."""
-        if not self._pending:
-            return
+    def flush(
+        self, *, then: Sequence[tuple[str, Sequence[Any]]] = (), commit: bool = False
+    ) -> None:
+        """Write the queued rows (before a read and before the commit). PostgreSQL:
+        ``then`` (statements, each with its rows, executed after them) and the commit go
+        in the same round trip."""
         pending, self._pending = list(self._pending.values()), {}
         if self._sqlite:
             for bulk in pending:
-                self.conn.exec_driver_sql(bulk.sql, bulk.rows)
+                self._cur.executemany(bulk.sql, bulk.rows)
+            for sql, rows in then:
+                self._cur.executemany(sql, rows)
             return
-        dbapi: Any = self.conn.connection.dbapi_connection
+        if not pending and not then and not commit:
+            return
+        # Results first: the versions and observations queued with them refer to them.
+        pending.sort(key=lambda bulk: bulk.sql != self._sql.result_with_ids)
+        dbapi = self._dbapi
         with dbapi.pipeline(), dbapi.cursor() as cur:
             for bulk in pending:
                 if bulk.by_columns:
                     cur.execute(bulk.sql, [list(c) for c in zip(*bulk.rows, strict=True)])
                 else:
                     cur.executemany(bulk.sql, bulk.rows)
+            for sql, rows in then:
+                cur.executemany(sql, rows)
+            if commit:
+                # Queued like the rows, answered by the pipeline's one Sync (psycopg's
+                # own ``commit`` would sync once more). An error above skips it, and the
+                # caller rolls back.
+                cur.execute("COMMIT")
 
     def _time(self, value: datetime) -> Any:
-        """A time as UtcDateTime binds it (SQLite keeps a text form; psycopg adapts it)."""
-        value = utc(value)
+        """A time as UtcDateTime binds it (SQLite keeps a text form; psycopg adapts it).
+        SQLite: each instant formatted once per transaction (the transaction's time is
+        bound in several rows of every message)."""
         if not self._sqlite:
+            return utc(value)
+        text = self._times.get(value)
+        if text is None:
+            text = self._times[value] = sqlite_time(utc(value))
+        return text
+
+    def _date(self, value: date | None) -> Any:
+        """A date as the Date column binds it (SQLite: ISO text, as SQLAlchemy writes it)."""
+        if value is None or not self._sqlite:
             return value
-        if self._time_binder is None:
-            dialect = self.conn.dialect
-            self._time_binder = result_version.c.recorded_at.type.dialect_impl(
-                dialect
-            ).bind_processor(dialect)
-        return self._time_binder(value)
+        return value.isoformat()
 
     # -- messages
     def open_message(
-        self, record: MessageRecord, institution: str, keys: Sequence[tuple[str, str]]
+        self,
+        record: MessageRecord,
+        institution: str,
+        keys: Sequence[tuple[str, str]],
+        patient_keys: Sequence[IdentifierKey] = (),
     ) -> OpenedMessage:
         if self._sqlite:
-            earlier = self.accepted_message(record.content_hash)
-            message_id = self.insert_message(record)
-            return OpenedMessage(message_id, earlier, self.current_results(institution, keys))
-        # PostgreSQL: the three statements (and the transaction's BEGIN) in one pipeline;
-        # the SELECT of an earlier message runs first, so it sees only other messages.
+            self.flush()
+            cur = self._cur
+            found = cur.execute(_SQ_ACCEPTED, (record.content_hash,)).fetchone()
+            cur.execute(_SQ_MESSAGE_INSERT, self._message_row(record))
+            message_id = int(cur.lastrowid)
+            return OpenedMessage(
+                message_id,
+                None if found is None else (int(found[0]), str(found[1])),
+                self.current_results(institution, keys),
+                self.patients_by_identifier(patient_keys),
+            )
+        # PostgreSQL: the statements (and the transaction's BEGIN) in one pipeline, read
+        # once it is through (fetching inside would cost a round trip of its own); the
+        # SELECT of an earlier message runs first, so it sees only other messages.
         self.flush()
-        dbapi: Any = self.conn.connection.dbapi_connection
-        with dbapi.pipeline(), dbapi.cursor() as c1, dbapi.cursor() as c2, dbapi.cursor() as c3:
-            c1.execute(_PG_ACCEPTED, (record.content_hash,))
-            c2.execute(_PG_MESSAGE_INSERT, _message_values(record))
-            c3.execute(_PG_HEADS, (institution, sorted({k[0] for k in keys})))
+        dbapi = self._dbapi
+        with dbapi.cursor() as c1, dbapi.cursor() as c2, dbapi.cursor() as c3:
+            with dbapi.pipeline():
+                c1.execute(_PG_ACCEPTED, (record.content_hash,))
+                c2.execute(_PG_MESSAGE_INSERT, _message_values(record))
+                c3.execute(_PG_HEADS, (institution, sorted({k[0] for k in keys})))
+                ahead = self._pg_ahead(len(keys), patient_keys)
             found = c1.fetchone()
             message_id = int(c2.fetchone()[0])
             rows = c3.fetchall()
+            patients = self._pg_fetch_ahead(ahead, patient_keys)
         wanted = set(keys)
         heads = {
-            (no, code): CurrentResult(rid, version, content_hash, status)
-            for rid, no, code, version, content_hash, status in rows
+            (no, code): CurrentResult(rid, version, content_hash, status, pid)
+            for rid, no, code, version, content_hash, status, pid in rows
             if (no, code) in wanted
         }
         earlier = None if found is None else (int(found[0]), str(found[1]))
-        return OpenedMessage(message_id, earlier, heads)
+        return OpenedMessage(message_id, earlier, heads, self._survivors(patients))
 
     def open_messages(
-        self, records: Sequence[MessageRecord], keys: Sequence[tuple[str, str, str]]
+        self,
+        records: Sequence[MessageRecord],
+        keys: Sequence[tuple[str, str, str]],
+        patient_keys: Sequence[IdentifierKey] = (),
     ) -> OpenedBatch:
         """One SELECT of earlier messages, one INSERT of all records, one SELECT of heads
-        per institution (PostgreSQL: all in one pipeline). Message ids are given in row
-        order (SQLite under BEGIN IMMEDIATE and PostgreSQL's ordered INSERT … SELECT both
-        number the rows in order), so the ids are matched to the records sorted."""
+        per institution, the patients' identifiers (PostgreSQL: all in one pipeline, with
+        ids for the new results). Message ids are given in row order (SQLite under BEGIN
+        IMMEDIATE and PostgreSQL's ordered INSERT … SELECT both number the rows in
+        order), so the ids are matched to the records sorted."""
         hashes = sorted({r.content_hash for r in records})
         by_institution: dict[str, set[str]] = {}
         for institution, report_no, _ in keys:
@@ -494,61 +632,132 @@ class SqlIntakeTx:
         self.flush()
         head_rows: list[tuple[str, Any]] = []
         if self._sqlite:
-            found = self.conn.execute(_ACCEPTED_MANY, {"b_hashes": hashes}).all()
+            found = self._select_in(_SQ_ACCEPTED_MANY, (), hashes)
             ids: list[int] = []
             for start in range(0, len(records), _SQLITE_MESSAGES_PER_INSERT):
                 chunk = records[start : start + _SQLITE_MESSAGES_PER_INSERT]
                 params = tuple(v for r in chunk for v in self._message_row(r))
-                returned = self.conn.exec_driver_sql(_sqlite_message_rows(len(chunk)), params)
+                returned = self._cur.execute(_sqlite_message_rows(len(chunk)), params).fetchall()
                 ids.extend(sorted(int(rid) for (rid,) in returned))
             for institution, report_nos in by_institution.items():
-                rows = self.conn.execute(
-                    _HEADS, {"b_institution": institution, "b_report_nos": sorted(report_nos)}
-                )
+                rows = self._select_in(_SQ_HEADS, (institution,), sorted(report_nos))
                 head_rows.extend((institution, r) for r in rows)
+            patients = self.patients_by_identifier(patient_keys)
         else:
-            dbapi: Any = self.conn.connection.dbapi_connection
+            dbapi = self._dbapi
             columns = [list(c) for c in zip(*map(_message_values, records), strict=True)]
-            with dbapi.pipeline(), dbapi.cursor() as c1, dbapi.cursor() as c2:
-                c1.execute(_PG_ACCEPTED_MANY, (hashes,))
-                c2.execute(self._sql.messages_returning, columns)
-                head_cursors = []
-                for institution, report_nos in by_institution.items():
-                    cur = dbapi.cursor()
-                    cur.execute(_PG_HEADS, (institution, sorted(report_nos)))
-                    head_cursors.append((institution, cur))
+            with dbapi.cursor() as c1, dbapi.cursor() as c2:
+                with dbapi.pipeline():  # read once through, as in ``open_message``
+                    c1.execute(_PG_ACCEPTED_MANY, (hashes,))
+                    c2.execute(self._sql.messages_returning, columns)
+                    head_cursors = []
+                    for institution, report_nos in by_institution.items():
+                        cur = dbapi.cursor()
+                        cur.execute(_PG_HEADS, (institution, sorted(report_nos)))
+                        head_cursors.append((institution, cur))
+                    ahead = self._pg_ahead(len(keys), patient_keys)
                 found = c1.fetchall()
                 ids = sorted(int(rid) for (rid,) in c2.fetchall())
                 for institution, cur in head_cursors:
                     head_rows.extend((institution, r) for r in cur.fetchall())
                     cur.close()
+                patient_rows = self._pg_fetch_ahead(ahead, patient_keys)
+            patients = self._survivors(patient_rows)
         earlier: dict[str, tuple[int, str]] = {}
         for rid, response, content_hash in found:
             earlier.setdefault(content_hash, (int(rid), str(response)))
         wanted = set(keys)
         heads: dict[tuple[str, str, str], CurrentResult] = {}
-        for institution, (rid, no, code, version, content_hash, status) in head_rows:
+        for institution, (rid, no, code, version, content_hash, status, pid) in head_rows:
             if (institution, no, code) in wanted:
-                heads[(institution, no, code)] = CurrentResult(rid, version, content_hash, status)
+                heads[(institution, no, code)] = CurrentResult(
+                    rid, version, content_hash, status, pid
+                )
         assert len(ids) == len(records)
-        return OpenedBatch(ids, earlier, heads)
+        return OpenedBatch(ids, earlier, heads, patients)
+
+    # -- PostgreSQL: what is read ahead with the opening statements
+    def _pg_ahead(self, results: int, patient_keys: Sequence[IdentifierKey]) -> tuple[Any, Any]:
+        """Queue (in the open pipeline) ids for up to ``results`` new results and the
+        lookup of ``patient_keys``; their cursors."""
+        ids = self._dbapi.cursor()
+        ids.execute(_PG_NEXT_RESULT_IDS, (results,))
+        identified = None
+        if patient_keys:
+            identified = self._dbapi.cursor()
+            identified.execute(
+                _PG_IDENTIFIED,
+                (
+                    sorted({k[0] for k in patient_keys}),
+                    sorted({k[1] for k in patient_keys}),
+                    sorted({k[2] for k in patient_keys}),
+                ),
+            )
+        return ids, identified
+
+    def _pg_fetch_ahead(
+        self, cursors: tuple[Any, Any], patient_keys: Sequence[IdentifierKey]
+    ) -> list[tuple[IdentifierKey, int, int | None]]:
+        """Results of ``_pg_ahead``: the new result ids are kept for ``write_results``;
+        returns (key, patient, merged_into) of the known identifiers."""
+        ids, identified = cursors
+        # Drawn from the sequence like the column default would; one not used (a result
+        # that turned out unchanged) is a gap, as a rolled-back insert leaves.
+        self._result_ids.extend(int(rid) for (rid,) in ids.fetchall())
+        ids.close()
+        if identified is None:
+            return []
+        wanted = set(patient_keys)
+        rows = [
+            ((kind, assigner, value_hash), int(pid), merged_into)
+            for kind, assigner, value_hash, pid, merged_into in identified.fetchall()
+            if (kind, assigner, value_hash) in wanted
+        ]
+        identified.close()
+        return rows
+
+    def _survivors(
+        self, rows: Iterable[tuple[IdentifierKey, int, int | None]]
+    ) -> dict[IdentifierKey, int]:
+        """{key: patient}, following merges to the surviving patient."""
+        return {
+            key: pid if merged_into is None else self._survivor(pid, merged_into)
+            for key, pid, merged_into in rows
+        }
 
     def _message_row(self, record: MessageRecord) -> tuple[Any, ...]:
-        """``_message_values`` with the time bound as the column type binds it."""
-        values = _message_values(record)
-        return (self._time(values[0]), *values[1:])
+        """SQLite: an inbound_message row with the time bound as the column type binds
+        it and the raw message as given (text or UTF-8 bytes, cast to TEXT)."""
+        return (
+            self._time(record.received_at),
+            record.channel[:16],
+            (record.institution or None) and record.institution[:32],
+            record.content_hash,
+            record.control_id[:64],
+            record.status,
+            record.error,
+            record.response,
+            record.raw,
+        )
 
     def mark_duplicate(self, message_id: int, response: str) -> None:
         self._queue(self._sql.duplicate, [(response, message_id)], by_columns=False)
 
     def accepted_message(self, content_hash: str) -> tuple[int, str] | None:
         self.flush()
-        row = self.conn.execute(_ACCEPTED, {"b_hash": content_hash}).first()
-        return None if row is None else (int(row.id), str(row.response))
+        row: Any = (
+            self._cur.execute(_SQ_ACCEPTED, (content_hash,)).fetchone()
+            if self._sqlite
+            else self._sa.execute(_ACCEPTED, {"b_hash": content_hash}).first()
+        )
+        return None if row is None else (int(row[0]), str(row[1]))
 
     def insert_message(self, record: MessageRecord) -> int:
+        if self._sqlite:
+            self._cur.execute(_SQ_MESSAGE_INSERT, self._message_row(record))
+            return int(self._cur.lastrowid)
         values = dict(zip(_MESSAGE_COLUMNS, _message_values(record), strict=True))
-        return int(self.conn.execute(_MESSAGE_INSERT, values).scalar_one())
+        return int(self._sa.execute(_MESSAGE_INSERT, values).scalar_one())
 
     def set_response(self, message_id: int, response: str) -> None:
         self._queue(self._sql.response, [(response, message_id)], by_columns=False)
@@ -565,14 +774,18 @@ class SqlIntakeTx:
             return {}
         self.flush()
         wanted = set(keys)
-        rows = self.conn.execute(
-            _HEADS,
-            {"b_institution": institution, "b_report_nos": sorted({k[0] for k in keys})},
+        report_nos = sorted({k[0] for k in keys})
+        rows: Iterable[Any] = (
+            self._select_in(_SQ_HEADS, (institution,), report_nos)
+            if self._sqlite
+            else self._sa.execute(
+                _HEADS, {"b_institution": institution, "b_report_nos": report_nos}
+            )
         )
         return {
-            (r.report_no, r.local_code): CurrentResult(r.id, r.version, r.content_hash, r.status)
-            for r in rows
-            if (r.report_no, r.local_code) in wanted
+            (no, code): CurrentResult(rid, version, content_hash, status, pid)
+            for rid, no, code, version, content_hash, status, pid in rows
+            if (no, code) in wanted
         }
 
     def write_results(self, writes: Sequence[ResultWrite], at: datetime) -> None:
@@ -584,15 +797,42 @@ class SqlIntakeTx:
         if new:
             self._insert_results(new, at)
         if changed:
-            rows = []
-            for w in changed:
-                row = _result_row(w, w.message_id, at)
-                del row["institution_code"], row["report_no"], row["local_code"]
-                row["b_id"] = w.result_id
-                rows.append(row)
             self.flush()
-            self.conn.execute(_RESULT_UPDATE, rows)
-            self.conn.execute(_OBS_DELETE, {"b_ids": [w.result_id for w in changed]})
+            if self._sqlite:
+                updated_at = self._time(at)
+                self._cur.executemany(
+                    _SQ_RESULT_UPDATE,
+                    [
+                        (
+                            *_updated_values(
+                                _result_values(w, w.message_id, updated_at, self._time)
+                            ),
+                            w.result_id,
+                        )
+                        for w in changed
+                    ],
+                )
+                ids = [w.result_id for w in changed]
+                for start in range(0, len(ids), _SQLITE_IN_CHUNK):
+                    chunk = ids[start : start + _SQLITE_IN_CHUNK]
+                    self._cur.execute(_sqlite_in(_SQ_OBS_DELETE, len(chunk)), chunk)
+            else:
+                # PostgreSQL: with the queued rows, in one round trip.
+                self.flush(
+                    then=[
+                        (
+                            _PG_RESULT_UPDATE,
+                            [
+                                (
+                                    *_updated_values(_result_values(w, w.message_id, at, utc)),
+                                    w.result_id,
+                                )
+                                for w in changed
+                            ],
+                        ),
+                        (_PG_OBS_DELETE, [([w.result_id for w in changed],)]),
+                    ]
+                )
         recorded_at = self._time(at)
         self._queue(
             self._sql.version,
@@ -603,7 +843,7 @@ class SqlIntakeTx:
                     str(w.submission.status),
                     recorded_at,
                     "" if w.version == 1 else f"{w.submission.status}",
-                    w.snapshot_json().decode(),
+                    w.snapshot_json() if self._sqlite else w.snapshot_json().decode(),
                 )
                 for w in writes
             ],
@@ -611,6 +851,26 @@ class SqlIntakeTx:
         self._queue(
             self._sql.observation,
             [
+                (
+                    w.result_id,
+                    seq,
+                    o.code,
+                    o.loinc,
+                    o.name,
+                    str(o.value_type),
+                    o.value_num,  # SQLite: REAL affinity stores an integer as REAL
+                    o.value_text,
+                    o.unit,
+                    o.ref_low,
+                    o.ref_high,
+                    o.ref_text,
+                    o.flag,
+                )
+                for w in writes
+                for seq, o in enumerate(w.submission.observations, start=1)
+            ]
+            if self._sqlite
+            else [
                 (
                     w.result_id,
                     seq,
@@ -637,17 +897,27 @@ class SqlIntakeTx:
         key, so that nothing depends on the order RETURNING gives them in."""
         updated_at = self._time(at)
         rows = [_result_values(w, w.message_id, updated_at, self._time) for w in new]
+        if not self._sqlite and len(self._result_ids) >= len(new):
+            # PostgreSQL with ids drawn in the opening round trip: the rows are queued
+            # with the versions and observations (``flush`` writes them first).
+            drawn, self._result_ids = self._result_ids[: len(new)], self._result_ids[len(new) :]
+            for w, rid in zip(new, drawn, strict=True):
+                w.result_id = rid
+            self._queue(
+                self._sql.result_with_ids,
+                [(rid, *row) for rid, row in zip(drawn, rows, strict=True)],
+            )
+            return
         by_key: dict[tuple[str, str, str], int] = {}
         self.flush()
         if self._sqlite:
             for start in range(0, len(rows), _SQLITE_ROWS_PER_INSERT):
                 chunk = rows[start : start + _SQLITE_ROWS_PER_INSERT]
                 params = tuple(v for r in chunk for v in r)
-                returned = self.conn.exec_driver_sql(_sqlite_result_rows(len(chunk)), params)
+                returned = self._cur.execute(_sqlite_result_rows(len(chunk)), params).fetchall()
                 by_key.update({(inst, no, code): rid for rid, inst, no, code in returned})
         else:
-            dbapi: Any = self.conn.connection.dbapi_connection
-            with dbapi.cursor() as cur:
+            with self._dbapi.cursor() as cur:
                 cur.execute(self._sql.result_returning, [list(c) for c in zip(*rows, strict=True)])
                 by_key = {(inst, no, code): rid for rid, inst, no, code in cur.fetchall()}
         ids = [
@@ -659,7 +929,14 @@ class SqlIntakeTx:
 
     def unmapped_results(self, institution: str, local_code: str) -> list[UnmappedResult]:
         self.flush()
-        rows = self.conn.execute(
+        if self._sqlite:
+            return [
+                UnmappedResult(rid, _sqlite_utc(issued_at), category)
+                for rid, issued_at, category in self._cur.execute(
+                    _SQ_UNMAPPED, (institution, local_code)
+                )
+            ]
+        rows = self._sa.execute(
             select(result.c.id, result.c.issued_at, result.c.category).where(
                 result.c.institution_code == institution,
                 result.c.local_code == local_code,
@@ -671,7 +948,20 @@ class SqlIntakeTx:
     def set_mapping(
         self, result_id: int, item_code: str, category: str, mark: Mark | None, at: datetime
     ) -> None:
-        self.conn.execute(
+        if self._sqlite:
+            self._cur.execute(
+                _SQ_SET_MAPPING,
+                (
+                    item_code,
+                    category,
+                    mark.scope if mark else None,
+                    mark.symbol if mark else None,
+                    self._time(at),
+                    result_id,
+                ),
+            )
+            return
+        self._sa.execute(
             update(result)
             .where(result.c.id == result_id)
             .values(
@@ -689,12 +979,33 @@ class SqlIntakeTx:
             return {}
         self.flush()
         wanted = set(keys)
-        rows = self.conn.execute(_IDENTIFIED, {"b_hashes": sorted({k[2] for k in keys})}).all()
+        rows: Iterable[Any]
+        if self._sqlite:
+            # One search of the key's index per (kind, assigner) of the lookup.
+            by_kind: dict[tuple[str, str], set[str]] = {}
+            for kind, assigner, value_hash in keys:
+                by_kind.setdefault((kind, assigner), set()).add(value_hash)
+            rows = [
+                row
+                for head, hashes in by_kind.items()
+                for row in self._select_in(_SQ_IDENTIFIED, head, sorted(hashes))
+            ]
+        else:
+            rows = self._sa.execute(
+                _IDENTIFIED,
+                {
+                    "b_kinds": sorted({k[0] for k in keys}),
+                    "b_assigners": sorted({k[1] for k in keys}),
+                    "b_hashes": sorted({k[2] for k in keys}),
+                },
+            ).all()
         found: dict[IdentifierKey, int] = {}
-        for r in rows:
-            key = (r.kind, r.assigner, r.value_hash)
+        for kind, assigner, value_hash, patient_id, merged_into in rows:
+            key = (kind, assigner, value_hash)
             if key in wanted:
-                found[key] = self._survivor(r.id, r.merged_into)
+                found[key] = (
+                    patient_id if merged_into is None else self._survivor(patient_id, merged_into)
+                )
         return found
 
     def _survivor(self, patient_id: int, merged_into: int | None) -> int:
@@ -702,12 +1013,29 @@ class SqlIntakeTx:
         while merged_into is not None and merged_into not in seen:
             seen.add(merged_into)
             patient_id = merged_into
-            merged_into = self.conn.execute(_MERGED_INTO, {"b_id": patient_id}).scalar_one_or_none()
+            found = (
+                self._cur.execute(_SQ_MERGED_INTO, (patient_id,)).fetchone()
+                if self._sqlite
+                else self._sa.execute(_MERGED_INTO, {"b_id": patient_id}).first()
+            )
+            merged_into = None if found is None else found[0]
         return patient_id
 
     def create_patient(self, new: NewPatient) -> int:
+        if self._sqlite:
+            self._cur.execute(
+                _SQ_PATIENT_INSERT,
+                (
+                    new.name_enc,
+                    new.name_masked,
+                    new.sex,
+                    self._date(new.birth_date),
+                    self._time(new.created_at),
+                ),
+            )
+            return int(self._cur.lastrowid)
         return int(
-            self.conn.execute(
+            self._sa.execute(
                 _PATIENT_INSERT,
                 {
                     "name_enc": new.name_enc,
@@ -755,22 +1083,27 @@ class SqlIntakeStore:
             IntegrityError,
             engine.dialect.loaded_dbapi.IntegrityError,
         )
+        # SQLite has one writer at a time: intake transactions of this process queue
+        # here rather than in SQLite's busy handler, which polls with sleeps of 1, 2,
+        # 5 … ms (two HTTP requests committing at once lost milliseconds each time).
+        self._write_lock = threading.Lock()
 
     @contextmanager
     def transaction(self) -> Iterator[SqlIntakeTx]:
+        if self._sqlite:
+            with self._sqlite_transaction() as tx:
+                yield tx
+            return
         with self._engine.connect() as conn:
-            if self._sqlite:
-                # Take the write lock at once so that the duplicate check and the writes
-                # see the same state (no lost update between two writers).
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-            else:
-                # Begun explicitly: the first statements may go on the DBAPI connection,
-                # and ``commit`` must commit them.
-                conn.begin()
+            # Begun explicitly: the first statements may go on the DBAPI connection, and
+            # ``commit`` must commit them.
+            conn.begin()
             try:
                 tx = SqlIntakeTx(conn)
                 yield tx
-                tx.flush()
+                # The last rows and the commit in one round trip; SQLAlchemy's commit
+                # then finds the transaction ended (psycopg: a no-op) and closes its own.
+                tx.flush(commit=True)
                 conn.commit()
             except self._conflicts as exc:
                 conn.rollback()
@@ -778,6 +1111,30 @@ class SqlIntakeStore:
             except BaseException:
                 conn.rollback()
                 raise
+
+    @contextmanager
+    def _sqlite_transaction(self) -> Iterator[SqlIntakeTx]:
+        """A pooled sqlite3 connection, without a SQLAlchemy ``Connection`` around it."""
+        pooled = self._engine.raw_connection()
+        try:
+            db: Any = pooled.driver_connection
+            with self._write_lock:
+                # Take the write lock at once so that the duplicate check and the writes
+                # see the same state (no lost update between two writers).
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    tx = SqlIntakeTx.on_sqlite(db)
+                    yield tx
+                    tx.flush()
+                    db.commit()
+                except self._conflicts as exc:
+                    db.rollback()
+                    raise TransientConflict(str(exc)) from exc
+                except BaseException:
+                    db.rollback()
+                    raise
+        finally:
+            pooled.close()
 
     def unmapped_codes(self, institution: str) -> list[UnmappedCode]:
         stmt = (

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
@@ -25,7 +26,7 @@ import msgspec
 from huren.adapters.fhir import model as m
 from huren.adapters.fhir import systems as sid
 from huren.domain.errors import Problem, ProblemCollector, ValidationFailed
-from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
+from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.results import (
     ObservationValue,
@@ -34,7 +35,13 @@ from huren.domain.results import (
     ResultSubmission,
     ValueType,
 )
-from huren.services.intake import Channel, InboundMessage
+from huren.services.intake import (
+    Channel,
+    InboundMessage,
+    checked_identifier,
+    new_observation,
+    new_submission,
+)
 
 # A date or dateTime without a zone is China Standard Time (FHIR: local time of the sender).
 CST = timezone(timedelta(hours=8), "CST")
@@ -44,7 +51,7 @@ _TYPED_DECODER = msgspec.json.Decoder(m.Typed)
 _BUNDLE_DECODER = msgspec.json.Decoder(m.Bundle)
 
 
-class _DecodedEntry(msgspec.Struct, frozen=True, omit_defaults=True):
+class _DecodedEntry(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     """A Bundle entry whose resource is decoded with the Bundle (the fast path)."""
 
     fullUrl: str = ""
@@ -53,7 +60,7 @@ class _DecodedEntry(msgspec.Struct, frozen=True, omit_defaults=True):
     request: m.BundleRequest | None = None
 
 
-class _DecodedBundle(msgspec.Struct, frozen=True, omit_defaults=True):
+class _DecodedBundle(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     resourceType: Literal["Bundle"]
     type: str
     id: str = ""
@@ -98,11 +105,25 @@ class ParsedBundle:
     informational: tuple[str, ...] = ()
 
 
+@functools.lru_cache(maxsize=8192)
+def _observation_entry(submission: int, seq: int) -> EntryPlan:
+    """The plan of an Observation entry (immutable, so shared between Bundles)."""
+    return EntryPlan("observation", submission, seq)
+
+
+# A resolvable reference: (FHIRPath of the resource, the resource, its entry index or -1
+# when it is contained in a DiagnosticReport).
+_Found = tuple[str, m.Resource, int]
+
+
 @dataclass
 class _Ctx:
     errors: ProblemCollector = field(default_factory=ProblemCollector)
-    by_ref: dict[str, tuple[str, m.Resource]] = field(default_factory=dict)
+    by_ref: dict[str, _Found] = field(default_factory=dict)
     patients: dict[str, PatientDemographics] = field(default_factory=dict)
+    # Entry index → plan of each Observation a DiagnosticReport took as a value or as
+    # its findings.
+    observation_plans: dict[int, EntryPlan] = field(default_factory=dict)
 
 
 def _decode_problem(exc: msgspec.ValidationError | msgspec.DecodeError, base: str) -> Problem:
@@ -182,12 +203,11 @@ def _patient_identifiers(
         if kind is IdentifierKind.MRN and not assigner:
             a = ident.assigner
             assigner = (a.identifier.value if a and a.identifier else "") or institution
-        try:
-            out.append(validate_identifier(PatientIdentifier(kind, ident.value, assigner), here))
-        except ValidationFailed as exc:
-            errors.problems.extend(
-                Problem(f"{here}.value", p.message) if p.field == here else p for p in exc.problems
-            )
+        checked = checked_identifier(PatientIdentifier(kind, ident.value, assigner))
+        if isinstance(checked, PatientIdentifier):
+            out.append(checked)
+        else:
+            errors.problems.extend(Problem(f"{here}.value", message) for message in checked)
     if not out and not any(p.field.startswith(where) for p in errors.problems):
         errors.add(
             f"{where}.identifier",
@@ -229,6 +249,10 @@ def _patient(
     return demo, key
 
 
+_NM, _SN, _ST, _TX, _CE = ValueType.NM, ValueType.SN, ValueType.ST, ValueType.TX, ValueType.CE
+_LOINC, _UCUM = sid.LOINC, sid.UCUM
+
+
 def _codes(cc: m.CodeableConcept) -> tuple[str, str, str]:
     """(local code, its display, LOINC code) of a CodeableConcept: the first coding with
     a code in a local system, the first with a code in LOINC."""
@@ -236,7 +260,7 @@ def _codes(cc: m.CodeableConcept) -> tuple[str, str, str]:
     for c in cc.coding:
         if not c.code:
             continue
-        if c.system == sid.LOINC:
+        if c.system == _LOINC:
             if loinc is None:
                 loinc = c
         elif local is None:
@@ -246,59 +270,68 @@ def _codes(cc: m.CodeableConcept) -> tuple[str, str, str]:
     return code, name or cc.text, loinc.code if loinc else ""
 
 
+# Reference ranges repeat from one Observation of an item to the next: their text form
+# is kept once formatted (``+ 0.0`` writes a negative zero as "0", so the text does not
+# depend on which of the two equal keys came first).
+_RANGE_TEXTS: dict[tuple[float | None, float | None], str] = {}
+
+
+def _range_text(low: float | None, high: float | None) -> str:
+    key = (low, high)
+    text = _RANGE_TEXTS.get(key)
+    if text is None:
+        if len(_RANGE_TEXTS) >= 4096:
+            _RANGE_TEXTS.clear()
+        text = _RANGE_TEXTS[key] = (
+            f"{'' if low is None else f'{low + 0.0:g}'}-{'' if high is None else f'{high + 0.0:g}'}"
+        )
+    return text
+
+
 def _observation(obs: m.Observation, where: str, errors: ProblemCollector) -> ObservationValue:
     code, name, loinc = _codes(obs.code)
     if not code:
         errors.add(f"{where}.code.coding", "检验项目缺少编码（本院编码或 LOINC）")
-    vt, num, text, unit = ValueType.ST, None, "", ""
+    vt, num, text, unit = _ST, None, "", ""
     q = obs.valueQuantity
     if q is not None:
-        if q.value is None:
-            errors.add(f"{where}.valueQuantity.value", "数值型结果缺少数值")
-        unit = q.code if q.system == sid.UCUM and q.code else (q.unit or q.code)
         num = q.value
+        if num is None:
+            errors.add(f"{where}.valueQuantity.value", "数值型结果缺少数值")
+        unit = q.code if q.system == _UCUM and q.code else (q.unit or q.code)
         if q.comparator:
-            vt, text = ValueType.SN, f"{q.comparator}{q.value:g}" if q.value is not None else ""
+            vt, text = _SN, f"{q.comparator}{num:g}" if num is not None else ""
         else:
-            vt = ValueType.NM
+            vt = _NM
     elif obs.valueInteger is not None:
-        vt, num = ValueType.NM, float(obs.valueInteger)
+        vt, num = _NM, float(obs.valueInteger)
     elif obs.valueString is not None:
         text = obs.valueString
-        vt = ValueType.TX if ("\n" in text or len(text) > 200) else ValueType.ST
+        vt = _TX if ("\n" in text or len(text) > 200) else _ST
     elif obs.valueCodeableConcept is not None:
         vc = obs.valueCodeableConcept
         first = vc.coding[0] if vc.coding else None
-        vt, text = ValueType.CE, vc.text or (first.display or first.code if first else "")
+        vt, text = _CE, vc.text or (first.display or first.code if first else "")
     elif obs.valueBoolean is not None:
         text = "是" if obs.valueBoolean else "否"
     low = high = None
     ref_text = ""
     if obs.referenceRange:
         rr = obs.referenceRange[0]
-        low = rr.low.value if rr.low else None
-        high = rr.high.value if rr.high else None
+        low = None if rr.low is None else rr.low.value
+        high = None if rr.high is None else rr.high.value
         ref_text = rr.text
         if not ref_text and (low is not None or high is not None):
-            ref_text = f"{'' if low is None else f'{low:g}'}-{'' if high is None else f'{high:g}'}"
+            ref_text = _range_text(low, high)
     flag = ""
     for interp in obs.interpretation:
-        if interp.coding and interp.coding[0].code:
-            flag = interp.coding[0].code
+        coding = interp.coding
+        if coding and coding[0].code:
+            flag = coding[0].code
             break
-    return ObservationValue(
-        code=code,
-        name=name,
-        value_type=vt,
-        value_num=num,
-        value_text=text,
-        unit=unit,
-        ref_low=low,
-        ref_high=high,
-        ref_text=ref_text,
-        flag=flag,
-        loinc=loinc,
-    )
+    # Positional: ObservationValue's field order (code, name, value_type, value_num,
+    # value_text, unit, ref_low, ref_high, ref_text, flag, loinc).
+    return new_observation(code, name, vt, num, text, unit, low, high, ref_text, flag, loinc)
 
 
 def _category(report: m.DiagnosticReport) -> Category | None:
@@ -346,11 +379,7 @@ class _Report:
 
 
 def _report_submission(
-    ctx: _Ctx,
-    rep: _Report,
-    default_institution: str,
-    observation_plan: dict[str, tuple[int, int, bool]],
-    sub_index: int,
+    ctx: _Ctx, rep: _Report, default_institution: str, sub_index: int
 ) -> tuple[ResultSubmission | None, str, str]:
     """The submission of one DiagnosticReport; returns (submission, institution, patient key)."""
     r, where, base = rep.resource, rep.where, rep.base
@@ -421,28 +450,28 @@ def _report_submission(
 
     observations: list[ObservationValue] = []
     findings: list[str] = []
+    by_ref, plans = ctx.by_ref, ctx.observation_plans
     for k, ref in enumerate(r.result):
-        key = _ref_key(ref.reference, base)
-        found = ctx.by_ref.get(key)
+        reference = ref.reference
+        found = by_ref.get(base + reference if reference.startswith("#") else reference)
         if found is None or not isinstance(found[1], m.Observation):
-            errors.add(
-                f"{where}.result[{k}]", f"引用的 Observation 不在本 Bundle 中: {ref.reference}"
-            )
+            errors.add(f"{where}.result[{k}]", f"引用的 Observation 不在本 Bundle 中: {reference}")
             continue
-        owhere, obs = found[0], found[1]
+        owhere, obs, index = found
+        assert isinstance(obs, m.Observation)
         if obs.valueString is not None and any(
-            c.system == sid.LOINC and c.code in sid.FINDINGS_LOINC for c in obs.code.coding
+            c.system == _LOINC and c.code in sid.FINDINGS_LOINC for c in obs.code.coding
         ):
             findings.append(obs.valueString)
-            observation_plan[key] = (sub_index, 0, True)
+            plans[index] = EntryPlan("findings", sub_index, note="已作为报告的检查所见保存")
             continue
         observations.append(_observation(obs, owhere, errors))
-        observation_plan[key] = (sub_index, len(observations), False)
+        plans[index] = _observation_entry(sub_index, len(observations))
     accession, study_uid = _study_links(ctx, r, base)
     accession, study_uid = accession_own or accession, study_own or study_uid
     if patient is None or performed is None or issued is None:
         return None, institution, patient_key
-    sub = ResultSubmission(
+    sub = new_submission(
         institution=institution,
         report_no=report_no,
         local_code=local_code,
@@ -487,7 +516,18 @@ def _index_contained(ctx: _Ctx, report: m.DiagnosticReport, where: str, base: st
     for k, raw in enumerate(report.contained):
         res = _decode_resource(bytes(raw), f"{where}.contained[{k}]", ctx.errors)
         if isinstance(res, m.Resource) and res.id:
-            ctx.by_ref[f"{base}#{res.id}"] = (f"{where}.contained[{k}]", res)
+            ctx.by_ref[f"{base}#{res.id}"] = (f"{where}.contained[{k}]", res, -1)
+
+
+def _kept(raw: bytes) -> str | bytes:
+    """The message as it is kept (``InboundMessage.raw``): its bytes when they are valid
+    UTF-8 (the usual case; checked here, decoding is cheap), else its text with
+    replacement characters."""
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("utf-8", "replace")
+    return raw
 
 
 def parse_transaction(
@@ -516,34 +556,38 @@ def parse_transaction(
         )
     entries: Sequence[m.BundleEntry | _DecodedEntry] = bundle.entry
     resources: list[m.Resource | str | None] = []
+    by_ref = ctx.by_ref
     for i, entry in enumerate(entries):
-        where = f"Bundle.entry[{i}]"
-        if entry.request is None:
-            ctx.errors.add(f"{where}.request", "transaction Bundle 的每个条目都必须有 request")
-        elif entry.request.method not in ("POST", "PUT"):
+        request = entry.request
+        if request is None:
             ctx.errors.add(
-                f"{where}.request.method", f"仅支持 POST 与 PUT，收到 {entry.request.method}"
+                f"Bundle.entry[{i}].request", "transaction Bundle 的每个条目都必须有 request"
             )
+        elif request.method not in ("POST", "PUT"):
+            ctx.errors.add(
+                f"Bundle.entry[{i}].request.method", f"仅支持 POST 与 PUT，收到 {request.method}"
+            )
+        rwhere = f"Bundle.entry[{i}].resource"
         res: m.Resource | str | None
         if isinstance(entry, _DecodedEntry):
             if entry.resource is msgspec.UNSET:
-                ctx.errors.add(f"{where}.resource", "条目缺少 resource")
+                ctx.errors.add(rwhere, "条目缺少 resource")
                 resources.append(None)
                 continue
             res = entry.resource
         elif not entry.resource:
-            ctx.errors.add(f"{where}.resource", "条目缺少 resource")
+            ctx.errors.add(rwhere, "条目缺少 resource")
             resources.append(None)
             continue
         else:
-            res = _decode_resource(bytes(entry.resource), f"{where}.resource", ctx.errors)
+            res = _decode_resource(bytes(entry.resource), rwhere, ctx.errors)
         resources.append(res)
         if isinstance(res, m.Resource):
-            rwhere = f"{where}.resource"
+            found = (rwhere, res, i)
             if entry.fullUrl:
-                ctx.by_ref[entry.fullUrl] = (rwhere, res)
+                by_ref[entry.fullUrl] = found
             if res.id:
-                ctx.by_ref[f"{type(res).__name__}/{res.id}"] = (rwhere, res)
+                by_ref[f"{type(res).__name__}/{res.id}"] = found
             if isinstance(res, m.DiagnosticReport):
                 _index_contained(ctx, res, rwhere, entry.fullUrl or f"DiagnosticReport/{res.id}")
     # Structural errors first: what follows (references, reports) would only echo them.
@@ -562,7 +606,7 @@ def parse_transaction(
         default_institution,
         channel,
         control_id,
-        raw.decode("utf-8", "replace") if keep_raw else "",
+        _kept(raw) if keep_raw else "",
     )
 
 
@@ -595,7 +639,7 @@ def parse_report(
         default_institution,
         channel,
         control_id or res.id,
-        raw.decode("utf-8", "replace") if keep_raw else "",
+        _kept(raw) if keep_raw else "",
     )
 
 
@@ -607,20 +651,17 @@ def _assemble(
     default_institution: str,
     channel: Channel,
     control_id: str,
-    raw: str,
+    raw: str | bytes,
 ) -> ParsedBundle:
     if not reports:
         ctx.errors.add(
             "Bundle.entry", "Bundle 中没有 DiagnosticReport：结果按报告单（DiagnosticReport）保存"
         )
-    observation_plan: dict[str, tuple[int, int, bool]] = {}
     patient_of: dict[str, int] = {}
     submissions: list[ResultSubmission] = []
     institutions: set[str] = set()
     for rep in reports:
-        sub, inst, patient_key = _report_submission(
-            ctx, rep, default_institution, observation_plan, len(submissions)
-        )
+        sub, inst, patient_key = _report_submission(ctx, rep, default_institution, len(submissions))
         if inst:
             institutions.add(inst)
         if sub is not None:
@@ -635,25 +676,25 @@ def _assemble(
     plans: list[EntryPlan] = []
     notes: list[str] = []
     report_index = {rep.index: k for k, rep in enumerate(reports)}
+    observation_plans = ctx.observation_plans
     for i, (entry, res) in enumerate(zip(entries, resources, strict=True)):
-        where = f"Bundle.entry[{i}]"
-        keys = [entry.fullUrl] if entry.fullUrl else []
-        if isinstance(res, m.Resource) and res.id:
-            keys.append(f"{type(res).__name__}/{res.id}")
-        if isinstance(res, m.DiagnosticReport):
-            plans.append(EntryPlan("report", report_index[i]))
-        elif isinstance(res, m.Observation):
-            planned = next((observation_plan[k] for k in keys if k in observation_plan), None)
+        if isinstance(res, m.Observation):
+            planned = observation_plans.get(i)
             if planned is None:
                 ctx.errors.add(
-                    where, "Observation 必须由 DiagnosticReport.result 引用（结果按报告单保存）"
+                    f"Bundle.entry[{i}]",
+                    "Observation 必须由 DiagnosticReport.result 引用（结果按报告单保存）",
                 )
-                plans.append(EntryPlan("info"))
-            elif planned[2]:
-                plans.append(EntryPlan("findings", planned[0], note="已作为报告的检查所见保存"))
-            else:
-                plans.append(EntryPlan("observation", planned[0], planned[1]))
+                planned = EntryPlan("info")
+            plans.append(planned)
+            continue
+        where = f"Bundle.entry[{i}]"
+        if isinstance(res, m.DiagnosticReport):
+            plans.append(EntryPlan("report", report_index[i]))
         elif isinstance(res, m.Patient):
+            keys = [entry.fullUrl] if entry.fullUrl else []
+            if res.id:
+                keys.append(f"Patient/{res.id}")
             sub_i = next((patient_of[k] for k in keys if k in patient_of), -1)
             note = "" if sub_i >= 0 else "未被任何 DiagnosticReport 引用的患者，未保存"
             plans.append(EntryPlan("patient" if sub_i >= 0 else "info", sub_i, note=note))

@@ -2,8 +2,12 @@
 
 Full validation with fhir.resources runs at a few thousand Observations per second; this
 lean path decodes and type-checks only what intake keeps (unknown elements are ignored)
-and is checked against fhir.resources' R4B models in tests/unit/test_fhir_conformance.py.
-Element names are FHIR's own (camelCase), so decode errors name the element."""
+and is checked against fhir.resources' R4B models in tests/unit/test_fhir_mapping.py.
+Element names are FHIR's own (camelCase), so decode errors name the element.
+
+The decoded structs are trees (JSON has no cycles), so they are kept out of the garbage
+collector (``gc=False``): a Bundle of a hundred Observations otherwise allocates a few
+thousand tracked objects, each young-generation pass walking them again."""
 
 from __future__ import annotations
 
@@ -13,31 +17,31 @@ import msgspec
 from msgspec import Struct, field
 
 
-class Coding(Struct, frozen=True, omit_defaults=True):
+class Coding(Struct, frozen=True, omit_defaults=True, gc=False):
     system: str = ""
     code: str = ""
     display: str = ""
 
 
-class CodeableConcept(Struct, frozen=True, omit_defaults=True):
+class CodeableConcept(Struct, frozen=True, omit_defaults=True, gc=False):
     coding: list[Coding] = field(default_factory=list)
     text: str = ""
 
 
-class Reference(Struct, frozen=True, omit_defaults=True):
+class Reference(Struct, frozen=True, omit_defaults=True, gc=False):
     reference: str = ""
     identifier: Identifier | None = None
     display: str = ""
 
 
-class Identifier(Struct, frozen=True, omit_defaults=True):
+class Identifier(Struct, frozen=True, omit_defaults=True, gc=False):
     system: str = ""
     value: str = ""
     type: CodeableConcept | None = None
     assigner: Reference | None = None
 
 
-class Quantity(Struct, frozen=True, omit_defaults=True):
+class Quantity(Struct, frozen=True, omit_defaults=True, gc=False):
     value: float | None = None
     comparator: Literal["<", "<=", ">=", ">"] | None = None
     unit: str = ""
@@ -45,58 +49,58 @@ class Quantity(Struct, frozen=True, omit_defaults=True):
     code: str = ""
 
 
-class Range(Struct, frozen=True, omit_defaults=True):
+class Range(Struct, frozen=True, omit_defaults=True, gc=False):
     low: Quantity | None = None
     high: Quantity | None = None
 
 
-class ReferenceRange(Struct, frozen=True, omit_defaults=True):
+class ReferenceRange(Struct, frozen=True, omit_defaults=True, gc=False):
     low: Quantity | None = None
     high: Quantity | None = None
     text: str = ""
 
 
-class Period(Struct, frozen=True, omit_defaults=True):
+class Period(Struct, frozen=True, omit_defaults=True, gc=False):
     start: str = ""
     end: str = ""
 
 
-class HumanName(Struct, frozen=True, omit_defaults=True):
+class HumanName(Struct, frozen=True, omit_defaults=True, gc=False):
     text: str = ""
     family: str = ""
     given: list[str] = field(default_factory=list)
 
 
-class Attachment(Struct, frozen=True, omit_defaults=True):
+class Attachment(Struct, frozen=True, omit_defaults=True, gc=False):
     contentType: str = ""
     data: str = ""  # base64
     title: str = ""
 
 
-class Meta(Struct, frozen=True, omit_defaults=True):
+class Meta(Struct, frozen=True, omit_defaults=True, gc=False):
     versionId: str = ""
     lastUpdated: str = ""
 
 
-class Resource(Struct, frozen=True, omit_defaults=True, tag_field="resourceType"):
+class Resource(Struct, frozen=True, omit_defaults=True, gc=False, tag_field="resourceType"):
     id: str = ""
     meta: Meta | None = None
 
 
-class Patient(Resource, tag="Patient", frozen=True, omit_defaults=True):
+class Patient(Resource, tag="Patient", frozen=True, omit_defaults=True, gc=False):
     identifier: list[Identifier] = field(default_factory=list)
     name: list[HumanName] = field(default_factory=list)
     gender: Literal["male", "female", "other", "unknown"] | None = None
     birthDate: str = ""
 
 
-class Organization(Resource, tag="Organization", frozen=True, omit_defaults=True):
+class Organization(Resource, tag="Organization", frozen=True, omit_defaults=True, gc=False):
     identifier: list[Identifier] = field(default_factory=list)
     name: str = ""
     partOf: Reference | None = None
 
 
-class Practitioner(Resource, tag="Practitioner", frozen=True, omit_defaults=True):
+class Practitioner(Resource, tag="Practitioner", frozen=True, omit_defaults=True, gc=False):
     identifier: list[Identifier] = field(default_factory=list)
     name: list[HumanName] = field(default_factory=list)
 
@@ -107,14 +111,15 @@ ObservationStatus = Literal[
 ]  # fmt: skip
 
 
-class Observation(Resource, tag="Observation", frozen=True, omit_defaults=True, kw_only=True):
+class Observation(
+    Resource, tag="Observation", frozen=True, omit_defaults=True, gc=False, kw_only=True
+):
+    """The elements of an Observation that become an ``ObservationValue``. Its subject,
+    times, identifiers and category are the DiagnosticReport's (a result is kept per
+    report): they are skipped unread, which halves the cost of decoding an Observation."""
+
     status: ObservationStatus
     code: CodeableConcept
-    identifier: list[Identifier] = field(default_factory=list)
-    category: list[CodeableConcept] = field(default_factory=list)
-    subject: Reference | None = None
-    effectiveDateTime: str = ""
-    issued: str = ""
     valueQuantity: Quantity | None = None
     valueString: str | None = None
     valueCodeableConcept: CodeableConcept | None = None
@@ -122,7 +127,6 @@ class Observation(Resource, tag="Observation", frozen=True, omit_defaults=True, 
     valueBoolean: bool | None = None
     interpretation: list[CodeableConcept] = field(default_factory=list)
     referenceRange: list[ReferenceRange] = field(default_factory=list)
-    specimen: Reference | None = None
 
 
 ReportStatus = Literal[
@@ -132,7 +136,7 @@ ReportStatus = Literal[
 
 
 class DiagnosticReport(
-    Resource, tag="DiagnosticReport", frozen=True, omit_defaults=True, kw_only=True
+    Resource, tag="DiagnosticReport", frozen=True, omit_defaults=True, gc=False, kw_only=True
 ):
     status: ReportStatus
     code: CodeableConcept
@@ -153,7 +157,7 @@ class DiagnosticReport(
     contained: list[msgspec.Raw] = field(default_factory=list)
 
 
-class ImagingStudy(Resource, tag="ImagingStudy", frozen=True, omit_defaults=True):
+class ImagingStudy(Resource, tag="ImagingStudy", frozen=True, omit_defaults=True, gc=False):
     status: str = ""
     identifier: list[Identifier] = field(default_factory=list)
     subject: Reference | None = None
@@ -161,12 +165,12 @@ class ImagingStudy(Resource, tag="ImagingStudy", frozen=True, omit_defaults=True
     modality: list[Coding] = field(default_factory=list)
 
 
-class Specimen(Resource, tag="Specimen", frozen=True, omit_defaults=True):
+class Specimen(Resource, tag="Specimen", frozen=True, omit_defaults=True, gc=False):
     identifier: list[Identifier] = field(default_factory=list)
     type: CodeableConcept | None = None
 
 
-class ServiceRequest(Resource, tag="ServiceRequest", frozen=True, omit_defaults=True):
+class ServiceRequest(Resource, tag="ServiceRequest", frozen=True, omit_defaults=True, gc=False):
     status: str = ""
     identifier: list[Identifier] = field(default_factory=list)
     code: CodeableConcept | None = None
@@ -197,23 +201,23 @@ SUPPORTED_TYPES = frozenset(
 )
 
 
-class Typed(Struct, frozen=True):
+class Typed(Struct, frozen=True, gc=False):
     resourceType: str = ""
 
 
-class BundleRequest(Struct, frozen=True, omit_defaults=True):
+class BundleRequest(Struct, frozen=True, omit_defaults=True, gc=False):
     method: Literal["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH"]
     url: str
     ifNoneExist: str = ""
 
 
-class BundleEntry(Struct, frozen=True, omit_defaults=True):
+class BundleEntry(Struct, frozen=True, omit_defaults=True, gc=False):
     fullUrl: str = ""
     resource: msgspec.Raw = msgspec.Raw()  # empty: no resource
     request: BundleRequest | None = None
 
 
-class Bundle(Struct, frozen=True, omit_defaults=True):
+class Bundle(Struct, frozen=True, omit_defaults=True, gc=False):
     resourceType: Literal["Bundle"]
     type: str
     id: str = ""

@@ -1,6 +1,6 @@
 """Domain → FHIR R4 JSON: DiagnosticReport, Observation, Patient, Bundles,
 CapabilityStatement and OperationOutcome (checked against fhir.resources' R4B models in
-tests/unit/test_fhir_conformance.py).
+tests/unit/test_fhir_mapping.py).
 
 Logical ids: DiagnosticReport/{result id}; Observation/{result id}-{position}, stable
 across versions (versionId is the report's version); Patient/{patient id}."""

@@ -20,8 +20,19 @@ from huren.adapters.hl7v2.parse import CHINA_TIME, AckCode, Hl7Problem, MessageH
 OUR_APPLICATION = "HUREN"
 
 
+_STAMP: list[tuple[int, str]] = [(-1, "")]
+
+
 def hl7_timestamp(at: datetime) -> str:
-    return at.astimezone(CHINA_TIME).strftime("%Y%m%d%H%M%S+0800")
+    """China time to the second; the text of the last second is kept (every ACK of a
+    busy second has the same, and ``strftime`` costs more than the rest of the ACK)."""
+    second = int(at.timestamp())
+    last = _STAMP[0]
+    if last[0] == second:
+        return last[1]
+    text = at.astimezone(CHINA_TIME).strftime("%Y%m%d%H%M%S+0800")
+    _STAMP[0] = (second, text)
+    return text
 
 
 def ack_charset_name(header: MessageHeader) -> str:

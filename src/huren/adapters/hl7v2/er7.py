@@ -96,14 +96,17 @@ class FieldValue:
 
     The first repetition is split into components once, when first read: a parser reads
     several components of one field (OBX-3 code, text, system, alternate …), and splitting
-    the field again for each was the parser's largest cost."""
+    the field again for each was the parser's largest cost. A field with neither escape
+    nor subcomponent characters (nearly all) is marked plain then: its components need no
+    further look."""
 
-    __slots__ = ("_components", "delimiters", "text")
+    __slots__ = ("_components", "_plain", "delimiters", "text")
 
     def __init__(self, text: str, delimiters: Delimiters) -> None:
         self.text = text
         self.delimiters = delimiters
         self._components: list[str] | None = None
+        self._plain = False
 
     def __repr__(self) -> str:
         return f"FieldValue({self.text!r})"
@@ -123,28 +126,33 @@ class FieldValue:
     def reps(self) -> list[FieldValue]:
         return [FieldValue(r, self.delimiters) for r in self.delimiters.repetitions(self.text)]
 
+    def _split(self) -> list[str]:
+        d = self.delimiters
+        text = self.text
+        self._plain = d.subcomponent not in text and d.escape not in text
+        if d.repetition in text:
+            text = text.split(d.repetition, 1)[0]
+        comps = self._components = text.split(d.component) if text else []
+        return comps
+
     def component_text(self, n: int = 1) -> str:
         """Component ``n`` of the first repetition, subcomponents left joined."""
         comps = self._components
         if comps is None:
-            d = self.delimiters
-            text = self.text
-            comps = self._components = (
-                text.split(d.repetition, 1)[0].split(d.component) if text else []
-            )
+            comps = self._split()
         return comps[n - 1] if 0 < n <= len(comps) else ""
 
     def component(self, n: int = 1) -> str:
         """Component ``n`` of the first repetition, first subcomponent, unescaped."""
         comps = self._components
         if comps is None:
-            self.component_text(n)
-            comps = self._components
-            assert comps is not None
+            comps = self._split()
         raw = comps[n - 1] if 0 < n <= len(comps) else ""
+        if self._plain:
+            return raw.strip()  # the common case: nothing to split or unescape
         d = self.delimiters
         if d.subcomponent not in raw and d.escape not in raw:
-            return raw.strip()  # the common case: nothing to split or unescape
+            return raw.strip()
         return self.subcomponents(n)[0]
 
     def subcomponents(self, n: int = 1) -> list[str]:
@@ -159,4 +167,9 @@ class FieldValue:
         return self.delimiters.unescape_text(first[0]).strip() if first else ""
 
     def __bool__(self) -> bool:
-        return bool(self.text.strip(self.delimiters.encoding_characters + " "))
+        text = self.text
+        if not text:
+            return False
+        if text[0].isalnum():
+            return True  # the common case, without building the set of delimiters
+        return bool(text.strip(self.delimiters.encoding_characters + " "))

@@ -12,6 +12,7 @@ is wrong raise it with ``AckCode.AE``. Nothing of a rejected message is stored."
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,8 +23,7 @@ from typing import Any
 from huren.adapters.hl7v2 import codes
 from huren.adapters.hl7v2.codes import ErrorCode, ReportSection, ValueKind
 from huren.adapters.hl7v2.er7 import Delimiters, FieldValue
-from huren.domain.errors import ValidationFailed
-from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
+from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.results import (
     ObservationValue,
@@ -32,7 +32,13 @@ from huren.domain.results import (
     ResultSubmission,
     ValueType,
 )
-from huren.services.intake import Channel, InboundMessage
+from huren.services.intake import (
+    Channel,
+    InboundMessage,
+    checked_identifier,
+    new_observation,
+    new_submission,
+)
 
 # Chinese senders write local time without an offset; China has kept UTC+8 all year
 # since 1991, so a fixed offset is exact.
@@ -150,7 +156,7 @@ def parse_oru(raw: bytes, channel: Channel, *, charset_hint: str | None = None) 
     raw = normalize_segment_terminators(raw)
     header = read_header(raw)
     text, codec = decode(raw, header, charset_hint)
-    header = _header_from_text(text, _replace(header, charset=codec))
+    header = _header_from_text(text, header, codec)
     check_header(header)
     if "\x00" in text:
         # No HL7 data type allows NUL, and PostgreSQL text cannot store it.
@@ -220,20 +226,17 @@ def read_header(raw: bytes) -> MessageHeader:
     msh_line = raw.split(b"\r", 1)[0].decode("latin-1")
     parts = msh_line.split(sep)
     enc = parts[1] if len(parts) > 1 else ""
-    base = MessageHeader(
-        delimiters=Delimiters(field=sep),
-        control_id=_plain(parts, 10, sep),
-        sending_application=_part(parts, 3),
-        sending_facility=_part(parts, 4),
-        receiving_application=_part(parts, 5),
-        receiving_facility=_part(parts, 6),
-        version=_plain(parts, 12, sep) or "2.5.1",
-    )
-    if (
-        len(enc) not in (4, 5)
-        or len(set(enc + sep)) != len(enc) + 1
-        or any(ch.isalnum() or ch.isspace() for ch in enc)
-    ):
+    delims = _delimiters(sep, enc)
+    if delims is None:
+        base = MessageHeader(
+            delimiters=Delimiters(field=sep),
+            control_id=_plain(parts, 10, sep),
+            sending_application=_part(parts, 3),
+            sending_facility=_part(parts, 4),
+            receiving_application=_part(parts, 5),
+            receiving_facility=_part(parts, 6),
+            version=_plain(parts, 12, sep) or "2.5.1",
+        )
         raise _reject(
             AckCode.AR,
             base,
@@ -241,18 +244,30 @@ def read_header(raw: bytes) -> MessageHeader:
             ErrorCode.DATA_TYPE,
             f"编码字符（MSH-2）无效：{enc!r}，应为 4 个互不相同的分隔符，如 ^~\\&",
         )
-    delims = Delimiters(
-        field=sep, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3]
-    )
     return MessageHeader(
         delimiters=delims,
-        sending_application=base.sending_application,
-        sending_facility=base.sending_facility,
-        receiving_application=base.receiving_application,
-        receiving_facility=base.receiving_facility,
+        sending_application=_part(parts, 3),
+        sending_facility=_part(parts, 4),
+        receiving_application=_part(parts, 5),
+        receiving_facility=_part(parts, 6),
         control_id=_first_component(_part(parts, 10), delims),
         version=_first_component(_part(parts, 12), delims) or "2.5.1",
         charset_field=_part(parts, 18).split(delims.repetition)[0].strip(),
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _delimiters(sep: str, enc: str) -> Delimiters | None:
+    """MSH-1 and MSH-2 as ``Delimiters`` (each sender uses one set: made once), or None
+    when MSH-2 is not 4 distinct delimiters."""
+    if (
+        len(enc) not in (4, 5)
+        or len(set(enc + sep)) != len(enc) + 1
+        or any(ch.isalnum() or ch.isspace() for ch in enc)
+    ):
+        return None
+    return Delimiters(
+        field=sep, component=enc[0], repetition=enc[1], escape=enc[2], subcomponent=enc[3]
     )
 
 
@@ -320,12 +335,16 @@ def _replace(header: MessageHeader, **changes: Any) -> MessageHeader:
     return MessageHeader(**values)
 
 
-def _header_from_text(text: str, header: MessageHeader) -> MessageHeader:
+def _header_from_text(text: str, header: MessageHeader, codec: str) -> MessageHeader:
+    """The header read again from the decoded text, with the codec it was decoded with."""
     d = header.delimiters
     parts = text.split("\r", 1)[0].split(d.field)
     msh9 = FieldValue(_part(parts, 9), d)
-    return _replace(
-        header,
+    msh4 = FieldValue(_part(parts, 4), d)
+    return MessageHeader(
+        delimiters=d,
+        charset=codec,
+        charset_field=header.charset_field,
         sending_application=_part(parts, 3),
         sending_facility=_part(parts, 4),
         receiving_application=_part(parts, 5),
@@ -335,8 +354,7 @@ def _header_from_text(text: str, header: MessageHeader) -> MessageHeader:
         control_id=FieldValue(_part(parts, 10), d).component(1),
         processing_id=FieldValue(_part(parts, 11), d).component(1),
         version=FieldValue(_part(parts, 12), d).component(1),
-        institution=FieldValue(_part(parts, 4), d).component(1)
-        or FieldValue(_part(parts, 4), d).component(2),
+        institution=msh4.component(1) or msh4.component(2),
     )
 
 
@@ -387,17 +405,44 @@ def check_header(header: MessageHeader) -> None:
 
 
 # ------------------------------------------------------------------ segments
-@dataclass(frozen=True, slots=True)
-class Segment:
-    """One segment with its occurrence number; ``f(n)`` is field n (HL7 numbering)."""
+@functools.lru_cache(maxsize=4096)
+def _location(
+    segment: str, sequence: int, field_no: int | None, repetition: int | None, indexed: bool
+) -> Location:
+    """Locations are values and recur from message to message (OBX[3]-5 …): made once."""
+    return Location(segment, sequence, field_no, repetition, None, indexed)
 
-    id: str
-    sequence: int
-    fields: tuple[str, ...]  # raw ER7 text; index n = field n (MSH: index n = MSH-n)
-    delimiters: Delimiters
-    indexed: bool
-    # Fields read so far: each keeps its components once split (``FieldValue``).
-    _read: dict[int, FieldValue] = field(default_factory=dict, compare=False, repr=False)
+
+class Segment:
+    """One segment with its occurrence number; ``f(n)`` is field n (HL7 numbering).
+
+    A plain class rather than a frozen dataclass: a message has a dozen segments, and
+    the frozen ``__init__`` cost more than splitting the segment."""
+
+    __slots__ = ("_read", "delimiters", "fields", "id", "indexed", "plain", "sequence")
+
+    def __init__(
+        self,
+        id: str,
+        sequence: int,
+        fields: tuple[str, ...],  # raw ER7 text; index n = field n (MSH: index n = MSH-n)
+        delimiters: Delimiters,
+        indexed: bool,
+        plain: bool = False,
+    ) -> None:
+        self.id = id
+        self.sequence = sequence
+        self.fields = fields
+        self.delimiters = delimiters
+        self.indexed = indexed
+        # No escape and no subcomponent character anywhere in the segment: a component
+        # is then its text between delimiters, stripped (``_plain_components``).
+        self.plain = plain
+        # Fields read so far: each keeps its components once split (``FieldValue``).
+        self._read: dict[int, FieldValue] = {}
+
+    def __repr__(self) -> str:
+        return f"Segment({self.id!r}, {self.sequence}, {self.fields!r})"
 
     def f(self, n: int) -> FieldValue:
         fv = self._read.get(n)
@@ -407,7 +452,7 @@ class Segment:
         return fv
 
     def loc(self, n: int | None = None, repetition: int | None = None) -> Location:
-        return Location(self.id, self.sequence, n, repetition, None, self.indexed)
+        return _location(self.id, self.sequence, n, repetition, self.indexed)
 
 
 REPEATING = frozenset({"OBR", "OBX", "NTE", "ORC", "SPM", "PID", "PV1", "ZDS", "IPC"})
@@ -415,11 +460,23 @@ REPEATING = frozenset({"OBR", "OBX", "NTE", "ORC", "SPM", "PID", "PV1", "ZDS", "
 
 def split_segments(text: str, header: MessageHeader) -> list[Segment]:
     """Check each segment's id and split it into fields."""
-    lines = [line for line in text.split("\r") if line.strip()]
-    sep = header.delimiters.field
-    for n, line in enumerate(lines, start=1):
+    d = header.delimiters
+    sep, escape, subcomponent = d.field, d.escape, d.subcomponent
+    # Fields only: components and subcomponents are split lazily by ``FieldValue`` when
+    # read. (python-hl7's ``hl7.parse`` splits every field down to subcomponents and took
+    # half of the adapter's time per message; it stays the independent reader of our ACKs
+    # in the tests.)
+    counts: dict[str, int] = {}
+    segments: list[Segment] = []
+    n = 0
+    for line in text.split("\r"):
+        if not line or line.isspace():
+            continue
+        n += 1
         seg_id = line[:3]
-        if not _SEGMENT_ID.match(seg_id) or (len(line) > 3 and line[3] != sep):
+        if (seg_id not in _SEGMENT_IDS and not _segment_id(seg_id)) or (
+            len(line) > 3 and line[3] != sep
+        ):
             shown = line[:12] + ("…" if len(line) > 12 else "")
             raise _reject(
                 AckCode.AR,
@@ -436,33 +493,48 @@ def split_segments(text: str, header: MessageHeader) -> list[Segment]:
                 ErrorCode.SEGMENT_SEQUENCE,
                 f"一次只能发送一条消息：第 {n} 段又是 MSH（批量消息请逐条发送）",
             )
-    # Fields only: components and subcomponents are split lazily by ``FieldValue`` when
-    # read. (python-hl7's ``hl7.parse`` splits every field down to subcomponents and took
-    # half of the adapter's time per message; it stays the independent reader of our ACKs
-    # in the tests.)
-    counts: dict[str, int] = {}
-    segments: list[Segment] = []
-    for line in lines:
         parts = line.split(sep)
-        seg_id = parts[0]
         # MSH-1 is the field separator itself, so MSH-n is parts[n - 1]: realign.
         fields = ("MSH", sep, *parts[1:]) if seg_id == "MSH" else tuple(parts)
-        counts[seg_id] = counts.get(seg_id, 0) + 1
+        count = counts[seg_id] = counts.get(seg_id, 0) + 1
         segments.append(
             Segment(
                 seg_id,
-                counts[seg_id],
+                count,
                 fields,
-                header.delimiters,
+                d,
                 seg_id in REPEATING and seg_id != "PID",
+                escape not in line and subcomponent not in line,
             )
         )
     return segments
 
 
+# Segment ids seen valid (at most 26 × 36 × 36 of them): checked once each.
+_SEGMENT_IDS: set[str] = set()
+
+
+def _segment_id(seg_id: str) -> bool:
+    if _SEGMENT_ID.match(seg_id):
+        _SEGMENT_IDS.add(seg_id)
+        return True
+    return False
+
+
+def _plain_components(fields: tuple[str, ...], n: int, d: Delimiters) -> list[str]:
+    """Components of field ``n``'s first repetition in a plain segment, stripped — what
+    ``FieldValue.component`` gives for each (nothing to unescape or split further)."""
+    text = fields[n] if n < len(fields) else ""
+    if d.repetition in text:
+        text = text.split(d.repetition, 1)[0]
+    return [c.strip() for c in text.split(d.component)]
+
+
 # ------------------------------------------------------------------ field readers
+@functools.lru_cache(maxsize=4096)
 def parse_ts(value: str) -> datetime | None:
-    """HL7 TS/DTM: YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]; local China time if no offset."""
+    """HL7 TS/DTM: YYYY[MM[DD[HH[MM[SS[.S…]]]]]][+/-ZZZZ]; local China time if no offset.
+    (Remembered: the times of one message recur in its segments and its neighbours.)"""
     m = _TS.match(value.strip())
     if not m:
         return None
@@ -486,9 +558,10 @@ def parse_ts(value: str) -> datetime | None:
         return None
 
 
+@functools.lru_cache(maxsize=4096)
 def parse_reference_range(text: str) -> tuple[float | None, float | None]:
     """OBX-7 "3.5-5.5", "3.5~5.5", "<5.0", ">=10" → (low, high); text ranges such as
-    "阴性" give (None, None) and stay as text."""
+    "阴性" give (None, None) and stay as text. (Remembered: an item's range recurs.)"""
     t = text.strip()
     if m := _RANGE.match(t):
         low, high = float(m.group(1)), float(m.group(2))
@@ -678,13 +751,13 @@ class _Translator:
                 )
                 continue
             assigner = self.header.institution if rule.kind is IdentifierKind.MRN else ""
-            ident = PatientIdentifier(rule.kind, value, assigner)
-            try:
-                out.append(validate_identifier(ident, str(pid.loc(3, n))))
+            checked = checked_identifier(PatientIdentifier(rule.kind, value, assigner))
+            if isinstance(checked, PatientIdentifier):
+                out.append(checked)
                 where.append(pid.loc(3, n))
-            except ValidationFailed as exc:
-                for p in exc.problems:
-                    self.problem(pid.loc(3, n), ErrorCode.DATA_TYPE, f"{rule.label}：{p.message}")
+            else:
+                for message in checked:
+                    self.problem(pid.loc(3, n), ErrorCode.DATA_TYPE, f"{rule.label}：{message}")
         if not out and not any(p.location.segment == "PID" for p in self.problems):
             self.problem(
                 pid.loc(3), ErrorCode.REQUIRED_FIELD_MISSING, "PID-3 中没有可识别的患者标识"
@@ -751,7 +824,7 @@ class _Translator:
                 tuple(obs_locations),
             )
         )
-        return ResultSubmission(
+        return new_submission(
             institution=self.header.institution,
             report_no=report_no,
             local_code=local_code,
@@ -824,9 +897,13 @@ class _Translator:
     ) -> tuple[list[ObservationValue], list[Location], str, str]:
         observations: list[ObservationValue] = []
         locations: list[Location] = []
-        sections: dict[ReportSection, list[str]] = {s: [] for s in ReportSection}
+        sections: dict[ReportSection, list[str]] = {}
         for obx in report.obx:
-            vt = obx.f(2).component(1).upper()
+            vt = (
+                _plain_components(obx.fields, 2, obx.delimiters)[0]
+                if obx.plain
+                else obx.f(2).component(1)
+            ).upper()
             kind = codes.VALUE_TYPES.get(vt)
             if kind is None:
                 self.problem(
@@ -839,14 +916,16 @@ class _Translator:
                 continue  # embedded PDFs / references: the structured content is what we keep
             # Only text can be a report section (findings / conclusion).
             if kind is ValueKind.TEXT and (section := _section(obx)) is not None:
-                sections[section].append(_text_value(obx))
+                sections.setdefault(section, []).append(_text_value(obx))
                 continue
-            obs = self._observation(obx, vt, kind)
+            obs = (
+                _plain_observation(obx, vt, kind) if obx.plain and kind in _PLAIN_KINDS else None
+            ) or self._observation(obx, vt, kind)
             if obs is not None:
                 observations.append(obs)
                 locations.append(obx.loc())
-        findings = "\n".join(t for t in sections[ReportSection.FINDINGS] if t)
-        conclusion = "\n".join(t for t in sections[ReportSection.CONCLUSION] if t)
+        findings = "\n".join(t for t in sections.get(ReportSection.FINDINGS, ()) if t)
+        conclusion = "\n".join(t for t in sections.get(ReportSection.CONCLUSION, ()) if t)
         return observations, locations, findings, conclusion
 
     def _observation(self, obx: Segment, vt: str, kind: ValueKind) -> ObservationValue | None:
@@ -902,29 +981,88 @@ class _Translator:
                 f"异常标志 {flag_raw!r} 无效（应为 H/L/N/A 等）",
             )
             return None
-        return ObservationValue(
-            code=code or name,
-            name=name or code,
-            value_type=_value_type(vt),
-            value_num=value_num,
-            value_text=value_text,
-            unit=obx.f(6).component(1) or obx.f(6).component(2),
-            ref_low=low,
-            ref_high=high,
-            ref_text=ref,
-            flag=flag,
-            loinc=loinc,
+        unit = obx.f(6)
+        # Positional: ObservationValue's field order (code, name, value_type, value_num,
+        # value_text, unit, ref_low, ref_high, ref_text, flag, loinc).
+        return new_observation(
+            code or name,
+            name or code,
+            _value_type(vt),
+            value_num,
+            value_text,
+            unit.component(1) or unit.component(2),
+            low,
+            high,
+            ref,
+            flag,
+            loinc,
         )
 
 
+_VALUE_TYPES: dict[str, ValueType] = {
+    "CE": ValueType.CE,
+    "CWE": ValueType.CE,
+    "CNE": ValueType.CE,
+    "NM": ValueType.NM,
+    "SN": ValueType.SN,
+    "ST": ValueType.ST,
+}
+
+
+_PLAIN_KINDS = frozenset({ValueKind.NUMERIC, ValueKind.CODED})
+
+
+def _plain_observation(obx: Segment, vt: str, kind: ValueKind) -> ObservationValue | None:
+    """``_Translator._observation`` of a plain OBX (see ``Segment.plain``) with a numeric
+    or coded value, in one pass over its fields — or None whenever anything is missing
+    or wrong, and the general reader takes it (and names the problem). Most results are
+    such OBX; reading them field object by field object was 3/4 of parsing a message."""
+    fields, d = obx.fields, obx.delimiters
+    ident = _plain_components(fields, 3, d)
+    if len(ident) < 6:
+        ident += [""] * (6 - len(ident))
+    code, name = ident[0], ident[1]
+    if not code and not name:
+        return None
+    loinc = code if ident[2].upper() == "LN" else ""
+    if not loinc and ident[5].upper() == "LN":
+        loinc = ident[3]
+    value = _plain_components(fields, 5, d)
+    if kind is ValueKind.NUMERIC:
+        value_text = value[0]
+        if not _NUMBER.match(value_text):
+            return None  # also an empty value: no value, or not a number
+        value_num: float | None = float(value_text)
+    else:  # coded
+        value_text = (value[1] if len(value) > 1 else "") or value[0]
+        if not value_text:
+            return None
+        value_num = None
+    ref_field = fields[7] if len(fields) > 7 else ""
+    ref = ref_field.split(d.repetition, 1)[0].strip() if ref_field else ""
+    low, high = parse_reference_range(ref)
+    flag_raw = _plain_components(fields, 8, d)[0]
+    flag = codes.ABNORMAL_FLAGS.get(flag_raw.upper()) or codes.ABNORMAL_FLAGS.get(flag_raw, "")
+    if flag_raw and not flag:
+        return None
+    unit = _plain_components(fields, 6, d)
+    return new_observation(
+        code or name,
+        name or code,
+        _value_type(vt),
+        value_num,
+        value_text,
+        unit[0] or (unit[1] if len(unit) > 1 else ""),
+        low,
+        high,
+        ref,
+        flag,
+        loinc,
+    )
+
+
 def _value_type(vt: str) -> ValueType:
-    if vt in ("CE", "CWE", "CNE"):
-        return ValueType.CE
-    if vt in ("NM", "SN"):
-        return ValueType(vt)
-    if vt == "ST":
-        return ValueType.ST
-    return ValueType.TX
+    return _VALUE_TYPES.get(vt, ValueType.TX)
 
 
 def _text_value(obx: Segment) -> str:

@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from huren.adapters.hl7v2.ack import build_ack, encode_ack, summary
 from huren.adapters.hl7v2.codes import ErrorCode
@@ -51,6 +51,15 @@ class ResponseLog(Protocol):
     (an accepted message's response is what intake answers a resend with)."""
 
     def record_response(self, message_id: int, response: str) -> None: ...
+
+
+class Refusal(NamedTuple):
+    """A message refused before storing, not yet recorded (``Hl7Receiver.parse``)."""
+
+    code: AckCode
+    header: MessageHeader
+    problems: list[Hl7Problem]
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +175,18 @@ class Hl7Receiver:
         sender_institution: str | None = None,
     ) -> ParsedOru | Hl7Reply:
         """The parsed message, or the reply to a message refused before storing."""
+        parsed = self.parse(raw, charset_hint=charset_hint, sender_institution=sender_institution)
+        return self._refuse(*parsed) if isinstance(parsed, Refusal) else parsed
+
+    def parse(
+        self,
+        raw: bytes,
+        *,
+        charset_hint: str | None = None,
+        sender_institution: str | None = None,
+    ) -> ParsedOru | Refusal:
+        """``prepare`` without the database: a refused message's ``Refusal`` is recorded
+        (and answered) by ``commit``."""
         try:
             parsed = parse_oru(raw, self.channel, charset_hint=charset_hint)
             if sender_institution is not None and parsed.header.institution != sender_institution:
@@ -182,21 +203,25 @@ class Hl7Receiver:
                 )
         except Hl7Rejected as exc:
             text = exc.text or raw.decode(exc.header.charset, errors="replace")
-            return self._refuse(exc.ack, exc.header, exc.problems, text)
+            return Refusal(exc.ack, exc.header, exc.problems, text)
         except Exception:
             # A message our parser chokes on is still the sender's to fix, never a crash.
             log.exception("unreadable HL7 message")
             problem = Hl7Problem(MSH, ErrorCode.SEGMENT_SEQUENCE, "消息无法解析")
-            return self._refuse(
+            return Refusal(
                 AckCode.AR, MessageHeader(), [problem], raw.decode("utf-8", errors="replace")
             )
         return parsed
 
-    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply]) -> list[Hl7Reply]:
+    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply | Refusal]) -> list[Hl7Reply]:
         """Store the parsed messages in one group commit and answer each, in order: AA
         once committed, AE naming the field for a message intake refuses, AR 207 for one
-        that could not be stored now (the engine sends it again later)."""
-        parsed = [p for p in prepared if isinstance(p, ParsedOru)]
+        that could not be stored now (the engine sends it again later); a ``Refusal`` is
+        recorded and answered."""
+        ready: list[ParsedOru | Hl7Reply] = [
+            self._refuse(*p) if isinstance(p, Refusal) else p for p in prepared
+        ]
+        parsed = [p for p in ready if isinstance(p, ParsedOru)]
         received: list[ReceiveOutcome | Exception] = []
         if parsed:
             try:
@@ -204,7 +229,7 @@ class Hl7Receiver:
             except Exception as exc:  # e.g. the catalog could not be read: nothing stored
                 received = [exc] * len(parsed)
         outcomes = iter(received)
-        return [p if isinstance(p, Hl7Reply) else self._answer(p, next(outcomes)) for p in prepared]
+        return [p if isinstance(p, Hl7Reply) else self._answer(p, next(outcomes)) for p in ready]
 
     def _answer(self, parsed: ParsedOru, received: ReceiveOutcome | Exception) -> Hl7Reply:
         header = parsed.header
@@ -215,7 +240,9 @@ class Hl7Receiver:
             ]
             if not problems:
                 problems = [Hl7Problem(MSH, ErrorCode.DATA_TYPE, received.message)]
-            return self._refuse(AckCode.AE, header, problems, parsed.message.raw)
+            raw = parsed.message.raw
+            text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+            return self._refuse(AckCode.AE, header, problems, text)
         if isinstance(received, Exception):
             # Not the message's fault (database down, disk full): AR with 207 tells the
             # engine to resend later. Nothing was committed, so nothing is acknowledged.
@@ -270,15 +297,17 @@ class Hl7Receiver:
 
 
 class MllpGroupCommit:
-    """The receiver as the MLLP listener's ``BatchHandler``: ACK bytes per message."""
+    """The receiver as the MLLP listener's ``BatchHandler``: ACK bytes per message.
+    ``prepare`` only parses; refusals are recorded by ``commit`` (the database is
+    written in one place, after the batch is gathered)."""
 
     def __init__(self, receiver: Hl7Receiver) -> None:
         self.receiver = receiver
 
-    def prepare(self, message: bytes) -> ParsedOru | Hl7Reply:
-        return self.receiver.prepare(message)
+    def prepare(self, message: bytes) -> ParsedOru | Refusal:
+        return self.receiver.parse(message)
 
-    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply]) -> list[bytes]:
+    def commit(self, prepared: Sequence[ParsedOru | Refusal]) -> list[bytes]:
         return [reply.payload for reply in self.receiver.commit(prepared)]
 
 

@@ -165,7 +165,11 @@ def _ingest(
 
 
 def _patient_ids(c: Container, outcome: ReceiveOutcome) -> dict[int, int]:
-    return c.results.patient_ids([r.result_id for r in outcome.results])
+    """{result: patient} of the outcome's results; read only where intake did not say
+    (an earlier message's answer to a resend)."""
+    known = {r.result_id: r.patient_id for r in outcome.results if r.patient_id is not None}
+    missing = [r.result_id for r in outcome.results if r.patient_id is None]
+    return known | (c.results.patient_ids(missing) if missing else {})
 
 
 def _transaction_response(
@@ -214,9 +218,14 @@ async def metadata(request: Request, c: CONTAINER) -> Response:
 @router.post("/", include_in_schema=False)  # clients that post to the base URL with its slash
 async def transaction(request: Request, c: CONTAINER, principal: WRITER) -> Response:
     raw = await _body(request)
-    parsed, outcome = await run_in_threadpool(_ingest, c, principal, raw, False)
-    body = await run_in_threadpool(_transaction_response, c, parsed, outcome)
+    body = await run_in_threadpool(_transaction, c, principal, raw)
     return fhir_response(body, 200)
+
+
+def _transaction(c: Container, principal: Principal, raw: bytes) -> dict[str, Any]:
+    """Store the Bundle and build its transaction-response, in one worker thread."""
+    parsed, outcome = _ingest(c, principal, raw, False)
+    return _transaction_response(c, parsed, outcome)
 
 
 @router.post(
