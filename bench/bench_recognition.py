@@ -20,13 +20,22 @@ HUREN_IDENTIFIER_* keys must be set for both, since the bench reads patients' id
 
     export HUREN_DATABASE_URL=sqlite:///./var/bench10m.db   # or postgresql+psycopg://…
     export HUREN_IDENTIFIER_HASH_KEY=… HUREN_IDENTIFIER_ENCRYPTION_KEY=… HUREN_TOKEN_SIGNING_KEY=…
-    uv run huren db upgrade && uv run huren synth --seed 1 --results 10000000
+    uv run huren db upgrade && uv run huren synth --seed 1 --results 2000000 --no-activity
+    uv run python -m bench.grow --to 10000000      # synth runs at 1,000–3,300 results/s
     uv run python bench/bench_recognition.py --use-existing
 
 Patients are sampled from stored results (so they have priors); each order is five
 unified item codes, the patient's own items first. ``--profile`` prints a cProfile of the
 in-process checks; the statements each check sends to the database are counted.
-Each check writes its reminder rows and an audit row, as in production."""
+Each check writes its reminder rows and an audit row, as in production (over HTTP also
+its cards' rows), committed before it answers.
+
+Besides throughput, each HTTP round prints the server process's CPU time per answered
+request (from /proc): on a shared, loaded machine throughput moves with whatever else
+runs, the CPU a request costs much less. Both the in-process measurement and the server
+freeze what lives as long as the process out of the collector's generations, as
+``huren serve`` does (``gc.freeze`` in ``cli/server.run_server``). If requests fail, the
+tail of the server's log is printed."""
 
 from __future__ import annotations
 
@@ -52,6 +61,10 @@ import httpx
 from fastapi import Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import event, func, select
+
+# Run as a script (``python bench/bench_recognition.py``), the repository root is not on
+# the path; ``bench.world`` lives there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.world import pct, prepare, settings_for
 from huren.adapters.db.recognition import SqlRecognitionTx
@@ -188,7 +201,11 @@ def bench_in_process(
     studies.ms.clear()
     studies.with_imaging_ms.clear()
     studies.answers = dict.fromkeys(StudyCompleteness, 0)
+    # As the server does at start-up (cli/server.run_server): what lives as long as the
+    # process (modules, catalog, container) leaves the collector's generations, so that
+    # collections during checks only walk what checks allocate.
     gc.collect()
+    gc.freeze()
     cpu.clear()
     times = [one(i) for i in range(checks)]
     cpu_times = list(cpu)
@@ -282,6 +299,22 @@ async def _exchange(
     return status
 
 
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(port: int, pid: int, make: Any, concurrency: int, seconds: float) -> dict[str, float]:
+    """``load``, and the server's CPU time per answered request: on a shared machine the
+    throughput depends on what else runs, the CPU a request costs much less."""
+    before = process_cpu(pid)
+    out = asyncio.run(load(port, make, concurrency, seconds))
+    answered = out["rps"] * out["seconds"]
+    out["cpu_ms"] = (process_cpu(pid) - before) * 1000 / answered if answered else 0.0
+    return out
+
+
 async def load(port: int, make: Any, concurrency: int, seconds: float) -> dict[str, float]:
     """``concurrency`` clients, each on its own kept-alive connection sending the next
     request as soon as the answer is in, for ``seconds``. The client is a minimal
@@ -316,6 +349,7 @@ async def load(port: int, make: Any, concurrency: int, seconds: float) -> dict[s
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - start
     return {
+        "seconds": elapsed,
         "rps": len(latencies) / elapsed,
         "p50_ms": statistics.median(latencies or [0.0]),
         "p99_ms": pct(latencies or [0.0], 99),
@@ -341,10 +375,13 @@ def serve(port: int) -> None:
         await request.body()
         return JSONResponse(TRIVIAL_ANSWER)
 
+    # As run_server does: what lives as long as the process leaves the GC's generations.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="info", access_log=False)
 
 
-def start_server(settings: Settings, port: int) -> subprocess.Popen[bytes]:
+def start_server(settings: Settings, port: int, log: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "HUREN_DATABASE_URL": settings.database_url,
@@ -354,12 +391,13 @@ def start_server(settings: Settings, port: int) -> subprocess.Popen[bytes]:
         "HUREN_START_MLLP": "false",
         "HUREN_START_DICOM": "false",
     }
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with log.open("wb") as out:  # the server's log, shown if requests fail
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--serve", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         try:
@@ -454,7 +492,8 @@ def main() -> None:
         c.monitoring.refresh()
         c.close()
         port = free_port()
-        server = start_server(settings, port)
+        server_log = Path(tmpdir) / "server.log"
+        server = start_server(settings, port, server_log)
         auth = {"Authorization": f"Bearer {token}"}
 
         auth_headers = {**auth, "Content-Type": "application/json"}
@@ -480,10 +519,12 @@ def main() -> None:
                 f"HTTP（uvicorn 单进程，与 huren serve 相同设置），每轮 {args.seconds:g} 秒；"
                 f"简单端点 = POST {TRIVIAL_PATH}（同一请求体与请求头，返回常量）:"
             )
+            errors = 0.0
             for conc in args.concurrency:
-                g = asyncio.run(load(port, discovery, conc, args.seconds))
-                t = asyncio.run(load(port, trivial, conc, args.seconds))
-                o = asyncio.run(load(port, order_select, conc, args.seconds))
+                g = measured(port, server.pid, discovery, conc, args.seconds)
+                t = measured(port, server.pid, trivial, conc, args.seconds)
+                o = measured(port, server.pid, order_select, conc, args.seconds)
+                errors += t["errors"] + o["errors"]
                 print(
                     f"  并发 {conc:>3}: 简单端点 {t['rps']:6.0f} req/s (p99 {t['p99_ms']:.1f} ms)"
                     f" | order-select {o['rps']:6.0f} req/s (p50 {o['p50_ms']:.1f} ms,"
@@ -491,7 +532,14 @@ def main() -> None:
                     f" | 比值 {o['rps'] / t['rps']:.0%}"
                     f" | 对照 GET /cds-services {g['rps']:6.0f} req/s，比值 {o['rps'] / g['rps']:.0%}"
                 )
+                print(
+                    f"          服务器进程每请求 CPU: 简单端点 {t['cpu_ms']:.2f} ms"
+                    f" | order-select {o['cpu_ms']:.2f} ms | 比值 {t['cpu_ms'] / o['cpu_ms']:.0%}"
+                )
             print(f"负载（1/5/15 分钟平均）: {loadavg()}")
+            if errors:
+                print("服务器日志（末尾）:")
+                print(server_log.read_text(errors="replace")[-4000:])
         finally:
             server.terminate()
             server.wait(timeout=20)

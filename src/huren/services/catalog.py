@@ -153,10 +153,23 @@ class CatalogCache:
         now = self._clock.now()
         if current is not None and now - current.loaded_at < self._max_age:
             return current
-        with self._lock:
-            if self._current is None or now - self._current.loaded_at >= self._max_age:
-                self._current = Catalog.build(self._source.load_master_data(), now)
-            return self._current
+        if current is None:
+            with self._lock:
+                return self._reload(now)
+        # Expired: one caller reloads; the others go on with the snapshot they had (older
+        # by the reload's duration) rather than all waiting on the lock for it.
+        if not self._lock.acquire(blocking=False):
+            return current
+        try:
+            return self._reload(now)
+        finally:
+            self._lock.release()
+
+    def _reload(self, now: datetime) -> Catalog:
+        """Under the lock: the current snapshot, rebuilt when absent or expired."""
+        if self._current is None or now - self._current.loaded_at >= self._max_age:
+            self._current = Catalog.build(self._source.load_master_data(), now)
+        return self._current
 
     def invalidate(self) -> None:
         with self._lock:

@@ -78,6 +78,17 @@ class ReminderRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class CheckWrites:
+    """What one check records: a reminder row per ordered item, the records of the CDS
+    Hooks cards made from it (their ``reminder_id``: the position of their item's row in
+    ``reminders``, until written) and its audit row."""
+
+    reminders: tuple[ReminderRecord, ...]
+    cards: tuple[CardRecord, ...]
+    audit: AuditRecord
+
+
+@dataclass(frozen=True, slots=True)
 class DecisionRecord:
     reminder_id: int | None
     at: datetime
@@ -152,7 +163,10 @@ class StoredCard:
 
 # ---------------------------------------------------------------- ports
 class RecognitionTx(Protocol):
-    def patient_by_keys(self, keys: Sequence[tuple[str, str, str]]) -> int | None: ...
+    def family_by_keys(self, keys: Sequence[tuple[str, str, str]]) -> list[int] | None:
+        """``patient_family`` of the patient (survivor of merges) holding the first of
+        ``keys`` (strongest first) that is known; None when none is."""
+        ...
 
     def patient_family(self, patient_id: int) -> list[int] | None: ...
 
@@ -163,25 +177,13 @@ class RecognitionTx(Protocol):
         observations, newest first."""
         ...
 
-    def family_priors(
-        self, patient_id: int, item_codes: Sequence[str], limit: int
-    ) -> tuple[list[int] | None, dict[str, list[PriorRow]]]:
-        """``patient_family`` and, for that family, ``priors``."""
-        ...
-
     def result(self, result_id: int) -> StoredResult | None: ...
 
-    def record_check(self, rows: Sequence[ReminderRecord], audit: AuditRecord) -> list[int]:
-        """``record_reminders`` and ``record_audit`` of one check."""
-        ...
-
-    def record_reminders(self, rows: Sequence[ReminderRecord]) -> list[int]:
-        """Ids of the rows written, in the order given."""
-        ...
-
-    def writing(self) -> AbstractContextManager[None]:
-        """On a ``RecognitionStore.reading`` connection: a transaction for writes, on
-        the same connection, committed when the block ends."""
+    def record_check(self, writes: CheckWrites) -> list[int]:
+        """Write one check's rows; the ids of its reminder rows, in the order given. On a
+        ``RecognitionStore.reading`` connection the rows are committed when this returns
+        (possibly in one transaction with the rows of concurrent checks: a group
+        commit); in a ``transaction`` they commit with it."""
         ...
 
     def reminder_institution(self, reminder_id: int) -> str | None: ...
@@ -394,18 +396,6 @@ class RecognitionService:
             for i in idents
         ]
 
-    def _patient_id(
-        self, tx: RecognitionTx, ref: PatientRef, institution: str, where: str
-    ) -> int | None:
-        """The platform id given, or the patient the identifiers find (None: nobody)."""
-        if ref.patient_id is not None:
-            return ref.patient_id
-        if not ref.identifiers:
-            raise ValidationFailed(
-                "缺少患者标识", problems=[Problem(where, "请提供患者 id 或至少一个患者标识")]
-            )
-        return tx.patient_by_keys(self._keys(ref, institution, where))
-
     def _family(
         self, tx: RecognitionTx, ref: PatientRef, institution: str, where: str
     ) -> list[int] | None:
@@ -420,8 +410,7 @@ class RecognitionService:
             raise ValidationFailed(
                 "缺少患者标识", problems=[Problem(where, "请提供患者 id 或至少一个患者标识")]
             )
-        pid = tx.patient_by_keys(self._keys(ref, institution, where))
-        return tx.patient_family(pid) if pid is not None else None
+        return tx.family_by_keys(self._keys(ref, institution, where))
 
     def _resolve(self, catalog: Catalog, institution: str, code: str) -> Item | None:
         unified = catalog.unified_code(institution, code.strip())
@@ -543,23 +532,19 @@ class RecognitionService:
                 action="recognition_check",
                 purpose="互认提醒（开具医嘱时调阅既往检查检验结果）",
             )
-            return _Assessed(outcome, made, rows, records, audit)
+            return _Assessed(outcome, made, CheckWrites(tuple(rows), tuple(records), audit))
 
         # One pooled connection for the reads (the family, then every prior of every
         # ordered item with its observations, open corrections and whether a study may
-        # have arrived: one statement) and the writes. When an imaging study may have
-        # arrived, the imaging service links it on its own connections: this one is
-        # given back first, so that a check never holds two pooled connections at once
-        # (concurrent checks would otherwise exhaust the pool waiting for each other).
+        # have arrived: one statement) and the writes, committed before the answer is
+        # given (the cards handed out must be found by their feedback; concurrent checks
+        # share a commit). When an imaging study may have arrived, the imaging service
+        # links it on its own connections: this one is given back first, so that a
+        # check never holds two pooled connections at once (concurrent checks would
+        # otherwise exhaust the pool waiting for each other).
         with self._store.reading() as tx:
-            pid = self._patient_id(tx, req.patient, institution, "patient")
-            family, priors = (
-                tx.family_priors(pid, item_codes, PRIORS_PER_ITEM)
-                if pid is not None
-                else (None, {})
-            )
-            if family is None and req.patient.patient_id is not None:
-                raise _unknown_patient(req.patient.patient_id, "patient")
+            family = self._family(tx, req.patient, institution, "patient")
+            priors = tx.priors(family, item_codes, PRIORS_PER_ITEM) if family else {}
             arrived: list[StoredResult] = []
             absent: list[StoredResult] = []
             for rows_of_item in priors.values():
@@ -571,13 +556,12 @@ class RecognitionService:
                 studies.update(self.studies.states_without_study(absent))
             if not arrived:
                 done = assess(studies)
-                with tx.writing():
-                    reminder_ids = _write(tx, done)
+                reminder_ids = tx.record_check(done.writes)
         if arrived:
             studies.update(self.studies.study_states(arrived))
             done = assess(studies)
-            with self._store.transaction() as tx:
-                reminder_ids = _write(tx, done)
+            with self._store.reading() as tx:
+                reminder_ids = tx.record_check(done.writes)
         final = replace(
             done.outcome,
             items=tuple(
@@ -932,25 +916,7 @@ class _Assessed(Generic[T]):
 
     outcome: CheckOutcome  # reminder_id of each item = its position
     made: T | None
-    rows: list[ReminderRecord]
-    records: Sequence[CardRecord]
-    audit: AuditRecord
-
-
-def _write(tx: RecognitionTx, done: _Assessed[Any]) -> list[int]:
-    """The check's writes, back to back (on SQLite the write lock is held from the first
-    insert to the commit): its reminders, its cards' records, its audit row."""
-    reminder_ids = tx.record_check(done.rows, done.audit)
-    if done.records:
-        tx.record_cards(
-            [
-                replace(c, reminder_id=reminder_ids[c.reminder_id])
-                if c.reminder_id is not None
-                else c
-                for c in done.records
-            ]
-        )
-    return reminder_ids
+    writes: CheckWrites
 
 
 def _answer(

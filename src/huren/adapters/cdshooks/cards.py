@@ -49,11 +49,12 @@ def _clip(text: str, limit: int = SUMMARY_MAX) -> str:
     return text if len(text) < limit else text[: limit - 2] + "…"
 
 
+_MD_ESCAPES = str.maketrans({ch: "\\" + ch for ch in "\\|*_`"})
+
+
 def _md(text: str) -> str:
     """Escape the characters GitHub-flavoured Markdown would read as table or emphasis."""
-    for ch in ("\\", "|", "*", "_", "`"):
-        text = text.replace(ch, "\\" + ch)
-    return text
+    return text.translate(_MD_ESCAPES)
 
 
 def key_values(a: Assessment) -> list[str]:

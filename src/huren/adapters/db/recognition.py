@@ -16,10 +16,12 @@ import json
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, fields
-from datetime import datetime
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 
+import msgspec
 from sqlalchemy import (
     Connection,
     Engine,
@@ -43,6 +45,7 @@ from huren.domain.results import ObservationValue, ResultStatus, StoredResult, V
 from huren.services.recognition import (
     AuditRecord,
     CardRecord,
+    CheckWrites,
     DecisionRecord,
     PriorRow,
     ReminderRecord,
@@ -86,16 +89,29 @@ _RESULT_COLS = ", ".join(
         "study_uid",
     ]
 )
-_OBS_FIELDS = (
-    "o.seq, o.code, o.name, o.value_type, o.value_num, o.value_text, o.unit, o.ref_low, "
-    "o.ref_high, o.ref_text, o.flag, o.loinc"
+# An observation as a JSON object named like ``ObservationValue``'s fields, so that msgspec
+# decodes it straight into one (no per-row Python: most of reading a prior was building
+# its observations one by one from JSON arrays).
+_OBS_KEYS = (
+    "code",
+    "name",
+    "value_type",
+    "value_num",
+    "value_text",
+    "unit",
+    "ref_low",
+    "ref_high",
+    "ref_text",
+    "flag",
+    "loinc",
 )
+_OBS_OBJECT = ", ".join(f"'{k}', o.{k}" for k in _OBS_KEYS)
 # Per prior result: its open correction requests; whether an imaging study that could be
 # its study has arrived (same institution, and the report's Study Instance UID or else
 # its accession number: the keys ``domain.imaging.study_matches_report`` links on, so
 # "none arrived" is exact and the imaging service need not be asked); its observations
-# (one JSON array of arrays, ordered by seq in Python). All evaluated only for the rows
-# each LIMIT keeps.
+# (one JSON array of [seq, observation] pairs, in seq order). All evaluated only for the
+# rows each LIMIT keeps.
 _STUDY_ARRIVED = (
     "CASE WHEN r.category <> 'imaging' THEN 0"
     " WHEN r.study_uid <> '' THEN CASE WHEN EXISTS (SELECT 1 FROM imaging_study s"
@@ -110,13 +126,17 @@ _OPEN_CORRECTIONS = (
     "(SELECT count(*) FROM correction_request cr WHERE cr.result_id = r.id"
     " AND cr.status = 'open') AS open_corrections"
 )
+# SQLite aggregates the rows of an ORDER BY subquery in that order (its query flattener
+# leaves such a subquery alone under an aggregate for exactly this, see rule 16 in
+# select.c); PostgreSQL orders the aggregate itself. The order is checked on reading.
 _EXTRA = {
     "sqlite": f"{_OPEN_CORRECTIONS}, {_STUDY_ARRIVED},"  # noqa: S608
-    f" (SELECT json_group_array(json_array({_OBS_FIELDS})) FROM observation o"
-    " WHERE o.result_id = r.id) AS observations",
+    f" CAST((SELECT json_group_array(json_array(o.seq, json_object({_OBS_OBJECT})))"
+    " FROM (SELECT * FROM observation WHERE result_id = r.id ORDER BY seq) o) AS BLOB)"
+    " AS observations",
     "postgresql": f"{_OPEN_CORRECTIONS}, {_STUDY_ARRIVED},"  # noqa: S608
-    f" (SELECT json_agg(json_build_array({_OBS_FIELDS})) FROM observation o"
-    " WHERE o.result_id = r.id) AS observations",
+    f" (SELECT json_agg(json_build_array(o.seq, json_build_object({_OBS_OBJECT}))"
+    " ORDER BY o.seq)::text FROM observation o WHERE o.result_id = r.id) AS observations",
 }
 
 
@@ -158,15 +178,17 @@ class _Sql:
             self._priors[key] = sql
         return sql
 
-    def patient_keys(self, n: int) -> str:
+    def family_keys(self, n: int) -> str:
+        """The patients holding any of ``n`` identifier keys, each with the patients
+        merged into it (one row per such patient, or one with NULL)."""
         sql = self._keys.get(n)
         if sql is None:
             m = self.mark
             cond = f"(i.kind = {m} AND i.assigner = {m} AND i.value_hash = {m})"
             sql = (
-                "SELECT i.kind, i.assigner, i.value_hash, p.id, p.merged_into "
-                "FROM patient_identifier i JOIN patient p ON p.id = i.patient_id WHERE "
-                + " OR ".join([cond] * n)
+                "SELECT i.kind, i.assigner, i.value_hash, p.id, p.merged_into, f.id "
+                "FROM patient_identifier i JOIN patient p ON p.id = i.patient_id "
+                "LEFT JOIN patient f ON f.merged_into = p.id WHERE " + " OR ".join([cond] * n)
             )
             self._keys[n] = sql
         return sql
@@ -185,15 +207,24 @@ class _Sql:
             self._inserts[key] = sql
         return sql
 
-    def rows(self, records: Sequence[Any], columns: Sequence[str]) -> list[Any]:
-        """The bound values of ``records`` (dataclasses named like the columns), flat."""
+    def rows(
+        self, table: _Table, records: Sequence[Any], reminder_ids: Sequence[int] | None = None
+    ) -> list[Any]:
+        """The bound values of ``records`` (dataclasses named like ``table``'s columns),
+        flat; with ``reminder_ids``, each record's ``reminder_id`` (a position) is
+        replaced by the id at that position."""
         out: list[Any] = []
         at: Any = None
         bound: Any = None
+        at_index, rid_index = table.at, table.reminder_id
         for r in records:
+            values = list(table.values(r))
             if r.at is not at:  # the rows of one check share their time
                 at, bound = r.at, self.timestamp(r.at)
-            out.extend(bound if c == "at" else getattr(r, c) for c in columns)
+            values[at_index] = bound
+            if reminder_ids is not None and values[rid_index] is not None:
+                values[rid_index] = reminder_ids[values[rid_index]]
+            out.extend(values)
         return out
 
     def timestamp(self, value: datetime) -> Any:
@@ -205,11 +236,25 @@ class _Sql:
             return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond:06d}"
         return value
 
-    def read_timestamp(self, value: Any) -> datetime:
-        if isinstance(value, str):
-            value = datetime.fromisoformat(value)
-        return utc(value)
 
+class _Table:
+    """A table the check writes to, with the record fields named like its columns."""
+
+    def __init__(self, name: str, record: type) -> None:
+        self.name = name
+        self.columns = tuple(f.name for f in fields(record))
+        self.values = attrgetter(*self.columns)  # one record's values, as a tuple
+        self.at = self.columns.index("at")
+        self.reminder_id = (
+            self.columns.index("reminder_id") if "reminder_id" in self.columns else -1
+        )
+
+
+_REMINDERS = _Table("reminder", ReminderRecord)
+_AUDITS = _Table("audit_event", AuditRecord)
+_CARDS = _Table("cds_card", CardRecord)
+# Rows per INSERT statement (bound values stay far below SQLite's and PostgreSQL's limits).
+_ROWS_PER_INSERT = 200
 
 _SQL: dict[str, _Sql] = {}
 
@@ -227,34 +272,54 @@ _CATEGORIES = {c.value: c for c in Category}
 _STATUSES = {s.value: s for s in ResultStatus}
 
 
+_OBSERVATIONS_JSON = msgspec.json.Decoder(list[tuple[int, ObservationValue]])
+
+
 def _observations_of(raw: Any) -> tuple[ObservationValue, ...]:
+    """The observations of a prior, from the statement's JSON array of [seq, object]."""
     if raw is None:
         return ()
-    rows = json.loads(raw) if isinstance(raw, str) else raw
-    rows.sort(key=lambda o: o[0])
-    return tuple(
-        ObservationValue(
-            code=o[1],
-            name=o[2],
-            value_type=_VALUE_TYPES[o[3]],
-            value_num=None if o[4] is None else float(o[4]),
-            value_text=o[5],
-            unit=o[6],
-            ref_low=None if o[7] is None else float(o[7]),
-            ref_high=None if o[8] is None else float(o[8]),
-            ref_text=o[9],
-            flag=o[10],
-            loinc=o[11],
-        )
-        for o in rows
+    try:
+        pairs = _OBSERVATIONS_JSON.decode(raw)
+    except msgspec.ValidationError:  # e.g. a value PostgreSQL wrote as "NaN"
+        pairs = [(o[0], _observation(o[1])) for o in json.loads(raw)]
+    if any(pairs[i][0] > pairs[i + 1][0] for i in range(len(pairs) - 1)):
+        pairs.sort(key=lambda p: p[0])
+    return tuple(o for _, o in pairs)
+
+
+def _observation(o: dict[str, Any]) -> ObservationValue:
+    def num(v: Any) -> float | None:
+        return None if v is None else float(v)
+
+    return ObservationValue(
+        code=o["code"],
+        name=o["name"],
+        value_type=_VALUE_TYPES[o["value_type"]],
+        value_num=num(o["value_num"]),
+        value_text=o["value_text"],
+        unit=o["unit"],
+        ref_low=num(o["ref_low"]),
+        ref_high=num(o["ref_high"]),
+        ref_text=o["ref_text"],
+        flag=o["flag"],
+        loinc=o["loinc"],
     )
+
+
+def _read_timestamp(value: Any) -> datetime:
+    """A stored timestamp as aware UTC (SQLite hands back its text)."""
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    stamp: datetime = value
+    tz = stamp.tzinfo
+    if tz is UTC:
+        return stamp
+    return stamp.replace(tzinfo=UTC) if tz is None else stamp.astimezone(UTC)
 
 
 # ---------------------------------------------------------------- Core statements
 _PRIOR_COLUMNS = [c for c in result.c if c.name not in ("content_hash", "source_message_id")]
-_REMINDER_FIELDS = [f.name for f in fields(ReminderRecord)]
-_AUDIT_FIELDS = [f.name for f in fields(AuditRecord)]
-_CARD_FIELDS = [f.name for f in fields(CardRecord)]
 _OBSERVATIONS = (
     select(observation)
     .where(observation.c.result_id.in_(bindparam("ids", expanding=True)))
@@ -271,30 +336,133 @@ def _priors_params(patient_ids: Sequence[int], item_codes: Sequence[str], limit:
     return params
 
 
-class SqlRecognitionTx:
-    """One transaction of the recognition service (implements ``RecognitionTx``)."""
+@dataclass(slots=True)
+class _Waiting:
+    """A check's rows waiting for a group commit, and what came of them."""
 
-    def __init__(self, conn: Connection, write_lock: Any = None, *, writable: bool) -> None:
+    writes: CheckWrites
+    ids: list[int] | None = None
+    error: BaseException | None = None
+
+
+class _GroupCommit:
+    """The writes of concurrent checks, committed together. Each check's thread hands its
+    rows in and waits; the first to find no commit in progress becomes the leader and
+    writes every check waiting at that moment on its own (reading) connection, in one
+    transaction with one commit, then wakes the others; each call returns only once the
+    transaction holding its rows has committed, so a card handed out is always found by
+    its feedback and no reminder or audit row is lost. Waiting threads hold no lock and
+    need no further connection, so the leader never waits for them. One commit per batch
+    instead of one per check: on SQLite one writer at a time in any case, on PostgreSQL
+    one WAL flush per batch. If the batch fails, each check is written alone, so that a
+    failure is only its own."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._done = threading.Condition(self._lock)
+        self._waiting: list[_Waiting] = []
+        self._leader = False
+
+    def commit(self, tx: SqlRecognitionTx, writes: CheckWrites) -> list[int]:
+        me = _Waiting(writes)
+        with self._lock:
+            self._waiting.append(me)
+            while me.ids is None and me.error is None:
+                if self._leader:
+                    self._done.wait()
+                    continue
+                self._leader = True
+                batch, self._waiting = self._waiting, []
+                self._lock.release()
+                outcomes: list[list[int] | Exception] = []
+                interrupted: BaseException | None = None
+                try:
+                    outcomes = self._write(tx, batch)
+                except BaseException as exc:  # e.g. interrupted: nobody waits forever
+                    interrupted = exc
+                    raise
+                finally:
+                    self._lock.acquire()
+                    # Published only now, under the lock and after every commit of the
+                    # batch: a waiting check woken early must not find its ids before
+                    # the transaction holding its rows has committed.
+                    for w, outcome in zip(batch, outcomes, strict=False):
+                        if isinstance(outcome, Exception):
+                            w.error = outcome
+                        else:
+                            w.ids = outcome
+                    for w in batch[len(outcomes) :]:
+                        w.error = interrupted or RuntimeError("提醒记录未写入")
+                    self._leader = False
+                    self._done.notify_all()
+        if me.error is not None:
+            raise me.error
+        assert me.ids is not None
+        return me.ids
+
+    @staticmethod
+    def _write(tx: SqlRecognitionTx, batch: list[_Waiting]) -> list[list[int] | Exception]:
+        """Each check's reminder ids, or the error that kept its rows from being written;
+        every transaction of the batch committed or rolled back when this returns."""
+        try:
+            with tx.writing():
+                ids = tx._write_checks([w.writes for w in batch])
+        except Exception as exc:
+            if len(batch) == 1:
+                return [exc]
+            outcomes: list[list[int] | Exception] = []
+            for w in batch:
+                try:
+                    with tx.writing():
+                        own = tx._write_checks([w.writes])[0]
+                except Exception as alone:  # handed to the waiting caller
+                    outcomes.append(alone)
+                else:
+                    outcomes.append(own)
+            return outcomes
+        return list(ids)
+
+
+class SqlRecognitionTx:
+    """One transaction of the recognition service (implements ``RecognitionTx``): a
+    ``transaction`` (writes commit with it), or a ``reading`` connection whose check
+    writes go through the store's group commit."""
+
+    def __init__(
+        self, conn: Connection, write_lock: Any = None, group: _GroupCommit | None = None
+    ) -> None:
         self._c = conn
         self._sql = _sql_for(conn)
         self._cursor: Any = None
         self._write_lock = write_lock
-        self._writable = writable  # already a write transaction (``transaction()``)
+        self._group = group
 
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """Writes on this (reading) connection, committed at the end of the block, under
-        the store's SQLite write lock."""
-        if self._writable:
-            yield
-            return
-        with self._write_lock or nullcontext():
-            if self._c.in_transaction():
-                yield
-                self._c.commit()
-            else:
-                with self._c.begin():
+        """Writes on this reading connection, committed at the end of the block (rolled
+        back if it raises), under the store's SQLite write lock. On PostgreSQL the block's
+        statements are pipelined (psycopg pipeline mode): what needs no answer is sent
+        with the next statement that does, or with the COMMIT — a check's writes cost two
+        round trips (the reminders' ids; the rest with the commit), not four."""
+        if self._c.in_transaction():  # begun through SQLAlchemy: let it commit
+            with self._write_lock or nullcontext():
+                try:
                     yield
+                except BaseException:
+                    self._c.rollback()
+                    raise
+                self._c.commit()
+            return
+        dbapi: Any = self._c.connection.dbapi_connection
+        postgresql = self._sql.dialect == "postgresql"
+        with self._write_lock or nullcontext():
+            try:
+                with dbapi.pipeline() if postgresql else nullcontext():
+                    yield
+                    dbapi.commit()
+            except BaseException:
+                dbapi.rollback()
+                raise
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         """Run one statement on the DBAPI cursor, inside this connection's transaction
@@ -315,16 +483,23 @@ class SqlRecognitionTx:
             self._cursor = None
 
     # -- patients
-    def patient_by_keys(self, keys: Sequence[tuple[str, str, str]]) -> int | None:
-        """The patient (survivor of merges) holding the first known identifier key."""
+    def family_by_keys(self, keys: Sequence[tuple[str, str, str]]) -> list[int] | None:
+        """``patient_family`` of the patient holding the first known key (the caller
+        orders keys strongest first): one statement, unless that patient was merged."""
         if not keys:
             return None
-        rows = self._rows(self._sql.patient_keys(len(keys)), [v for k in keys for v in k])
-        found = {(r[0], r[1], r[2]): (r[3], r[4]) for r in rows}
-        for key in keys:  # the caller orders keys strongest first
+        rows = self._rows(self._sql.family_keys(len(keys)), [v for k in keys for v in k])
+        found: dict[tuple[str, str, str], tuple[int, int | None, list[int]]] = {}
+        for r in rows:
+            pid, merged_into, members = found.setdefault((r[0], r[1], r[2]), (r[3], r[4], []))
+            if r[5] is not None:
+                members.append(r[5])
+        for key in keys:
             if key in found:
-                pid, merged_into = found[key]
-                return self._survivor(pid, merged_into)
+                pid, merged_into, members = found[key]
+                if merged_into is None:
+                    return [pid, *dict.fromkeys(m for m in members if m != pid)]
+                return self.patient_family(self._survivor(pid, merged_into))
         return None
 
     def _survivor(self, patient_id: int, merged_into: int | None) -> int:
@@ -348,15 +523,6 @@ class SqlRecognitionTx:
             return [patient_id, *dict.fromkeys(int(r[0]) for r in rows if r[0] != patient_id)]
         return self.patient_family(self._survivor(own[0], own[1]))
 
-    def family_priors(
-        self, patient_id: int, item_codes: Sequence[str], limit: int
-    ) -> tuple[list[int] | None, dict[str, list[PriorRow]]]:
-        """``patient_family`` and that family's ``priors`` (two statements)."""
-        family = self.patient_family(patient_id)
-        if family is None:
-            return None, {}
-        return family, self.priors(family, item_codes, limit)
-
     # -- results
     def priors(
         self, patient_ids: Sequence[int], item_codes: Sequence[str], limit: int
@@ -376,33 +542,34 @@ class SqlRecognitionTx:
         self, rows: Sequence[Any], item_codes: Sequence[str]
     ) -> dict[str, list[PriorRow]]:
         out: dict[str, list[PriorRow]] = {code: [] for code in item_codes}
-        read_ts = self._sql.read_timestamp
+        ts = _read_timestamp
         for r in rows:
+            # The columns are StoredResult's fields, in order (see _RESULT_COLS).
             stored = StoredResult(
-                id=r[0],
-                patient_id=r[1],
-                institution=r[2],
-                report_no=r[3],
-                local_code=r[4],
-                local_name=r[5],
-                item_code=r[6],
-                category=_CATEGORIES[r[7]],
-                status=_STATUSES[r[8]],
-                performed_at=read_ts(r[9]),
-                issued_at=read_ts(r[10]),
-                version=r[11],
-                mark_scope=r[12],
-                mark_symbol=r[13],
-                department=r[14],
-                performer=r[15],
-                signer=r[16],
-                findings=r[17],
-                conclusion=r[18],
-                accession_number=r[19],
-                study_uid=r[20],
-                observations=_observations_of(r[23]),
+                r[0],
+                r[1],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[6],
+                _CATEGORIES[r[7]],
+                _STATUSES[r[8]],
+                ts(r[9]),
+                ts(r[10]),
+                r[11],
+                r[12],
+                r[13],
+                r[14],
+                r[15],
+                r[16],
+                r[17],
+                r[18],
+                r[19],
+                r[20],
+                _observations_of(r[23]),
             )
-            out[r[6]].append(PriorRow(stored, int(r[21]), bool(r[22])))
+            out[r[6]].append(PriorRow(stored, r[21], bool(r[22])))
         return out
 
     def _observations(self, result_ids: Sequence[int]) -> dict[int, list[ObservationValue]]:
@@ -427,23 +594,53 @@ class SqlRecognitionTx:
         return {r.code: r.name for r in rows}
 
     # -- writes
-    def record_check(self, rows: Sequence[ReminderRecord], audit: AuditRecord) -> list[int]:
-        """``record_reminders`` and ``record_audit`` of one check."""
-        self.record_audit(audit)
-        return self.record_reminders(rows)
+    def record_check(self, writes: CheckWrites) -> list[int]:
+        """On a reading connection: the check's rows in a group commit, committed when
+        this returns; in a ``transaction``: written in it."""
+        if self._group is None:
+            return self._write_checks([writes])[0]
+        return self._group.commit(self, writes)
+
+    def _write_checks(self, checks: Sequence[CheckWrites]) -> list[list[int]]:
+        """The rows of ``checks``: one INSERT per table (``_ROWS_PER_INSERT`` rows at
+        most); each check's reminder ids, in the order of its rows."""
+        ids = self.record_reminders([r for c in checks for r in c.reminders])
+        out: list[list[int]] = []
+        k = 0
+        for c in checks:
+            out.append(ids[k : k + len(c.reminders)])
+            k += len(c.reminders)
+        self._insert(_AUDITS, [(c.audit, None) for c in checks])
+        self._insert(
+            _CARDS, [(card, own) for c, own in zip(checks, out, strict=True) for card in c.cards]
+        )
+        return out
+
+    def _insert(self, table: _Table, records: Sequence[tuple[Any, Sequence[int] | None]]) -> None:
+        sql = self._sql
+        for n in range(0, len(records), _ROWS_PER_INSERT):
+            chunk = records[n : n + _ROWS_PER_INSERT]
+            values: list[Any] = []
+            for record, reminder_ids in chunk:
+                values.extend(sql.rows(table, [record], reminder_ids))
+            self._execute(
+                sql.insert(table.name, table.columns, len(chunk), returning=False), values
+            )
 
     def record_reminders(self, rows: Sequence[ReminderRecord]) -> list[int]:
-        """One multi-row INSERT … RETURNING id. Row ids are handed out in VALUES order
+        """Multi-row INSERTs … RETURNING id. Row ids are handed out in VALUES order
         (SQLite rowids, PostgreSQL's sequence default), and RETURNING may list them in
         any order, so sorting them gives the rows' ids in the order given."""
-        if not rows:
-            return []
         sql = self._sql
-        ids = self._rows(
-            sql.insert("reminder", _REMINDER_FIELDS, len(rows), returning=True),
-            sql.rows(rows, _REMINDER_FIELDS),
-        )
-        return sorted(int(i[0]) for i in ids)
+        ids: list[int] = []
+        for n in range(0, len(rows), _ROWS_PER_INSERT):
+            chunk = rows[n : n + _ROWS_PER_INSERT]
+            returned = self._rows(
+                sql.insert(_REMINDERS.name, _REMINDERS.columns, len(chunk), returning=True),
+                sql.rows(_REMINDERS, chunk),
+            )
+            ids.extend(sorted(int(i[0]) for i in returned))
+        return ids
 
     def reminder_institution(self, reminder_id: int) -> str | None:
         return self._c.execute(
@@ -455,19 +652,10 @@ class SqlRecognitionTx:
         return int(self._c.execute(insert(decision).returning(decision.c.id), values).scalar_one())
 
     def record_audit(self, row: AuditRecord) -> None:
-        sql = self._sql
-        self._execute(
-            sql.insert("audit_event", _AUDIT_FIELDS, 1, returning=False),
-            sql.rows([row], _AUDIT_FIELDS),
-        )
+        self._insert(_AUDITS, [(row, None)])
 
     def record_cards(self, cards: Sequence[CardRecord]) -> None:
-        if cards:
-            sql = self._sql
-            self._execute(
-                sql.insert("cds_card", _CARD_FIELDS, len(cards), returning=False),
-                sql.rows(cards, _CARD_FIELDS),
-            )
+        self._insert(_CARDS, [(card, None) for card in cards])
 
     def card(self, uuid: str) -> StoredCard | None:
         row = self._c.execute(select(cds_card).where(cds_card.c.uuid == uuid)).first()
@@ -491,14 +679,16 @@ class SqlRecognitionStore:
         # SQLite admits one writer at a time, and a writer that finds the database locked
         # waits in SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms between tries;
         # under concurrent checks that turns a sub-millisecond write into tens of
-        # milliseconds. This process's recognition writes queue on a lock instead (and
-        # take their pooled connection only once they hold it).
+        # milliseconds. This process's recognition writes queue on a lock instead. The
+        # lock is taken only with a connection in hand: a lock holder waiting for the
+        # pool while the pool's connections wait for the lock would be a deadlock.
         self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        self._group = _GroupCommit()
 
     @contextmanager
     def transaction(self) -> Iterator[SqlRecognitionTx]:
-        with self._write_lock or nullcontext(), self._engine.begin() as conn:
-            tx = SqlRecognitionTx(conn, writable=True)
+        with self._engine.connect() as conn, self._write_lock or nullcontext(), conn.begin():
+            tx = SqlRecognitionTx(conn)
             try:
                 yield tx
             finally:
@@ -507,7 +697,7 @@ class SqlRecognitionStore:
     @contextmanager
     def reading(self) -> Iterator[SqlRecognitionTx]:
         with self._engine.connect() as conn:
-            tx = SqlRecognitionTx(conn, self._write_lock, writable=False)
+            tx = SqlRecognitionTx(conn, self._write_lock, self._group)
             try:
                 yield tx
             finally:
