@@ -1,9 +1,11 @@
 """ORU^R01 over MLLP with ACK-after-commit, side by side with an MLLP echo server.
 
     uv run python bench/bench_mllp.py [--seconds 20] [--rounds 3] [--connections 4]
-        [--per-message]
+        [--per-message | --workers N] [--committers N]
 
-Both servers run in this process on free 127.0.0.1 ports; the load comes from a separate
+Both servers run in this process on free 127.0.0.1 ports — or, with ``--workers N``,
+HuRen runs as ``huren serve --workers N`` in its own processes (N workers sharing the
+MLLP port). The load comes from a separate
 client process (``--client``) holding ``--connections`` MLLP connections, each sending
 its next message as soon as the previous ACK arrived (what interface engines do). The
 echo server frames and returns each message — the transport's ceiling on this machine;
@@ -18,14 +20,17 @@ SQLite (a temporary file) by default; PostgreSQL when HUREN_TEST_DATABASE_URL is
 (a temporary database is created there and dropped afterwards). Target (issue 7):
 ≥ 3,000 messages/s sustained. Each round runs the echo server and HuRen (fresh
 database) one after the other; prints messages/s, the ratio to the echo server of the
-same round and the server's CPU time per message (this process's: steadier than wall
-time on a shared machine), and their medians."""
+same round and the server's CPU time per message (the server's processes': steadier
+than wall time on a shared machine), and their medians. With several workers the kernel
+spreads the connections over them by a hash: use more connections than workers."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import re
+import signal
 import socket
 import statistics
 import subprocess
@@ -175,10 +180,81 @@ def drop(url: str, admin_url: str | None) -> None:
     admin.dispose()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children so far."""
+    ticks = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue  # ended meanwhile
+        ticks += int(stat[11]) + int(stat[12])
+        pids += [int(c) for c in children]
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+LISTENING = re.compile(r"huren\.mllp: MLLP 监听")
+
+
+def serve_round(args: argparse.Namespace, tmp: Path, url: str) -> tuple[int, float, float, int]:
+    """HuRen as ``huren serve --workers N`` on ``url`` (migrated and seeded): (ACKs,
+    seconds, server CPU seconds during the load, results stored)."""
+    mllp_port = free_port()
+    env = os.environ | {
+        "HUREN_DATABASE_URL": url,
+        "HUREN_DATA_DIR": str(tmp / "data"),
+        "HUREN_PORT": str(free_port()),
+        "HUREN_MLLP_PORT": str(mllp_port),
+        "HUREN_START_DICOM": "false",
+        "HUREN_BACKGROUND_JOBS": "false",
+        "HUREN_IDENTIFIER_HASH_KEY": new_key(),
+        "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
+        "HUREN_TOKEN_SIGNING_KEY": new_key(),
+    }
+    log_path = tmp / "serve.log"
+    huren = Path(sys.executable).parent / "huren"
+    with log_path.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(huren), "serve", "--workers", str(args.workers)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while len(LISTENING.findall(log_path.read_text(errors="replace"))) < args.workers:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"huren serve did not start:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.2)
+        cpu0 = process_tree_cpu(proc.pid)
+        acks, seconds = load(mllp_port, args.connections, args.seconds, "ack")
+        cpu = process_tree_cpu(proc.pid) - cpu0
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    engine = create_engine(url)
+    with engine.connect() as c:
+        stored = c.execute(select(func.count()).select_from(result)).scalar_one()
+    engine.dispose()
+    return acks, seconds, cpu, stored
+
+
 def run_round(args: argparse.Namespace, loop: Loop) -> tuple[float, float, float, float, str]:
     """One echo run and one HuRen run on a fresh database: (echo msg/s, HuRen msg/s,
-    echo CPU µs/msg, HuRen CPU µs/msg, notes). CPU is this process's (the load client
-    runs in its own): steadier than wall time on a shared machine."""
+    echo CPU µs/msg, HuRen CPU µs/msg, notes). CPU is the servers' (the load client
+    runs in its own process): steadier than wall time on a shared machine."""
     server, echo_port = cast(tuple[asyncio.Server, int], loop.run(start_echo()))
     cpu0 = time.process_time()
     echo_acks, echo_s = load(echo_port, args.connections, args.seconds, "echo")
@@ -197,10 +273,20 @@ def run_round(args: argparse.Namespace, loop: Loop) -> tuple[float, float, float
             )
             container = build(settings, clock=SystemClock())
             seed_world(container.engine, container.clock.now())
+            if args.workers:
+                container.close()
+                ours_acks, ours_s, ours_cpu, stored = serve_round(args, Path(tmpdir), url)
+                return (
+                    echo_acks / echo_s,
+                    ours_acks / ours_s,
+                    echo_cpu / max(echo_acks, 1) * 1e6,
+                    ours_cpu / max(ours_acks, 1) * 1e6,
+                    f"results stored: {stored} (every ACKed message: {stored >= ours_acks})",
+                )
             receiver = Hl7Receiver(container.intake, container.clock, Channel.HL7V2_MLLP)
             if args.per_message:
                 mllp = MllpServer(
-                    lambda raw: receiver.handle(raw).payload, "127.0.0.1", 0, workers=args.workers
+                    lambda raw: receiver.handle(raw).payload, "127.0.0.1", 0, workers=args.threads
                 )
             else:
                 mllp = MllpServer(
@@ -208,6 +294,7 @@ def run_round(args: argparse.Namespace, loop: Loop) -> tuple[float, float, float
                     port=0,
                     batch=MllpGroupCommit(receiver),
                     max_batch=args.max_batch,
+                    committers=args.committers,
                 )
             loop.run(mllp.start())
             cpu0 = time.process_time()
@@ -241,15 +328,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="echo + HuRen runs (median)")
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument(
-        "--workers", type=int, default=4, help="intake worker threads (--per-message)"
+        "--threads", type=int, default=4, help="intake worker threads (--per-message)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="run HuRen as `huren serve --workers N` (default 0: in this process)",
     )
     parser.add_argument(
         "--per-message", action="store_true", help="one transaction per message, no group commit"
     )
     parser.add_argument("--max-batch", type=int, default=64, help="messages per group commit")
+    parser.add_argument(
+        "--committers",
+        type=int,
+        default=1,
+        help="group commits at once (huren serve: 1)",
+    )
     args = parser.parse_args()
     backend = make_url(os.environ.get("HUREN_TEST_DATABASE_URL") or "sqlite://").get_backend_name()
     mode = "one transaction per message" if args.per_message else "group commit"
+    if args.workers:
+        mode += f", huren serve --workers {args.workers}"
     print(
         f"ORU^R01 over MLLP, {args.connections} connections, {args.seconds:g} s a run, "
         f"{args.rounds} rounds, {backend}, {mode}"

@@ -43,6 +43,11 @@ class Settings(BaseSettings):
         description="CSP frame-ancestors of the embeddable workbench page: the HIS origins "
         "allowed to show it in a frame, space separated (e.g. 'self' https://his.hospital.cn)",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        description="server processes sharing the HTTP and MLLP ports (huren serve --workers)",
+    )
     start_mllp: bool = True
     background_jobs: bool = True
     monitoring_refresh_seconds: float = 60.0

@@ -213,3 +213,82 @@ def test_a_refused_message_is_recorded_and_answered_in_order_among_accepted_ones
     with world.engine.connect() as c:
         statuses = [r.status for r in c.execute(select(inbound_message.c.status))]
     assert sorted(statuses) == ["accepted", "accepted", "rejected"]
+
+
+class FirstBatchHeld(MllpGroupCommit):
+    """Holds the batch holding ``held`` (a control id) until ``gate`` is set; records the
+    control ids of each batch as it starts committing."""
+
+    def __init__(self, receiver: Hl7Receiver, held: str) -> None:
+        super().__init__(receiver)
+        self.held = held
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+        self.batches: list[list[str]] = []
+
+    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply]) -> list[bytes]:
+        controls = [p.header.control_id for p in prepared]
+        self.batches.append(controls)
+        if self.held in controls:
+            self.entered.set()
+            assert self.gate.wait(20)
+        return super().commit(prepared)
+
+
+def test_with_several_committers_a_connection_is_not_held_up_by_another_ones_batch(
+    world: Container,
+) -> None:
+    """Committers=2: while one connection's batch is still committing, another
+    connection's message is committed and acknowledged; the first connection's next
+    message (sent without waiting) waits for its predecessor and is answered after it."""
+    handler = FirstBatchHeld(_receiver(world), held="LIS2026061400" + "0001")
+    server = MllpServer(host="127.0.0.1", port=0, batch=handler, committers=2)
+    with (
+        RunningServer(server) as running,
+        socket.create_connection(("127.0.0.1", running.port)) as first,
+        socket.create_connection(("127.0.0.1", running.port)) as second,
+    ):
+        first.sendall(frame(lab_message(1).encode()))
+        assert handler.entered.wait(20)
+        first.sendall(frame(lab_message(2).encode()))  # behind the held one
+        second.sendall(frame(lab_message(3).encode()))
+        second.settimeout(20)
+        assert ack_fields(read_acks(second, 1)[0]) == ("AA", "LIS20260614000003")
+        assert all("LIS20260614000002" not in batch for batch in handler.batches)
+        handler.gate.set()
+        acks = [ack_fields(a) for a in read_acks(first, 2)]
+    assert acks == [("AA", "LIS20260614000001"), ("AA", "LIS20260614000002")]
+    assert handler.batches[-1] == ["LIS20260614000002"]
+    assert stored(world) == 3
+
+
+def test_with_several_committers_messages_sent_without_waiting_keep_their_order(
+    world: Container,
+) -> None:
+    """A correction sent right behind the report it corrects, on one connection, is
+    stored as its next version even when several batches may commit at once."""
+    report = lab_message(1)
+    corrected = with_control_id(with_field(report, "OBR", 25, "C"), "LIS2026061400C1")
+    messages = [report, corrected, lab_message(2), lab_message(3)]
+    server = MllpServer(
+        host="127.0.0.1", port=0, batch=MllpGroupCommit(_receiver(world)), committers=4
+    )
+    with (
+        RunningServer(server) as running,
+        socket.create_connection(("127.0.0.1", running.port)) as sock,
+    ):
+        sock.sendall(b"".join(frame(m.encode()) for m in messages))
+        acks = [ack_fields(a) for a in read_acks(sock, len(messages))]
+    assert acks == [
+        ("AA", "LIS20260614000001"),
+        ("AA", "LIS2026061400C1"),
+        ("AA", "LIS20260614000002"),
+        ("AA", "LIS20260614000003"),
+    ]
+    with world.engine.connect() as conn:
+        first = conn.execute(
+            select(result.c.version, result.c.status).where(
+                result.c.report_no == "RPT-LIS-20260614-0001"
+            )
+        ).one()
+    assert tuple(first) == (2, "corrected")

@@ -6,8 +6,13 @@
 - qualifications past their re-evaluation date are closed once an hour (沪卫医〔2024〕135号
   五(二): 参加相应质量评价的频次不得少于半年一次; 甘: 每年).
 
-Each job runs in a worker thread; a failure is logged and retried at the next tick. With
-several server processes on PostgreSQL each runs the jobs; both jobs are idempotent."""
+Each job runs in a worker thread; a failure is logged and retried at the next tick.
+
+``huren serve --workers N`` runs the jobs in worker 0 only (``huren.cli.server``): run
+at the same moment in two processes, ``qc.close_expired`` could record one expiry
+twice (both read the qualification as active before either wrote), and two monitoring
+refreshes on SQLite only fail each other's write. Run again after one has committed,
+both jobs change nothing (the refresh counts from its locked watermark)."""
 
 from __future__ import annotations
 

@@ -47,13 +47,24 @@ def db_current() -> None:
 def serve(
     host: str = typer.Option(None, help="HTTP 监听地址（默认 HUREN_HOST）"),
     port: int = typer.Option(None, help="HTTP 端口（默认 HUREN_PORT）"),
+    workers: int = typer.Option(
+        None,
+        min=1,
+        help="工作进程数（默认 HUREN_WORKERS，即 1）: 多个进程共用 HTTP 与 MLLP 端口，"
+        "DICOM 与后台任务只在 0 号进程",
+    ),
 ) -> None:
     """启动平台服务: HTTP（REST、FHIR、CDS Hooks、DICOMweb、页面）、HL7 MLLP 与 DICOM。"""
     from huren.cli.server import run_server
 
     settings = _settings()
     try:
-        run_server(settings, host or settings.host, port or settings.port)
+        run_server(
+            settings,
+            host or settings.host,
+            port or settings.port,
+            workers=workers or settings.workers,
+        )
     except db_engine.DatabaseNotMigrated as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc

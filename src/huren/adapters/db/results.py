@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -151,6 +152,13 @@ _RESULT_KEY = frozenset({"institution_code", "report_no", "local_code"})
 # insert itself, and on PostgreSQL the queued statements go in one round trip (psycopg 3
 # pipeline mode) instead of one each. Their values need no type processing except times
 # (bound with the column type's own processor) and JSON (encoded here, as text).
+#
+# PostgreSQL: a multi-row write binds all its rows as one JSON document (an array of
+# rows, each an array of values, encoded by msgspec in C) and the statement takes them
+# apart with jsonb_array_elements, casting each value to its column's type. Bound as
+# one array per column instead (INSERT … SELECT FROM unnest(arrays)), psycopg's
+# array dumper, written in Python, cost ~80 µs a column: 55 arrays and 4.5 ms of CPU in
+# a group commit of 4 ORU messages, more than parsing them (bench_mllp under cProfile).
 _OBS_COLUMNS = (
     "result_id",
     "seq",
@@ -172,16 +180,16 @@ _IDENTIFIER_COLUMNS = ("patient_id", "kind", "assigner", "value_hash", "value_en
 _LINK_COLUMNS = ("at", "actor", "action", "from_patient", "to_patient", "reason")
 _OUTBOX_COLUMNS = ("at", "topic", "payload")
 _JSON = msgspec.json.Encoder()
+_JSON_DECODE = msgspec.json.Decoder().decode
 
 
 @dataclass(frozen=True, slots=True)
 class _Bulk:
-    """A queued multi-row write: ``columns`` (PostgreSQL: one INSERT … SELECT FROM
-    unnest(arrays) — one statement for all rows, parsed once) or ``rows`` (executemany)."""
+    """A queued multi-row write (SQLite: executemany; PostgreSQL: one statement taking
+    all rows from one JSON parameter, ``_pg_json_rows``)."""
 
     sql: str
     rows: list[tuple[Any, ...]]
-    by_columns: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,23 +204,23 @@ class _DriverSql:
     outbox: str
     response: str
     duplicate: str
-    result_returning: str  # PostgreSQL: all rows as arrays
-    result_with_ids: str  # PostgreSQL: all rows as arrays, ids drawn ahead
-    messages_returning: str  # PostgreSQL: inbound messages as arrays, ids in row order
+    result_returning: str  # PostgreSQL: all rows as one JSON document
+    result_with_ids: str  # PostgreSQL: all rows as one JSON document, ids drawn ahead
+    open_batch: str  # PostgreSQL: ``SqlIntakeTx._pg_open``
 
     @classmethod
     def build(cls, dialect: Dialect) -> _DriverSql:
         sqlite = dialect.name == "sqlite"
-        p = "?" if sqlite else "%s"
 
-        # S608 below: table and column names are this module's constants; values are bound.
+        # Table and column names are this module's constants; values are bound.
         def ins(table: Table, columns: Sequence[str]) -> str:
             names = ", ".join(columns)
-            if sqlite:
-                values = ", ".join([p] * len(columns))
-                return f"INSERT INTO {table.name} ({names}) VALUES ({values})"  # noqa: S608
-            arrays = ", ".join(f"%b::{table.c[c].type.compile(dialect)}[]" for c in columns)
-            return f"INSERT INTO {table.name} ({names}) SELECT * FROM unnest({arrays})"  # noqa: S608
+            rows = (
+                f"VALUES ({', '.join(['?'] * len(columns))})"
+                if sqlite
+                else _pg_json_rows(table, columns, dialect)
+            )
+            return f"INSERT INTO {table.name} ({names}) {rows}"
 
         return cls(
             sqlite=sqlite,
@@ -228,31 +236,63 @@ class _DriverSql:
             identifier=ins(patient_identifier, _IDENTIFIER_COLUMNS),
             link=ins(patient_link_event, _LINK_COLUMNS),
             outbox=ins(outbox, _OUTBOX_COLUMNS),
-            response=f"UPDATE inbound_message SET response = {p} WHERE id = {p}",  # noqa: S608
-            duplicate=(
-                "UPDATE inbound_message SET status = 'duplicate', "  # noqa: S608 - constants
-                f"response = {p} WHERE id = {p}"
-            ),
-            messages_returning=(
-                ""
+            response=(
+                "UPDATE inbound_message SET response = ? WHERE id = ?"
                 if sqlite
-                else (
-                    f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608
-                    f"SELECT {', '.join(_MESSAGE_COLUMNS)} FROM unnest("
-                    + ", ".join(
-                        f"%b::{inbound_message.c[c].type.compile(dialect)}[]"
-                        for c in _MESSAGE_COLUMNS
-                    )
-                    + f") WITH ORDINALITY AS m({', '.join(_MESSAGE_COLUMNS)}, n) "
-                    "ORDER BY n RETURNING id"
-                )
+                else "UPDATE inbound_message AS m SET response = e.r->>0 "
+                "FROM jsonb_array_elements(%s::jsonb) AS e(r) WHERE m.id = (e.r->>1)::bigint"
             ),
+            duplicate=(
+                "UPDATE inbound_message SET status = 'duplicate', response = ? WHERE id = ?"
+                if sqlite
+                else "UPDATE inbound_message AS m SET status = 'duplicate', response = e.r->>0 "
+                "FROM jsonb_array_elements(%s::jsonb) AS e(r) WHERE m.id = (e.r->>1)::bigint"
+            ),
+            open_batch="" if sqlite else _pg_open_batch(dialect),
             result_returning=(
                 ins(result, _RESULT_COLUMNS)
                 + " RETURNING id, institution_code, report_no, local_code"
             ),
             result_with_ids=ins(result, ("id", *_RESULT_COLUMNS)),
         )
+
+
+def _pg_json_rows(table: Table, columns: Sequence[str], dialect: Dialect) -> str:
+    """PostgreSQL: SELECT of the rows of one JSON parameter (``_pg_json``), each value
+    cast to its column's type; ``e.n`` numbers the rows in order."""
+    values = ", ".join(
+        f"(e.r->>{i})::{table.c[c].type.compile(dialect)}" for i, c in enumerate(columns)
+    )
+    return (
+        f"SELECT {values} "  # noqa: S608 - column names and types are this module's constants
+        "FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(r, n)"
+    )
+
+
+def _pg_open_batch(dialect: Dialect) -> str:
+    """PostgreSQL: ``SqlIntakeTx._pg_open`` in one statement. The INSERT is a WITH query:
+    the SELECTs beside it see the database as it was before it (one snapshot), and each
+    answer comes back as one JSON array (one row, decoded by msgspec)."""
+    return (
+        f"WITH m AS (INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608
+        f"{_pg_json_rows(inbound_message, _MESSAGE_COLUMNS, dialect)} ORDER BY e.n RETURNING id) "
+        "SELECT (SELECT json_agg(id) FROM m)::text, "
+        "(SELECT json_agg(json_build_array(a.id, a.response, a.content_hash) ORDER BY a.id) "
+        f"FROM ({_PG_ACCEPTED_MANY}) AS a)::text, "
+        "(SELECT json_agg(json_build_array(h.institution_code, h.id, h.report_no, "
+        "h.local_code, h.version, h.content_hash, h.status, h.patient_id)) "
+        f"FROM ({_PG_HEADS}) AS h)::text, "
+        "(SELECT json_agg(nextval(pg_get_serial_sequence('result', 'id'))) "
+        "FROM generate_series(1, %s))::text, "
+        "(SELECT json_agg(json_build_array(i.kind, i.assigner, i.value_hash, i.id, "
+        f"i.merged_into)) FROM ({_PG_IDENTIFIED}) AS i)::text"
+    )
+
+
+def _pg_json(rows: Sequence[Sequence[Any]]) -> str:
+    """Rows bound as one JSON document (``_pg_json_rows``): times as RFC 3339, floats
+    exactly (shortest round-trip form)."""
+    return _JSON.encode(rows).decode()
 
 
 _MESSAGE_COLUMNS = (
@@ -266,29 +306,30 @@ _MESSAGE_COLUMNS = (
     "response",
     "raw",
 )
-_PG_ACCEPTED = (
-    "SELECT id, response FROM inbound_message WHERE content_hash = %s "
-    "AND status = 'accepted' ORDER BY id LIMIT 1"
-)
-_PG_MESSAGE_INSERT = (
-    f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608 - constants
-    f"VALUES ({', '.join(['%s'] * len(_MESSAGE_COLUMNS))}) RETURNING id"
-)
+# The lookups of the intake transaction search an index once per key, whatever the
+# statistics say: written as ``col = ANY(%s)``, the planner — on statistics taken while
+# the tables were small (a new node's first hours, until autovacuum analyzes again) —
+# searched the unique index of result by institution alone and filtered every result
+# of the institution (4.3 ms at 2,400 results and growing with each; 0.05 ms so;
+# EXPLAIN ANALYZE in a bench_mllp database). ``OFFSET 0`` keeps each lateral subquery
+# a per-key index search (the planner may not flatten it into a join it would plan
+# on the same statistics).
 _PG_HEADS = (
-    "SELECT id, report_no, local_code, version, content_hash, status, patient_id FROM result "
-    "WHERE institution_code = %s AND report_no = ANY(%s)"
+    "SELECT r.* FROM unnest(%s::varchar[], %s::varchar[]) AS k(institution_code, report_no) "
+    "CROSS JOIN LATERAL (SELECT * FROM result WHERE institution_code = k.institution_code "
+    "AND report_no = k.report_no OFFSET 0) AS r"
 )
 _PG_IDENTIFIED = (  # see _IDENTIFIED
     "SELECT i.kind, i.assigner, i.value_hash, p.id, p.merged_into "
-    "FROM patient_identifier i JOIN patient p ON p.id = i.patient_id "
-    "WHERE i.kind = ANY(%s) AND i.assigner = ANY(%s) AND i.value_hash = ANY(%s)"
+    "FROM unnest(%s::varchar[], %s::varchar[], %s::varchar[]) AS k(kind, assigner, value_hash) "
+    "CROSS JOIN LATERAL (SELECT * FROM patient_identifier WHERE kind = k.kind "
+    "AND assigner = k.assigner AND value_hash = k.value_hash OFFSET 0) AS i "
+    "JOIN patient p ON p.id = i.patient_id"
 )
-_PG_NEXT_RESULT_IDS = (
-    "SELECT nextval(pg_get_serial_sequence('result', 'id')) FROM generate_series(1, %s)"
-)
-_PG_ACCEPTED_MANY = (
-    "SELECT id, response, content_hash FROM inbound_message WHERE content_hash = ANY(%s) "
-    "AND status = 'accepted' ORDER BY id"
+_PG_ACCEPTED_MANY = (  # see _PG_HEADS
+    "SELECT m.id, m.response, m.content_hash FROM unnest(%s::varchar[]) AS k(content_hash) "
+    "CROSS JOIN LATERAL (SELECT id, response, content_hash FROM inbound_message "
+    "WHERE content_hash = k.content_hash AND status = 'accepted' OFFSET 0) AS m ORDER BY m.id"
 )
 
 
@@ -430,9 +471,12 @@ def sqlite_time(value: datetime) -> str:
     return value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
-def _float(value: float | None) -> float | None:
-    """A float (an int would make psycopg dump the whole array as integers)."""
-    return None if value is None else float(value)
+def _float(value: float | None) -> float | str | None:
+    """A value of a float column in a JSON row (``_pg_json``): JSON has no NaN or
+    infinity (msgspec would write null), so those go as the text float8 reads."""
+    if value is None or math.isfinite(value):
+        return value
+    return str(value)  # nan, inf, -inf
 
 
 def _result_values(
@@ -513,11 +557,11 @@ class SqlIntakeTx:
         return rows
 
     # -- queued writes
-    def _queue(self, sql: str, rows: list[tuple[Any, ...]], *, by_columns: bool = True) -> None:
+    def _queue(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         if rows:
             queued = self._pending.get(sql)
             if queued is None:
-                self._pending[sql] = _Bulk(sql, rows, by_columns and not self._sqlite)
+                self._pending[sql] = _Bulk(sql, rows)
             else:
                 queued.rows.extend(rows)
 
@@ -536,15 +580,22 @@ class SqlIntakeTx:
             return
         if not pending and not then and not commit:
             return
-        # Results first: the versions and observations queued with them refer to them.
-        pending.sort(key=lambda bulk: bulk.sql != self._sql.result_with_ids)
         dbapi = self._dbapi
         with dbapi.pipeline(), dbapi.cursor() as cur:
-            for bulk in pending:
-                if bulk.by_columns:
-                    cur.execute(bulk.sql, [list(c) for c in zip(*bulk.rows, strict=True)])
-                else:
-                    cur.executemany(bulk.sql, bulk.rows)
+            if pending:
+                # All queued writes as one statement, each a data-modifying WITH query:
+                # psycopg's own work per statement (~0.1 ms of Python each) was most of a
+                # small group commit's. Foreign keys are checked at the end of the
+                # statement, so the versions and observations may come before the results
+                # they refer to; no two queued writes touch the same row. Sorted, so that
+                # the same writes make the same statement (prepared once).
+                pending.sort(key=lambda bulk: bulk.sql)
+                cur.execute(
+                    "WITH "
+                    + ", ".join(f"w{n} AS ({bulk.sql})" for n, bulk in enumerate(pending))
+                    + " SELECT 1",
+                    [_pg_json(bulk.rows) for bulk in pending],
+                )
             for sql, rows in then:
                 cur.executemany(sql, rows)
             if commit:
@@ -590,29 +641,18 @@ class SqlIntakeTx:
                 self.current_results(institution, keys),
                 self.patients_by_identifier(patient_keys),
             )
-        # PostgreSQL: the statements (and the transaction's BEGIN) in one pipeline, read
-        # once it is through (fetching inside would cost a round trip of its own); the
-        # SELECT of an earlier message runs first, so it sees only other messages.
         self.flush()
-        dbapi = self._dbapi
-        with dbapi.cursor() as c1, dbapi.cursor() as c2, dbapi.cursor() as c3:
-            with dbapi.pipeline():
-                c1.execute(_PG_ACCEPTED, (record.content_hash,))
-                c2.execute(_PG_MESSAGE_INSERT, _message_values(record))
-                c3.execute(_PG_HEADS, (institution, sorted({k[0] for k in keys})))
-                ahead = self._pg_ahead(len(keys), patient_keys)
-            found = c1.fetchone()
-            message_id = int(c2.fetchone()[0])
-            rows = c3.fetchall()
-            patients = self._pg_fetch_ahead(ahead, patient_keys)
+        ids, found, head_rows, patients = self._pg_open(
+            [record], [(institution, no, code) for no, code in keys], patient_keys
+        )
         wanted = set(keys)
         heads = {
             (no, code): CurrentResult(rid, version, content_hash, status, pid)
-            for rid, no, code, version, content_hash, status, pid in rows
+            for _, rid, no, code, version, content_hash, status, pid in head_rows
             if (no, code) in wanted
         }
-        earlier = None if found is None else (int(found[0]), str(found[1]))
-        return OpenedMessage(message_id, earlier, heads, self._survivors(patients))
+        earlier = None if not found else (int(found[0][0]), str(found[0][1]))
+        return OpenedMessage(ids[0], earlier, heads, self._survivors(patients))
 
     def open_messages(
         self,
@@ -621,17 +661,17 @@ class SqlIntakeTx:
         patient_keys: Sequence[IdentifierKey] = (),
     ) -> OpenedBatch:
         """One SELECT of earlier messages, one INSERT of all records, one SELECT of heads
-        per institution, the patients' identifiers (PostgreSQL: all in one pipeline, with
-        ids for the new results). Message ids are given in row order (SQLite under BEGIN
-        IMMEDIATE and PostgreSQL's ordered INSERT … SELECT both number the rows in
-        order), so the ids are matched to the records sorted."""
-        hashes = sorted({r.content_hash for r in records})
-        by_institution: dict[str, set[str]] = {}
-        for institution, report_no, _ in keys:
-            by_institution.setdefault(institution, set()).add(report_no)
+        per institution, the patients' identifiers (PostgreSQL: all in one statement,
+        ``_pg_open``, with ids for the new results). Message ids are given in row order
+        (SQLite under BEGIN IMMEDIATE and PostgreSQL's ordered INSERT … SELECT both
+        number the rows in order), so the ids are matched to the records sorted."""
         self.flush()
         head_rows: list[tuple[str, Any]] = []
         if self._sqlite:
+            by_institution: dict[str, set[str]] = {}
+            for institution, report_no, _ in keys:
+                by_institution.setdefault(institution, set()).add(report_no)
+            hashes = sorted({r.content_hash for r in records})
             found = self._select_in(_SQ_ACCEPTED_MANY, (), hashes)
             ids: list[int] = []
             for start in range(0, len(records), _SQLITE_MESSAGES_PER_INSERT):
@@ -644,24 +684,8 @@ class SqlIntakeTx:
                 head_rows.extend((institution, r) for r in rows)
             patients = self.patients_by_identifier(patient_keys)
         else:
-            dbapi = self._dbapi
-            columns = [list(c) for c in zip(*map(_message_values, records), strict=True)]
-            with dbapi.cursor() as c1, dbapi.cursor() as c2:
-                with dbapi.pipeline():  # read once through, as in ``open_message``
-                    c1.execute(_PG_ACCEPTED_MANY, (hashes,))
-                    c2.execute(self._sql.messages_returning, columns)
-                    head_cursors = []
-                    for institution, report_nos in by_institution.items():
-                        cur = dbapi.cursor()
-                        cur.execute(_PG_HEADS, (institution, sorted(report_nos)))
-                        head_cursors.append((institution, cur))
-                    ahead = self._pg_ahead(len(keys), patient_keys)
-                found = c1.fetchall()
-                ids = sorted(int(rid) for (rid,) in c2.fetchall())
-                for institution, cur in head_cursors:
-                    head_rows.extend((institution, r) for r in cur.fetchall())
-                    cur.close()
-                patient_rows = self._pg_fetch_ahead(ahead, patient_keys)
+            ids, found, rows, patient_rows = self._pg_open(records, keys, patient_keys)
+            head_rows = [(institution, tuple(r)) for institution, *r in rows]
             patients = self._survivors(patient_rows)
         earlier: dict[str, tuple[int, str]] = {}
         for rid, response, content_hash in found:
@@ -676,45 +700,51 @@ class SqlIntakeTx:
         assert len(ids) == len(records)
         return OpenedBatch(ids, earlier, heads, patients)
 
-    # -- PostgreSQL: what is read ahead with the opening statements
-    def _pg_ahead(self, results: int, patient_keys: Sequence[IdentifierKey]) -> tuple[Any, Any]:
-        """Queue (in the open pipeline) ids for up to ``results`` new results and the
-        lookup of ``patient_keys``; their cursors."""
-        ids = self._dbapi.cursor()
-        ids.execute(_PG_NEXT_RESULT_IDS, (results,))
-        identified = None
-        if patient_keys:
-            identified = self._dbapi.cursor()
-            identified.execute(
-                _PG_IDENTIFIED,
-                (
-                    sorted({k[0] for k in patient_keys}),
-                    sorted({k[1] for k in patient_keys}),
-                    sorted({k[2] for k in patient_keys}),
-                ),
-            )
-        return ids, identified
-
-    def _pg_fetch_ahead(
-        self, cursors: tuple[Any, Any], patient_keys: Sequence[IdentifierKey]
-    ) -> list[tuple[IdentifierKey, int, int | None]]:
-        """Results of ``_pg_ahead``: the new result ids are kept for ``write_results``;
-        returns (key, patient, merged_into) of the known identifiers."""
-        ids, identified = cursors
+    # -- PostgreSQL: the opening statement
+    def _pg_open(
+        self,
+        records: Sequence[MessageRecord],
+        keys: Sequence[tuple[str, str, str]],
+        patient_keys: Sequence[IdentifierKey],
+    ) -> tuple[list[int], list[Any], list[Any], list[tuple[IdentifierKey, int, int | None]]]:
+        """Insert ``records`` and read what the transaction needs, in one statement (and
+        one round trip, with the transaction's BEGIN): (message ids in row order, earlier
+        accepted messages (id, response, hash) by id, heads (institution, id, report
+        number, local code, version, hash, status, patient), the known identifiers (key,
+        patient, merged into)). Ids for up to ``len(keys)`` new results are drawn ahead
+        for ``write_results``. The reads see the database as it was before the insert,
+        so an earlier message is never one of ``records``."""
+        pairs = sorted({(institution, no) for institution, no, _ in keys})
+        unique_keys = list(dict.fromkeys(patient_keys))
+        with self._dbapi.cursor() as cur:
+            # In a pipeline, so that the transaction's BEGIN goes in the same round trip;
+            # read once it is through.
+            with self._dbapi.pipeline():
+                cur.execute(
+                    self._sql.open_batch,
+                    (
+                        _pg_json([_message_values(r) for r in records]),
+                        sorted({r.content_hash for r in records}),
+                        [i for i, _ in pairs],
+                        [no for _, no in pairs],
+                        len(keys),
+                        [k[0] for k in unique_keys],
+                        [k[1] for k in unique_keys],
+                        [k[2] for k in unique_keys],
+                    ),
+                )
+            row = cur.fetchone()
+        ids, found, heads, drawn, identified = (
+            [] if text is None else _JSON_DECODE(text) for text in row
+        )
         # Drawn from the sequence like the column default would; one not used (a result
         # that turned out unchanged) is a gap, as a rolled-back insert leaves.
-        self._result_ids.extend(int(rid) for (rid,) in ids.fetchall())
-        ids.close()
-        if identified is None:
-            return []
-        wanted = set(patient_keys)
-        rows = [
+        self._result_ids.extend(drawn)
+        patients = [
             ((kind, assigner, value_hash), int(pid), merged_into)
-            for kind, assigner, value_hash, pid, merged_into in identified.fetchall()
-            if (kind, assigner, value_hash) in wanted
+            for kind, assigner, value_hash, pid, merged_into in identified
         ]
-        identified.close()
-        return rows
+        return sorted(ids), found, heads, patients
 
     def _survivors(
         self, rows: Iterable[tuple[IdentifierKey, int, int | None]]
@@ -741,7 +771,7 @@ class SqlIntakeTx:
         )
 
     def mark_duplicate(self, message_id: int, response: str) -> None:
-        self._queue(self._sql.duplicate, [(response, message_id)], by_columns=False)
+        self._queue(self._sql.duplicate, [(response, message_id)])
 
     def accepted_message(self, content_hash: str) -> tuple[int, str] | None:
         self.flush()
@@ -760,7 +790,7 @@ class SqlIntakeTx:
         return int(self._sa.execute(_MESSAGE_INSERT, values).scalar_one())
 
     def set_response(self, message_id: int, response: str) -> None:
-        self._queue(self._sql.response, [(response, message_id)], by_columns=False)
+        self._queue(self._sql.response, [(response, message_id)])
 
     def emit(self, topic: str, payload: dict[str, object], at: datetime) -> None:
         self._queue(self._sql.outbox, [(self._time(at), topic, _JSON.encode(payload).decode())])
@@ -918,7 +948,7 @@ class SqlIntakeTx:
                 by_key.update({(inst, no, code): rid for rid, inst, no, code in returned})
         else:
             with self._dbapi.cursor() as cur:
-                cur.execute(self._sql.result_returning, [list(c) for c in zip(*rows, strict=True)])
+                cur.execute(self._sql.result_returning, (_pg_json(rows),))
                 by_key = {(inst, no, code): rid for rid, inst, no, code in cur.fetchall()}
         ids = [
             by_key[(w.submission.institution, w.submission.report_no, w.submission.local_code)]

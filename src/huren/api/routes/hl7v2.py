@@ -115,9 +115,10 @@ async def receive_hl7v2(
     )
 
 
-def install_mllp_listener(app: FastAPI) -> None:
+def install_mllp_listener(app: FastAPI, *, reuse_port: bool = False) -> None:
     """Start the MLLP listener (settings.mllp_host / mllp_port) with the app and stop it
-    with the app, through the app's startup/shutdown hooks."""
+    with the app, through the app's startup/shutdown hooks. ``reuse_port``: the other
+    worker processes of ``huren serve --workers`` listen on the same port."""
     c: Container = app.state.container
 
     async def start(app: FastAPI) -> None:
@@ -127,6 +128,7 @@ def install_mllp_listener(app: FastAPI) -> None:
             host=c.settings.mllp_host,
             port=c.settings.mllp_port,
             batch=MllpGroupCommit(receiver(c, Channel.HL7V2_MLLP)),
+            reuse_port=reuse_port,
         )
         await server.start()
         app.state.mllp = server
