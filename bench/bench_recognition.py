@@ -20,8 +20,13 @@ HUREN_IDENTIFIER_* keys must be set for both, since the bench reads patients' id
 
     export HUREN_DATABASE_URL=sqlite:///./var/bench10m.db   # or postgresql+psycopg://…
     export HUREN_IDENTIFIER_HASH_KEY=… HUREN_IDENTIFIER_ENCRYPTION_KEY=… HUREN_TOKEN_SIGNING_KEY=…
-    uv run huren db upgrade && uv run huren synth --seed 1 --results 2000000 --no-activity
+    uv run huren db upgrade
+    uv run huren synth --seed 1 --results 2000000 --patients 1250000 --no-activity
     uv run python -m bench.grow --to 10000000      # synth runs at 1,000–3,300 results/s
+
+(``--patients``: grow copies results for the same patients, so synthesize as many
+patients as a 10M world has — one per 8 results — or each patient's history comes out
+five times as long as in a real one, and each check reads five times as many priors.)
     uv run python bench/bench_recognition.py --use-existing
 
 Patients are sampled from stored results (so they have priors); each order is five
@@ -390,6 +395,11 @@ def start_server(settings: Settings, port: int, log: Path) -> subprocess.Popen[b
         "HUREN_TOKEN_SIGNING_KEY": settings.token_signing_key.get_secret_value(),
         "HUREN_START_MLLP": "false",
         "HUREN_START_DICOM": "false",
+        # The background jobs are off: on a database made by synth/grow the monitoring
+        # job would spend the measurement catching up on millions of results (20+ min at
+        # 10M), while a running node is caught up and its minute's refresh costs a few
+        # milliseconds (bench_monitoring: "incremental refresh, nothing new").
+        "HUREN_BACKGROUND_JOBS": "false",
     }
     with log.open("wb") as out:  # the server's log, shown if requests fail
         proc = subprocess.Popen(
@@ -486,10 +496,6 @@ def main() -> None:
         if not ids:
             print("样本患者没有居民身份证号，跳过 HTTP 压测")
             return
-        # The server's monitoring job folds new reminders into the aggregates every
-        # minute; start it caught up (as a running node is), so that the measurement
-        # sees its steady-state share, not a catch-up over earlier runs' reminders.
-        c.monitoring.refresh()
         c.close()
         port = free_port()
         server_log = Path(tmpdir) / "server.log"

@@ -127,6 +127,31 @@ def _waiting_for_leader(world: Container, n: int) -> None:
     raise AssertionError("checks did not queue")
 
 
+def _one_bad_among_three(world: Container, release: threading.Event, sizes: list[int]) -> list[Any]:
+    """A first check held in its commit; meanwhile three checks queue, the middle one
+    with a card the foreign key refuses; then the first is released. What each of the
+    three returned or raised."""
+    first = threading.Thread(target=_record(world, _writes(0)))
+    first.start()
+    while not sizes:
+        threading.Event().wait(0.005)
+    bad = _writes(2, result_id=987_654_321)  # no such result: the foreign key refuses it
+    results: list[Any] = []
+    later = threading.Thread(
+        target=lambda: results.extend(
+            _in_threads(
+                [_record(world, _writes(1)), _record(world, bad), _record(world, _writes(3))]
+            )
+        )
+    )
+    later.start()
+    _waiting_for_leader(world, 3)
+    release.set()
+    first.join(20)
+    later.join(20)
+    return results
+
+
 def test_checks_arriving_during_a_commit_share_the_next_one(
     world: Container, held_leader: tuple[threading.Event, list[int]]
 ) -> None:
@@ -167,25 +192,7 @@ def test_a_check_whose_rows_cannot_be_written_fails_alone(
     world: Container, held_leader: tuple[threading.Event, list[int]]
 ) -> None:
     release, sizes = held_leader
-    first = threading.Thread(target=_record(world, _writes(0)))
-    first.start()
-    while not sizes:
-        threading.Event().wait(0.005)
-    bad = _writes(2, result_id=987_654_321)  # no such result: the foreign key refuses it
-    results: list[Any] = []
-    later = threading.Thread(
-        target=lambda: results.extend(
-            _in_threads(
-                [_record(world, _writes(1)), _record(world, bad), _record(world, _writes(3))]
-            )
-        )
-    )
-    later.start()
-    _waiting_for_leader(world, 3)
-    release.set()
-    first.join(20)
-    later.join(20)
-    ok, failed, also_ok = results
+    ok, failed, also_ok = _one_bad_among_three(world, release, sizes)
     assert isinstance(ok, list)
     assert isinstance(also_ok, list)
     assert isinstance(failed, Exception)
@@ -238,7 +245,7 @@ def test_a_check_woken_before_the_commit_still_waits_for_it(
     (a wake-up meant for an earlier batch, late under load): it must not return before
     that batch commits. Here every write wakes the waiting checks and pauses before its
     commit; the failing row makes each check be written alone, one commit after another."""
-    release, _ = held_leader
+    release, sizes = held_leader
     group = world.recognition._store._group  # type: ignore[attr-defined]
     writing = adapter.SqlRecognitionTx.writing
 
@@ -251,23 +258,7 @@ def test_a_check_woken_before_the_commit_still_waits_for_it(
             threading.Event().wait(0.1)  # the woken checks look before this commit
 
     monkeypatch.setattr(adapter.SqlRecognitionTx, "writing", waking)
-    first = threading.Thread(target=_record(world, _writes(0)))
-    first.start()
-    results: list[Any] = []
-    bad = _writes(2, result_id=987_654_321)
-    later = threading.Thread(
-        target=lambda: results.extend(
-            _in_threads(
-                [_record(world, _writes(1)), _record(world, bad), _record(world, _writes(3))]
-            )
-        )
-    )
-    later.start()
-    _waiting_for_leader(world, 3)
-    release.set()
-    first.join(20)
-    later.join(20)
-    ok, failed, also_ok = results
+    ok, failed, also_ok = _one_bad_among_three(world, release, sizes)
     assert isinstance(ok, list), ok
     assert isinstance(also_ok, list), also_ok
     assert isinstance(failed, Exception)

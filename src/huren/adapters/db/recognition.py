@@ -92,19 +92,7 @@ _RESULT_COLS = ", ".join(
 # An observation as a JSON object named like ``ObservationValue``'s fields, so that msgspec
 # decodes it straight into one (no per-row Python: most of reading a prior was building
 # its observations one by one from JSON arrays).
-_OBS_KEYS = (
-    "code",
-    "name",
-    "value_type",
-    "value_num",
-    "value_text",
-    "unit",
-    "ref_low",
-    "ref_high",
-    "ref_text",
-    "flag",
-    "loinc",
-)
+_OBS_KEYS = tuple(f.name for f in fields(ObservationValue))
 _OBS_OBJECT = ", ".join(f"'{k}', o.{k}" for k in _OBS_KEYS)
 # Per prior result: its open correction requests; whether an imaging study that could be
 # its study has arrived (same institution, and the report's Study Instance UID or else
