@@ -1,7 +1,7 @@
 """ORU^R01 over MLLP with ACK-after-commit, side by side with an MLLP echo server.
 
     uv run python bench/bench_mllp.py [--seconds 20] [--rounds 3] [--connections 4]
-        [--per-message | --workers N] [--committers N]
+        [--per-message | --workers N]
 
 Both servers run in this process on free 127.0.0.1 ports — or, with ``--workers N``,
 HuRen runs as ``huren serve --workers N`` in its own processes (N workers sharing the
@@ -294,7 +294,6 @@ def run_round(args: argparse.Namespace, loop: Loop) -> tuple[float, float, float
                     port=0,
                     batch=MllpGroupCommit(receiver),
                     max_batch=args.max_batch,
-                    committers=args.committers,
                 )
             loop.run(mllp.start())
             cpu0 = time.process_time()
@@ -340,12 +339,6 @@ def main() -> None:
         "--per-message", action="store_true", help="one transaction per message, no group commit"
     )
     parser.add_argument("--max-batch", type=int, default=64, help="messages per group commit")
-    parser.add_argument(
-        "--committers",
-        type=int,
-        default=1,
-        help="group commits at once (huren serve: 1)",
-    )
     args = parser.parse_args()
     backend = make_url(os.environ.get("HUREN_TEST_DATABASE_URL") or "sqlite://").get_backend_name()
     mode = "one transaction per message" if args.per_message else "group commit"

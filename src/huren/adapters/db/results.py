@@ -333,12 +333,12 @@ _PG_ACCEPTED_MANY = (  # see _PG_HEADS
 )
 
 
-def _message_values(record: MessageRecord) -> tuple[Any, ...]:
-    """An inbound_message row in ``_MESSAGE_COLUMNS`` order (PostgreSQL: the raw message
-    as text; SQLite binds UTF-8 bytes as they are, see ``_SQLITE_MESSAGE_VALUES``)."""
-    raw = record.raw
+def _message_values(record: MessageRecord, received_at: Any, raw: Any) -> tuple[Any, ...]:
+    """An inbound_message row in ``_MESSAGE_COLUMNS`` order, with the time and the raw
+    message bound as the backend needs them (PostgreSQL: aware UTC and text; SQLite:
+    the column type's text and the message as given, see ``_SQLITE_MESSAGE_VALUES``)."""
     return (
-        utc(record.received_at),
+        received_at,
         record.channel[:16],
         (record.institution or None) and record.institution[:32],
         record.content_hash,
@@ -346,7 +346,14 @@ def _message_values(record: MessageRecord) -> tuple[Any, ...]:
         record.status,
         record.error,
         record.response,
-        raw if isinstance(raw, str) else raw.decode(),
+        raw,
+    )
+
+
+def _pg_message_values(record: MessageRecord) -> tuple[Any, ...]:
+    raw = record.raw
+    return _message_values(
+        record, utc(record.received_at), raw if isinstance(raw, str) else raw.decode()
     )
 
 
@@ -723,7 +730,7 @@ class SqlIntakeTx:
                 cur.execute(
                     self._sql.open_batch,
                     (
-                        _pg_json([_message_values(r) for r in records]),
+                        _pg_json([_pg_message_values(r) for r in records]),
                         sorted({r.content_hash for r in records}),
                         [i for i, _ in pairs],
                         [no for _, no in pairs],
@@ -758,17 +765,7 @@ class SqlIntakeTx:
     def _message_row(self, record: MessageRecord) -> tuple[Any, ...]:
         """SQLite: an inbound_message row with the time bound as the column type binds
         it and the raw message as given (text or UTF-8 bytes, cast to TEXT)."""
-        return (
-            self._time(record.received_at),
-            record.channel[:16],
-            (record.institution or None) and record.institution[:32],
-            record.content_hash,
-            record.control_id[:64],
-            record.status,
-            record.error,
-            record.response,
-            record.raw,
-        )
+        return _message_values(record, self._time(record.received_at), record.raw)
 
     def mark_duplicate(self, message_id: int, response: str) -> None:
         self._queue(self._sql.duplicate, [(response, message_id)])
@@ -786,7 +783,7 @@ class SqlIntakeTx:
         if self._sqlite:
             self._cur.execute(_SQ_MESSAGE_INSERT, self._message_row(record))
             return int(self._cur.lastrowid)
-        values = dict(zip(_MESSAGE_COLUMNS, _message_values(record), strict=True))
+        values = dict(zip(_MESSAGE_COLUMNS, _pg_message_values(record), strict=True))
         return int(self._sa.execute(_MESSAGE_INSERT, values).scalar_one())
 
     def set_response(self, message_id: int, response: str) -> None:

@@ -19,9 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import socket
 import threading
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
@@ -93,174 +93,100 @@ class FrameTooLarge(Exception):
     pass
 
 
-class _Waiting:
-    """A received message waiting for a batch: the connection it came on (``key``) and
-    the future its ACK goes to."""
-
-    __slots__ = ("future", "key", "message")
-
-    def __init__(self, message: bytes, key: object, future: asyncio.Future[bytes]) -> None:
-        self.message = message
-        self.key = key
-        self.future = future
+_STOP = object()
 
 
 class GroupCommitter:
-    """Threads "mllp-commit-N" between the event loop and the database: each takes
+    """One thread, "mllp-commit", between the event loop and the database: it takes
     whatever messages have arrived (up to ``max_batch``, in arrival order), prepares
     them and commits them in one call, then hands each connection its ACK. While one
     batch commits the next one gathers, so the batch grows with the load and a lone
     message waits for no one (``linger``: seconds to wait for more when nothing else has
     arrived, 0 by default).
 
-    ``committers``: batches committing at once (``huren serve``: one). On PostgreSQL
-    each commit waits for its WAL flush (3–5 ms on the test machine, ``pg_test_fsync``);
-    with several committers the next batch is written while the previous one flushes.
-    That shortens the wait when few connections send, but the batches get smaller and
-    each message costs more CPU (bench_mllp ``--committers``, 4 connections, loaded
-    2-core machine: 1.5 instead of 2.2 messages a batch, 3.1 instead of 2.0–2.5 ms of
-    CPU a message, msg/s within the run-to-run noise), and under load one committer's
-    batches grow by themselves. SQLite has one writer at a time. A connection's
-    messages never go into two batches at once, so they are still stored, and
-    answered, in the order sent; batches of different connections are ordinary
-    concurrent transactions (a conflict on a result's key is retried by intake, as for
-    concurrent HTTP requests).
+    Preparing in the same thread costs less than a separate parsing thread: under the
+    GIL the two only took turns, and each turn cost a hand-over (measured: 0.59 against
+    0.67 ms of CPU per message, bench/bench_mllp.py; and on PostgreSQL, parsing in the
+    event loop while a batch waited on its round trips gave 469 against 516 msg/s)."""
 
-    Preparing in the committing thread costs less than a separate parsing thread: under
-    the GIL the two only took turns, and each turn cost a hand-over (measured: 0.59
-    against 0.67 ms of CPU per message, bench/bench_mllp.py; and on PostgreSQL, parsing
-    in the event loop while a batch waited on its round trips gave 469 against 516
-    msg/s)."""
-
-    def __init__(
-        self,
-        handler: BatchHandler,
-        *,
-        max_batch: int = 64,
-        linger: float = 0.0,
-        committers: int = 1,
-    ) -> None:
-        if committers < 1:
-            raise ValueError("committers must be at least 1")
+    def __init__(self, handler: BatchHandler, *, max_batch: int = 64, linger: float = 0.0) -> None:
         self.handler = handler
         self.max_batch = max_batch
         self.linger = linger
-        self.committers = committers
-        self._waiting: list[_Waiting] = []  # in arrival order
-        self._busy: set[object] = set()  # connections with a batch committing
-        self._changed = threading.Condition()
-        self._stopping = False
+        self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._threads: list[threading.Thread] = []
+        self._thread: threading.Thread | None = None
         self.batches = 0  # committed so far (for the benchmark)
         self.messages = 0
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._stopping = False
-        self._threads = [
-            threading.Thread(target=self._run, name=f"mllp-commit-{n}", daemon=True)
-            for n in range(self.committers)
-        ]
-        for thread in self._threads:
-            thread.start()
+        self._thread = threading.Thread(target=self._run, name="mllp-commit", daemon=True)
+        self._thread.start()
 
-    def submit(self, message: bytes, key: object = None) -> asyncio.Future[bytes]:
-        """The ACK of ``message``, once committed (call from the event loop). ``key``:
-        the connection it came on (its messages are committed in order)."""
+    def submit(self, message: bytes) -> asyncio.Future[bytes]:
+        """The ACK of ``message``, once committed (call from the event loop)."""
         assert self._loop is not None, "GroupCommitter.start() first"
         fut: asyncio.Future[bytes] = self._loop.create_future()
-        with self._changed:
-            self._waiting.append(_Waiting(message, key, fut))
-            self._changed.notify()
+        self._inbox.put((message, fut))
         return fut
 
     def backlog(self) -> int:
-        """Messages received and waiting for a batch."""
-        with self._changed:
-            return len(self._waiting)
+        """Messages received and waiting for the next batch."""
+        return self._inbox.qsize()
 
     def stop(self) -> None:
-        """Commit what was submitted, then end the threads (blocks)."""
-        with self._changed:
-            self._stopping = True
-            self._changed.notify_all()
-        for thread in self._threads:
-            thread.join()
-        self._threads = []
+        """Commit what was submitted, then end the thread (blocks)."""
+        if self._thread is not None:
+            self._inbox.put(_STOP)
+            self._thread.join()
+            self._thread = None
 
-    def _take(self, batch: list[_Waiting]) -> None:
-        """Move to ``batch`` the waiting messages it may take, in arrival order: none of
-        a connection that has a batch committing, nor one after a message left waiting
-        (holding the lock)."""
-        taken: set[object] = set()
-        held: set[object] = set()
-        keep: list[_Waiting] = []
-        for item in self._waiting:
-            if len(batch) < self.max_batch and item.key not in self._busy and item.key not in held:
-                batch.append(item)
-                taken.add(item.key)
-            else:
-                held.add(item.key)
-                keep.append(item)
-        self._waiting = keep
-        self._busy |= taken
-
-    def _next_batch(self) -> list[_Waiting] | None:
-        """The next batch; None when stopping and nothing is left to commit."""
-        batch: list[_Waiting] = []
-        with self._changed:
-            while True:
-                self._take(batch)
-                if batch:
-                    break
-                if self._stopping and not self._waiting:
-                    return None
-                self._changed.wait()
-            if self.linger:
-                deadline = time.monotonic() + self.linger
-                while len(batch) < self.max_batch and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._changed.wait(left)
-                    self._take(batch)
-        return batch
-
-    def _done(self, batch: list[_Waiting]) -> None:
-        """The batch's connections may send their next messages into a batch."""
-        with self._changed:
-            self._busy -= {item.key for item in batch}
-            self._changed.notify_all()
+    def _next_batch(self) -> tuple[list[tuple[bytes, asyncio.Future[bytes]]], bool]:
+        """(batch, stop after it)."""
+        item = self._inbox.get()
+        if item is _STOP:
+            return [], True
+        batch = [item]
+        while len(batch) < self.max_batch:
+            try:
+                item = (
+                    self._inbox.get(timeout=self.linger)
+                    if self.linger
+                    else self._inbox.get_nowait()
+                )
+            except queue.Empty:
+                break
+            if item is _STOP:
+                return batch, True
+            batch.append(item)
+        return batch, False
 
     def _run(self) -> None:
-        while (batch := self._next_batch()) is not None:
+        stopping = False
+        while not stopping:
+            batch, stopping = self._next_batch()
+            if not batch:
+                continue
+            prepared: list[Any] = []
+            futures: list[asyncio.Future[bytes]] = []
+            for message, fut in batch:
+                try:
+                    prepared.append(self.handler.prepare(message))
+                    futures.append(fut)
+                except Exception as exc:  # the handler promised not to; never lose a waiter
+                    log.exception("MLLP: preparing a message failed")
+                    self._answer([fut], exc)
+            if not prepared:
+                continue
             try:
-                self._commit(batch)
-            finally:
-                self._done(batch)
-
-    def _commit(self, batch: list[_Waiting]) -> None:
-        prepared: list[Any] = []
-        futures: list[asyncio.Future[bytes]] = []
-        for item in batch:
-            try:
-                prepared.append(self.handler.prepare(item.message))
-                futures.append(item.future)
-            except Exception as exc:  # the handler promised not to; never lose a waiter
-                log.exception("MLLP: preparing a message failed")
-                self._answer([item.future], exc)
-        if not prepared:
-            return
-        try:
-            acks: list[bytes] | Exception = self.handler.commit(prepared)
-        except Exception as exc:  # the handler promised not to; no ACK is sent
-            log.exception("MLLP: committing %s messages failed", len(prepared))
-            acks = exc
-        with self._changed:
+                acks: list[bytes] | Exception = self.handler.commit(prepared)
+            except Exception as exc:  # the handler promised not to; no ACK is sent
+                log.exception("MLLP: committing %s messages failed", len(prepared))
+                acks = exc
             self.batches += 1
             self.messages += len(prepared)
-        self._answer(futures, acks)
+            self._answer(futures, acks)
 
     def _answer(self, futures: list[asyncio.Future[bytes]], acks: list[bytes] | Exception) -> None:
         """Hand the ACKs to the event loop, in one call for the whole batch."""
@@ -281,7 +207,7 @@ def _resolve(futures: list[asyncio.Future[bytes]], acks: list[bytes] | Exception
 
 class MllpServer:
     """``handler``: one message at a time, each in a worker thread; or ``batch``: group
-    commit through a ``GroupCommitter`` (``committers`` batches at once).
+    commit through a ``GroupCommitter``.
     ``reuse_port``: several processes listen on the port (``huren serve --workers``,
     SO_REUSEPORT); the kernel hands each new connection to one of them, and all of a
     connection's messages go to that process."""
@@ -296,7 +222,6 @@ class MllpServer:
         workers: int = 8,
         max_batch: int = 64,
         linger: float = 0.0,
-        committers: int = 1,
         reuse_port: bool = False,
         max_message_bytes: int = 16 * 1024 * 1024,
     ) -> None:
@@ -309,9 +234,7 @@ class MllpServer:
         self.max_message_bytes = max_message_bytes
         self.executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mllp")
         self.committer = (
-            GroupCommitter(batch, max_batch=max_batch, linger=linger, committers=committers)
-            if batch
-            else None
+            GroupCommitter(batch, max_batch=max_batch, linger=linger) if batch else None
         )
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamReader] = {}
@@ -376,7 +299,7 @@ class MllpServer:
                     for message in frames.feed(data):
                         if acks.done():
                             break
-                        await waiting.put(committer.submit(message, frames))
+                        await waiting.put(committer.submit(message))
                 if not acks.done():
                     await waiting.put(None)
                 await acks

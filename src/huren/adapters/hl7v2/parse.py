@@ -973,7 +973,7 @@ class _Translator:
         ref = obx.f(7).value()
         low, high = parse_reference_range(ref)
         flag_raw = obx.f(8).component(1)
-        flag = codes.ABNORMAL_FLAGS.get(flag_raw.upper()) or codes.ABNORMAL_FLAGS.get(flag_raw, "")
+        flag = _abnormal_flag(flag_raw)
         if flag_raw and not flag:
             self.problem(
                 obx.loc(8),
@@ -997,6 +997,11 @@ class _Translator:
             flag,
             loinc,
         )
+
+
+def _abnormal_flag(raw: str) -> str:
+    """The platform's flag of an OBX-8 abnormal flag (HL7 Table 0078), "" if unknown."""
+    return codes.ABNORMAL_FLAGS.get(raw.upper()) or codes.ABNORMAL_FLAGS.get(raw, "")
 
 
 _VALUE_TYPES: dict[str, ValueType] = {
@@ -1042,7 +1047,7 @@ def _plain_observation(obx: Segment, vt: str, kind: ValueKind) -> ObservationVal
     ref = ref_field.split(d.repetition, 1)[0].strip() if ref_field else ""
     low, high = parse_reference_range(ref)
     flag_raw = _plain_components(fields, 8, d)[0]
-    flag = codes.ABNORMAL_FLAGS.get(flag_raw.upper()) or codes.ABNORMAL_FLAGS.get(flag_raw, "")
+    flag = _abnormal_flag(flag_raw)
     if flag_raw and not flag:
         return None
     unit = _plain_components(fields, 6, d)
