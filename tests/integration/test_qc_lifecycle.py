@@ -3,12 +3,13 @@ suspensions only when the authority confirms, history and notifications are kept
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
 from huren.adapters.db import tables as t
+from huren.adapters.db.governance import SqlQcTx
 from huren.bootstrap import Container
 from huren.domain.errors import Conflict, Forbidden, ValidationFailed
 from huren.domain.masterdata import QualificationStatus
@@ -236,6 +237,32 @@ def test_expired_qualifications_are_closed_and_warned_before(world: Container) -
     assert all(wq.days_left == 21 for wq in warnings)
     assert qc.close_expired(today=date(2027, 1, 2)) == len(warnings)
     assert world.catalog.get().qualifications[w.HOSP_A][0].status is QualificationStatus.EXPIRED
+
+
+def test_an_expiry_read_by_two_nodes_is_recorded_once(
+    world: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes sharing a database run the hourly job at the same moment: both read the
+    qualification as active, one closes it first; the other must not record it again."""
+    day = date(2027, 1, 2)
+    with world.qc._store.transaction() as tx:
+        stale = tx.active_expiring(day)
+    assert stale
+    assert world.qc.close_expired(today=day) == len(stale)
+    before = _events(world)
+    monkeypatch.setattr(SqlQcTx, "active_expiring", lambda self, before: stale)
+    assert world.qc.close_expired(today=day) == 0
+    assert _events(world) == before
+
+
+def test_a_status_changed_since_it_was_read_is_a_conflict(world: Container) -> None:
+    with world.qc._store.transaction() as tx:
+        sq = tx.active_expiring(date(2027, 1, 2))[0]
+    world.qc.close_expired(today=date(2027, 1, 2))
+    with pytest.raises(Conflict, match="资质状态已被更改"), world.qc._store.transaction() as tx:
+        world.qc._set_status(
+            tx, sq, QualificationStatus.SUSPENDED, "测试", "暂停", datetime(2027, 1, 3, tzinfo=UTC)
+        )
 
 
 def test_organiser_other_than_the_suggestion_is_recorded_and_flagged(world: Container) -> None:

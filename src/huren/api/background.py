@@ -8,11 +8,12 @@
 
 Each job runs in a worker thread; a failure is logged and retried at the next tick.
 
-``huren serve --workers N`` runs the jobs in worker 0 only (``huren.cli.server``): run
-at the same moment in two processes, ``qc.close_expired`` could record one expiry
-twice (both read the qualification as active before either wrote), and two monitoring
-refreshes on SQLite only fail each other's write. Run again after one has committed,
-both jobs change nothing (the refresh counts from its locked watermark)."""
+``huren serve --workers N`` runs the jobs in worker 0 only (``huren.cli.server``); two
+processes running them at the same moment (separate nodes on one database) are safe:
+``qc.close_expired`` records an expiry only if the qualification is still active when it
+writes (a compare-and-set), and two monitoring refreshes on SQLite only fail each
+other's write. Run again after one has committed, both jobs change nothing (the refresh
+counts from its locked watermark)."""
 
 from __future__ import annotations
 

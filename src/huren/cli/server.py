@@ -9,10 +9,10 @@ worker 0 only:
 - the DICOM listener: its store journal (one fsync shared by the instances waiting at
   that moment) belongs to one process, and an association must find its C-MOVE
   destinations and pending instances in the process it talks to;
-- the background jobs (``huren.api.background``): ``qc.close_expired`` read the
-  expiring qualifications and then wrote each status change, so two processes running
-  it at the same moment (they start together) could both record the same expiry;
-  and two monitoring refreshes on SQLite would only fail each other's write.
+- the background jobs (``huren.api.background``): once a minute in N processes would be
+  N times the work for nothing, and two monitoring refreshes on SQLite would only fail
+  each other's write (an expiry is recorded once either way: ``close_expired`` writes
+  only a qualification still active).
 
 The parent starts the workers, restarts one that dies (after a pause that grows while
 it keeps dying early), and on SIGTERM or SIGINT sends SIGTERM to every worker and waits

@@ -159,6 +159,16 @@ class QcTx(Protocol):
     def qualifications_by_ids(self, ids: Sequence[int]) -> list[StoredQualification]: ...
     def add_qualification(self, q: Qualification, at: datetime) -> int: ...
     def update_qualification(self, qualification_id: int, at: datetime, **values: Any) -> None: ...
+    def transition_qualification(
+        self,
+        qualification_id: int,
+        at: datetime,
+        old: QualificationStatus,
+        new: QualificationStatus,
+    ) -> bool:
+        """Sets the status to ``new`` only if it is still ``old``; whether it did."""
+        ...
+
     def add_qualification_event(
         self,
         qualification_id: int,
@@ -323,8 +333,30 @@ class QcService:
         reason: str,
         at: datetime,
     ) -> None:
-        tx.update_qualification(sq.id, at, status=new.value)
+        if not self._transition(tx, sq, new, actor, reason, at):
+            raise Conflict(
+                "资质状态已被更改，请刷新后重试",
+                problems=[
+                    Problem("qualification", f"资质 {sq.id} 已不是 {sq.qualification.status.value}")
+                ],
+            )
+
+    @staticmethod
+    def _transition(
+        tx: QcTx,
+        sq: StoredQualification,
+        new: QualificationStatus,
+        actor: str,
+        reason: str,
+        at: datetime,
+    ) -> bool:
+        """The status change and its event, if the status is still the one read: two
+        transactions that read the same qualification (two nodes' expiry jobs, a job and
+        a person) record the change once; whether this one did."""
+        if not tx.transition_qualification(sq.id, at, sq.qualification.status, new):
+            return False
         tx.add_qualification_event(sq.id, at, actor, sq.qualification.status, new, reason)
+        return True
 
     # -------------------------------------------------------- evaluations
     def record_evaluation(self, principal: Principal, cmd: EvaluationInput) -> EvaluationOutcome:
@@ -825,7 +857,7 @@ class QcService:
                 q = sq.qualification
                 if q.valid_to is not None and q.valid_to < day:
                     policy = self.policy_for(q.institution)
-                    self._set_status(
+                    n += self._transition(
                         tx,
                         sq,
                         QualificationStatus.EXPIRED,
@@ -833,7 +865,6 @@ class QcService:
                         f"超过复评期限未复评（有效期至 {q.valid_to.isoformat()}；{policy.source}）",
                         now,
                     )
-                    n += 1
         if n:
             self._catalog.invalidate()
         return n

@@ -283,6 +283,20 @@ class SqlQcTx:
             .values(updated_at=at, **values)
         )
 
+    def transition_qualification(
+        self,
+        qualification_id: int,
+        at: datetime,
+        old: QualificationStatus,
+        new: QualificationStatus,
+    ) -> bool:
+        res = self.c.execute(
+            update(t.qualification)
+            .where(t.qualification.c.id == qualification_id, t.qualification.c.status == old.value)
+            .values(updated_at=at, status=new.value)
+        )
+        return res.rowcount == 1
+
     def add_qualification_event(
         self,
         qualification_id: int,
