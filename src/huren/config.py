@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         ge=1,
         description="server processes sharing the HTTP and MLLP ports (huren serve --workers)",
     )
+    cds_threads: int = Field(
+        default=0,
+        ge=0,
+        description="threads answering CDS Hooks service calls in each server process; "
+        "0 = the default for the database (huren.api.routes.cdshooks.CALL_WORKERS)",
+    )
     start_mllp: bool = True
     background_jobs: bool = True
     monitoring_refresh_seconds: float = 60.0

@@ -7,6 +7,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -245,6 +246,45 @@ def test_order_sign_considers_every_draft_order(hebei: tuple[str, dict[str, str]
     base, headers = hebei
     body = hook_request("order-sign", prefetch={"patient": patient_resource()})
     assert len(post(base, headers, SIGN, body).json()["cards"]) == 2
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_concurrent_calls_each_get_their_own_committed_cards(
+    world: Container,
+    login: Callable[..., dict[str, str]],
+    threads: int,
+) -> None:
+    """Calls answered by several threads at once, their rows written in shared commits:
+    every call gets its own cards, each card's reminder rows are committed when it is
+    answered, and its feedback finds it at once."""
+    store(world, lab_panel(HOSP_A))
+    headers = login(Role.INTEGRATION, institution=HOSP_B)
+    world.settings.cds_threads = threads
+    bodies = [hook_request(prefetch={"patient": patient_resource()}) for _ in range(16)]
+    with serve(world) as base, ThreadPoolExecutor(len(bodies)) as pool:
+        answers = list(pool.map(lambda b: post(base, headers, SELECT, b), bodies))
+        assert [r.status_code for r in answers] == [200] * len(bodies)
+        cards = [r.json()["cards"] for r in answers]
+        assert all(len(c) == 1 for c in cards)  # the liver panel; no CT stored
+        uuids = {c[0]["uuid"] for c in cards}
+        assert len(uuids) == len(bodies)
+        with world.engine.connect() as conn:
+            rows = conn.execute(select(reminder.c.request_id)).scalars().all()
+        assert sorted(rows) == sorted(b["hookInstance"] for b in bodies for _ in range(2))
+        last = cards[-1][0]
+        r = _feedback(
+            base,
+            headers,
+            {
+                "card": last["uuid"],
+                "outcome": "accepted",
+                "acceptedSuggestions": [{"id": last["suggestions"][0]["uuid"]}],
+                "outcomeTimestamp": "2026-06-15T09:31:00Z",
+            },
+        )
+        assert r.status_code == 200
+        answering = {t.name for t in threading.enumerate() if t.name.startswith("cds-hooks")}
+        assert min(threads, 2) <= len(answering) <= threads
 
 
 def test_unmapped_order_code_gets_an_info_card(

@@ -276,7 +276,9 @@ def _workers(app: Any, c: Container) -> ThreadPoolExecutor:
     with _workers_lock:
         pool = getattr(app.state, "cds_workers", None)
         if pool is None:
-            n = CALL_WORKERS.get(c.engine.dialect.name, CALL_WORKERS_DEFAULT)
+            n = c.settings.cds_threads or CALL_WORKERS.get(
+                c.engine.dialect.name, CALL_WORKERS_DEFAULT
+            )
             pool = ThreadPoolExecutor(n, thread_name_prefix="cds-hooks")
             app.state.cds_workers = pool
 
