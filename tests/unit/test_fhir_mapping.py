@@ -90,6 +90,36 @@ def test_contained_report_is_parsed_like_a_bundle() -> None:
     assert (sub.report_no, len(sub.observations), sub.institution) == ("JY-C-9", 2, HOSP_A)
 
 
+def test_contained_report_decoded_in_one_pass_is_the_report_decoded_resource_by_resource() -> None:
+    # A contained resource of a type not read sends the report the generic way (each
+    # contained resource decoded on its own), which ignores it: the same submissions.
+    report = contained_report("JY-C-9", n_obs=3)
+    with_other = contained_report("JY-C-9", n_obs=3)
+    with_other["contained"].append({"resourceType": "Encounter", "id": "e"})
+    one_pass, generic = parse_report(dumps(report)), parse_report(dumps(with_other))
+    assert one_pass.message.submissions == generic.message.submissions
+    assert one_pass.entries == generic.entries
+
+
+@pytest.mark.parametrize(
+    ("change", "fields"),
+    [
+        (
+            lambda r: r["contained"][2].update(status="bogus"),
+            ["DiagnosticReport.contained[2].status", "DiagnosticReport.result[0]"],
+        ),
+        (lambda r: r.pop("resourceType"), ["DiagnosticReport.resourceType"]),
+        (lambda r: r.update(resourceType="Observation"), ["DiagnosticReport.resourceType"]),
+    ],
+)
+def test_contained_report_problems_name_the_element(change: Any, fields: list[str]) -> None:
+    report = contained_report("JY-C-9", n_obs=2)
+    change(report)
+    with pytest.raises(ValidationFailed) as err:
+        parse_report(dumps(report))
+    assert [p.field for p in err.value.problems] == fields
+
+
 def test_mrn_takes_the_sending_institution_as_assigner() -> None:
     bundle = lab_bundle()
     bundle["entry"][0]["resource"]["identifier"].append(

@@ -73,6 +73,36 @@ class _DecodedBundle(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
 # generic path decodes each entry on its own so that every problem names its entry.
 _DECODED_BUNDLE_DECODER = msgspec.json.Decoder(_DecodedBundle)
 
+
+class _DecodedReport(
+    m.DiagnosticReport,
+    tag="DiagnosticReport",
+    frozen=True,
+    omit_defaults=True,
+    gc=False,
+    kw_only=True,
+):
+    """A self-contained DiagnosticReport whose contained resources are decoded with it
+    (the fast path of ``parse_report``, as ``_DecodedBundle`` is of a Bundle)."""
+
+    contained: list[m.AnyResource] = msgspec.field(default_factory=list)  # type: ignore[assignment]
+
+
+# ``AnyResource`` with the DiagnosticReport decoded in one pass (a line of ten
+# Observations: ~17% cheaper to parse than decoding each contained resource on its own):
+# a union, so that ``resourceType`` is required as on the generic path; any other
+# resource, or any problem, goes the generic way, which names it.
+_DECODED_REPORT_DECODER = msgspec.json.Decoder(
+    _DecodedReport
+    | m.Patient
+    | m.Organization
+    | m.Practitioner
+    | m.Observation
+    | m.ImagingStudy
+    | m.Specimen
+    | m.ServiceRequest
+)
+
 _SEX = {"male": "M", "female": "F", "other": "O", "unknown": "U"}
 
 # HL7 v2 Table 0074 diagnostic service sections → category (used only while unmapped).
@@ -513,10 +543,16 @@ def _decode_resource(raw: bytes, where: str, errors: ProblemCollector) -> m.Reso
 
 
 def _index_contained(ctx: _Ctx, report: m.DiagnosticReport, where: str, base: str) -> None:
+    by_ref = ctx.by_ref
+    if isinstance(report, _DecodedReport):
+        for k, decoded in enumerate(report.contained):
+            if decoded.id:
+                by_ref[f"{base}#{decoded.id}"] = (f"{where}.contained[{k}]", decoded, -1)
+        return
     for k, raw in enumerate(report.contained):
         res = _decode_resource(bytes(raw), f"{where}.contained[{k}]", ctx.errors)
         if isinstance(res, m.Resource) and res.id:
-            ctx.by_ref[f"{base}#{res.id}"] = (f"{where}.contained[{k}]", res, -1)
+            by_ref[f"{base}#{res.id}"] = (f"{where}.contained[{k}]", res, -1)
 
 
 def _kept(raw: bytes) -> str | bytes:
@@ -621,7 +657,13 @@ def parse_report(
     """A single DiagnosticReport whose Patient, Observations and Organization are
     ``contained`` (POST /fhir/DiagnosticReport, NDJSON lines)."""
     ctx = _Ctx()
-    res = _decode_resource(raw, "DiagnosticReport", ctx.errors)
+    res: m.Resource | str | None
+    try:
+        res = _DECODED_REPORT_DECODER.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        res = None
+    if not isinstance(res, _DecodedReport):
+        res = _decode_resource(raw, "DiagnosticReport", ctx.errors)
     if isinstance(res, str):
         ctx.errors.add("DiagnosticReport.resourceType", f"应为 DiagnosticReport，收到 {res}")
     if not isinstance(res, m.DiagnosticReport):
