@@ -71,6 +71,25 @@ def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     eng.dispose()
 
 
+def test_after_dispose_no_checkpoint_keeps_the_wal_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With the checkpointer ticking without pause, disposal often lands mid-checkpoint:
+    # once dispose() returns, its connection must be closed and no new one opened (a
+    # temporary directory could not be removed otherwise).
+    from sqlalchemy import text
+
+    monkeypatch.setattr(db_engine, "CHECKPOINT_INTERVAL_SECONDS", 0.0)
+    for n in range(20):
+        path = tmp_path / f"d{n}.db"
+        eng = db_engine.make_engine(f"sqlite:///{path}")
+        with eng.begin() as c:
+            c.execute(text("CREATE TABLE t (x INTEGER)"))
+        eng.dispose()
+        leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(f"d{n}.db-")]
+        assert leftovers == []
+
+
 def test_a_value_the_database_cannot_store_is_a_422_not_a_500(container: Container) -> None:
     # Found by schemathesis: a NUL in a query (PostgreSQL text) or an id beyond 64 bits.
     from huren.domain.accounts import Role

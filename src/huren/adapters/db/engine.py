@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 import weakref
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from alembic import command
 from alembic.config import Config
@@ -54,27 +56,46 @@ class _WalCheckpointer(threading.Thread):
     """Copies the WAL back into the database file every half second (PASSIVE: it never
     blocks writers or readers). Commits stay durable across process kills either way —
     they are in the WAL — and the WAL stays bounded. The thread ends when its engine is
-    disposed or collected."""
+    disposed or collected.
 
-    def __init__(self, engine: Engine) -> None:
+    Each tick opens and closes its own connection, outside the engine's pool, under a
+    lock that the engine's disposal takes too: once ``dispose()`` has returned no
+    checkpoint is running and none will start, so no connection of this thread keeps the
+    ``-wal`` and ``-shm`` files open (or makes them again) after it."""
+
+    def __init__(self, engine: Engine, path: str) -> None:
         super().__init__(name="huren-wal-checkpoint", daemon=True)
-        self._engine = weakref.ref(engine)
+        self._path = path
+        self._lock = threading.Lock()
         self._stop_event = threading.Event()
         weakref.finalize(engine, self._stop_event.set)
-        event.listen(engine, "engine_disposed", lambda _engine: self._stop_event.set())
+        event.listen(engine, "engine_disposed", self._stop)
+
+    def _stop(self, _engine: Engine | None = None) -> None:
+        with self._lock:  # waits for a checkpoint under way
+            self._stop_event.set()
+            # That checkpoint's connection and the pool's may have closed at the same
+            # moment, each seeing the other open, so neither removed the WAL (the last
+            # connection to close does): one more, now alone, does.
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        try:
+            # mode=rw: a database file removed meanwhile is not made again, empty.
+            conn = sqlite3.connect(f"file:{quote(self._path)}?mode=rw", uri=True, timeout=0)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            finally:
+                conn.close()
+        except sqlite3.Error:  # a failed checkpoint is retried at the next tick
+            log.debug("WAL checkpoint failed", exc_info=True)
 
     def run(self) -> None:
         while not self._stop_event.wait(CHECKPOINT_INTERVAL_SECONDS):
-            engine = self._engine()
-            if engine is None:
-                return
-            try:
-                with engine.connect() as conn:
-                    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
-            except Exception:  # a failed checkpoint is retried at the next tick
-                log.debug("WAL checkpoint failed", exc_info=True)
-            finally:
-                del engine
+            with self._lock:
+                if self._stop_event.is_set():
+                    return
+                self._checkpoint()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -85,7 +106,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         if db and db != ":memory:":
-            _WalCheckpointer(engine).start()
+            _WalCheckpointer(engine, db).start()
         return engine
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 20)
