@@ -132,6 +132,11 @@ class SqlMasterData:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    def catalog_version(self) -> int:
+        with self.engine.connect() as c:
+            n = c.execute(select(t.catalog_version.c.n).where(t.catalog_version.c.id == 1))
+            return int(n.scalar_one_or_none() or 0)
+
     def load_master_data(self) -> MasterDataRecords:
         with self.engine.connect() as c:
             members: dict[str, tuple[set[str], set[str]]] = {}

@@ -218,6 +218,16 @@ code_map = Table(
     _ts("updated_at", nullable=False),
 )
 
+# One row, raised by triggers (migration 0002) in every transaction that writes a table
+# the catalog is built from: every process's CatalogCache sees a change within a second,
+# whichever process or tool made it, and rebuilds only then.
+catalog_version = Table(
+    "catalog_version",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("n", BigInteger, nullable=False),
+)
+
 # ---------------------------------------------------------------- accounts
 account = Table(
     "account",
