@@ -271,18 +271,7 @@ def test_concurrent_calls_each_get_their_own_committed_cards(
         with world.engine.connect() as conn:
             rows = conn.execute(select(reminder.c.request_id)).scalars().all()
         assert sorted(rows) == sorted(b["hookInstance"] for b in bodies for _ in range(2))
-        last = cards[-1][0]
-        r = _feedback(
-            base,
-            headers,
-            {
-                "card": last["uuid"],
-                "outcome": "accepted",
-                "acceptedSuggestions": [{"id": last["suggestions"][0]["uuid"]}],
-                "outcomeTimestamp": "2026-06-15T09:31:00Z",
-            },
-        )
-        assert r.status_code == 200
+        assert _feedback(base, headers, _accepted(cards[-1][0])).status_code == 200
         answering = {t.name for t in threading.enumerate() if t.name.startswith("cds-hooks")}
         assert min(threads, 2) <= len(answering) <= threads
 
@@ -426,21 +415,22 @@ def _feedback(base: str, headers: dict[str, str], *entries: dict[str, Any]) -> h
     )
 
 
+def _accepted(card: dict[str, Any]) -> dict[str, Any]:
+    """The feedback of a clinician who accepted the card's suggestion."""
+    return {
+        "card": card["uuid"],
+        "outcome": "accepted",
+        "acceptedSuggestions": [{"id": card["suggestions"][0]["uuid"]}],
+        "outcomeTimestamp": "2026-06-15T09:31:00Z",
+    }
+
+
 def test_accepted_feedback_records_the_decision_with_emr_text(
     world: Container, hebei: tuple[str, dict[str, str]]
 ) -> None:
     base, headers = hebei
     ct, _ = _cards(base, headers)
-    r = _feedback(
-        base,
-        headers,
-        {
-            "card": ct["uuid"],
-            "outcome": "accepted",
-            "acceptedSuggestions": [{"id": ct["suggestions"][0]["uuid"]}],
-            "outcomeTimestamp": "2026-06-15T09:31:00Z",
-        },
-    )
+    r = _feedback(base, headers, _accepted(ct))
     assert r.status_code == 200
     with world.engine.connect() as conn:
         row = conn.execute(select(decision)).one()
@@ -478,12 +468,7 @@ def test_feedback_sent_twice_is_recorded_once(
 ) -> None:
     base, headers = hebei
     ct, _ = _cards(base, headers)
-    entry = {
-        "card": ct["uuid"],
-        "outcome": "accepted",
-        "acceptedSuggestions": [{"id": ct["suggestions"][0]["uuid"]}],
-        "outcomeTimestamp": "2026-06-15T09:31:00Z",
-    }
+    entry = _accepted(ct)
     first = _feedback(base, headers, entry).json()["decisions"]
     second = _feedback(base, headers, entry).json()["decisions"]
     assert first == second

@@ -70,23 +70,27 @@ def test_without_a_snapshot_every_caller_waits_for_the_first_load(
     assert all(c is got[0] for c in got)
 
 
-def test_a_change_made_anywhere_is_seen_and_nothing_else_rebuilds(
-    world: Container, clock: FixedClock
-) -> None:
-    # Another process's cache (another worker, another node): it is told nothing; the
-    # catalog's tables were changed by SQL, as an administrator might.
-    source = _HeldSource(world)
-    source.release.set()
-    other = CatalogCache(source, clock, check_every=0)
-    before = other.get()
-    assert other.get() is before  # checked, unchanged: not rebuilt
-    assert source.loads == 1
+def _rename_hospital_a(world: Container) -> None:
+    """A change to the catalog's tables by plain SQL, as an administrator might make it."""
     with world.engine.begin() as conn:
         conn.execute(
             update(tables.institution)
             .where(tables.institution.c.code == HOSP_A)
             .values(name="改名医院")
         )
+
+
+def test_a_change_made_anywhere_is_seen_and_nothing_else_rebuilds(
+    world: Container, clock: FixedClock
+) -> None:
+    # Another process's cache (another worker, another node): it is told nothing.
+    source = _HeldSource(world)
+    source.release.set()
+    other = CatalogCache(source, clock, check_every=0)
+    before = other.get()
+    assert other.get() is before  # checked, unchanged: not rebuilt
+    assert source.loads == 1
+    _rename_hospital_a(world)
     after = other.get()
     assert after is not before
     assert after.institutions[HOSP_A].name == "改名医院"
@@ -100,12 +104,7 @@ def test_between_checks_the_snapshot_is_served_without_asking(
     source.release.set()
     cache = CatalogCache(source, clock, check_every=3600)
     first = cache.get()
-    with world.engine.begin() as conn:
-        conn.execute(
-            update(tables.institution)
-            .where(tables.institution.c.code == HOSP_A)
-            .values(name="改名医院")
-        )
+    _rename_hospital_a(world)
     assert cache.get() is first
     cache.invalidate()  # this process's own change: at once
     assert cache.get().institutions[HOSP_A].name == "改名医院"

@@ -332,29 +332,22 @@ class QcService:
         actor: str,
         reason: str,
         at: datetime,
-    ) -> None:
-        if not self._transition(tx, sq, new, actor, reason, at):
+        *,
+        unless_changed: bool = False,
+    ) -> bool:
+        """The status change and its event, if the status is still the one read: two
+        transactions that read the same qualification (two nodes' expiry jobs, a job and
+        a person) record the change once. Otherwise a conflict, or with
+        ``unless_changed`` nothing; whether this one changed it."""
+        if not tx.transition_qualification(sq.id, at, sq.qualification.status, new):
+            if unless_changed:
+                return False
             raise Conflict(
                 "资质状态已被更改，请刷新后重试",
                 problems=[
                     Problem("qualification", f"资质 {sq.id} 已不是 {sq.qualification.status.value}")
                 ],
             )
-
-    @staticmethod
-    def _transition(
-        tx: QcTx,
-        sq: StoredQualification,
-        new: QualificationStatus,
-        actor: str,
-        reason: str,
-        at: datetime,
-    ) -> bool:
-        """The status change and its event, if the status is still the one read: two
-        transactions that read the same qualification (two nodes' expiry jobs, a job and
-        a person) record the change once; whether this one did."""
-        if not tx.transition_qualification(sq.id, at, sq.qualification.status, new):
-            return False
         tx.add_qualification_event(sq.id, at, actor, sq.qualification.status, new, reason)
         return True
 
@@ -857,13 +850,14 @@ class QcService:
                 q = sq.qualification
                 if q.valid_to is not None and q.valid_to < day:
                     policy = self.policy_for(q.institution)
-                    n += self._transition(
+                    n += self._set_status(
                         tx,
                         sq,
                         QualificationStatus.EXPIRED,
                         SYSTEM_ACTOR,
                         f"超过复评期限未复评（有效期至 {q.valid_to.isoformat()}；{policy.source}）",
                         now,
+                        unless_changed=True,
                     )
         if n:
             self._catalog.invalidate()
