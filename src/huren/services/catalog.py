@@ -2,8 +2,8 @@
 symbols, the negative list and 对码 maps, held in memory as one immutable snapshot.
 
 Master data changes rarely and is read on every result and every order, so it is read
-from the database once and refreshed when a write through this process invalidates it or
-when ``max_age`` has passed (other processes' writes)."""
+from the database once and rebuilt when a write through this process invalidates it, or
+when the database's catalog version shows a change made elsewhere (``CatalogCache``)."""
 
 from __future__ import annotations
 
