@@ -35,6 +35,11 @@ in-process checks; the statements each check sends to the database are counted.
 Each check writes its reminder rows and an audit row, as in production (over HTTP also
 its cards' rows), committed before it answers.
 
+Between the two, the service call is measured in-process as the server's worker thread
+runs it (authentication, the hook request, the patient by identifier, the check, the cards
+and their rows; no HTTP): the check alone, the call, and the request over HTTP side by
+side show where an order-select's time goes.
+
 Besides throughput, each HTTP round prints the server process's CPU time per answered
 request (from /proc): on a shared, loaded machine throughput moves with whatever else
 runs, the CPU a request costs much less. Both the in-process measurement and the server
@@ -281,6 +286,48 @@ def hook_body(national_id: str, codes: tuple[str, ...]) -> dict[str, Any]:
     }
 
 
+def bench_call_in_process(
+    c: Container, token: str, posts: Sequence[bytes], calls: int
+) -> dict[str, float]:
+    """The ``order-select`` service call as the server's worker thread runs it
+    (``cdshooks._call``: authentication, the hook request, the patient by identifier, the
+    check, the cards and their rows), without the HTTP server: what the call itself costs,
+    next to the check alone and to the whole request over HTTP."""
+    from starlette.requests import Request
+
+    from huren.api.app import create_app
+    from huren.api.routes import cdshooks
+
+    app = create_app(c)
+    headers = [
+        (b"authorization", f"Bearer {token}".encode()),
+        (b"content-type", b"application/json"),
+        (b"host", b"127.0.0.1"),
+    ]
+    service = "huren-recognition-order-select"
+
+    def one(i: int) -> float:
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": f"/cds-services/{service}",
+            "headers": headers,
+            "app": app,
+            "query_string": b"",
+            "server": ("127.0.0.1", 80),
+            "scheme": "http",
+            "root_path": "",
+        }
+        c0 = time.thread_time_ns()
+        cdshooks._call(c, Request(scope), service, posts[i % len(posts)], "http://bench", None)
+        return (time.thread_time_ns() - c0) / 1e6
+
+    for i in range(min(200, calls)):
+        one(i)
+    cpu = [one(i) for i in range(calls)]
+    return {"cpu_p50_ms": statistics.median(cpu), "cpu_p99_ms": pct(cpu, 99)}
+
+
 def http_request(
     method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None
 ) -> bytes:
@@ -496,6 +543,12 @@ def main() -> None:
         if not ids:
             print("样本患者没有居民身份证号，跳过 HTTP 压测")
             return
+        posts = [json.dumps(hook_body(nid, codes)).encode() for nid, codes in ids]
+        call = bench_call_in_process(c, token, posts, min(args.checks, 1000))
+        print(
+            "进程内 order-select 服务调用（认证、解析、按身份证号找患者、check、卡片及其记录，"
+            f"无 HTTP）: 本线程 CPU p50 {call['cpu_p50_ms']:.2f} ms  p99 {call['cpu_p99_ms']:.2f} ms"
+        )
         c.close()
         port = free_port()
         server_log = Path(tmpdir) / "server.log"
@@ -503,7 +556,6 @@ def main() -> None:
         auth = {"Authorization": f"Bearer {token}"}
 
         auth_headers = {**auth, "Content-Type": "application/json"}
-        posts = [json.dumps(hook_body(nid, codes)).encode() for nid, codes in ids]
         select_path = "/cds-services/huren-recognition-order-select"
         selects = [http_request("POST", select_path, b, auth_headers) for b in posts]
         trivials = [http_request("POST", TRIVIAL_PATH, b, auth_headers) for b in posts]
