@@ -38,7 +38,6 @@ import logging
 import os
 import random
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import make_url
 
-from bench.world import pct
+from bench.world import free_port, pct
 from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db import masterdata as md
@@ -79,12 +78,6 @@ INST = "H130100001"
 CALLING = "BENCHSCU"
 STORESCU = "/usr/bin/storescu"  # dcmtk's, not pynetdicom's app of the same name
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_files(folder: Path, count: int) -> list[Path]:

@@ -61,6 +61,8 @@ sys.path.insert(0, str(ROOT))
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field  # noqa: E402
 from tests.fixtures.world import seed_world  # noqa: E402
 
+from bench.world import free_port, process_tree_cpu  # noqa: E402
+
 PATIENTS = 500
 
 
@@ -178,28 +180,6 @@ def drop(url: str, admin_url: str | None) -> None:
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{make_url(url).database}" WITH (FORCE)'))
     admin.dispose()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def process_tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of ``pid`` and its children so far."""
-    ticks = 0
-    pids = [pid]
-    while pids:
-        p = pids.pop()
-        try:
-            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except OSError:
-            continue  # ended meanwhile
-        ticks += int(stat[11]) + int(stat[12])
-        pids += [int(c) for c in children]
-    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 LISTENING = re.compile(r"huren\.mllp: MLLP 监听")

@@ -76,7 +76,7 @@ from sqlalchemy import event, func, select
 # the path; ``bench.world`` lives there.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.world import pct, prepare, settings_for
+from bench.world import free_port, pct, prepare, process_tree_cpu, settings_for
 from huren.adapters.db.recognition import SqlRecognitionTx
 from huren.adapters.db.tables import result
 from huren.bootstrap import Container, build
@@ -351,19 +351,13 @@ async def _exchange(
     return status
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measured(port: int, pid: int, make: Any, concurrency: int, seconds: float) -> dict[str, float]:
     """``load``, and the server's CPU time per answered request: on a shared machine the
     throughput depends on what else runs, the CPU a request costs much less."""
-    before = process_cpu(pid)
+    before = process_tree_cpu(pid)
     out = asyncio.run(load(port, make, concurrency, seconds))
     answered = out["rps"] * out["seconds"]
-    out["cpu_ms"] = (process_cpu(pid) - before) * 1000 / answered if answered else 0.0
+    out["cpu_ms"] = (process_tree_cpu(pid) - before) * 1000 / answered if answered else 0.0
     return out
 
 
@@ -601,14 +595,6 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=20)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 if __name__ == "__main__":

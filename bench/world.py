@@ -4,6 +4,8 @@ database, filling a throw-away one with the synthetic world, and percentiles."""
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import time
 from pathlib import Path
 
@@ -13,6 +15,29 @@ from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.bootstrap import Container
 from huren.config import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its children so far: a server's cost,
+    steadier than wall time on a shared machine."""
+    ticks = 0
+    pids = [pid]
+    while pids:
+        p = pids.pop()
+        try:
+            stat = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue  # ended meanwhile
+        ticks += int(stat[11]) + int(stat[12])
+        pids += [int(c) for c in children]
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def pct(values: list[float], p: float) -> float:
