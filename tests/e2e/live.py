@@ -10,12 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import uvicorn
 
+from huren.adapters.crypto import new_key
 from huren.api.app import create_app
 from huren.bootstrap import Container
 
@@ -48,19 +49,53 @@ def serve(container: Container) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-class ServeProcess:
-    """``huren serve`` as a child process with its own environment, for tests that kill it
-    (SIGKILL) mid-stream and start it again. ``port`` is the listener it waits for."""
+def serve_env(db_url: str, tmp_path: Path, **settings: str) -> dict[str, str]:
+    """The environment of a ``huren serve`` child process: its database, a data folder
+    under ``tmp_path``, a free HTTP port and fresh keys; ``settings``: further settings by
+    their name after ``HUREN_`` (``MLLP_PORT="2576"``)."""
+    return (
+        os.environ
+        | {
+            "HUREN_DATABASE_URL": db_url,
+            "HUREN_DATA_DIR": str(tmp_path / "data"),
+            "HUREN_PORT": str(free_port()),
+            "HUREN_IDENTIFIER_HASH_KEY": new_key(),
+            "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
+            "HUREN_TOKEN_SIGNING_KEY": new_key(),
+        }
+        | {f"HUREN_{name}": value for name, value in settings.items()}
+    )
 
-    def __init__(self, env: dict[str, str], port: int, log: Path, timeout: float = 90) -> None:
-        self.env, self.port, self.log, self.timeout = env, port, log, timeout
+
+class ServeProcess:
+    """``huren serve`` (with ``args``) as a child process with its own environment, for
+    tests that kill it (SIGKILL) mid-stream and start it again. ``port`` is the listener
+    it waits for."""
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        port: int,
+        log: Path,
+        timeout: float = 90,
+        args: Sequence[str] = (),
+    ) -> None:
+        self.env, self.port, self.log, self.timeout, self.args = env, port, log, timeout, args
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        assert self.proc is not None, "not started"
+        return self.proc
 
     def start(self) -> None:
         huren = Path(sys.executable).parent / "huren"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [str(huren), "serve"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+                [str(huren), "serve", *self.args],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
@@ -77,11 +112,11 @@ class ServeProcess:
         os.kill(self.proc.pid, signal.SIGKILL)
         self.proc.wait(10)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 15) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

@@ -9,7 +9,6 @@ mid-stream, restarts it, and checks the database and the stored files."""
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 import threading
 import time
@@ -24,11 +23,10 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from sqlalchemy import create_engine, func, select, update
 
 from huren.adapters.clock import SystemClock
-from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.tables import institution
 from huren.adapters.db.tables_imaging import imaging_instance, imaging_series, imaging_study
-from tests.e2e.live import ServeProcess, free_port
+from tests.e2e.live import ServeProcess, free_port, serve_env
 from tests.fixtures.dicom import Spec, instance, uid
 from tests.fixtures.world import HOSP_A, seed_world
 
@@ -54,20 +52,16 @@ def server(tmp_path: Path) -> Iterator[tuple[ServeProcess, str, Path]]:
         c.execute(update(institution).where(institution.c.code == HOSP_A).values(ae_titles=CALLING))
     eng.dispose()
     dicom_port = free_port()
-    data_dir = tmp_path / "data"
-    env = os.environ | {
-        "HUREN_DATABASE_URL": url,
-        "HUREN_DATA_DIR": str(data_dir),
-        "HUREN_PORT": str(free_port()),
-        "HUREN_MLLP_PORT": str(free_port()),
-        "HUREN_DICOM_PORT": str(dicom_port),
-        "HUREN_START_DICOM": "true",
-        "HUREN_START_MLLP": "false",
-        "HUREN_DICOM_FSYNC": "true",
-        "HUREN_IDENTIFIER_HASH_KEY": new_key(),
-        "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
-        "HUREN_TOKEN_SIGNING_KEY": new_key(),
-    }
+    data_dir = tmp_path / "data"  # serve_env's
+    env = serve_env(
+        url,
+        tmp_path,
+        MLLP_PORT=str(free_port()),
+        DICOM_PORT=str(dicom_port),
+        START_DICOM="true",
+        START_MLLP="false",
+        DICOM_FSYNC="true",
+    )
     s = ServeProcess(env, dicom_port, tmp_path / "server.log")
     try:
         yield s, url, data_dir / "dicom"

@@ -21,8 +21,8 @@ from huren.api.app import create_app
 from huren.api.routes import dicomweb
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
+from tests.e2e.live import free_port
 from tests.fixtures.dicom import Spec, instance, instance_bytes, series_specs, to_bytes, uid
-from tests.fixtures.dicom.peers import free_port
 from tests.fixtures.world import HOSP_A
 
 # The build machine is shared and loaded: httpx's 5 s default timed out once at load 11.

@@ -7,23 +7,26 @@ the server with SIGKILL mid-stream, restarts it, and checks the database."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import hl7
 import pytest
 from hl7.client import MLLPClient
 from sqlalchemy import create_engine, func, select
 
 from huren.adapters.clock import SystemClock
-from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.tables import result, result_version
-from tests.e2e.live import ServeProcess, free_port
-from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
+from tests.e2e.live import ServeProcess, free_port, serve_env
+from tests.fixtures.hl7 import (
+    LAB_LFT_V251,
+    ack_of,
+    sample_text,
+    with_control_id,
+    with_field,
+)
 from tests.fixtures.world import seed_world
 
 pytestmark = pytest.mark.slow
@@ -47,27 +50,12 @@ def server(tmp_path: Path) -> Iterator[tuple[ServeProcess, str]]:
     seed_world(eng, SystemClock().now())
     eng.dispose()
     mllp_port = free_port()
-    env = os.environ | {
-        "HUREN_DATABASE_URL": url,
-        "HUREN_DATA_DIR": str(tmp_path / "data"),
-        "HUREN_PORT": str(free_port()),
-        "HUREN_MLLP_PORT": str(mllp_port),
-        "HUREN_START_DICOM": "false",
-        "HUREN_START_MLLP": "true",
-        "HUREN_IDENTIFIER_HASH_KEY": new_key(),
-        "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
-        "HUREN_TOKEN_SIGNING_KEY": new_key(),
-    }
+    env = serve_env(url, tmp_path, MLLP_PORT=str(mllp_port), START_DICOM="false", START_MLLP="true")
     s = ServeProcess(env, mllp_port, tmp_path / "server.log")
     try:
         yield s, url
     finally:
         s.stop()
-
-
-def ack_of(ack: bytes) -> tuple[str, str]:
-    msa = hl7.parse(ack.strip(b"\x0b\x1c\r").decode()).segment("MSA")
-    return str(msa[1]), str(msa[2])
 
 
 def stream(

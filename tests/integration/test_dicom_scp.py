@@ -208,7 +208,7 @@ def test_findscu_series_level_lists_the_series_of_a_study(pacs: Container, tmp_p
 
 def test_movescu_moves_a_study_to_a_registered_destination(pacs: Container, tmp_path: Path) -> None:
     from huren.services.imaging import MoveDestination
-    from tests.fixtures.dicom.peers import free_port
+    from tests.e2e.live import free_port
 
     files = write(tmp_path / "src", series_specs("mv", "s", 2))
     dest_dir = tmp_path / "dest"

@@ -9,24 +9,20 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import hl7
 import pytest
 from hl7.client import MLLPClient
 from sqlalchemy import func, select
 
 from huren.adapters.clock import SystemClock
-from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.tables import inbound_message, result
-from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
+from tests.e2e.live import ServeProcess, free_port, serve_env
+from tests.fixtures.hl7 import LAB_LFT_V251, ack_of, sample_text, with_control_id, with_field
 from tests.fixtures.world import seed_world
 
 CONNECTIONS = 6
@@ -34,47 +30,25 @@ MESSAGES_PER_CONNECTION = 25
 LISTENING = re.compile(r"\[worker (\d+)\] huren\.mllp: MLLP 监听")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def message(conn: int, n: int) -> str:
     text = with_control_id(sample_text(LAB_LFT_V251), f"W{conn}-{n:04d}")
     return with_field(text, "OBR", 3, f"RPT-WORKERS-{conn}-{n:04d}")
 
 
-def ack_of(reply: bytes) -> tuple[str, str]:
-    msa = hl7.parse(reply.strip(b"\x0b\x1c\r").decode()).segment("MSA")
-    return str(msa[1]), str(msa[2])
-
-
-class Workers:
+class Workers(ServeProcess):
     """``huren serve --workers 2`` with its log; ``pids()``: the live workers."""
 
     def __init__(self, db_url: str, tmp_path: Path) -> None:
         self.mllp_port = free_port()
-        self.log = tmp_path / "serve.log"
-        env = os.environ | {
-            "HUREN_DATABASE_URL": db_url,
-            "HUREN_DATA_DIR": str(tmp_path / "data"),
-            "HUREN_PORT": str(free_port()),
-            "HUREN_MLLP_PORT": str(self.mllp_port),
-            "HUREN_DICOM_PORT": str(free_port()),
-            "HUREN_BACKGROUND_JOBS": "false",
-            "HUREN_IDENTIFIER_HASH_KEY": new_key(),
-            "HUREN_IDENTIFIER_ENCRYPTION_KEY": new_key(),
-            "HUREN_TOKEN_SIGNING_KEY": new_key(),
-        }
-        huren = Path(sys.executable).parent / "huren"
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [str(huren), "serve", "--workers", "2"],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        env = serve_env(
+            db_url,
+            tmp_path,
+            MLLP_PORT=str(self.mllp_port),
+            DICOM_PORT=str(free_port()),
+            BACKGROUND_JOBS="false",
+        )
+        super().__init__(env, self.mllp_port, tmp_path / "serve.log", args=("--workers", "2"))
+        self.start()
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -83,27 +57,19 @@ class Workers:
         """Until the workers have started their MLLP listeners ``times`` times in all."""
         deadline = time.monotonic() + 90
         while len(LISTENING.findall(self.text())) < times:
-            assert self.proc.poll() is None, self.text()[-3000:]
+            assert self.process.poll() is None, self.text()[-3000:]
             assert time.monotonic() < deadline, self.text()[-3000:]
             time.sleep(0.1)
 
     def pids(self) -> set[int]:
         """The worker processes (not multiprocessing's resource tracker)."""
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        pid = self.process.pid
+        children = Path(f"/proc/{pid}/task/{pid}/children")
         return {
             int(pid)
             for pid in children.read_text().split()
             if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
         }
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
 
 
 @pytest.fixture
@@ -116,7 +82,7 @@ def workers(db_url: str, tmp_path: Path) -> Iterator[Workers]:
         running.wait_listening(2)
         yield running
     finally:
-        running.close()
+        running.stop(timeout=60)
 
 
 def send_all(port: int) -> list[tuple[str, str]]:
@@ -173,8 +139,8 @@ def test_every_acknowledged_message_is_stored_once_and_sigterm_stops_every_worke
     assert len(numbers) == len(set(numbers)) == total
     assert accepted == total
 
-    workers.proc.send_signal(signal.SIGTERM)
-    assert workers.proc.wait(60) == 0
+    workers.process.send_signal(signal.SIGTERM)
+    assert workers.process.wait(60) == 0
     assert not any(alive(pid) for pid in pids)
     assert "所有工作进程已停止" in workers.text()
 
