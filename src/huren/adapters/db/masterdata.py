@@ -113,6 +113,19 @@ def qualification_row(q: Qualification, now: datetime) -> dict[str, Any]:
     }
 
 
+# The columns ``qualification_from_row`` reads.
+QUALIFICATION_COLUMNS = (
+    "institution_code",
+    "scope_code",
+    "basis",
+    "valid_from",
+    "valid_to",
+    "status",
+    "item_code",
+    "group_code",
+)
+
+
 def qualification_from_row(r: Any) -> Qualification:
     return Qualification(
         institution=r.institution_code,
@@ -183,23 +196,13 @@ class SqlMasterData:
                 )
                 for r in c.execute(select(t.item_list_version))
             ]
-            # The columns a Qualification has (not updated_at, whose timezone conversion
-            # was a third of the load at 15 000 qualifications and 18 000 code maps).
+            # Only the columns a Qualification has (not updated_at, whose timezone
+            # conversion was a third of the load at 15 000 qualifications and 18 000
+            # code maps).
             q = t.qualification.c
             quals = [
                 qualification_from_row(r)
-                for r in c.execute(
-                    select(
-                        q.institution_code,
-                        q.scope_code,
-                        q.basis,
-                        q.valid_from,
-                        q.valid_to,
-                        q.status,
-                        q.item_code,
-                        q.group_code,
-                    )
-                )
+                for r in c.execute(select(*(q[name] for name in QUALIFICATION_COLUMNS)))
             ]
             symbols = [
                 MarkSymbol(
