@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from datetime import UTC
 
-from sqlalchemy import func, select
+from sqlalchemy import String, func, select
 
 from huren.adapters import reference_data
 from huren.adapters.db import tables as t
@@ -136,3 +136,17 @@ def test_the_demo_data_step_fills_a_fresh_database_with_marked_results(
             select(func.count()).select_from(t.result).where(t.result.c.mark_symbol.is_not(None))
         )
     assert 0 < marked < report.results
+
+
+def test_version_snapshots_keep_chinese_text_as_itself(container: Container) -> None:
+    """Stored as intake stores them: UTF-8 text, not ``\\u`` escapes (half again as big)."""
+    _run(container, results=50)
+    with container.engine.connect() as c:
+        stored = c.scalar(
+            select(func.cast(t.result_version.c.snapshot, String))
+            .where(t.result_version.c.version == 1)
+            .limit(1)
+        )
+    assert stored is not None
+    assert "\\u" not in stored
+    assert any("\u4e00" <= ch <= "\u9fff" for ch in stored)

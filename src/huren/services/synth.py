@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1449,10 +1448,6 @@ def build_demo_world(
         timer=timer,
         progress=progress,
     )
-
-
-def snapshot_json(snapshot: Mapping[str, object]) -> str:
-    return json.dumps(snapshot, ensure_ascii=False)
 
 
 # ---------------------------------------------------------------- point-of-care activity

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
@@ -98,7 +99,15 @@ class _WalCheckpointer(threading.Thread):
                 self._checkpoint()
 
 
+def _json_text(value: Any) -> str:
+    """JSON columns as UTF-8 text, as intake writes its snapshots (msgspec): Chinese text
+    as itself, not as six-byte \\u escapes (SQLAlchemy's default, ``json.dumps``), which
+    made a SQLite version snapshot written through SQLAlchemy about half again as big."""
+    return json.dumps(value, ensure_ascii=False)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
+    kwargs.setdefault("json_serializer", _json_text)
     if is_sqlite(url):
         db = make_url(url).database
         if db and db != ":memory:":
