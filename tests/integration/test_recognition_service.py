@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from huren.adapters.db.recognition import SqlRecognitionStore
-from huren.adapters.db.tables import audit_event, decision, reminder, result
+from huren.adapters.db.tables import audit_event, decision, observation, reminder, result
 from huren.adapters.db.tables import patient as patient_table
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
@@ -405,6 +405,26 @@ def test_observations_keep_their_values_units_and_order(world: Container) -> Non
     assert item.recognition is not None
     assert item.recognition.best is not None
     assert item.recognition.best.result.observations == sent.observations
+
+
+def test_observations_come_in_seq_order_whatever_order_they_were_written_in(
+    world: Container,
+) -> None:
+    """The reading statement aggregates in storage order; the prior still lists them by
+    seq (here the stored seq numbers are reversed, so storage order is the opposite)."""
+    sent = lab_panel(HOSP_A)
+    rid = store(world, sent).results[0].result_id
+    n = len(sent.observations)
+    with world.engine.begin() as c:
+        c.execute(
+            update(observation)
+            .where(observation.c.result_id == rid)
+            .values(seq=n + 100 - observation.c.seq)
+        )
+    (item,) = check(world, "B-LFT").items
+    assert item.recognition is not None
+    assert item.recognition.best is not None
+    assert item.recognition.best.result.observations == tuple(reversed(sent.observations))
 
 
 def test_results_of_a_patient_merged_into_another_are_found_under_the_survivor(

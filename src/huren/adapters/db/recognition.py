@@ -114,14 +114,15 @@ _OPEN_CORRECTIONS = (
     "(SELECT count(*) FROM correction_request cr WHERE cr.result_id = r.id"
     " AND cr.status = 'open') AS open_corrections"
 )
-# SQLite aggregates the rows of an ORDER BY subquery in that order (its query flattener
-# leaves such a subquery alone under an aggregate for exactly this, see rule 16 in
-# select.c); PostgreSQL orders the aggregate itself. The order is checked on reading.
+# SQLite aggregates a result's observations in the order of ``ix_observation_result_id``
+# (rowid order: the order they were written in, which is seq order); the order is checked
+# on reading and sorted there if ever not. An ORDER BY subquery under the aggregate would
+# make it exact in SQL but cost a fifth of reading a prior (a sorter per result: 51 against
+# 38 µs a row). PostgreSQL orders the aggregate itself.
 _EXTRA = {
     "sqlite": f"{_OPEN_CORRECTIONS}, {_STUDY_ARRIVED},"  # noqa: S608
     f" CAST((SELECT json_group_array(json_array(o.seq, json_object({_OBS_OBJECT})))"
-    " FROM (SELECT * FROM observation WHERE result_id = r.id ORDER BY seq) o) AS BLOB)"
-    " AS observations",
+    " FROM observation o WHERE o.result_id = r.id) AS BLOB) AS observations",
     "postgresql": f"{_OPEN_CORRECTIONS}, {_STUDY_ARRIVED},"  # noqa: S608
     f" (SELECT json_agg(json_build_array(o.seq, json_build_object({_OBS_OBJECT}))"
     " ORDER BY o.seq)::text FROM observation o WHERE o.result_id = r.id) AS observations",
@@ -221,7 +222,8 @@ class _Sql:
         with other rows' text stay right), on PostgreSQL the aware datetime."""
         value = utc(value)
         if self.dialect == "sqlite":
-            return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond:06d}"
+            # isoformat, not strftime: the same text at a third of the cost.
+            return value.replace(tzinfo=None).isoformat(" ", "microseconds")
         return value
 
 
