@@ -31,6 +31,7 @@ from sqlalchemy import (
     update,
 )
 
+from huren.adapters.db.engine import writer_lock
 from huren.adapters.db.results import _obs_from_row, _stored, utc
 from huren.adapters.db.tables import (
     decision,
@@ -669,10 +670,11 @@ class SqlRecognitionStore:
         # SQLite admits one writer at a time, and a writer that finds the database locked
         # waits in SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms between tries;
         # under concurrent checks that turns a sub-millisecond write into tens of
-        # milliseconds. This process's recognition writes queue on a lock instead. The
-        # lock is taken only with a connection in hand: a lock holder waiting for the
-        # pool while the pool's connections wait for the lock would be a deadlock.
-        self._write_lock = threading.Lock() if engine.dialect.name == "sqlite" else None
+        # milliseconds. Recognition writes queue on the engine's writer lock instead (the
+        # one intake takes too, shared with the other worker processes). The lock is
+        # taken only with a connection in hand: a lock holder waiting for the pool while
+        # the pool's connections wait for the lock would be a deadlock.
+        self._write_lock = writer_lock(engine)
         self._group = _GroupCommit()
 
     @contextmanager

@@ -9,9 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import math
-import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -33,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 
-from huren.adapters.db.engine import is_sqlite
+from huren.adapters.db.engine import is_sqlite, writer_lock
 from huren.adapters.db.tables import (
     audit_event,
     inbound_message,
@@ -1110,10 +1109,10 @@ class SqlIntakeStore:
             IntegrityError,
             engine.dialect.loaded_dbapi.IntegrityError,
         )
-        # SQLite has one writer at a time: intake transactions of this process queue
-        # here rather than in SQLite's busy handler, which polls with sleeps of 1, 2,
-        # 5 … ms (two HTTP requests committing at once lost milliseconds each time).
-        self._write_lock = threading.Lock()
+        # SQLite has one writer at a time: intake transactions queue on the engine's
+        # writer lock rather than in SQLite's busy handler (two HTTP requests committing
+        # at once lost milliseconds each time).
+        self._write_lock: AbstractContextManager[None] = writer_lock(engine) or nullcontext()
 
     @contextmanager
     def transaction(self) -> Iterator[SqlIntakeTx]:
