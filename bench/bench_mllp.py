@@ -22,7 +22,11 @@ SQLite (a temporary file) by default; PostgreSQL when HUREN_TEST_DATABASE_URL is
 database) one after the other; prints messages/s, the ratio to the echo server of the
 same round and the server's CPU time per message (the server's processes': steadier
 than wall time on a shared machine), and their medians. With several workers the kernel
-spreads the connections over them by a hash: use more connections than workers."""
+spreads the connections over them by a hash: use more connections than workers.
+
+Few connections measure latency (each waits for its ACK); many measure what the server
+can sustain. On 2 cores, 60 s rounds: ``--workers 2 --connections 256`` gave 2,788–3,194
+msg/s (ratio 0.38–0.48); one process is bound by one core at about 2,400 msg/s."""
 
 from __future__ import annotations
 
