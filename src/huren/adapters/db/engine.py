@@ -10,6 +10,8 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -18,7 +20,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 
@@ -173,6 +175,15 @@ def writer_lock(engine: Engine) -> SqliteWriterLock | None:
         if lock is None:
             lock = _WRITER_LOCKS[engine] = SqliteWriterLock(engine.url.database)
         return lock
+
+
+@contextmanager
+def begin_write(engine: Engine) -> Iterator[Connection]:
+    """``engine.begin()`` for a transaction that writes, under the engine's SQLite writer
+    lock — taken with the connection already in hand, so that a lock holder never waits
+    for the pool while the pool's connections wait for the lock."""
+    with engine.connect() as conn, writer_lock(engine) or nullcontext(), conn.begin():
+        yield conn
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:

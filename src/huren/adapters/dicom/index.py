@@ -40,6 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from huren.adapters.db.engine import begin_write
 from huren.adapters.db.tables import audit_event, institution, patient_identifier, result
 from huren.adapters.db.tables_imaging import (
     dicom_destination,
@@ -242,15 +243,16 @@ class SqlImagingIndex:
 
     def _commit(self, batch: list[_Waiting]) -> None:
         """One transaction for the whole batch; on any failure each instance alone.
-        The files are made durable just before the commit (never an index row without
-        its file), so their flush overlaps the statements."""
+        The files are made durable before the transaction begins (never an index row
+        without its file): on SQLite the transaction holds the one writer lock, and a
+        flush inside it kept intake's writers waiting on the disk too."""
         try:
+            for w in batch:
+                w.durable()
             changes = _Batch()
-            with self.engine.begin() as c:
+            with begin_write(self.engine) as c:
                 outcomes = [self._add_batched(c, w.rec, changes) for w in batch]
                 self._apply_counters(c, changes, batch[-1].rec.received_at)
-                for w in batch:
-                    w.durable()
         except Exception:
             self._forget()
             for w in batch:
@@ -266,7 +268,7 @@ class SqlImagingIndex:
 
     def _add_alone(self, rec: NewInstance) -> AddOutcome:
         try:
-            with self.engine.begin() as c:
+            with begin_write(self.engine) as c:
                 return self._add(c, rec)
         except _Rollback as rb:
             return rb.outcome
@@ -490,7 +492,7 @@ class SqlImagingIndex:
         return "added"
 
     def log_event(self, event: DicomEvent) -> None:
-        with self.engine.begin() as c:
+        with begin_write(self.engine) as c:
             c.execute(
                 dicom_event.insert().values(
                     at=event.at,
@@ -769,7 +771,7 @@ class SqlImagingIndex:
         return MoveDestination(r.ae_title, r.host, r.port, r.institution_code)
 
     def add_move_destination(self, dest: MoveDestination) -> None:
-        with self.engine.begin() as c:
+        with begin_write(self.engine) as c:
             c.execute(
                 dicom_destination.delete().where(dicom_destination.c.ae_title == dest.ae_title)
             )
@@ -783,7 +785,7 @@ class SqlImagingIndex:
             )
 
     def audit(self, record: AuditRecord) -> None:
-        with self.engine.begin() as c:
+        with begin_write(self.engine) as c:
             c.execute(
                 audit_event.insert().values(
                     at=record.at,

@@ -204,8 +204,9 @@ class ContentAddressedStore:
     def begin(self, data: bytes, content_hash: str) -> StagedBlob:
         """Start keeping ``data``: its journal record is appended and its flush starts at
         once on the flusher thread, so that whatever the caller does before ``commit``
-        (checking the bytes, writing the file, indexing) overlaps the disk flush. Nothing
-        is visible to readers before ``commit``."""
+        (checking the bytes, writing the file) overlaps the disk flush. Nothing is visible
+        to readers before ``commit``. (Indexing waits for it: the index transaction holds
+        SQLite's one writer lock, which must not wait on the disk.)"""
         target = self._path(content_hash)
         if target.exists() and target.stat().st_size == len(data):
             return StagedBlob(self, data, content_hash, target, None, existing=True)
