@@ -25,7 +25,7 @@ than wall time on a shared machine), and their medians. With several workers the
 spreads the connections over them by a hash: use more connections than workers.
 
 Few connections measure latency (each waits for its ACK); many measure what the server
-can sustain. On 2 cores, 60 s rounds: ``--workers 2 --connections 256`` gave 2,788–3,194
+can sustain. On 2 cores, six 60 s rounds: ``--workers 2 --connections 256`` gave 2,788–3,400
 msg/s (ratio 0.38–0.48); one process is bound by one core at about 2,400 msg/s."""
 
 from __future__ import annotations
