@@ -543,16 +543,12 @@ def _decode_resource(raw: bytes, where: str, errors: ProblemCollector) -> m.Reso
 
 
 def _index_contained(ctx: _Ctx, report: m.DiagnosticReport, where: str, base: str) -> None:
-    by_ref = ctx.by_ref
-    if isinstance(report, _DecodedReport):
-        for k, decoded in enumerate(report.contained):
-            if decoded.id:
-                by_ref[f"{base}#{decoded.id}"] = (f"{where}.contained[{k}]", decoded, -1)
-        return
-    for k, raw in enumerate(report.contained):
-        res = _decode_resource(bytes(raw), f"{where}.contained[{k}]", ctx.errors)
+    decoded = isinstance(report, _DecodedReport)  # its contained resources already are
+    for k, item in enumerate(report.contained):
+        at = f"{where}.contained[{k}]"
+        res = item if decoded else _decode_resource(bytes(item), at, ctx.errors)
         if isinstance(res, m.Resource) and res.id:
-            by_ref[f"{base}#{res.id}"] = (f"{where}.contained[{k}]", res, -1)
+            ctx.by_ref[f"{base}#{res.id}"] = (at, res, -1)
 
 
 def _kept(raw: bytes) -> str | bytes:
