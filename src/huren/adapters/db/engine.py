@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 from urllib.parse import quote
 
 from alembic import command
@@ -32,6 +32,11 @@ log = logging.getLogger("huren.db")
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
+
+
+def _on_disk(database: str | None) -> TypeGuard[str]:
+    """A SQLite database that is a file (not in memory): it has a WAL and a writer lock."""
+    return bool(database) and database != ":memory:"
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -129,8 +134,7 @@ class SqliteWriterLock:
 
     def __init__(self, database: str | None) -> None:
         self._threads = threading.Lock()
-        file_backed = bool(database) and database != ":memory:"
-        self._path = f"{database}-writer.lock" if file_backed else None
+        self._path = f"{database}-writer.lock" if _on_disk(database) else None
         self._fd: int | None = None
         self._pid = 0
 
@@ -155,7 +159,7 @@ class SqliteWriterLock:
 
     def __exit__(self, *_: object) -> None:
         try:
-            if self._path is not None and self._fd is not None:
+            if self._fd is not None:  # opened by __enter__ when there is a file
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
@@ -190,11 +194,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("json_serializer", _json_text)
     if is_sqlite(url):
         db = make_url(url).database
-        if db and db != ":memory:":
+        if _on_disk(db):
             Path(db).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
-        if db and db != ":memory:":
+        if _on_disk(db):
             _WalCheckpointer(engine, db).start()
         return engine
     kwargs.setdefault("pool_size", 20)
