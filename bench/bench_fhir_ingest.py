@@ -50,6 +50,7 @@ from tests.fixtures.fhir.builders import contained_report, lab_bundle  # noqa: E
 from tests.fixtures.results import national_id  # noqa: E402
 from tests.fixtures.world import HOSP_A, seed_world  # noqa: E402
 
+from bench.world import free_port, process_tree_cpu  # noqa: E402
 from huren.adapters.crypto import new_key  # noqa: E402
 from huren.adapters.db import engine as db_engine  # noqa: E402
 from huren.adapters.fhir.ingest import parse_transaction  # noqa: E402
@@ -110,12 +111,6 @@ def timed(fn: Callable[[], object]) -> Timing:
     t0, c0 = time.perf_counter(), time.process_time()
     fn()
     return time.perf_counter() - t0, time.process_time() - c0
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raw_sqlite_baseline(path: Path, payloads: list[bytes]) -> Timing:
@@ -197,9 +192,7 @@ def over_http(
 ) -> Timing:
     c.accounts.create_account(NewAccount("bench-lis", "LIS", Role.INTEGRATION, institution=HOSP_A))
     key = c.accounts.create_api_key("bench-lis").key
-    with __import__("socket").socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {
         **os.environ,
         "HUREN_DATABASE_URL": url,
@@ -246,9 +239,9 @@ def over_http(
 
     try:
         # The work is done in the server process: its CPU time, not this one's.
-        cpu0 = process_cpu(proc.pid)
+        cpu0 = process_tree_cpu(proc.pid)
         wall = timed(run)[0]
-        return wall, process_cpu(proc.pid) - cpu0
+        return wall, process_tree_cpu(proc.pid) - cpu0
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
