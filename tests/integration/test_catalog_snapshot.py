@@ -70,6 +70,15 @@ def test_without_a_snapshot_every_caller_waits_for_the_first_load(
     assert all(c is got[0] for c in got)
 
 
+def _counting_cache(
+    world: Container, clock: FixedClock, check_every: float
+) -> tuple[_HeldSource, CatalogCache]:
+    """A cache of its own over the world's master data, counting its loads (none held)."""
+    source = _HeldSource(world)
+    source.release.set()
+    return source, CatalogCache(source, clock, check_every=check_every)
+
+
 def _rename_hospital_a(world: Container) -> None:
     """A change to the catalog's tables by plain SQL, as an administrator might make it."""
     with world.engine.begin() as conn:
@@ -84,9 +93,7 @@ def test_a_change_made_anywhere_is_seen_and_nothing_else_rebuilds(
     world: Container, clock: FixedClock
 ) -> None:
     # Another process's cache (another worker, another node): it is told nothing.
-    source = _HeldSource(world)
-    source.release.set()
-    other = CatalogCache(source, clock, check_every=0)
+    source, other = _counting_cache(world, clock, check_every=0)
     before = other.get()
     assert other.get() is before  # checked, unchanged: not rebuilt
     assert source.loads == 1
@@ -100,9 +107,7 @@ def test_a_change_made_anywhere_is_seen_and_nothing_else_rebuilds(
 def test_between_checks_the_snapshot_is_served_without_asking(
     world: Container, clock: FixedClock
 ) -> None:
-    source = _HeldSource(world)
-    source.release.set()
-    cache = CatalogCache(source, clock, check_every=3600)
+    _, cache = _counting_cache(world, clock, check_every=3600)
     first = cache.get()
     _rename_hospital_a(world)
     assert cache.get() is first
