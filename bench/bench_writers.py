@@ -3,9 +3,9 @@ instance alone, and while a thread writes lab reports through intake without pau
 
     uv run huren bench writers -- [--instances 150] [--rounds 2]
 
-SQLite has one writer at a time. Intake, recognition and imaging queue on the engine's
-writer lock (``huren.adapters.db.engine.SqliteWriterLock``); a writer that does not waits
-in SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms between tries. Each round stores
+SQLite has one writer at a time. Every writer queues on the database's writer lock
+(``huren.adapters.db.engine.SqliteWriterLock``); one that did not would wait in SQLite's
+busy handler, which sleeps 1, 2, 5 … 100 ms between tries. Each round stores
 ``--instances`` CT instances (``ImagingService.store_instance``, as the C-STORE handler
 does, files flushed) into a fresh database, first with nothing else writing, then beside
 the intake thread, and prints p50/p90/p99/max of both and the ratio of the busy p99 to the

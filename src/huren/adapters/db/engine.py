@@ -6,6 +6,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -117,7 +118,7 @@ def _json_text(value: Any) -> str:
 
 class SqliteWriterLock:
     """One writer at a time on a SQLite database, across this process's threads and the
-    other processes on the same file (``huren serve --workers N``).
+    other processes on the same file (``huren serve --workers N``, ``huren ingest``).
 
     SQLite admits one writer and makes the others wait in its busy handler, which polls
     with sleeps of 1, 2, 5 … 100 ms: a writer that arrives while another commits loses
@@ -125,18 +126,28 @@ class SqliteWriterLock:
     CPU. Writers that take this lock first queue instead: threads on a ``threading.Lock``,
     processes on an ``flock`` of ``<database>-writer.lock``, and each is woken the moment
     the one before has committed. The kernel drops the flock of a process that dies, so a
-    killed worker never leaves it held. Writers that do not take it (the occasional admin
-    write through SQLAlchemy) still meet SQLite's busy handler and stay correct.
+    killed worker never leaves it held.
 
-    Measured (bench/bench_mllp.py, ``--workers 2``, 256 connections, alternating): 3,334
-    and 3,559 against 3,194 and 3,077 messages/s, CPU per message 445/429 against 460/475
-    µs."""
+    Every write takes it: the engine's connections take it before their first writing
+    statement and give it back when their transaction ends (``_LockingConnection``). A
+    writer left to the busy handler would starve behind the queue: while intake commits
+    batch after batch, its polls almost never find the database free (measured: an admin
+    write through SQLAlchemy waited 19 s, until two intake processes stopped). Stores
+    that read before they write take it around the whole transaction as well
+    (``begin_write``; intake's ``BEGIN IMMEDIATE``), so that no other writer commits
+    between their reads and their writes. It is re-entrant in the thread that holds it.
+
+    One per database file in a process, shared by its engines. Measured
+    (bench/bench_mllp.py, ``--workers 2``, 256 connections, alternating): 3,334 and 3,559
+    against 3,194 and 3,077 messages/s, CPU per message 445/429 against 460/475 µs."""
 
     def __init__(self, database: str | None) -> None:
         self._threads = threading.Lock()
         self._path = f"{database}-writer.lock" if _on_disk(database) else None
         self._fd: int | None = None
         self._pid = 0
+        self._owner: int | None = None  # the holding thread's ident
+        self._depth = 0
 
     def _file(self) -> int:
         # Opened once per process: a forked worker must not share its parent's open file
@@ -147,38 +158,182 @@ class SqliteWriterLock:
             self._pid = os.getpid()
         return self._fd
 
-    def __enter__(self) -> None:
-        self._threads.acquire()
-        if self._path is None:
+    def acquire(self) -> None:
+        me = threading.get_ident()
+        if self._owner == me:  # only this thread sets it to its own ident
+            self._depth += 1
             return
+        self._threads.acquire()
         try:
-            fcntl.flock(self._file(), fcntl.LOCK_EX)
+            if self._path is not None:
+                fcntl.flock(self._file(), fcntl.LOCK_EX)
         except BaseException:
             self._threads.release()
             raise
+        self._owner, self._depth = me, 1
 
-    def __exit__(self, *_: object) -> None:
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
         try:
-            if self._fd is not None:  # opened by __enter__ when there is a file
+            if self._fd is not None:  # opened by acquire when there is a file
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
 
+    def __enter__(self) -> None:
+        self.acquire()
 
-_WRITER_LOCKS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.WeakKeyDictionary()
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+# Statements that write: they start a write transaction, or (outside one) write at once.
+# A plain BEGIN is not one: its first writing statement takes the lock.
+_WRITING = (
+    "INSERT",
+    "UPDATE",
+    "DELETE",
+    "REPLACE",
+    "CREATE",
+    "DROP",
+    "ALTER",
+    "BEGIN IMMEDIATE",
+    "BEGIN EXCLUSIVE",
+    "VACUUM",
+    "REINDEX",
+    "ANALYZE",
+)
+_DML = re.compile(r"\b(?:INSERT|UPDATE|DELETE|REPLACE)\b", re.IGNORECASE)
+
+
+def _writes(sql: str) -> bool:
+    head = sql[:20].lstrip().upper()
+    return head.startswith(_WRITING) or (head.startswith("WITH") and bool(_DML.search(sql)))
+
+
+class _LockingCursor(sqlite3.Cursor):
+    """Takes the connection's writer lock before a writing statement."""
+
+    connection: _LockingConnection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _LockingCursor:
+        conn = self.connection
+        if _writes(sql):
+            conn.will_write()
+        try:
+            super().execute(sql, parameters)
+        finally:
+            conn.settle()
+        return self
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> _LockingCursor:
+        conn = self.connection
+        if _writes(sql):
+            conn.will_write()
+        try:
+            super().executemany(sql, seq_of_parameters)
+        finally:
+            conn.settle()
+        return self
+
+    def executescript(self, sql_script: str, /) -> _LockingCursor:
+        conn = self.connection
+        conn.will_write()
+        try:
+            super().executescript(sql_script)
+        finally:
+            conn.settle()
+        return self
+
+
+class _LockingConnection(sqlite3.Connection):
+    """A sqlite3 connection that holds its database's ``SqliteWriterLock`` from just
+    before its first writing statement until its transaction has ended (committed,
+    rolled back, or the connection closed)."""
+
+    writer: SqliteWriterLock  # set on the subclass made for each database
+    _holds = False
+
+    def cursor(self, factory: Any = _LockingCursor) -> Any:
+        return super().cursor(factory)
+
+    # sqlite3's own shortcuts make their cursor without calling ``cursor()``.
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        return self.cursor().execute(sql, parameters)
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Any:
+        return self.cursor().executemany(sql, seq_of_parameters)
+
+    def executescript(self, sql_script: str, /) -> Any:
+        return self.cursor().executescript(sql_script)
+
+    def will_write(self) -> None:
+        if not self._holds:
+            self.writer.acquire()
+            self._holds = True
+
+    def settle(self) -> None:
+        """Give the lock back if no transaction is open (any more)."""
+        if self._holds and not self.in_transaction:
+            self._holds = False
+            self.writer.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.settle()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.settle()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._holds:
+                self._holds = False
+                self.writer.release()
+
+
+_WRITER_LOCKS: weakref.WeakValueDictionary[str, SqliteWriterLock] = weakref.WeakValueDictionary()
+_ENGINE_LOCKS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.WeakKeyDictionary()
 _WRITER_LOCKS_GUARD = threading.Lock()
 
 
+def _lock_for(database: str | None) -> SqliteWriterLock:
+    """The process's lock of a database file: one for all its engines, so that a thread
+    holding it through one engine does not wait on itself through another. A database in
+    memory has a lock of its own. Call under ``_WRITER_LOCKS_GUARD``."""
+    if not _on_disk(database):
+        return SqliteWriterLock(database)
+    key = os.path.realpath(database)
+    lock = _WRITER_LOCKS.get(key)
+    if lock is None:
+        lock = _WRITER_LOCKS[key] = SqliteWriterLock(key)
+    return lock
+
+
 def writer_lock(engine: Engine) -> SqliteWriterLock | None:
-    """The engine's one ``SqliteWriterLock`` (shared by every store writing through it);
-    None on PostgreSQL, whose writers do not exclude each other."""
+    """The ``SqliteWriterLock`` of the engine's database (shared by every store writing
+    through it); None on PostgreSQL, whose writers do not exclude each other."""
     if engine.dialect.name != "sqlite":
         return None
     with _WRITER_LOCKS_GUARD:
-        lock = _WRITER_LOCKS.get(engine)
+        lock = _ENGINE_LOCKS.get(engine)
         if lock is None:
-            lock = _WRITER_LOCKS[engine] = SqliteWriterLock(engine.url.database)
+            lock = _ENGINE_LOCKS[engine] = _lock_for(engine.url.database)
         return lock
+
+
+def _locking_connection_class(lock: SqliteWriterLock) -> type[_LockingConnection]:
+    return type("HurenSqliteConnection", (_LockingConnection,), {"writer": lock})
 
 
 @contextmanager
@@ -196,7 +351,18 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         db = make_url(url).database
         if _on_disk(db):
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
+        with _WRITER_LOCKS_GUARD:
+            lock = _lock_for(db)
+        engine = create_engine(
+            url,
+            connect_args={
+                "check_same_thread": False,
+                "factory": _locking_connection_class(lock),
+            },
+            **kwargs,
+        )
+        with _WRITER_LOCKS_GUARD:
+            _ENGINE_LOCKS[engine] = lock
         event.listen(engine, "connect", _sqlite_pragmas)
         if _on_disk(db):
             _WalCheckpointer(engine, db).start()
