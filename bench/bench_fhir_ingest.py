@@ -11,6 +11,8 @@ baseline inserts the same observation rows (13 columns, the resource JSON kept) 
 ``sqlite3.executemany``, one transaction per Bundle's worth of rows, into a file with the
 same pragmas (WAL, synchronous=NORMAL); rows and JSON are prepared before the clock
 starts. "msgspec parse only" is the lean parse of the same Bundles with nothing stored.
+The NDJSON file holds as many self-contained DiagnosticReports (Patient and Observations
+contained) as the Bundles hold reports, loaded by ``huren ingest``'s loader.
 
 The machine may be shared: every measurement is repeated ``--rounds`` times on fresh
 data, each round with its own baseline, and the summary gives the median rate and the
@@ -300,11 +302,17 @@ def main() -> None:
     ap.add_argument("--reports", type=int, default=10)
     ap.add_argument("--obs", type=int, default=10)
     ap.add_argument("--http-bundles", type=int, default=40)
-    ap.add_argument("--lines", type=int, default=1000)
+    ap.add_argument(
+        "--lines",
+        type=int,
+        default=0,
+        help="NDJSON reports (default: as many as the Bundles hold, the same Observations)",
+    )
     ap.add_argument("--rounds", type=int, default=3, help="repetitions (median reported)")
     ap.add_argument("--no-http", action="store_true", help="skip the HTTP measurements")
     args = ap.parse_args()
     per_bundle = args.reports * args.obs
+    args.lines = args.lines or args.bundles * args.reports
     n = args.bundles * per_bundle
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     with tempfile.TemporaryDirectory() as tmp:
