@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from huren.adapters.db.engine import make_engine, writer_lock
 
@@ -183,6 +184,12 @@ def test_a_write_transaction_holds_the_lock_until_it_ends_and_a_read_never(
             pooled.commit()
             out, _ = child.communicate(timeout=30)
             assert float(out.strip()) >= ended
+            driver: Any = pooled.driver_connection
+            with driver:  # sqlite3 commits a ``with`` block without calling commit()
+                driver.execute("INSERT INTO t VALUES (3)")
+            child = _child(url, "hold")
+            child.communicate(timeout=30)
+            assert child.returncode == 0
         finally:
             pooled.close()
     finally:

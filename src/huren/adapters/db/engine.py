@@ -293,6 +293,12 @@ class _LockingConnection(sqlite3.Connection):
         finally:
             self.settle()
 
+    def __exit__(self, *exc: Any) -> Any:  # ``with connection:`` commits in C
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.settle()
+
     def close(self) -> None:
         try:
             super().close()
