@@ -282,6 +282,28 @@ def test_unknown_report_is_404_operation_outcome(client: TestClient) -> None:
     assert r.json()["issue"][0]["code"] == "not-found"
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/fhir/DiagnosticReport/¹",
+        "/fhir/DiagnosticReport/1/_history/¹",
+        "/fhir/Observation/1-1/_history/¹",  # was a 500: "¹".isdigit(), then int("¹")
+        "/fhir/Observation/¹-1",
+        "/fhir/Patient/¹",
+    ],
+)
+def test_an_id_of_other_digits_is_404_not_a_server_error(client: TestClient, path: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 404
+    assert r.json()["issue"][0]["code"] == "not-found"
+
+
+def test_a_patient_parameter_of_other_digits_is_refused_naming_it(client: TestClient) -> None:
+    r = client.get("/fhir/DiagnosticReport", params={"patient": "Patient/٣"})
+    assert r.status_code == 422
+    assert "patient" in json.dumps(r.json(), ensure_ascii=False)
+
+
 # ---------------------------------------------------------------- bulk
 def test_import_ndjson_stores_good_lines_and_reports_bad_ones(
     client: TestClient, world: Container

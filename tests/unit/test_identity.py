@@ -67,3 +67,16 @@ def test_impossible_birth_date_is_rejected() -> None:
     first17 = "13010219600231001"
     with pytest.raises(ValidationFailed, match="居民身份证号码无效"):
         validate_national_id(first17 + national_id_check_digit(first17))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1101051949123100²X",  # a superscript: str.isdigit() said yes, int() then failed
+        "١١٠١٠٥١٩٤٩١٢٣١٠٠٢X",  # Arabic-Indic digits: were accepted and stored as they are
+    ],
+)
+def test_only_ascii_digits_make_a_national_id(value: str) -> None:
+    with pytest.raises(ValidationFailed) as err:
+        validate_national_id(value, where="PID-3")
+    assert err.value.problems[0].field == "PID-3"

@@ -14,6 +14,7 @@ from enum import StrEnum
 from stdnum.cn import ric
 
 from huren.domain.errors import Problem, ValidationFailed
+from huren.domain.text import is_digits
 
 
 class IdentifierKind(StrEnum):
@@ -56,8 +57,8 @@ def _national_id_problem(value: str) -> str | None:
     real patients born earlier (and address codes are re-assigned over time)."""
     if (
         len(value) != 18
-        or not value[:17].isdigit()
-        or not (value[17].isdigit() or value[17] == "X")
+        or not is_digits(value[:17])
+        or not (is_digits(value[17]) or value[17] == "X")
     ):
         return "应为 17 位数字加 1 位校验码（数字或 X）"
     try:

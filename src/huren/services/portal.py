@@ -51,6 +51,7 @@ from huren.domain.sharing import (
     RateLimited,
     mask_actor,
 )
+from huren.domain.text import is_digits
 from huren.services.catalog import CatalogCache
 from huren.services.insurer import DecisionFact
 from huren.services.patients import IdentifierKey
@@ -229,7 +230,7 @@ _OWN_PURPOSES = {BIND_PURPOSE: "现场核验身份证件"}
 
 def _phone(value: str) -> str:
     digits = value.strip().replace(" ", "").replace("-", "")
-    if not (len(digits) == 11 and digits.isdigit() and digits.startswith("1")):
+    if not (len(digits) == 11 and is_digits(digits) and digits.startswith("1")):
         raise ValidationFailed("手机号码无效", problems=[Problem("phone", "请输入 11 位手机号码")])
     return digits
 

@@ -27,6 +27,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.tag import Tag
 
 from huren.domain.imaging import REQUIRED_TAGS, InstanceHeader
+from huren.domain.text import is_digits
 from huren.services.imaging import InvalidDicomBytes
 
 log = logging.getLogger("huren.dicom")
@@ -85,7 +86,7 @@ def _float(text: str) -> float | None:
 
 def _date(text: str) -> date | None:
     text = text.strip()
-    if len(text) == 8 and text.isdigit():
+    if len(text) == 8 and is_digits(text):
         try:
             return date(int(text[:4]), int(text[4:6]), int(text[6:]))
         except ValueError:

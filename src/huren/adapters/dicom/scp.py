@@ -101,6 +101,7 @@ from pynetdicom.utils import make_target
 
 from huren.adapters.dicom import dicomjson
 from huren.domain.imaging import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
+from huren.domain.text import is_digits
 from huren.services.imaging import (
     DicomEvent,
     EventKind,
@@ -582,7 +583,7 @@ def _date_range(text: str) -> tuple[date | None, date | None]:
 
     def d(s: str) -> date | None:
         s = s.strip()
-        if len(s) == 8 and s.isdigit():
+        if len(s) == 8 and is_digits(s):
             return date(int(s[:4]), int(s[4:6]), int(s[6:]))
         return None
 
@@ -823,7 +824,7 @@ def find_datasets(imaging: ImagingService, ident: Dataset, level: str) -> list[D
         if level != "STUDY"
         else (),
         series_modality=modality if level != "STUDY" else "",
-        series_number=int(series_number) if series_number.isdigit() else None,
+        series_number=int(series_number) if is_digits(series_number) else None,
         sop_uids=tuple(u for u in _text(ident, "SOPInstanceUID").split("\\") if u)
         if level == "IMAGE"
         else (),

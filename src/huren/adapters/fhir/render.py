@@ -17,6 +17,7 @@ from huren.domain.errors import Problem
 from huren.domain.identity import PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.results import ResultStatus, StoredResult, ValueType
+from huren.domain.text import is_digits
 
 FHIR_JSON = "application/fhir+json"
 FHIR_VERSION = "4.0.1"
@@ -39,7 +40,7 @@ def observation_id(result_id: int, seq: int) -> str:
 
 def parse_observation_id(text: str) -> tuple[int, int] | None:
     head, _, tail = text.partition("-")
-    if head.isdigit() and tail.isdigit():
+    if is_digits(head) and is_digits(tail):
         return int(head), int(tail)
     return None
 

@@ -40,6 +40,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier, validate_identifier
+from huren.domain.text import is_digits
 from huren.services.recognition import (
     CardRecord,
     CheckOutcome,
@@ -127,7 +128,7 @@ def _patient(
     prefetched = (req.prefetch or {}).get("patient")
     resource: dict[str, Any] | None = prefetched if isinstance(prefetched, dict) else None
     if resource is None and req.fhirServer:
-        if _is_own_fhir(req, own_base) and req.context.patientId.isdigit():
+        if _is_own_fhir(req, own_base) and is_digits(req.context.patientId):
             return PatientRef(patient_id=int(req.context.patientId)), ""
         if fetched is None:
             raise _NeedsFetch

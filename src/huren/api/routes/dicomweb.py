@@ -27,6 +27,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import DomainError, NotFound, Problem, ValidationFailed
 from huren.domain.imaging import STATUS_DATASET_MISMATCH
+from huren.domain.text import is_digits
 from huren.services.imaging import (
     AuditRecord,
     ImagingService,
@@ -265,7 +266,7 @@ def _da(text: str, where: str) -> date | None:
 
 
 def _int(text: str, where: str) -> int:
-    if not text.strip().isdigit():
+    if not is_digits(text.strip()):
         raise ValidationFailed(f"{where} 应为非负整数", problems=[Problem(where, "应为非负整数")])
     return int(text)
 

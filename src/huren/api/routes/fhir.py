@@ -29,6 +29,7 @@ from huren.domain.accounts import Principal, Role
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
 from huren.domain.results import StoredResult
+from huren.domain.text import is_digits
 from huren.services.intake import Channel, Disposition, ReceiveOutcome, Rejection
 
 _ISSUE_CODE = {
@@ -354,7 +355,7 @@ def _patient_ids_from(c: Container, params: Any) -> list[int] | None:
     for name in ("patient", "subject"):
         for v in params.getlist(name):
             pid = v.removeprefix("Patient/")
-            if not pid.isdigit():
+            if not is_digits(pid):
                 raise ValidationFailed(
                     "patient 参数无效", problems=[Problem(name, f"应为 Patient/{{id}}: {v}")]
                 )
@@ -489,7 +490,7 @@ async def search_observations(request: Request, c: CONTAINER, principal: READER)
 
 # ---------------------------------------------------------------- read, vread, history
 def _result_id(text: str) -> int:
-    if not text.isdigit():
+    if not is_digits(text):
         raise NotFound(f"DiagnosticReport/{text} 不存在")
     return int(text)
 
@@ -514,7 +515,7 @@ async def read_report(rid: str, c: CONTAINER, principal: READER) -> Response:
 
 @router.get("/DiagnosticReport/{rid}/_history/{vid}", summary="vread")
 async def vread_report(rid: str, vid: str, c: CONTAINER, principal: READER) -> Response:
-    if not vid.isdigit():
+    if not is_digits(vid):
         raise NotFound(f"DiagnosticReport/{rid} 没有版本 {vid}")
     return await run_in_threadpool(_read_report, c, principal, _result_id(rid), int(vid))
 
@@ -585,7 +586,7 @@ async def read_observation(oid: str, c: CONTAINER, principal: READER) -> Respons
 
 @router.get("/Observation/{oid}/_history/{vid}", summary="vread")
 async def vread_observation(oid: str, vid: str, c: CONTAINER, principal: READER) -> Response:
-    if not vid.isdigit():
+    if not is_digits(vid):
         raise NotFound(f"Observation/{oid} 没有版本 {vid}")
     return await run_in_threadpool(_read_observation, c, principal, oid, int(vid))
 
@@ -601,7 +602,7 @@ async def observation_history(
 
 @router.get("/Patient/{pid}", summary="read")
 async def read_patient(pid: str, c: CONTAINER, principal: READER) -> Response:
-    if not pid.isdigit():
+    if not is_digits(pid):
         raise NotFound(f"Patient/{pid} 不存在")
 
     def load() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.recognition import format_span
 from huren.domain.results import StoredResult
+from huren.domain.text import is_digits
 from huren.services.recognition import CheckRequest, DecisionRequest, PatientRef
 
 router = APIRouter(tags=["互认工作台"], include_in_schema=False)
@@ -54,7 +55,7 @@ def _who(request: Request, c: Container, token: str) -> Principal | None:
 
 def parse_patient(value: str, institution: str) -> PatientRef:
     value = value.strip()
-    if value.isdigit():
+    if is_digits(value):
         return PatientRef(patient_id=int(value))
     kind, sep, ident = value.partition(":")
     try:
