@@ -18,6 +18,7 @@ lint:
 	uv run ruff check src tests bench
 	uv run ruff format --check src tests bench
 	uv run mypy
+	uv run mypy tests
 	uv run lint-imports
 
 serve:

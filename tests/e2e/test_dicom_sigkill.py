@@ -80,7 +80,10 @@ def stream(
     if not assoc.is_established:
         return
     # Nagle off on our side too (see adapters/dicom/scp.py).
-    assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    assert assoc.dul.socket is not None
+    sock = assoc.dul.socket.socket
+    assert sock is not None
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
         for n in range(PER_ASSOCIATION):
             ds = instance(spec(assoc_no, n))

@@ -83,9 +83,9 @@ def test_every_acknowledged_bundle_survives_sigkill_and_resend_stores_nothing_tw
     db_engine.upgrade(url)
     settings = Settings(
         database_url=url,
-        identifier_hash_key=keys["hash"],  # type: ignore[arg-type]
-        identifier_encryption_key=keys["enc"],  # type: ignore[arg-type]
-        token_signing_key=keys["tok"],  # type: ignore[arg-type]
+        identifier_hash_key=keys["hash"],
+        identifier_encryption_key=keys["enc"],
+        token_signing_key=keys["tok"],
     )
     c = build(settings)
     seed_world(c.engine, datetime.now(UTC))

@@ -110,8 +110,8 @@ def test_every_acknowledged_message_survives_sigkill_and_resend_stores_nothing_t
     # Every acknowledged message is stored after the crash.
     stored = set(report_numbers(url))
     for control in acked:
-        conn, n = control[1:].split("-")
-        assert f"RPT-KILL-{conn}-{n}" in stored, f"{control} was acknowledged but is lost"
+        conn_no, msg_no = control[1:].split("-")
+        assert f"RPT-KILL-{conn_no}-{msg_no}" in stored, f"{control} was acknowledged but is lost"
 
     # Restart and resend everything: all accepted, nothing stored twice.
     srv.start()

@@ -9,6 +9,7 @@ this file. Runs on SQLite and, when configured, on PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import schemathesis
@@ -59,9 +60,9 @@ def operator_headers(world: Container, login: Callable[..., dict[str, str]]) -> 
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 def test_every_operation_answers_without_server_error_and_as_documented(
-    case: schemathesis.Case, world_app: FastAPI, operator_headers: dict[str, str]
+    case: schemathesis.Case[Any], world_app: FastAPI, operator_headers: dict[str, str]
 ) -> None:
-    headers = {**operator_headers, **(case.headers or {})}
+    headers: dict[str, Any] = {**operator_headers, **dict(case.headers or {})}
     case.call_and_validate(
         app=world_app,
         headers=headers,

@@ -13,7 +13,8 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import (
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
     Verification,
@@ -102,7 +103,9 @@ def test_scp_sockets_have_nagle_switched_off(pacs: Container) -> None:
         assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
         assert assoc.is_established
         for a in scp.ae.active_associations:
+            assert a.dul.socket is not None
             sock = a.dul.socket.socket
+            assert sock is not None
             seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         assoc.release()
     assert seen
@@ -351,7 +354,9 @@ def test_c_store_is_served_where_it_arrives_and_other_requests_keep_their_order(
         on_store, on_echo = scp._on_store, scp._on_echo
 
         def store(event: evt.Event) -> int:
-            served.append((str(event.request.AffectedSOPInstanceUID), kind()))
+            request = event.request
+            assert isinstance(request, C_STORE)
+            served.append((str(request.AffectedSOPInstanceUID), kind()))
             return on_store(event)
 
         def echo(event: evt.Event) -> int:

@@ -20,7 +20,7 @@ from huren.adapters.db.results import SqlIntakeStore
 from huren.adapters.db.tables import inbound_message, result
 from huren.adapters.hl7v2.mllp import FrameReader, MllpServer, frame
 from huren.adapters.hl7v2.parse import AckCode, ParsedOru
-from huren.adapters.hl7v2.receiver import Hl7Receiver, Hl7Reply, MllpGroupCommit
+from huren.adapters.hl7v2.receiver import Hl7Receiver, MllpGroupCommit, Refusal
 from huren.adapters.hl7v2.responses import SqlResponseLog
 from huren.bootstrap import Container
 from huren.services.intake import Channel, IntakeService
@@ -39,7 +39,7 @@ class HeldFirstCommit(MllpGroupCommit):
         self.server: MllpServer | None = None
         self.batch_sizes: list[int] = []
 
-    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply]) -> list[bytes]:
+    def commit(self, prepared: Sequence[ParsedOru | Refusal]) -> list[bytes]:
         if not self.batch_sizes:
             assert self.server is not None
             assert self.server.committer is not None
@@ -161,7 +161,7 @@ class GatedCommit(MllpGroupCommit):
         self.entered = threading.Event()
         self.first_batch = 0
 
-    def commit(self, prepared: Sequence[ParsedOru | Hl7Reply]) -> list[bytes]:
+    def commit(self, prepared: Sequence[ParsedOru | Refusal]) -> list[bytes]:
         self.first_batch = self.first_batch or len(prepared)
         self.entered.set()
         assert self.gate.wait(20)

@@ -57,7 +57,7 @@ def _reminder_and_decision(
     item: str = LFT,
 ) -> None:
     with world.engine.begin() as c:
-        rid = c.execute(
+        key = c.execute(
             insert(reminder).values(
                 at=ORDERED,
                 channel="cds-hooks",
@@ -68,7 +68,9 @@ def _reminder_and_decision(
                 candidates=1,
                 recognizable=1,
             )
-        ).inserted_primary_key[0]
+        ).inserted_primary_key
+        assert key is not None
+        rid = key[0]
         if action:
             c.execute(
                 insert(decision).values(

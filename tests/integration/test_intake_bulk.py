@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 
 from huren.adapters.db.tables import result
 from huren.bootstrap import Container
-from huren.cli.ingest import BulkLoader, hl7_records
+from huren.cli.ingest import BulkLoader, LoadReport, Record, hl7_records
+from huren.services.intake import InboundMessage
 from tests.fixtures.fhir.builders import contained_report, dumps, lab_bundle
 
 HL7_DIR = Path(__file__).parent.parent / "fixtures" / "hl7"
@@ -64,21 +66,23 @@ class _Interrupted(Exception):
 
 
 def test_interrupted_load_resumes_from_its_checkpoint_and_stores_each_once(
-    world: Container, tmp_path: Path
+    world: Container, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = _ndjson(tmp_path / "big.ndjson", 20)
     loader = BulkLoader(world, path, "ndjson", batch_size=5)
     flushes = 0
     real_flush = loader._flush
 
-    def crash_on_third(*args: object) -> None:
+    def crash_on_third(
+        batch: list[tuple[Record, InboundMessage]], errors: Any, report: LoadReport
+    ) -> None:
         nonlocal flushes
         flushes += 1
         if flushes == 3:
             raise _Interrupted
-        real_flush(*args)  # type: ignore[arg-type]
+        real_flush(batch, errors, report)
 
-    loader._flush = crash_on_third  # type: ignore[method-assign]
+    monkeypatch.setattr(loader, "_flush", crash_on_third)
     with pytest.raises(_Interrupted):
         loader.run()
     assert _results(world) == 10

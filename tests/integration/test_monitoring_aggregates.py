@@ -76,14 +76,14 @@ def test_institution_totals_match_the_source_tables(active: Container) -> None:
     active.monitoring.refresh()
     with active.engine.connect() as conn:
         d = t.decision.c
-        accepted = dict(
+        accepted: dict[str, int] = dict(
             conn.execute(
                 select(d.institution_code, func.count())
                 .where(d.action == "accepted")
                 .group_by(d.institution_code)
             ).all()
         )
-        reminders = dict(
+        reminders: dict[str, int] = dict(
             conn.execute(
                 select(t.reminder.c.institution_code, func.count()).group_by(
                     t.reminder.c.institution_code
@@ -158,7 +158,7 @@ def test_declines_are_counted_by_reason(active: Container) -> None:
     active.monitoring.refresh()
     with active.engine.connect() as conn:
         d = t.decision.c
-        expected = dict(
+        expected: dict[str, int] = dict(
             conn.execute(
                 select(d.reason_code, func.count())
                 .where(d.action == "declined")
@@ -177,7 +177,7 @@ def test_declines_of_one_department_read_the_fine_table(active: Container) -> No
         inst, dept = conn.execute(
             select(d.institution_code, d.department).where(d.action == "declined").limit(1)
         ).one()
-        expected = dict(
+        expected: dict[str, int] = dict(
             conn.execute(
                 select(d.reason_code, func.count())
                 .where(d.action == "declined", d.institution_code == inst, d.department == dept)

@@ -101,6 +101,7 @@ def test_synthetic_patients_are_found_by_their_national_id(container: Container)
             .where(t.patient_identifier.c.kind == "national_id")
             .limit(1)
         )
+    assert enc is not None
     national_id = container.vault.decrypt(enc)
     reader = container.results
     assert (
@@ -135,6 +136,7 @@ def test_the_demo_data_step_fills_a_fresh_database_with_marked_results(
         marked = c.scalar(
             select(func.count()).select_from(t.result).where(t.result.c.mark_symbol.is_not(None))
         )
+    assert marked is not None
     assert 0 < marked < report.results
 
 

@@ -325,7 +325,7 @@ def test_the_planted_clinician_is_flagged_among_the_clinicians_of_the_hospital(
     assert len(findings) >= 5
     assert {f.key for f in findings if f.flagged} == {planted.clinician}
     with c.engine.connect() as conn:
-        reasons = dict(
+        reasons: dict[str, int] = dict(
             conn.execute(
                 select(t.decision.c.reason_code, func.count())
                 .where(t.decision.c.clinician == planted.clinician)

@@ -4,6 +4,7 @@ flush, and restored from the journal when a crash lost or tore them."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
@@ -87,11 +88,9 @@ def test_a_full_journal_segment_is_checkpointed_and_dropped(tmp_path: Path) -> N
 def test_stores_waiting_on_a_flush_are_made_durable_together_by_the_next_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import huren.adapters.dicom.store as store_module
-
     flushes: list[int] = []
     all_staged = threading.Event()
-    real = store_module.os.fdatasync
+    real = os.fdatasync
 
     def slow_first_flush(fd: int) -> None:
         flushes.append(fd)
@@ -99,7 +98,7 @@ def test_stores_waiting_on_a_flush_are_made_durable_together_by_the_next_one(
             all_staged.wait(10)  # a slow disk: everyone else appends meanwhile
         real(fd)
 
-    monkeypatch.setattr(store_module.os, "fdatasync", slow_first_flush)
+    monkeypatch.setattr("huren.adapters.dicom.store.os.fdatasync", slow_first_flush)
     store = ContentAddressedStore(tmp_path)
     blobs = [_blob(n) for n in range(20, 36)]
     durables = [store.stage(data, h) for data, h in blobs]

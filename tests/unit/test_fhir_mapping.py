@@ -244,6 +244,7 @@ def test_rendered_report_and_observations_are_valid_r4b() -> None:
     r = _stored()
     updated = datetime(2026, 6, 15, 9, 30, tzinfo=UTC)
     report = R4BReport.model_validate(render.diagnostic_report(r, updated))
+    assert report.meta is not None
     assert report.meta.versionId == "2"
     for o in render.observations(r, updated):
         R4BObservation.model_validate(o)
