@@ -219,34 +219,24 @@ class _LockingCursor(sqlite3.Cursor):
 
     connection: _LockingConnection
 
-    def execute(self, sql: str, parameters: Any = (), /) -> _LockingCursor:
+    def _locked(self, writes: bool, run: Any, *args: Any) -> _LockingCursor:
         conn = self.connection
-        if _writes(sql):
+        if writes:
             conn.will_write()
         try:
-            super().execute(sql, parameters)
+            run(*args)
         finally:
             conn.settle()
         return self
+
+    def execute(self, sql: str, parameters: Any = (), /) -> _LockingCursor:
+        return self._locked(_writes(sql), super().execute, sql, parameters)
 
     def executemany(self, sql: str, seq_of_parameters: Any, /) -> _LockingCursor:
-        conn = self.connection
-        if _writes(sql):
-            conn.will_write()
-        try:
-            super().executemany(sql, seq_of_parameters)
-        finally:
-            conn.settle()
-        return self
+        return self._locked(_writes(sql), super().executemany, sql, seq_of_parameters)
 
     def executescript(self, sql_script: str, /) -> _LockingCursor:
-        conn = self.connection
-        conn.will_write()
-        try:
-            super().executescript(sql_script)
-        finally:
-            conn.settle()
-        return self
+        return self._locked(True, super().executescript, sql_script)
 
 
 class _LockingConnection(sqlite3.Connection):
@@ -278,8 +268,11 @@ class _LockingConnection(sqlite3.Connection):
     def settle(self) -> None:
         """Give the lock back if no transaction is open (any more)."""
         if self._holds and not self.in_transaction:
-            self._holds = False
-            self.writer.release()
+            self._give_back()
+
+    def _give_back(self) -> None:
+        self._holds = False
+        self.writer.release()
 
     def commit(self) -> None:
         try:
@@ -303,27 +296,24 @@ class _LockingConnection(sqlite3.Connection):
         try:
             super().close()
         finally:
-            if self._holds:
-                self._holds = False
-                self.writer.release()
+            if self._holds:  # in_transaction cannot be read on a closed connection
+                self._give_back()
 
 
 _WRITER_LOCKS: weakref.WeakValueDictionary[str, SqliteWriterLock] = weakref.WeakValueDictionary()
-_ENGINE_LOCKS: weakref.WeakKeyDictionary[Engine, SqliteWriterLock] = weakref.WeakKeyDictionary()
 _WRITER_LOCKS_GUARD = threading.Lock()
 
 
 def _lock_for(database: str | None) -> SqliteWriterLock:
-    """The process's lock of a database file: one for all its engines, so that a thread
-    holding it through one engine does not wait on itself through another. A database in
-    memory has a lock of its own. Call under ``_WRITER_LOCKS_GUARD``."""
-    if not _on_disk(database):
-        return SqliteWriterLock(database)
-    key = os.path.realpath(database)
-    lock = _WRITER_LOCKS.get(key)
-    if lock is None:
-        lock = _WRITER_LOCKS[key] = SqliteWriterLock(key)
-    return lock
+    """The process's lock of a database: one for all the engines of a file, so that a
+    thread holding it through one engine does not wait on itself through another.
+    Databases in memory share one lock without a file."""
+    key = os.path.realpath(database) if _on_disk(database) else ""
+    with _WRITER_LOCKS_GUARD:
+        lock = _WRITER_LOCKS.get(key)
+        if lock is None:
+            lock = _WRITER_LOCKS[key] = SqliteWriterLock(key or None)
+        return lock
 
 
 def writer_lock(engine: Engine) -> SqliteWriterLock | None:
@@ -331,11 +321,7 @@ def writer_lock(engine: Engine) -> SqliteWriterLock | None:
     through it); None on PostgreSQL, whose writers do not exclude each other."""
     if engine.dialect.name != "sqlite":
         return None
-    with _WRITER_LOCKS_GUARD:
-        lock = _ENGINE_LOCKS.get(engine)
-        if lock is None:
-            lock = _ENGINE_LOCKS[engine] = _lock_for(engine.url.database)
-        return lock
+    return _lock_for(engine.url.database)
 
 
 def _locking_connection_class(lock: SqliteWriterLock) -> type[_LockingConnection]:
@@ -344,9 +330,11 @@ def _locking_connection_class(lock: SqliteWriterLock) -> type[_LockingConnection
 
 @contextmanager
 def begin_write(engine: Engine) -> Iterator[Connection]:
-    """``engine.begin()`` for a transaction that writes, under the engine's SQLite writer
-    lock — taken with the connection already in hand, so that a lock holder never waits
-    for the pool while the pool's connections wait for the lock."""
+    """``engine.begin()`` for a transaction that reads what it then writes: on SQLite
+    the writer lock is held from the start (not only from the first write), so that no
+    other writer commits in between. Taken with the connection already in hand, so that
+    a lock holder never waits for the pool while the pool's connections wait for the
+    lock. A transaction that only writes needs only ``engine.begin()``."""
     with engine.connect() as conn, writer_lock(engine) or nullcontext(), conn.begin():
         yield conn
 
@@ -357,18 +345,14 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         db = make_url(url).database
         if _on_disk(db):
             Path(db).parent.mkdir(parents=True, exist_ok=True)
-        with _WRITER_LOCKS_GUARD:
-            lock = _lock_for(db)
         engine = create_engine(
             url,
             connect_args={
                 "check_same_thread": False,
-                "factory": _locking_connection_class(lock),
+                "factory": _locking_connection_class(_lock_for(db)),
             },
             **kwargs,
         )
-        with _WRITER_LOCKS_GUARD:
-            _ENGINE_LOCKS[engine] = lock
         event.listen(engine, "connect", _sqlite_pragmas)
         if _on_disk(db):
             _WalCheckpointer(engine, db).start()

@@ -31,7 +31,7 @@ from sqlalchemy import (
     update,
 )
 
-from huren.adapters.db.engine import writer_lock
+from huren.adapters.db.engine import begin_write
 from huren.adapters.db.results import _obs_from_row, _stored, utc
 from huren.adapters.db.tables import (
     decision,
@@ -419,41 +419,37 @@ class SqlRecognitionTx:
     ``transaction`` (writes commit with it), or a ``reading`` connection whose check
     writes go through the store's group commit."""
 
-    def __init__(
-        self, conn: Connection, write_lock: Any = None, group: _GroupCommit | None = None
-    ) -> None:
+    def __init__(self, conn: Connection, group: _GroupCommit | None = None) -> None:
         self._c = conn
         self._sql = _sql_for(conn)
         self._cursor: Any = None
-        self._write_lock = write_lock
         self._group = group
 
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Writes on this reading connection, committed at the end of the block (rolled
-        back if it raises), under the store's SQLite write lock. On PostgreSQL the block's
+        back if it raises); on SQLite its first write queues on the writer lock
+        (``engine.SqliteWriterLock``), and the commit gives it back. On PostgreSQL the block's
         statements are pipelined (psycopg pipeline mode): what needs no answer is sent
         with the next statement that does, or with the COMMIT — a check's writes cost two
         round trips (the reminders' ids; the rest with the commit), not four."""
         if self._c.in_transaction():  # begun through SQLAlchemy: let it commit
-            with self._write_lock or nullcontext():
-                try:
-                    yield
-                except BaseException:
-                    self._c.rollback()
-                    raise
-                self._c.commit()
+            try:
+                yield
+            except BaseException:
+                self._c.rollback()
+                raise
+            self._c.commit()
             return
         dbapi: Any = self._c.connection.dbapi_connection
         postgresql = self._sql.dialect == "postgresql"
-        with self._write_lock or nullcontext():
-            try:
-                with dbapi.pipeline() if postgresql else nullcontext():
-                    yield
-                    dbapi.commit()
-            except BaseException:
-                dbapi.rollback()
-                raise
+        try:
+            with dbapi.pipeline() if postgresql else nullcontext():
+                yield
+                dbapi.commit()
+        except BaseException:
+            dbapi.rollback()
+            raise
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         """Run one statement on the DBAPI cursor, inside this connection's transaction
@@ -667,19 +663,13 @@ class SqlRecognitionStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        # SQLite admits one writer at a time, and a writer that finds the database locked
-        # waits in SQLite's busy handler, which sleeps 1, 2, 5 … 100 ms between tries;
-        # under concurrent checks that turns a sub-millisecond write into tens of
-        # milliseconds. Recognition writes queue on the engine's writer lock instead (the
-        # one intake takes too, shared with the other worker processes). The lock is
-        # taken only with a connection in hand: a lock holder waiting for the pool while
-        # the pool's connections wait for the lock would be a deadlock.
-        self._write_lock = writer_lock(engine)
         self._group = _GroupCommit()
 
     @contextmanager
     def transaction(self) -> Iterator[SqlRecognitionTx]:
-        with self._engine.connect() as conn, self._write_lock or nullcontext(), conn.begin():
+        # Its users read (the result, the card) before they write: on SQLite the writer
+        # lock is held from the start.
+        with begin_write(self._engine) as conn:
             tx = SqlRecognitionTx(conn)
             try:
                 yield tx
@@ -689,7 +679,7 @@ class SqlRecognitionStore:
     @contextmanager
     def reading(self) -> Iterator[SqlRecognitionTx]:
         with self._engine.connect() as conn:
-            tx = SqlRecognitionTx(conn, self._write_lock, self._group)
+            tx = SqlRecognitionTx(conn, self._group)
             try:
                 yield tx
             finally:

@@ -10,7 +10,7 @@ import functools
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any, cast
@@ -32,7 +32,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.exc import IntegrityError
 
-from huren.adapters.db.engine import is_sqlite, writer_lock
+from huren.adapters.db.engine import is_sqlite
 from huren.adapters.db.tables import (
     audit_event,
     inbound_message,
@@ -1109,10 +1109,6 @@ class SqlIntakeStore:
             IntegrityError,
             engine.dialect.loaded_dbapi.IntegrityError,
         )
-        # SQLite has one writer at a time: intake transactions queue on the engine's
-        # writer lock rather than in SQLite's busy handler (two HTTP requests committing
-        # at once lost milliseconds each time).
-        self._write_lock: AbstractContextManager[None] = writer_lock(engine) or nullcontext()
 
     @contextmanager
     def transaction(self) -> Iterator[SqlIntakeTx]:
@@ -1144,21 +1140,22 @@ class SqlIntakeStore:
         pooled = self._engine.raw_connection()
         try:
             db: Any = pooled.driver_connection
-            with self._write_lock:
-                # Take the write lock at once so that the duplicate check and the writes
-                # see the same state (no lost update between two writers).
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    tx = SqlIntakeTx.on_sqlite(db)
-                    yield tx
-                    tx.flush()
-                    db.commit()
-                except self._conflicts as exc:
-                    db.rollback()
-                    raise TransientConflict(str(exc)) from exc
-                except BaseException:
-                    db.rollback()
-                    raise
+            # Take the write lock at once so that the duplicate check and the writes see
+            # the same state (no lost update between two writers). On SQLite one writer
+            # at a time: BEGIN IMMEDIATE first queues on the engine's writer lock (see
+            # engine.SqliteWriterLock), not in SQLite's busy handler.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                tx = SqlIntakeTx.on_sqlite(db)
+                yield tx
+                tx.flush()
+                db.commit()
+            except self._conflicts as exc:
+                db.rollback()
+                raise TransientConflict(str(exc)) from exc
+            except BaseException:
+                db.rollback()
+                raise
         finally:
             pooled.close()
 

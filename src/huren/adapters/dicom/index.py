@@ -492,7 +492,7 @@ class SqlImagingIndex:
         return "added"
 
     def log_event(self, event: DicomEvent) -> None:
-        with begin_write(self.engine) as c:
+        with self.engine.begin() as c:
             c.execute(
                 dicom_event.insert().values(
                     at=event.at,
@@ -771,7 +771,7 @@ class SqlImagingIndex:
         return MoveDestination(r.ae_title, r.host, r.port, r.institution_code)
 
     def add_move_destination(self, dest: MoveDestination) -> None:
-        with begin_write(self.engine) as c:
+        with self.engine.begin() as c:
             c.execute(
                 dicom_destination.delete().where(dicom_destination.c.ae_title == dest.ae_title)
             )
@@ -785,7 +785,7 @@ class SqlImagingIndex:
             )
 
     def audit(self, record: AuditRecord) -> None:
-        with begin_write(self.engine) as c:
+        with self.engine.begin() as c:
             c.execute(
                 audit_event.insert().values(
                     at=record.at,
