@@ -7,8 +7,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import text
 
 from huren.adapters.db.engine import make_engine, writer_lock
 
@@ -35,20 +38,32 @@ def _child(url: str, mode: str) -> subprocess.Popen[str]:
     return proc
 
 
+def _holds_until(url: str, end: Callable[[], object]) -> None:
+    """A process asking for the lock gets it only after ``end`` has run."""
+    child = _child(url, "hold")
+    time.sleep(0.5)
+    ended = time.time()
+    end()
+    out, _ = child.communicate(timeout=30)
+    assert float(out.strip()) >= ended
+
+
+def _free(url: str) -> None:
+    """A process asking for the lock gets it."""
+    child = _child(url, "hold")
+    child.communicate(timeout=30)
+    assert child.returncode == 0
+
+
 def test_a_writer_in_another_process_waits_until_the_lock_is_given_back(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'w.db'}"
     engine = make_engine(url)
     lock = writer_lock(engine)
     assert lock is not None
-    assert writer_lock(engine) is lock  # one per engine: intake and recognition share it
+    assert writer_lock(engine) is lock  # one per database file: every store shares it
     try:
-        with lock:
-            child = _child(url, "hold")
-            time.sleep(0.5)
-            released = time.time()
-        out, _ = child.communicate(timeout=30)
-        assert child.returncode == 0
-        assert float(out.strip()) >= released
+        lock.acquire()
+        _holds_until(url, lock.release)
     finally:
         engine.dispose()
 
@@ -107,8 +122,6 @@ def test_a_write_outside_the_stores_is_not_starved_by_queued_writers(tmp_path: P
     # Before every write took the lock, such a write waited in SQLite's busy handler,
     # whose polls found the database free only once the queue stopped: 19 s measured,
     # or "database is locked" after the 30 s busy timeout.
-    from sqlalchemy import text
-
     url = f"sqlite:///{tmp_path / 'w.db'}"
     stop = tmp_path / "stop"
     engine = make_engine(url)
@@ -151,8 +164,6 @@ def test_a_write_outside_the_stores_is_not_starved_by_queued_writers(tmp_path: P
 def test_a_write_transaction_holds_the_lock_until_it_ends_and_a_read_never(
     tmp_path: Path,
 ) -> None:
-    from sqlalchemy import text
-
     url = f"sqlite:///{tmp_path / 'w.db'}"
     engine = make_engine(url)
     try:
@@ -160,36 +171,22 @@ def test_a_write_transaction_holds_the_lock_until_it_ends_and_a_read_never(
             c.execute(text("CREATE TABLE t (x INTEGER)"))
         with engine.connect() as c:
             c.execute(text("SELECT count(*) FROM t")).scalar_one()
-            child = _child(url, "hold")  # takes the lock while this read is open
-            child.communicate(timeout=30)
-            assert child.returncode == 0
+            _free(url)  # while this read is open
             c.rollback()
         for end in ("commit", "rollback"):
             with engine.connect() as c:
                 c.execute(text("INSERT INTO t VALUES (1)"))
-                child = _child(url, "hold")
-                time.sleep(0.5)
-                ended = time.time()
-                getattr(c, end)()
-                out, _ = child.communicate(timeout=30)
-                assert float(out.strip()) >= ended, end
+                _holds_until(url, getattr(c, end))
         # On the driver's connection too, through sqlite3's own ``execute`` shortcut (as
         # intake writes).
         pooled = engine.raw_connection()
         try:
             pooled.driver_connection.execute("INSERT INTO t VALUES (2)")  # type: ignore[union-attr]
-            child = _child(url, "hold")
-            time.sleep(0.5)
-            ended = time.time()
-            pooled.commit()
-            out, _ = child.communicate(timeout=30)
-            assert float(out.strip()) >= ended
+            _holds_until(url, pooled.commit)
             driver: Any = pooled.driver_connection
             with driver:  # sqlite3 commits a ``with`` block without calling commit()
                 driver.execute("INSERT INTO t VALUES (3)")
-            child = _child(url, "hold")
-            child.communicate(timeout=30)
-            assert child.returncode == 0
+            _free(url)
         finally:
             pooled.close()
     finally:
@@ -197,11 +194,9 @@ def test_a_write_transaction_holds_the_lock_until_it_ends_and_a_read_never(
 
 
 def test_the_lock_is_reentrant_and_one_for_the_engines_of_a_file(tmp_path: Path) -> None:
-    # Intake holds it around BEGIN IMMEDIATE, whose own statements take it again; a
-    # thread holding it through one engine writes through another of the same file
-    # (with a lock per engine, its flock would wait for itself for ever).
-    from sqlalchemy import text
-
+    # begin_write holds it around a transaction whose statements take it again; a thread
+    # holding it through one engine writes through another of the same file (with a
+    # lock per engine, its flock would wait for itself for ever).
     url = f"sqlite:///{tmp_path / 'w.db'}"
     first, second = make_engine(url), make_engine(url)
     wrote = threading.Event()
@@ -218,9 +213,7 @@ def test_the_lock_is_reentrant_and_one_for_the_engines_of_a_file(tmp_path: Path)
         t = threading.Thread(target=write, daemon=True)
         t.start()
         assert wrote.wait(10)
-        child = _child(url, "hold")  # and it is free again afterwards
-        child.communicate(timeout=30)
-        assert child.returncode == 0
+        _free(url)  # and it is free again afterwards
     finally:
         first.dispose()
         second.dispose()

@@ -1,6 +1,6 @@
 """Writers of different kinds at once: a DICOM instance stored while lab results pour in
-is stored, not refused because another writer held the database. On SQLite intake,
-recognition and imaging queue on the engine's one writer lock."""
+is stored, not refused because another writer held the database. On SQLite every writer
+queues on the database's one writer lock."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_instances_stored_while_results_are_written_are_all_stored(world: Contai
 
 
 def test_a_dicom_instance_waits_for_the_sqlite_writer_lock(world: Container) -> None:
-    """Imaging writes queue on the engine's writer lock like intake's, instead of polling
+    """Imaging writes queue on the database's writer lock like intake's, instead of polling
     SQLite's busy handler (whose sleeps grow to 100 ms: under a stream of lab results an
     instance took up to 1.5 s to store)."""
     lock = writer_lock(world.engine)
