@@ -7,7 +7,13 @@ import hl7
 import pytest
 from sqlalchemy import func, select
 
-from huren.adapters.db.tables import inbound_message, observation, patient, result
+from huren.adapters.db.tables import (
+    inbound_message,
+    inflate_message,
+    observation,
+    patient,
+    result,
+)
 from huren.adapters.hl7v2.parse import AckCode
 from huren.adapters.hl7v2.receiver import Hl7Receiver
 from huren.adapters.hl7v2.responses import SqlResponseLog
@@ -160,7 +166,7 @@ def test_rejection_is_recorded_with_its_reason_raw_text_and_ack(
     )
     assert row.institution_code == HOSP_A
     assert "OBR[1]-3" in row.error
-    assert row.raw == text
+    assert inflate_message(row.raw_deflated) == text
     assert row.response == reply.ack
     assert count(world, result) == 0
 

@@ -315,15 +315,18 @@ def test_result_of_a_merged_patient_goes_to_the_patient_it_was_merged_into(
     assert world.results.get_result(ref.results[0].result_id).patient_id == survivor
 
 
-def test_a_message_kept_as_its_utf8_bytes_is_stored_and_read_as_text(world: Container) -> None:
+def test_a_message_is_stored_deflated_and_read_as_text(world: Container) -> None:
     raw = "MSH|^~\\&|LIS|H130100001 王秀英 丙氨酸氨基转移酶".encode()
-    outcome = world.intake.receive(replace(message(lab_panel(HOSP_A)), raw=raw))
-    assert not outcome.duplicate
-    detail = world.inbound_messages.get(outcome.message_id)
-    assert detail is not None
-    assert detail.raw == raw.decode()
-    with world.engine.connect() as c:
-        kind = c.execute(
-            text("SELECT raw FROM inbound_message WHERE id = :i"), {"i": outcome.message_id}
-        ).scalar_one()
-    assert isinstance(kind, str)
+    bundle = '{"resourceType": "Bundle", "entry": [' + '{"fullUrl": "urn:x"},' * 500 + "]}"
+    for kept in (raw, bundle):
+        outcome = world.intake.receive(replace(message(lab_panel(HOSP_A)), raw=kept))
+        detail = world.inbound_messages.get(outcome.message_id)
+        assert detail is not None
+        assert detail.raw == (kept.decode() if isinstance(kept, bytes) else kept)
+        with world.engine.connect() as c:
+            stored = c.execute(
+                text("SELECT raw_deflated FROM inbound_message WHERE id = :i"),
+                {"i": outcome.message_id},
+            ).scalar_one()
+        assert isinstance(stored, bytes)
+    assert len(stored) < len(bundle) // 20

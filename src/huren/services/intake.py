@@ -53,9 +53,9 @@ class InboundMessage:
     institution: str  # producing institution's code (from MSH-4, the API key, Bundle meta…)
     control_id: str  # MSH-10, Bundle.id/identifier, file:line
     # The message as received (kept for the engineer's page and for replays): its text,
-    # or its bytes when they are valid UTF-8 — stored as text as they are, without the
-    # round trip through a Python str (encoding a Bundle's text back to UTF-8 for the
-    # insert cost more than the insert).
+    # or its bytes (UTF-8; any invalid sequence is shown as a replacement character),
+    # kept as they came, without the round trip through a Python str (decoding a
+    # Bundle's bytes and encoding them back for the insert cost more than the insert).
     raw: str | bytes
     submissions: tuple[ResultSubmission, ...]
 
@@ -267,7 +267,7 @@ class MessageRecord:
     status: str  # accepted | rejected | duplicate
     error: str
     response: str
-    raw: str | bytes  # bytes: valid UTF-8 (``InboundMessage.raw``)
+    raw: str | bytes  # bytes: as received (``InboundMessage.raw``)
 
 
 @dataclass(frozen=True, slots=True)

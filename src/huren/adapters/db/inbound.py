@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, case, func, select
 
-from huren.adapters.db.tables import inbound_message
+from huren.adapters.db.tables import inbound_message, inflate_message
 
 # An institution whose share of refused messages reaches this is shown as failing.
 ERROR_RATE_ALERT = 0.2
@@ -139,14 +139,14 @@ class SqlInboundMessages:
             return [_summary(r) for r in conn.execute(stmt)]
 
     def get(self, message_id: int) -> MessageDetail | None:
-        stmt = select(*_SUMMARY_COLUMNS, inbound_message.c.raw, inbound_message.c.response).where(
-            inbound_message.c.id == message_id
-        )
+        stmt = select(
+            *_SUMMARY_COLUMNS, inbound_message.c.raw_deflated, inbound_message.c.response
+        ).where(inbound_message.c.id == message_id)
         with self.engine.connect() as conn:
             r = conn.execute(stmt).first()
         if r is None:
             return None
-        return MessageDetail(_summary(r), str(r.raw), str(r.response))
+        return MessageDetail(_summary(r), inflate_message(r.raw_deflated), str(r.response))
 
     def connection_status(self, institution: str, now: datetime) -> ConnectionStatus:
         m = inbound_message.c

@@ -35,6 +35,7 @@ from sqlalchemy.exc import IntegrityError
 from huren.adapters.db.engine import is_sqlite
 from huren.adapters.db.tables import (
     audit_event,
+    deflate_message,
     inbound_message,
     observation,
     outbox,
@@ -303,7 +304,7 @@ _MESSAGE_COLUMNS = (
     "status",
     "error",
     "response",
-    "raw",
+    "raw_deflated",
 )
 # The lookups of the intake transaction search an index once per key, whatever the
 # statistics say: written as ``col = ANY(%s)``, the planner — on statistics taken while
@@ -333,9 +334,8 @@ _PG_ACCEPTED_MANY = (  # see _PG_HEADS
 
 
 def _message_values(record: MessageRecord, received_at: Any, raw: Any) -> tuple[Any, ...]:
-    """An inbound_message row in ``_MESSAGE_COLUMNS`` order, with the time and the raw
-    message bound as the backend needs them (PostgreSQL: aware UTC and text; SQLite:
-    the column type's text and the message as given, see ``_SQLITE_MESSAGE_VALUES``)."""
+    """An inbound_message row in ``_MESSAGE_COLUMNS`` order, with the time and the
+    deflated message bound as the statement needs them (``_pg_message_values``)."""
     return (
         received_at,
         record.channel[:16],
@@ -349,11 +349,11 @@ def _message_values(record: MessageRecord, received_at: Any, raw: Any) -> tuple[
     )
 
 
-def _pg_message_values(record: MessageRecord) -> tuple[Any, ...]:
-    raw = record.raw
-    return _message_values(
-        record, utc(record.received_at), raw if isinstance(raw, str) else raw.decode()
-    )
+def _pg_message_values(record: MessageRecord, *, json: bool) -> tuple[Any, ...]:
+    """PostgreSQL: the time aware UTC; in a JSON document (``_pg_json_rows``) the deflated
+    message as the hex text that ``::bytea`` reads, else as bytes."""
+    raw = deflate_message(record.raw)
+    return _message_values(record, utc(record.received_at), "\\x" + raw.hex() if json else raw)
 
 
 # SQLite: the statements of the intake transaction on the DBAPI cursor (sqlite3), as the
@@ -363,10 +363,7 @@ _SQ_ACCEPTED = (
     "SELECT id, response FROM inbound_message WHERE content_hash = ? "
     "AND status = 'accepted' ORDER BY id LIMIT 1"
 )
-# The raw message may be bound as its UTF-8 bytes (``InboundMessage.raw``): CAST makes
-# them the TEXT they are (SQLite reads a BLOB cast to TEXT in the database encoding).
-assert _MESSAGE_COLUMNS[-1] == "raw"
-_SQLITE_MESSAGE_VALUES = "(" + ", ".join(["?"] * (len(_MESSAGE_COLUMNS) - 1)) + ", CAST(? AS TEXT))"
+_SQLITE_MESSAGE_VALUES = "(" + ", ".join(["?"] * len(_MESSAGE_COLUMNS)) + ")"
 _SQ_MESSAGE_INSERT = (
     f"INSERT INTO inbound_message ({', '.join(_MESSAGE_COLUMNS)}) "  # noqa: S608 - constants
     f"VALUES {_SQLITE_MESSAGE_VALUES}"
@@ -729,7 +726,7 @@ class SqlIntakeTx:
                 cur.execute(
                     self._sql.open_batch,
                     (
-                        _pg_json([_pg_message_values(r) for r in records]),
+                        _pg_json([_pg_message_values(r, json=True) for r in records]),
                         sorted({r.content_hash for r in records}),
                         [i for i, _ in pairs],
                         [no for _, no in pairs],
@@ -763,8 +760,8 @@ class SqlIntakeTx:
 
     def _message_row(self, record: MessageRecord) -> tuple[Any, ...]:
         """SQLite: an inbound_message row with the time bound as the column type binds
-        it and the raw message as given (text or UTF-8 bytes, cast to TEXT)."""
-        return _message_values(record, self._time(record.received_at), record.raw)
+        it and the message deflated."""
+        return _message_values(record, self._time(record.received_at), deflate_message(record.raw))
 
     def mark_duplicate(self, message_id: int, response: str) -> None:
         self._queue(self._sql.duplicate, [(response, message_id)])
@@ -782,7 +779,7 @@ class SqlIntakeTx:
         if self._sqlite:
             self._cur.execute(_SQ_MESSAGE_INSERT, self._message_row(record))
             return int(self._cur.lastrowid)
-        values = dict(zip(_MESSAGE_COLUMNS, _pg_message_values(record), strict=True))
+        values = dict(zip(_MESSAGE_COLUMNS, _pg_message_values(record, json=False), strict=True))
         return int(self._sa.execute(_MESSAGE_INSERT, values).scalar_one())
 
     def set_response(self, message_id: int, response: str) -> None:

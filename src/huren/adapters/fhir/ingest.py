@@ -551,17 +551,6 @@ def _index_contained(ctx: _Ctx, report: m.DiagnosticReport, where: str, base: st
             ctx.by_ref[f"{base}#{res.id}"] = (at, res, -1)
 
 
-def _kept(raw: bytes) -> str | bytes:
-    """The message as it is kept (``InboundMessage.raw``): its bytes when they are valid
-    UTF-8 (the usual case; checked here, decoding is cheap), else its text with
-    replacement characters."""
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return raw.decode("utf-8", "replace")
-    return raw
-
-
 def parse_transaction(
     raw: bytes,
     *,
@@ -638,7 +627,7 @@ def parse_transaction(
         default_institution,
         channel,
         control_id,
-        _kept(raw) if keep_raw else "",
+        raw if keep_raw else b"",
     )
 
 
@@ -677,7 +666,7 @@ def parse_report(
         default_institution,
         channel,
         control_id or res.id,
-        _kept(raw) if keep_raw else "",
+        raw if keep_raw else b"",
     )
 
 
