@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, text
@@ -227,6 +227,24 @@ def test_naive_performed_time_is_refused(world: Container) -> None:
     with pytest.raises(ValidationFailed) as err:
         store(world, replace(lab_panel(), performed_at=datetime(2026, 6, 1, 8, 0)))
     assert [p.field for p in err.value.problems] == ["submissions[0].performed_at"]
+
+
+def test_times_at_the_ends_of_the_calendar_are_refused_naming_the_field(
+    world: Container,
+) -> None:
+    # Found by a mutation fuzzer: 0001-01-01 at +08:00 is year 0 in UTC, 9999-12-31 at
+    # -05:00 year 10000; converting them for the database overflowed (a 500).
+    first = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=8)))
+    last = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+    before = _counts(world)
+    with pytest.raises(ValidationFailed) as err:
+        store(world, replace(lab_panel(), performed_at=first, issued_at=last))
+    assert [p.field for p in err.value.problems] == [
+        "submissions[0].performed_at",
+        "submissions[0].issued_at",
+    ]
+    assert "1900–2199" in err.value.problems[0].message
+    assert _counts(world) == before
 
 
 def test_rejection_is_recorded_with_its_reason(world: Container) -> None:

@@ -181,6 +181,37 @@ def test_dangling_result_reference_is_refused() -> None:
     assert [p.field for p in _problems(dumps(bundle))] == ["Bundle.entry[3].resource.result[1]"]
 
 
+@pytest.mark.parametrize("value", [None, 7, ["Patient"]])
+def test_a_resource_type_that_is_not_a_name_is_refused_naming_it(value: Any) -> None:
+    # Found by a mutation fuzzer: a null resourceType escaped as an uncaught msgspec error.
+    bundle = lab_bundle(n_obs=1)
+    bundle["entry"][0]["resource"]["resourceType"] = value
+    assert [p.field for p in _problems(dumps(bundle))] == ["Bundle.entry[0].resource.resourceType"]
+
+
+def test_a_nul_character_is_refused_naming_each_string_that_holds_one() -> None:
+    # PostgreSQL text cannot store U+0000: found by the fuzzer as a 500 on PostgreSQL.
+    bundle = lab_bundle(n_obs=1)
+    bundle["entry"][0]["resource"]["name"][0]["text"] = "张\u0000三"
+    bundle["entry"][-1]["resource"]["code"]["coding"][0]["display"] = "肝功\u0000能"
+    assert [p.field for p in _problems(dumps(bundle))] == [
+        "Bundle.entry[0].resource.name[0].text",
+        "Bundle.entry[3].resource.code.coding[0].display",
+    ]
+    report = contained_report("R-NUL", n_obs=1)
+    report["conclusion"] = "\x00"
+    with pytest.raises(ValidationFailed) as err:
+        parse_report(dumps(report))
+    assert [p.field for p in err.value.problems] == ["DiagnosticReport.conclusion"]
+
+
+def test_an_escaped_backslash_before_u0000_is_text_not_a_nul() -> None:
+    bundle = lab_bundle(n_obs=1)
+    bundle["entry"][-1]["resource"]["code"]["coding"][0]["display"] = "C:\\u0000"
+    parsed = parse_transaction(dumps(bundle))
+    assert parsed.message.submissions[0].local_name == "C:\\u0000"
+
+
 def test_unsupported_resource_type_is_informational_not_an_error() -> None:
     bundle = lab_bundle(n_obs=1)
     bundle["entry"].append(

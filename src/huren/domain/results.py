@@ -8,11 +8,22 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
 from huren.domain.identity import PatientIdentifier
 from huren.domain.masterdata import Category
+
+# The times a result may carry (performed, issued). Outside them a time is a typing error
+# or a placeholder (0001-01-01, 9999-12-31): a clear rejection, not a stored result, and
+# the ends of the calendar cannot even be moved to UTC (year 0 or 10000: an overflow).
+EARLIEST_RESULT_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_RESULT_TIME = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+def plausible_result_time(value: datetime) -> bool:
+    """Aware ``value`` within [1900, 2200) UTC (compared without converting it)."""
+    return EARLIEST_RESULT_TIME <= value < LATEST_RESULT_TIME
 
 
 class ResultStatus(StrEnum):

@@ -28,6 +28,7 @@ from huren.domain.results import (
     ObservationValue,
     ResultSubmission,
     ValueType,
+    plausible_result_time,
 )
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.patients import IdentifierKey, PatientLookup, PatientMatcher, PatientStore
@@ -789,6 +790,11 @@ class IntakeService:
                     errors.add(f"submissions[{i}].{name}", f"缺少{label}")
                 elif value.tzinfo is None:
                     errors.add(f"submissions[{i}].{name}", f"{label}缺少时区")
+                elif not plausible_result_time(value):
+                    errors.add(
+                        f"submissions[{i}].{name}",
+                        f"{label}超出可接受的范围（1900–2199 年）: {value.isoformat()}",
+                    )
             identifiers = sub.patient.identifiers
             if not identifiers:
                 errors.add(
