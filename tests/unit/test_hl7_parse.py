@@ -123,6 +123,24 @@ def test_escaped_tilde_in_reference_range_is_a_range_not_a_repetition() -> None:
 
 
 @pytest.mark.parametrize(
+    ("escaped", "text"),
+    [
+        ("\\XE5BCA0\\医生", "张医生"),  # UTF-8 bytes
+        ("\\XD5C5\\医生", "张医生"),  # GB18030 bytes
+        ("李\\X00\\医生", "李医生"),  # a NUL (found by a fuzzer: AR 207 on PostgreSQL)
+        ("李\\X0D0A\\医生", "李\r\n医生"),
+        ("李\\X1B07\\医生", "李医生"),
+        ("李\\XZZ\\医生", "李医生"),
+    ],
+)
+def test_hexadecimal_escapes_read_as_text_without_control_characters(
+    escaped: str, text: str
+) -> None:
+    (sub,) = parse(with_field(LFT, "OBR", 32, f"0456&{escaped}")).message.submissions
+    assert sub.signer == text
+
+
+@pytest.mark.parametrize(
     ("obr25", "status"),
     [
         ("P", ResultStatus.PRELIMINARY),

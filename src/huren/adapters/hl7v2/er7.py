@@ -82,13 +82,33 @@ class Delimiters:
             if seq.startswith(".sp"):
                 return "\n"
             if seq.startswith("X") and len(seq) > 1:
-                try:
-                    return bytes.fromhex(seq[1:]).decode("latin-1")
-                except ValueError:
-                    return ""
+                return _hex_text(seq[1:])
             return ""  # .in, .ti, .ce, .fi, .nf, Z…: formatting, not content
 
         return pattern.sub(sub, text)
+
+
+# C0 control characters a hexadecimal escape may spell but no text value holds (HL7 text
+# types allow none of them; PostgreSQL cannot store NUL): dropped, like the formatting
+# commands. Tab and line breaks stay.
+_CONTROLS = {c: None for c in range(32) if chr(c) not in "\t\n\r"}
+
+
+def _hex_text(digits: str) -> str:
+    """``\\Xdddd…\\``: bytes in the message's character set, which is UTF-8 or GB18030
+    by the time a value is read (``parse.decode``); a byte string that is neither is
+    read as Latin-1. Control characters are dropped (found by a fuzzer: ``\\X00\\``
+    reached PostgreSQL as a NUL and the message was answered AR 207)."""
+    try:
+        data = bytes.fromhex(digits)
+    except ValueError:
+        return ""
+    for charset in ("utf-8", "gb18030"):
+        try:
+            return data.decode(charset).translate(_CONTROLS)
+        except UnicodeDecodeError:
+            continue
+    return data.decode("latin-1").translate(_CONTROLS)
 
 
 class FieldValue:
