@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -42,22 +43,29 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def pg_database() -> Iterator[str]:
-    if not PG_URL:
-        pytest.skip("HUREN_TEST_DATABASE_URL 未设置: 跳过 PostgreSQL")
+@contextmanager
+def scratch_pg_database(name: str) -> Iterator[str]:
+    """A new, empty PostgreSQL database beside HUREN_TEST_DATABASE_URL's, dropped after."""
     base = make_url(PG_URL)
-    name = f"huren_test_{_worker()}_{os.getpid()}"
     admin = create_engine(base, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
         c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
         c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = base.set(database=name).render_as_string(hide_password=False)
-    db_engine.upgrade(url)
-    yield url
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    if not PG_URL:
+        pytest.skip("HUREN_TEST_DATABASE_URL 未设置: 跳过 PostgreSQL")
+    with scratch_pg_database(f"huren_test_{_worker()}_{os.getpid()}") as url:
+        db_engine.upgrade(url)
+        yield url
 
 
 def _truncate_all(url: str) -> None:

@@ -11,11 +11,10 @@ from pathlib import Path
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
 
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.inbound import SqlInboundMessages
-from tests.conftest import BACKENDS, PG_URL
+from tests.conftest import BACKENDS, scratch_pg_database
 
 MESSAGES = [
     "MSH|^~\\&|LIS|H130100001|HUREN|HUREN|20260614093000||ORU^R01|C1|P|2.5.1\rPID|1||张三",
@@ -29,16 +28,8 @@ def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'old.db'}"
         return
-    base = make_url(PG_URL)
-    name = f"huren_migration_{os.getpid()}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    yield base.set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_pg_database(f"huren_migration_{os.getpid()}") as url:
+        yield url
 
 
 def _texts(url: str, ids: list[int]) -> list[str]:
