@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -32,6 +34,13 @@ _HTTP_TITLES = {
 }
 
 
+def _shown(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (``\\ud800``, which JSON can
+    escape and a message may repeat back) is written as its escape, not a failure to
+    answer at all."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def problem(
     status: int,
     code: str,
@@ -44,10 +53,10 @@ def problem(
         "title": _HTTP_TITLES.get(status, "错误"),
         "status": status,
         "code": code,
-        "detail": detail,
+        "detail": _shown(detail),
     }
     if errors:
-        body["errors"] = errors
+        body["errors"] = [{k: _shown(v) for k, v in e.items()} for e in errors]
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
@@ -91,8 +100,11 @@ def install(app: FastAPI) -> None:
         )
 
     # The database refusing a value the request carried (a NUL character PostgreSQL cannot
-    # store in text, an identifier beyond 64 bits) is bad input, not a server fault.
+    # store in text, an identifier beyond 64 bits) is bad input, not a server fault: through
+    # SQLAlchemy, or from the drivers' own cursors (the hot paths write on them).
     @app.exception_handler(DataError)
+    @app.exception_handler(psycopg.DataError)
+    @app.exception_handler(sqlite3.DataError)
     @app.exception_handler(OverflowError)
     async def _unstorable(_: Request, exc: Exception) -> JSONResponse:
         log.info("request value refused by the database: %s", exc)
