@@ -371,6 +371,35 @@ def test_without_prefetch_the_patient_is_read_from_the_fhir_server(
         (lambda b: b["context"].pop("selections"), "context.selections"),
         (lambda b: b.update(hook="patient-view"), "hook"),
         (lambda b: b.update(fhirAuthorization={"access_token": "x"}), "fhirServer"),
+        # Found by a mutation fuzzer; each was a 500. A NUL PostgreSQL cannot store:
+        (lambda b: b["context"].update(userId="Practitioner/\u0000"), "context.userId"),
+        (lambda b: b.update(hookInstance="a\u0000b"), "hookInstance"),
+        (
+            lambda b: _order(b, 0).update(id="sr\u0000ct"),
+            "context.draftOrders.entry[0].resource.id",
+        ),
+        # a lone surrogate UTF-8 cannot encode (not for the database, nor for the 400 that
+        # echoed the hook):
+        (lambda b: b.update(hook="order-select\ud800"), "hook"),
+        (
+            lambda b: _order(b, 1)["code"]["coding"][0].update(code="B-LFT\udc00"),
+            "context.draftOrders.entry[1].resource.code.coding[0].code",
+        ),
+        # values beyond the width of the column recording them (PostgreSQL refused them):
+        (lambda b: b["context"].update(userId="Practitioner/" + "9" * 60), "context.userId"),
+        (lambda b: _rename(b, 0, "x" * 200), "context.draftOrders.entry[0].resource.id"),
+        (
+            lambda b: _order(b, 1)["code"]["coding"][0].update(code="B-" + "9" * 70),
+            "context.draftOrders.entry[1].resource.code.coding",
+        ),
+        # a coding that is not an array:
+        (
+            lambda b: _order(b, 0)["code"].update(coding=7),
+            "context.draftOrders.entry[0].resource.code.coding",
+        ),
+        # a fhirServer that is no URL (urlsplit raised) or whose port does not exist:
+        (lambda b: b.update(fhirServer="http://["), "fhirServer"),
+        (lambda b: b.update(fhirServer="http://127.0.0.1:99999/fhir"), "fhirServer"),
     ],
 )
 def test_malformed_hook_request_is_400_naming_the_field(
@@ -379,10 +408,85 @@ def test_malformed_hook_request_is_400_naming_the_field(
     base, headers = hebei
     body = hook_request(prefetch={"patient": patient_resource()})
     mutate(body)
-    r = post(base, headers, SELECT, body)
+    r = post_raw(base, headers, SELECT, body)
     assert r.status_code == 400
     assert r.headers["content-type"].startswith("application/problem+json")
     assert field in [e["field"] for e in r.json()["errors"]]
+
+
+def _order(body: dict[str, Any], n: int) -> dict[str, Any]:
+    resource: dict[str, Any] = body["context"]["draftOrders"]["entry"][n]["resource"]
+    return resource
+
+
+def _rename(body: dict[str, Any], n: int, new_id: str) -> None:
+    """Give the n-th draft order another id, its selection following it."""
+    order = _order(body, n)
+    selections = body["context"]["selections"]
+    selections[selections.index(f"ServiceRequest/{order['id']}")] = f"ServiceRequest/{new_id}"
+    order["id"] = new_id
+
+
+def post_raw(base: str, headers: dict[str, str], service: str, body: Any) -> httpx.Response:
+    """``post``, the JSON written by ``json.dumps`` (which escapes a lone surrogate, as a
+    client may send it; httpx's own encoder cannot encode one)."""
+    return httpx.post(
+        f"{base}/cds-services/{service}",
+        content=json.dumps(body).encode(),
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=10,
+    )
+
+
+@pytest.mark.parametrize(
+    "identifier",
+    [
+        {"type": "MR", "value": "B-000123"},
+        {"type": {"coding": 7}, "value": "B-000123"},
+        # a value that cannot be hashed for the look-up (UTF-8 cannot encode it):
+        {"type": {"coding": [{"code": "MR"}]}, "value": "B-000123\ud800"},
+    ],
+)
+def test_malformed_prefetched_identifier_is_skipped_not_a_500(
+    hebei: tuple[str, dict[str, str]], identifier: Any
+) -> None:
+    # Found by a mutation fuzzer: a ``type`` that is not a CodeableConcept (a string, a
+    # number) or a ``coding`` that is not an array raised in the identifier parser (500).
+    base, headers = hebei
+    alone = {**patient_resource(), "identifier": [identifier]}
+    (card,) = post_raw(base, headers, SELECT, hook_request(prefetch={"patient": alone})).json()[
+        "cards"
+    ]
+    assert card["indicator"] == "info"
+    assert "缺少患者身份信息" in card["summary"]
+    beside = patient_resource()
+    beside["identifier"].insert(0, identifier)
+    r = post_raw(base, headers, SELECT, hook_request(prefetch={"patient": beside}))
+    assert [c["indicator"] for c in r.json()["cards"]] == ["warning", "warning"]
+
+
+def test_prefetched_identifier_list_that_is_not_an_array_is_named_in_the_info_card(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    base, headers = hebei
+    resource = {**patient_resource(), "identifier": True}
+    (card,) = post(base, headers, SELECT, hook_request(prefetch={"patient": resource})).json()[
+        "cards"
+    ]
+    assert card["indicator"] == "info"
+    assert "prefetch.patient.identifier 应为 Identifier 数组" in card["detail"]
+
+
+def test_own_fhir_server_patient_id_beyond_64_bits_gets_an_info_card(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    # Was an unnamed 422 (SQLite could not bind the id, PostgreSQL: bigint out of range).
+    base, headers = hebei
+    body = hook_request(fhirServer=f"{base}/fhir")
+    body["context"]["patientId"] = str(2**70)
+    (card,) = post(base, headers, SELECT, body).json()["cards"]
+    assert card["indicator"] == "info"
+    assert f"context.patientId（{2**70}）不是本平台的患者 id" in card["detail"]
 
 
 def test_invalid_json_is_400(hebei: tuple[str, dict[str, str]]) -> None:
@@ -493,6 +597,34 @@ def test_other_circumstances_override_without_comment_is_refused(
     )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "feedback[0].overrideReason.userComment"
+
+
+@pytest.mark.parametrize("bad", ["\u0000", "\udfff"])
+def test_feedback_with_a_character_that_cannot_be_stored_is_400_naming_the_field(
+    world: Container, hebei: tuple[str, dict[str, str]], bad: str
+) -> None:
+    # Found by a mutation fuzzer: PostgreSQL refused the NUL (an unnamed 422), a lone
+    # surrogate could not be encoded on either backend (500).
+    base, headers = hebei
+    _, lab = _cards(base, headers)
+    entry = {
+        "card": lab["uuid"],
+        "outcome": "overridden",
+        "overrideReason": {"reason": lab["overrideReasons"][1], "userComment": f"肝酶{bad}"},
+        "outcomeTimestamp": "2026-06-15T09:31:00Z",
+    }
+    clean = {**entry, "overrideReason": {"reason": lab["overrideReasons"][1]}}
+    for body in ({"feedback": [entry]}, {"feedback": [{**clean, "card": bad}]}):
+        r = httpx.post(
+            f"{base}/cds-services/{SELECT}/feedback",
+            content=json.dumps(body).encode(),
+            headers={**headers, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 400
+        fields = [e["field"] for e in r.json()["errors"]]
+        assert fields in (["feedback[0].overrideReason.userComment"], ["feedback[0].card"])
+    with world.engine.connect() as conn:
+        assert conn.execute(select(decision)).all() == []
 
 
 def test_feedback_for_an_unknown_card_is_404(hebei: tuple[str, dict[str, str]]) -> None:

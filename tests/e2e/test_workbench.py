@@ -100,6 +100,51 @@ def test_without_credentials_the_page_redirects_to_login(workbench: tuple[str, s
     assert r.headers["location"].startswith("/login")
 
 
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        # Found by a mutation fuzzer: an id beyond 64 bits was an unnamed 422 (SQLite could
+        # not bind it; PostgreSQL: bigint out of range) …
+        ({"patient": str(2**70)}, "平台患者 id 超出范围"),
+        # … and an ordered code wider than the reminder's column, or holding a NUL, a 500
+        # on PostgreSQL.
+        ({"items": "B-LFT," + "B" * 65}, "项目代码过长：最多 64 个字符"),
+        ({"items": "B-LFT\x00"}, "项目代码不能包含空字符 NUL"),
+    ],
+)
+def test_page_with_a_value_that_cannot_be_recorded_names_it(
+    workbench: tuple[str, str], query: dict[str, str], message: str
+) -> None:
+    base, token = workbench
+    r = httpx.get(page_url(base, token, **query))
+    assert r.status_code == 422
+    assert message in r.text
+
+
+def test_decision_with_an_id_beyond_64_bits_is_refused_naming_it(
+    world: Container, workbench: tuple[str, str]
+) -> None:
+    base, token = workbench
+    headers = {"Authorization": f"Bearer {token}"}
+    form = {"item": "B-LFT", "action": "declined", "reason_code": "HB-6", "free_text": "病情变化"}
+    r = httpx.post(
+        f"{base}/workbench/decisions", data={**form, "result_id": str(2**70)}, headers=headers
+    )
+    assert r.status_code == 200  # an htmx fragment saying what is wrong
+    assert "结果 id 超出范围" in r.text
+    r = httpx.post(
+        f"{base}/workbench/decisions",
+        data={**form, "free_text": "病情\x00变化"},
+        headers=headers,
+    )
+    assert "补充说明不能包含空字符 NUL" in r.text
+    with world.engine.connect() as conn:
+        assert conn.execute(select(decision)).all() == []
+    report = httpx.get(f"{base}/workbench/results/{2**70}", params={"token": token})
+    assert report.status_code == 422
+    assert "结果 id 超出范围" in report.text
+
+
 def test_full_report_shows_findings_and_conclusion_apart(workbench: tuple[str, str]) -> None:
     base, token = workbench
     page = httpx.get(page_url(base, token)).text

@@ -3,7 +3,7 @@ decided as a clinician of another hospital would (R5)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import func, select, update
@@ -458,3 +458,128 @@ def test_results_of_a_patient_merged_into_another_are_found_under_the_survivor(
             newer.result_id,
             older.result_id,
         ]
+
+
+# ---------------------------------------------------------------- values that cannot be recorded
+# Found by a mutation fuzzer of the recognition API: each reached the database and failed
+# there — on PostgreSQL a 500 (a NUL in text, a value wider than its column), on both
+# backends a 500 for a lone surrogate (UTF-8 cannot encode it) and an unnamed 422 for an
+# id beyond 64 bits. Now refused naming the field, before anything is written.
+def _counts(c: Container) -> tuple[int, int, int]:
+    with c.engine.connect() as conn:
+        return tuple(  # type: ignore[return-value]
+            conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in (reminder, decision, audit_event)
+        )
+
+
+@pytest.mark.parametrize(
+    ("codes", "fields", "message"),
+    [
+        (("B-LFT", "B-CT\x00"), ["items[1]"], "NUL"),
+        (("B-LFT\ud800",), ["items[0]"], "代理项"),
+        (("B-" + "长" * 63,), ["items[0]"], "最多 64 个字符"),
+    ],
+)
+def test_ordered_code_that_cannot_be_recorded_is_refused_naming_it(
+    world: Container, codes: tuple[str, ...], fields: list[str], message: str
+) -> None:
+    with pytest.raises(ValidationFailed) as exc:
+        check(world, *codes)
+    assert [p.field for p in exc.value.problems] == fields
+    assert message in exc.value.problems[0].message
+    assert _counts(world) == (0, 0, 0)
+
+
+def test_check_fields_that_cannot_be_recorded_are_refused_naming_each(world: Container) -> None:
+    req = CheckRequest(
+        CLINICIAN_B,
+        PatientRef(patient_id=2**70),
+        ("B-LFT",),
+        channel="rest",
+        department="心内科\x00",
+        clinician="dr." + "w" * 70,
+        request_id="r\udfff",
+    )
+    with pytest.raises(ValidationFailed) as exc:
+        world.recognition.check(req)
+    assert [p.field for p in exc.value.problems] == [
+        "department",
+        "clinician",
+        "request_id",
+        "patient.id",
+    ]
+    bad_ident = PatientRef(identifiers=(PatientIdentifier(IdentifierKind.INSURANCE, "13\ud800"),))
+    with pytest.raises(ValidationFailed) as exc:
+        check(world, "B-LFT", ref=bad_ident)
+    assert [p.field for p in exc.value.problems] == ["patient.identifiers[0].value"]
+    assert _counts(world) == (0, 0, 0)
+
+
+def test_decision_ids_beyond_64_bits_and_nul_text_are_refused_naming_each(
+    world: Container,
+) -> None:
+    ref = store(world, lab_panel(HOSP_A)).results[0]
+    with pytest.raises(ValidationFailed) as exc:
+        world.recognition.decide(
+            DecisionRequest(
+                CLINICIAN_B,
+                "B-LFT",
+                Action.DECLINED,
+                result_id=2**70,
+                result_version=-(2**70),
+                reminder_id=2**63,
+                reason_code="HB-6",
+                free_text="病情\x00变化",
+            )
+        )
+    assert [p.field for p in exc.value.problems] == [
+        "free_text",
+        "result_id",
+        "result_version",
+        "reminder_id",
+    ]
+    with pytest.raises(ValidationFailed) as exc:
+        world.recognition.view_result(CLINICIAN_B, 2**70)
+    assert exc.value.problems[0].field == "result_id"
+    # The same decision with storable values is recorded.
+    world.recognition.decide(
+        DecisionRequest(
+            CLINICIAN_B,
+            "B-LFT",
+            Action.DECLINED,
+            result_id=ref.result_id,
+            reason_code="HB-6",
+            free_text="病情变化",
+        )
+    )
+    assert _counts(world)[1] == 1
+
+
+@pytest.mark.parametrize(
+    "performed_at",
+    [
+        # 0001-01-01 in China time is year 0 in UTC, 9999-12-31 at -05:00 year 10000:
+        # writing them in China time for the EMR text overflowed (an unnamed 422), and a
+        # naive year 1 raised a ValueError (500).
+        datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=8))),
+        datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1, 1, 1),
+    ],
+)
+def test_external_report_time_at_the_ends_of_the_calendar_is_refused_naming_it(
+    world: Container, performed_at: datetime
+) -> None:
+    report = ExternalReport(
+        institution_name="涞水县医院",
+        report_no="LS-20260610-077",
+        performed_at=performed_at,
+        result="丙氨酸氨基转移酶 38 U/L",
+    )
+    with pytest.raises(ValidationFailed) as exc:
+        world.recognition.decide(
+            DecisionRequest(CLINICIAN_B, "B-LFT", Action.ACCEPTED, external=report)
+        )
+    assert [p.field for p in exc.value.problems] == ["external_report.performed_at"]
+    assert "1900–2199" in exc.value.problems[0].message
+    assert _counts(world)[1] == 0

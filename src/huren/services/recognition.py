@@ -14,10 +14,10 @@ Channels (CDS Hooks, REST, the workbench page) are adapters over these two use c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from huren.domain.accounts import Principal
@@ -34,14 +34,20 @@ from huren.domain.errors import Conflict, Forbidden, NotFound, Problem, Validati
 from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
 from huren.domain.masterdata import Category, Item, NegativeReason
 from huren.domain.recognition import (
+    CLINICIAN_MAX,
+    CODE_MAX,
+    DEPARTMENT_MAX,
+    REQUEST_ID_MAX,
     ItemRecognition,
     PriorResult,
     RetestInterval,
     StudyState,
     exclusions_in_force,
+    id_problem,
     recognizable_priors,
+    text_problem,
 )
-from huren.domain.results import ResultStatus, StoredResult
+from huren.domain.results import ResultStatus, StoredResult, plausible_result_time
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.ports import Clock, IdentifierVault
 
@@ -449,10 +455,25 @@ class RecognitionService:
             raise ValidationFailed("未知的渠道", problems=[Problem("channel", req.channel)])
         codes = [c.strip() for c in req.codes]
         problems = [Problem(f"items[{i}]", "项目代码为空") for i, c in enumerate(codes) if not c]
+        problems += _text_problems(
+            (f"items[{i}]", "项目代码", c, CODE_MAX) for i, c in enumerate(codes)
+        )
         if not codes:
             problems.append(Problem("items", "至少需要一个医嘱项目"))
         if problems:
             raise ValidationFailed("医嘱项目无效", problems=problems)
+        _raise_unrecordable(
+            [
+                *_text_problems(
+                    (
+                        ("department", "科室", req.department, DEPARTMENT_MAX),
+                        ("clinician", "接诊医师", req.clinician, CLINICIAN_MAX),
+                        ("request_id", "请求标识", req.request_id, REQUEST_ID_MAX),
+                    )
+                ),
+                *_patient_problems(req.patient, "patient"),
+            ]
+        )
         now = self._clock.now()
         catalog = self._catalog.get()
         province = catalog.province_of(institution)
@@ -574,6 +595,27 @@ class RecognitionService:
     # -- decisions
     def decide(self, req: DecisionRequest, *, card: str | None = None) -> DecisionOutcome:
         institution = self._institution(req.principal)
+        _raise_unrecordable(
+            [
+                *_text_problems(
+                    (
+                        ("item", "项目代码", req.item, CODE_MAX),
+                        ("reason_code", "理由代码", req.reason_code, None),
+                        ("free_text", "补充说明", req.free_text, None),
+                        ("department", "科室", req.department, DEPARTMENT_MAX),
+                        ("clinician", "接诊医师", req.clinician, CLINICIAN_MAX),
+                    )
+                ),
+                *_id_problems(
+                    (
+                        ("result_id", "结果 id ", req.result_id),
+                        ("result_version", "结果版本", req.result_version),
+                        ("reminder_id", "提醒记录 id ", req.reminder_id),
+                    )
+                ),
+                *_patient_problems(req.patient, "patient"),
+            ]
+        )
         catalog = self._catalog.get()
         now = self._clock.now()
         item = self._resolve(catalog, institution, req.item)
@@ -768,6 +810,7 @@ class RecognitionService:
         """A result for the clinician's full-report view, audited (design: every read of a
         patient's results writes an audit record in the same transaction)."""
         institution = self._institution(principal)
+        _raise_unrecordable(_id_problems((("result_id", "结果 id ", result_id),)))
         with self._store.transaction() as tx:
             stored = tx.result(result_id)
             if stored is None:
@@ -800,6 +843,7 @@ class RecognitionService:
         decided: list[int] = []
         for n, entry in enumerate(entries):
             where = f"feedback[{n}]"
+            _raise_unrecordable(_text_problems(((f"{where}.card", "卡片 uuid", entry.card, None),)))
             with self._store.transaction() as tx:
                 card = tx.card(entry.card)
             if card is None or card.institution_code != institution:
@@ -886,6 +930,47 @@ class RecognitionService:
         return decided
 
 
+def _text_problems(
+    fields: Iterable[tuple[str, str, str, int | None]],
+) -> list[Problem]:
+    """The fields (name, Chinese label, value, maximum length) whose text cannot be
+    recorded (NUL, a lone surrogate, too long), each named."""
+    out = []
+    for name, label, value, max_length in fields:
+        why = text_problem(value, max_length)
+        if why is not None:
+            out.append(Problem(name, f"{label}{why}"))
+    return out
+
+
+def _id_problems(fields: Iterable[tuple[str, str, int | None]]) -> list[Problem]:
+    """The ids (name, Chinese label, value) beyond 64 bits, each named."""
+    out = []
+    for name, label, value in fields:
+        why = id_problem(value) if value is not None else None
+        if why is not None:
+            out.append(Problem(name, f"{label}{why}"))
+    return out
+
+
+def _patient_problems(ref: PatientRef, where: str) -> list[Problem]:
+    problems = _id_problems(((f"{where}.id", "平台患者 id ", ref.patient_id),))
+    for i, ident in enumerate(ref.identifiers):
+        problems += _text_problems(
+            (
+                (f"{where}.identifiers[{i}].value", "患者标识", ident.value, None),
+                (f"{where}.identifiers[{i}].assigner", "发放机构", ident.assigner, None),
+            )
+        )
+    return problems
+
+
+def _raise_unrecordable(problems: list[Problem]) -> None:
+    if problems:
+        fields = "、".join(dict.fromkeys(p.field for p in problems))
+        raise ValidationFailed(f"请求中的值无法处理：{fields}", problems=problems)
+
+
 def _check_external(ext: ExternalReport) -> None:
     problems = [
         Problem(f"external_report.{name}", f"{label}不能为空")
@@ -896,8 +981,29 @@ def _check_external(ext: ExternalReport) -> None:
         )
         if not value.strip()
     ]
+    problems += _text_problems(
+        (f"external_report.{name}", label, value, None)
+        for name, label, value in (
+            ("institution_name", "检查检验单位", ext.institution_name),
+            ("report_no", "报告单编号", ext.report_no),
+            ("result", "检查检验结果", ext.result),
+        )
+    )
+    # 0001-01-01 or 9999-12-31 (a placeholder or a typing error) cannot even be written
+    # in China time for the EMR text (year 0 / 10000). Naive times are compared as UTC.
+    at = ext.performed_at if ext.performed_at.tzinfo else ext.performed_at.replace(tzinfo=UTC)
+    if not plausible_result_time(at):
+        problems.append(
+            Problem(
+                "external_report.performed_at",
+                f"检查检验时间超出可接受的范围（1900–2199 年）: {ext.performed_at.isoformat()}",
+            )
+        )
     if problems:
-        raise ValidationFailed("患者提供的外院报告信息不完整", problems=problems)
+        incomplete = all(p.message.endswith("不能为空") for p in problems)
+        raise ValidationFailed(
+            "患者提供的外院报告信息" + ("不完整" if incomplete else "无效"), problems=problems
+        )
 
 
 _NO_STUDY = StudyState()

@@ -12,12 +12,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from huren.adapters.fhir import systems
 from huren.domain.errors import DomainError, Problem
 from huren.domain.identity import IdentifierKind, PatientIdentifier
+from huren.domain.recognition import CLINICIAN_MAX, text_problem
+
+# A draft order's reference as its card records it (cds_card.draft_order).
+DRAFT_ORDER_MAX = 200
 
 ORDER_SELECT = "order-select"
 ORDER_SIGN = "order-sign"
@@ -138,12 +143,67 @@ def _json(body: bytes) -> Any:
         ) from exc
 
 
+def _reject_unstorable(data: Any, what: str) -> None:
+    """No string of a hook or feedback request (keys included) may hold U+0000 (no FHIR
+    string can, and PostgreSQL text cannot store it) or a lone surrogate (``\\ud800``: JSON
+    can escape one, UTF-8 cannot encode it — not for the database, not for the answer).
+    Looked for in the bytes first (``_needs_scan``), then each is named. The prefetched
+    resources are not walked: only their identifiers are read, and ``patient_identifiers``
+    skips (and names) one it cannot match on, so that the answer is an info card."""
+    problems: list[Problem] = []
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str):
+            why = text_problem(value)
+            if why is not None:
+                problems.append(Problem(where, why))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                if text_problem(k) is not None:
+                    # The key itself cannot be shown: name where it is.
+                    problems.append(Problem(where, f"字段名{text_problem(k)}"))
+                    continue
+                if where == "body" and k == "prefetch":
+                    continue  # read only for identifiers: ``patient_identifiers`` checks them
+                walk(v, f"{where}.{k}" if where != "body" else k)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+
+    walk(data, "body")
+    if problems:
+        fields = "、".join(dict.fromkeys(p.field for p in problems))
+        raise MalformedHook(f"{what}含有无法处理的字符：{fields}", problems=problems)
+
+
+def _needs_scan(body: bytes) -> bool:
+    """Whether ``body`` may hold a NUL or a lone surrogate: escaped (``\\u0000``,
+    ``\\ud800``), or a surrogate's UTF-8-like bytes (``ED A0 80``), which ``json.loads``
+    lets through. Korean text and escaped emoji also match: then the scan finds nothing."""
+    return b"\\u0000" in body or b"\\ud" in body.lower() or b"\xed" in body
+
+
+def _fhir_server_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError for a port beyond 65535)
+    except ValueError as exc:
+        return f"不是有效的地址（{exc}）"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "应为 FHIR 服务器的 http(s) 绝对地址"
+    if any(ch.isspace() or not ch.isprintable() for ch in url):
+        return "地址中不能含有空白或控制字符"
+    return None
+
+
 def parse_hook(body: bytes, service_id: str) -> HookRequest:
     data = _json(body)
     if not isinstance(data, dict):
         raise MalformedHook(
             "CDS Hooks 请求体应为 JSON 对象", problems=[Problem("body", "应为对象")]
         )
+    if _needs_scan(body):
+        _reject_unstorable(data, "CDS Hooks 请求")
     try:
         req = HookRequest.model_validate(data)
     except ValidationError as exc:
@@ -155,6 +215,20 @@ def parse_hook(body: bytes, service_id: str) -> HookRequest:
         raise MalformedHook(
             f"服务 {service_id} 只响应 {expected} 钩子",
             problems=[Problem("hook", f"收到 {req.hook}，应为 {expected}")],
+        )
+    if req.fhirServer:
+        why = _fhir_server_problem(req.fhirServer)
+        if why is not None:
+            raise MalformedHook("fhirServer 不是有效的地址", problems=[Problem("fhirServer", why)])
+    if len(req.context.userId) > CLINICIAN_MAX:
+        raise MalformedHook(
+            "context.userId 过长",
+            problems=[
+                Problem(
+                    "context.userId",
+                    f"最多 {CLINICIAN_MAX} 个字符（如 Practitioner/123），收到 {len(req.context.userId)} 个",
+                )
+            ],
         )
     if req.fhirAuthorization is not None and not req.fhirServer:
         # CDS Hooks 2.0 §Calling a CDS Service: fhirServer is REQUIRED with fhirAuthorization.
@@ -178,6 +252,8 @@ def parse_hook(body: bytes, service_id: str) -> HookRequest:
 
 def parse_feedback(body: bytes) -> FeedbackRequest:
     data = _json(body)
+    if _needs_scan(body):
+        _reject_unstorable(data, "CDS Hooks 反馈")
     try:
         return FeedbackRequest.model_validate(data)
     except ValidationError as exc:
@@ -193,6 +269,7 @@ class DraftOrder:
     reference: str
     codings: tuple[tuple[str, str], ...]  # (system, code)
     text: str
+    where: str = ""  # its entry: context.draftOrders.entry[n]
 
 
 def draft_orders(req: HookRequest) -> list[DraftOrder]:
@@ -204,42 +281,69 @@ def draft_orders(req: HookRequest) -> list[DraftOrder]:
         resource = entry.get("resource") if isinstance(entry, dict) else None
         if not isinstance(resource, dict) or resource.get("resourceType") != "ServiceRequest":
             continue
+        where = f"context.draftOrders.entry[{n}]"
         ref = f"ServiceRequest/{resource.get('id', '')}"
         if selected is not None and ref not in selected:
             continue
+        if len(ref) > DRAFT_ORDER_MAX:
+            raise MalformedHook(
+                "医嘱的 id 过长",
+                problems=[
+                    Problem(
+                        f"{where}.resource.id",
+                        f"ServiceRequest 的 id 最多 {DRAFT_ORDER_MAX - 15} 个字符，"
+                        f"收到 {len(ref) - 15} 个",
+                    )
+                ],
+            )
         code = resource.get("code")
         codings: list[tuple[str, str]] = []
         text = ""
         if isinstance(code, dict):
             text = str(code.get("text", ""))
-            for c in code.get("coding", []) or []:
+            coding = code.get("coding", []) or []
+            if not isinstance(coding, list):
+                raise MalformedHook(
+                    "医嘱的 code.coding 应为数组",
+                    problems=[Problem(f"{where}.resource.code.coding", "应为 Coding 数组")],
+                )
+            for c in coding:
                 if isinstance(c, dict) and c.get("code"):
                     codings.append((str(c.get("system", "")), str(c["code"])))
                     text = text or str(c.get("display", ""))
         if not codings:
             raise MalformedHook(
                 "检查检验医嘱缺少项目代码",
-                problems=[
-                    Problem(
-                        f"context.draftOrders.entry[{n}].resource.code.coding",
-                        f"{ref} 没有 code.coding",
-                    )
-                ],
+                problems=[Problem(f"{where}.resource.code.coding", f"{ref} 没有 code.coding")],
             )
-        out.append(DraftOrder(ref, tuple(codings), text))
+        out.append(DraftOrder(ref, tuple(codings), text, where))
     return out
 
 
-def patient_identifiers(resource: Any, institution: str) -> list[PatientIdentifier]:
-    """Identifiers of a FHIR Patient that the platform can match on (R4)."""
+def patient_identifiers(
+    resource: Any, institution: str, rejected: list[str] | None = None
+) -> list[PatientIdentifier]:
+    """Identifiers of a FHIR Patient that the platform can match on (R4). What is
+    malformed (not the FHIR R4 shape, or a value that cannot be matched on) is skipped
+    and, naming where it is, added to ``rejected``."""
     if not isinstance(resource, dict) or resource.get("resourceType") != "Patient":
         return []
+    skipped = rejected if rejected is not None else []
+    where = "prefetch.patient.identifier"
+    identifiers = resource.get("identifier", []) or []
+    if not isinstance(identifiers, list):
+        skipped.append(f"{where} 应为 Identifier 数组")
+        return []
     out: list[PatientIdentifier] = []
-    for ident in resource.get("identifier", []) or []:
+    for i, ident in enumerate(identifiers):
         if not isinstance(ident, dict) or not ident.get("value"):
             continue
         system = str(ident.get("system", ""))
         value = str(ident["value"])
+        why = text_problem(value) or text_problem(system)
+        if why is not None:
+            skipped.append(f"{where}[{i}] {why}")
+            continue
         kind = systems.IDENTIFIER_SYSTEMS.get(system)
         if kind is not None:
             out.append(PatientIdentifier(kind, value))
@@ -249,11 +353,12 @@ def patient_identifiers(resource: Any, institution: str) -> list[PatientIdentifi
                 PatientIdentifier(IdentifierKind.MRN, value, system[len(systems.MRN_PREFIX) :])
             )
             continue
-        type_codes = [
-            str(c.get("code", ""))
-            for c in ((ident.get("type") or {}).get("coding") or [])
-            if isinstance(c, dict)
-        ]
+        type_ = ident.get("type") or {}
+        coding = (type_.get("coding") or []) if isinstance(type_, dict) else None
+        if not isinstance(coding, list):
+            skipped.append(f"{where}[{i}].type 应为 CodeableConcept（含 coding 数组）")
+            continue
+        type_codes = [str(c.get("code", "")) for c in coding if isinstance(c, dict)]
         for code in type_codes:
             kind = systems.IDENTIFIER_TYPES.get(code)
             if kind is not None:

@@ -40,6 +40,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier, validate_identifier
+from huren.domain.recognition import CODE_MAX, id_problem
 from huren.domain.text import is_digits
 from huren.services.recognition import (
     CardRecord,
@@ -97,7 +98,7 @@ async def _fetch_patient(req: HookRequest) -> dict[str, Any] | None:
             return None
         data = r.json()
         return data if isinstance(data, dict) else None
-    except (httpx.HTTPError, ValueError) as exc:
+    except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
         log.info("fhirServer %s unreachable: %s", url, exc)
         return None
 
@@ -129,7 +130,10 @@ def _patient(
     resource: dict[str, Any] | None = prefetched if isinstance(prefetched, dict) else None
     if resource is None and req.fhirServer:
         if _is_own_fhir(req, own_base) and is_digits(req.context.patientId):
-            return PatientRef(patient_id=int(req.context.patientId)), ""
+            patient_id = int(req.context.patientId)
+            if id_problem(patient_id) is not None:
+                return None, f"context.patientId（{req.context.patientId}）不是本平台的患者 id"
+            return PatientRef(patient_id=patient_id), ""
         if fetched is None:
             raise _NeedsFetch
         resource = fetched.resource
@@ -142,7 +146,7 @@ def _patient(
         return None, "未提供 prefetch.patient，也未提供可访问的 fhirServer"
     idents: list[PatientIdentifier] = []
     rejected: list[str] = []
-    for i, ident in enumerate(patient_identifiers(resource, institution)):
+    for i, ident in enumerate(patient_identifiers(resource, institution, rejected)):
         try:
             idents.append(validate_identifier(ident, f"prefetch.patient.identifier[{i}]"))
         except ValidationFailed as exc:
@@ -197,6 +201,17 @@ def _call(
             {"cards": [card_builder.info_card("缺少患者身份信息，无法查询互认结果", detail, own)]}
         )
     codes = [_choose_code(c, institution, o.codings) for o in orders]
+    for o, code in zip(orders, codes, strict=True):
+        if len(code) > CODE_MAX:
+            raise MalformedHook(
+                "检查检验医嘱的项目代码过长",
+                problems=[
+                    Problem(
+                        f"{o.where}.resource.code.coding",
+                        f"{o.reference} 的项目代码最多 {CODE_MAX} 个字符，收到 {len(code)} 个",
+                    )
+                ],
+            )
     clinician = req.context.userId
     check = CheckRequest(
         principal=principal,

@@ -29,7 +29,7 @@ from huren.domain.decisions import ACTION_LABELS, Action, local_time
 from huren.domain.errors import DomainError, Forbidden, Problem, Unauthorized, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
-from huren.domain.recognition import format_span
+from huren.domain.recognition import format_span, id_problem
 from huren.domain.results import StoredResult
 from huren.domain.text import is_digits
 from huren.services.recognition import CheckRequest, DecisionRequest, PatientRef
@@ -56,7 +56,13 @@ def _who(request: Request, c: Container, token: str) -> Principal | None:
 def parse_patient(value: str, institution: str) -> PatientRef:
     value = value.strip()
     if is_digits(value):
-        return PatientRef(patient_id=int(value))
+        patient_id = int(value)
+        why = id_problem(patient_id)
+        if why is not None:
+            raise ValidationFailed(
+                "患者参数无效", problems=[Problem("patient", f"平台患者 id {why}")]
+            )
+        return PatientRef(patient_id=patient_id)
     kind, sep, ident = value.partition(":")
     try:
         k = IdentifierKind(kind)
