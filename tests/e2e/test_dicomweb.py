@@ -14,6 +14,8 @@ import pytest
 import uvicorn
 from dicomweb_client.api import DICOMwebClient
 from PIL import Image
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.tag import Tag
 from sqlalchemy import func, select
 
 from huren.adapters.db.tables_imaging import dicom_event, imaging_instance
@@ -239,3 +241,81 @@ def test_reads_without_credentials_are_401(world: Container) -> None:
         s.app.dependency_overrides.clear()
         r = _http.get(f"{s.url}/studies")
     assert r.status_code == 401
+
+
+def _stow_one(server: Server, data: bytes) -> httpx.Response:
+    body = b"--b9\r\nContent-Type: application/dicom\r\n\r\n" + data + b"\r\n--b9--\r\n"
+    return _http.post(
+        f"{server.url}/studies",
+        content=body,
+        headers={"Content-Type": 'multipart/related; type="application/dicom"; boundary=b9'},
+    )
+
+
+def _set_raw(ds: pydicom.Dataset, tag: int, vr: str, value: bytes) -> None:
+    """An element as a sender wrote it, past pydicom's checks of its value."""
+    ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+def test_stow_of_an_instance_with_an_overlong_uid_fails_that_instance_naming_why(
+    server: Server, world: Container
+) -> None:
+    ds = instance(Spec(study="longuid"))
+    _set_raw(ds, 0x0020000D, "UI", b"1.2." + b"3" * 80)
+    r = _stow_one(server, to_bytes(ds))
+    # PostgreSQL refused the row (the whole request answered 422), SQLite stored it.
+    assert r.status_code == 409
+    [failed] = r.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [0xA903]
+    assert _instances(world) == 0
+    with world.engine.connect() as c:
+        message = c.execute(select(dicom_event.c.message)).scalar_one()
+    assert "检查实例UID (0020,000D)" in message
+
+
+def test_metadata_of_an_instance_with_values_outside_their_vr_is_given_as_sent(
+    server: Server,
+) -> None:
+    ds = instance(Spec(study="oddvr"))
+    _set_raw(ds, 0x00200013, "IS", b"abc ")  # Instance Number: not a number
+    _set_raw(ds, 0x00281053, "FD", b"\x1b$)A\xd5\xc5")  # Rescale Slope: 6 bytes as FD
+    _set_raw(ds, 0x00281052, "DS", b"1e400 ")  # Rescale Intercept: infinity
+    assert _stow_one(server, to_bytes(ds)).status_code == 200
+    r = _http.get(f"{server.url}/studies/{uid('oddvr')}/metadata")
+    assert r.status_code == 200  # was 500: pydicom's JSON conversion raised
+    [meta] = r.json()
+    assert meta["00200013"] == {"vr": "UN", "InlineBinary": "YWJjIA=="}
+    assert meta["00281053"]["vr"] == "UN"
+    assert meta["00281052"]["vr"] == "UN"  # no JSON number for infinity
+    assert meta["00080060"]["Value"] == ["CT"]
+    rendered = _http.get(
+        f"{server.url}/studies/{uid('oddvr')}/series/{uid('oddvr/series-1')}"
+        f"/instances/{uid('oddvr/series-1/1')}/rendered"
+    )
+    assert rendered.status_code == 200  # the odd slope and intercept read as absent
+    assert Image.open(BytesIO(rendered.content)).size == (128, 128)
+
+
+def test_rendering_a_stored_file_pydicom_cannot_read_is_not_acceptable(server: Server) -> None:
+    ds = instance(Spec(study="nochars"))
+    ds[0x00080005] = DataElement(0x00080005, "SQ", [pydicom.Dataset()])  # a charset as SQ
+    assert _stow_one(server, to_bytes(ds)).status_code == 200
+    base = f"{server.url}/studies/{uid('nochars')}/series/{uid('nochars/series-1')}"
+    r = _http.get(f"{base}/instances/{uid('nochars/series-1/1')}/rendered")
+    assert r.status_code == 406  # was 500 (UnboundLocalError)
+    assert "文件结构损坏" in r.json()["detail"]
+    [meta] = _http.get(f"{base}/metadata").json()  # what the index holds of it
+    assert meta["00080018"]["Value"] == [uid("nochars/series-1/1")]
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("quality", "abc"), ("window", "nan,nan"), ("window", "40,inf")]
+)
+def test_rendered_parameters_that_are_not_numbers_are_refused_naming_them(
+    server: Server, name: str, value: str
+) -> None:
+    _stow_one(server, instance_bytes(Spec(study="rq")))
+    url = f"{server.url}/studies/{uid('rq')}/series/{uid('rq/series-1')}/instances/{uid('rq/series-1/1')}/rendered"
+    r = _http.get(url, params={name: value})
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == name

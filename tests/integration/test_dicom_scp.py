@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pynetdicom import AE, evt
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
@@ -353,7 +355,7 @@ def test_c_store_is_served_where_it_arrives_and_other_requests_keep_their_order(
     with running_scp(pacs) as scp:
         on_store, on_echo = scp._on_store, scp._on_echo
 
-        def store(event: evt.Event) -> int:
+        def store(event: evt.Event) -> int | Dataset:
             request = event.request
             assert isinstance(request, C_STORE)
             served.append((str(request.AffectedSOPInstanceUID), kind()))
@@ -421,3 +423,74 @@ def test_associations_share_the_servers_contexts_without_changing_them(
     assert echo.returncode == 0, echo.stderr
     assert after == before
     assert _count(pacs, imaging_instance) == 2
+
+
+def _raw_element(ds: Dataset, tag: int, vr: str, value: bytes) -> None:
+    """An element as a sender wrote it, past pydicom's checks of its value."""
+    if len(value) % 2:
+        value += b"\0" if vr == "UI" else b" "
+    ds[tag] = RawDataElement(Tag(tag), vr, len(value), value, 0, False, True)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_refused_instance_is_answered_with_an_error_comment_naming_the_attribute(
+    pacs: Container,
+) -> None:
+    ds = instance(Spec(study="longuid"))
+    _raw_element(ds, 0x0020000D, "UI", b"1.2." + b"3" * 80)  # 84 characters
+    with running_scp(pacs) as scp:
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(CTImageStorage)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        rsp = assoc.send_c_store(ds)
+        echo = assoc.send_c_echo()  # the association goes on
+        assoc.release()
+    # PostgreSQL refused the row: pynetdicom answered 0xC211 with no comment and the file
+    # stayed on disk; SQLite indexed a UID longer than a UID can be.
+    assert int(rsp.Status) == 0xA903
+    assert rsp.ErrorComment == "invalid_attributes: StudyInstanceUID"
+    assert int(echo.Status) == 0x0000
+    assert _count(pacs, imaging_study) == 0
+    assert not list((pacs.settings.data_dir / "dicom").rglob("*.dcm"))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_c_store_request_without_an_affected_sop_instance_uid_is_answered(
+    pacs: Container, tmp_path: Path
+) -> None:
+    ds = instance(Spec(study="nosop"))
+    _raw_element(ds, 0x00080018, "UI", b"\0")  # empty once its padding is stripped
+    path = tmp_path / "nosop.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    with running_scp(pacs) as scp:
+        ae = AE(ae_title=PACS_AE)
+        ae.dimse_timeout = 10  # pynetdicom's acceptor dropped it: the peer waited this long
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        rsp = assoc.send_c_store(path)
+        established = assoc.is_established
+        assoc.release()
+    assert int(rsp.Status) == 0xC000
+    assert "AffectedSOPInstanceUID" in rsp.ErrorComment
+    assert established
+    assert _count(pacs, imaging_instance) == 0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_c_find_with_a_study_date_that_is_no_date_fails_naming_it(pacs: Container) -> None:
+    with running_scp(pacs) as scp:
+        ae = AE(ae_title=PACS_AE)
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
+        q = Dataset()
+        q.QueryRetrieveLevel = "STUDY"
+        q.StudyDate = "20261340"
+        q.StudyInstanceUID = ""
+        [(status, identifier)] = list(
+            assoc.send_c_find(q, StudyRootQueryRetrieveInformationModelFind)
+        )
+        assoc.release()
+    assert identifier is None
+    assert int(status.Status) == 0xA900  # was 0xC311: the handler raised ValueError
+    assert status.ErrorComment == "invalid StudyDate"

@@ -129,6 +129,7 @@ def test_missing_required_identifiers_are_named_with_their_tags() -> None:
     assert found == [
         ("PatientID", "患者ID (0010,0020)"),
         ("SOPInstanceUID", "SOP实例UID (0008,0018)"),
+        ("SOPClassUID", "SOP类UID (0008,0016)"),
     ]
 
 

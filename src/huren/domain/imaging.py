@@ -24,6 +24,7 @@ STATUS_CANNOT_UNDERSTAND = 0xC000  # Error: Cannot understand (Cxxx)
 # Implementation-specific codes inside the standard's ranges (documented for clients).
 STATUS_MISSING_REQUIRED = 0xA901  # a required identifying attribute is missing
 STATUS_CONFLICTING_INSTANCE = 0xA902  # SOP Instance UID known with different content
+STATUS_INVALID_ATTRIBUTE = 0xA903  # an indexed attribute's value cannot be kept as sent
 STATUS_NOT_DICOM = 0xC001  # the bytes are not a DICOM Part 10 file / data set
 STATUS_NOT_AUTHORISED = 0x0124  # PS3.7 C: Refused: Not authorised (unknown calling AE)
 
@@ -34,6 +35,37 @@ REQUIRED_TAGS: tuple[tuple[str, str], ...] = (
     ("StudyInstanceUID", "检查实例UID (0020,000D)"),
     ("SeriesInstanceUID", "序列实例UID (0020,000E)"),
     ("SOPInstanceUID", "SOP实例UID (0008,0018)"),
+    ("SOPClassUID", "SOP类UID (0008,0016)"),
+)
+
+# PS3.5 9.1: a UID is at most 64 characters, digits and full stops only.
+UID_MAX_LENGTH = 64
+_UID_CHARACTERS = frozenset("0123456789.")
+# PS3.5 6.2: LO (Patient ID) holds at most 64 characters; the index keeps an accession
+# number of up to 64 as well (SH allows 16, some RIS send longer).
+PATIENT_ID_MAX_LENGTH = 64
+ACCESSION_MAX_LENGTH = 64
+
+# The indexed text attributes (InstanceHeader field, Chinese label with the tag).
+_TEXT_ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
+    ("patient_id", "PatientID", "患者ID (0010,0020)"),
+    ("patient_name", "PatientName", "患者姓名 (0010,0010)"),
+    ("patient_sex", "PatientSex", "患者性别 (0010,0040)"),
+    ("patient_birth_date", "PatientBirthDate", "出生日期 (0010,0030)"),
+    ("accession_number", "AccessionNumber", "检查号 (0008,0050)"),
+    ("study_id", "StudyID", "检查ID (0020,0010)"),
+    ("study_time", "StudyTime", "检查时间 (0008,0030)"),
+    ("study_description", "StudyDescription", "检查描述 (0008,1030)"),
+    ("modality", "Modality", "检查设备类型 (0008,0060)"),
+    ("series_description", "SeriesDescription", "序列描述 (0008,103E)"),
+    ("body_part", "BodyPartExamined", "检查部位 (0018,0015)"),
+)
+_UID_ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
+    ("study_uid", "StudyInstanceUID", "检查实例UID (0020,000D)"),
+    ("series_uid", "SeriesInstanceUID", "序列实例UID (0020,000E)"),
+    ("sop_uid", "SOPInstanceUID", "SOP实例UID (0008,0018)"),
+    ("sop_class_uid", "SOPClassUID", "SOP类UID (0008,0016)"),
+    ("transfer_syntax", "TransferSyntaxUID", "传输语法UID (0002,0010)"),
 )
 
 
@@ -76,6 +108,41 @@ class InstanceHeader:
 def missing_required(values: Mapping[str, str]) -> list[tuple[str, str]]:
     """The required identifiers that are absent or empty, as (keyword, Chinese label)."""
     return [(kw, label) for kw, label in REQUIRED_TAGS if not values.get(kw, "").strip()]
+
+
+def uid_problem(value: str) -> str | None:
+    """Why ``value`` is not a UID (PS3.5 9.1), in Chinese; None when it is one."""
+    if len(value) > UID_MAX_LENGTH:
+        return f"超过 {UID_MAX_LENGTH} 个字符（{len(value)} 个）"
+    if not _UID_CHARACTERS.issuperset(value):
+        return "只能由数字和“.”组成"
+    return None
+
+
+def invalid_attributes(header: InstanceHeader) -> list[tuple[str, str]]:
+    """The indexed attributes of ``header`` whose values cannot be kept as sent, as
+    (keyword, Chinese reason naming the attribute and its tag): a UID that is not one
+    (too long, letters, a backslash of several values), a Patient ID or accession number
+    longer than the index holds, a NUL character (U+0000) in any text — DICOM text never
+    holds one inside a value (PS3.5 6.2) and PostgreSQL cannot store it."""
+    out: list[tuple[str, str]] = []
+    for attr, keyword, label in _UID_ATTRIBUTES:
+        why = uid_problem(getattr(header, attr))
+        if why is not None:
+            out.append((keyword, f"{label} 不是有效的 UID：{why}"))
+    for attr, keyword, label in _TEXT_ATTRIBUTES:
+        if "\x00" in getattr(header, attr):
+            out.append((keyword, f"{label} 含有 NUL 字符（\\u0000）"))
+    if any("\x00" in v for v in header.image_type):
+        out.append(("ImageType", "图像类型 (0008,0008) 含有 NUL 字符（\\u0000）"))
+    limits = (
+        ("PatientID", "患者ID (0010,0020)", header.patient_id, PATIENT_ID_MAX_LENGTH),
+        ("AccessionNumber", "检查号 (0008,0050)", header.accession_number, ACCESSION_MAX_LENGTH),
+    )
+    for keyword, label, value, limit in limits:
+        if len(value.strip()) > limit:
+            out.append((keyword, f"{label} 超过 {limit} 个字符（{len(value.strip())} 个）"))
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from huren.domain.identity import mask_id, mask_name
 from huren.domain.imaging import (
     STATUS_CANNOT_UNDERSTAND,
     STATUS_CONFLICTING_INSTANCE,
+    STATUS_INVALID_ATTRIBUTE,
     STATUS_MISSING_REQUIRED,
     STATUS_NOT_AUTHORISED,
     STATUS_NOT_DICOM,
@@ -38,8 +39,10 @@ from huren.domain.imaging import (
     StudyKey,
     StudyStatus,
     assess_study,
+    invalid_attributes,
     link,
     missing_required,
+    uid_problem,
 )
 from huren.domain.masterdata import Category, Item, QualityRequirements
 from huren.domain.recognition import StudyCompleteness, StudyState
@@ -84,6 +87,15 @@ class MissingRequiredTags(InstanceRefused):
     code = "missing_required_tags"
     status = 422
     dicom_status = STATUS_MISSING_REQUIRED
+
+
+class InvalidAttributes(InstanceRefused):
+    """An indexed attribute holds a value the index cannot keep as sent (a UID that is
+    not one, a NUL character, a Patient ID or accession number too long)."""
+
+    code = "invalid_attributes"
+    status = 422
+    dicom_status = STATUS_INVALID_ATTRIBUTE
 
 
 class ConflictingInstance(InstanceRefused):
@@ -453,8 +465,10 @@ class ImagingService:
         """Store one DICOM Part 10 file received from ``institution``.
 
         Refuses (and logs in ``dicom_event``) non-DICOM bytes, an instance missing a
-        required identifier, and an instance whose SOP Instance UID is known with other
-        content; the same bytes again are a success that changes nothing."""
+        required identifier, an instance with an indexed value that cannot be kept as sent
+        (``domain.imaging.invalid_attributes``), and an instance whose SOP Instance UID is
+        known with other content; the same bytes again are a success that changes
+        nothing. A refused instance leaves neither a row nor a file."""
         try:
             return self._store(data, institution, source, calling_ae)
         except InstanceRefused as exc:
@@ -543,10 +557,18 @@ class ImagingService:
         missing = missing_required(required)
         if missing:
             labels = "、".join(label for _, label in missing)
+            sop_uid = required.get("SOPInstanceUID", "")
             raise MissingRequiredTags(
                 f"缺少必需的 DICOM 属性: {labels}",
-                sop_uid=required.get("SOPInstanceUID", ""),
+                sop_uid=sop_uid if uid_problem(sop_uid) is None else "",
                 problems=[Problem(kw, f"缺少必需属性 {label}") for kw, label in missing],
+            )
+        invalid = invalid_attributes(header)
+        if invalid:
+            raise InvalidAttributes(
+                "DICOM 属性值无效: " + "；".join(reason for _, reason in invalid),
+                sop_uid=header.sop_uid if uid_problem(header.sop_uid) is None else "",
+                problems=[Problem(kw, reason) for kw, reason in invalid],
             )
         return header, self.index.instance_hash(header.sop_uid)
 

@@ -4,6 +4,7 @@ search never opens a file."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -143,7 +144,10 @@ def _json_value(vr: str, value: Any) -> list[Any] | None:
     if vr == "IS":
         return [int(v) for v in values]
     if vr == "DS":
-        return [float(v) for v in values]
+        # PS3.18 F.2.3.1: a JSON number; NaN and infinities have none (a row written
+        # before intake refused them shows the attribute empty).
+        numbers = [float(v) for v in values]
+        return numbers if all(math.isfinite(n) for n in numbers) else None
     return [str(v) for v in values]
 
 

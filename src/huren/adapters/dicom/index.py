@@ -76,6 +76,12 @@ class _Race(Exception):
     """Another writer got there between our look-up and our insert: redo one by one."""
 
 
+def _clean(text: str) -> str:
+    """Text for the event log without U+0000, which PostgreSQL cannot store: a refusal
+    quoting what a peer sent must still be logged."""
+    return text.replace("\x00", "\\0") if "\x00" in text else text
+
+
 def _already_durable() -> None:
     return None
 
@@ -364,9 +370,11 @@ class SqlImagingIndex:
             "patient_hash": rec.patient_hash,
             "patient_global_hash": rec.patient_global_hash,
             "patient_id_enc": rec.patient_id_enc,
-            "patient_id_masked": rec.patient_id_masked,
+            # The masks are for display: a long name (its PN value may hold 3 × 64
+            # characters) is shown cut, never refused for it.
+            "patient_id_masked": rec.patient_id_masked[:64],
             "patient_name_enc": rec.patient_name_enc,
-            "patient_name_masked": rec.patient_name_masked,
+            "patient_name_masked": rec.patient_name_masked[:64],
             "patient_sex": h.patient_sex,
             "patient_birth_date": h.patient_birth_date,
             "accession_number": h.accession_number,
@@ -498,12 +506,12 @@ class SqlImagingIndex:
                     at=event.at,
                     channel=event.channel.value,
                     kind=event.kind.value,
-                    calling_ae=event.calling_ae[:16],
-                    peer=event.peer[:64],
+                    calling_ae=_clean(event.calling_ae)[:16],
+                    peer=_clean(event.peer)[:64],
                     institution_code=event.institution,
-                    sop_uid=event.sop_uid[:64],
+                    sop_uid=_clean(event.sop_uid)[:64],
                     status=event.status,
-                    message=event.message,
+                    message=_clean(event.message),
                 )
             )
 

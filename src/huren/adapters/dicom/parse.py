@@ -14,6 +14,7 @@ CT_small.dcm: ~0.1 ms instead of ~1.4 ms."""
 from __future__ import annotations
 
 import logging
+import math
 import struct
 from collections.abc import Callable, Mapping
 from datetime import date
@@ -35,8 +36,7 @@ log = logging.getLogger("huren.dicom")
 # What ``header_of`` reads; parsing only these keeps indexing cheap.
 INDEXED_KEYWORDS = (
     "SpecificCharacterSet",
-    *(kw for kw, _ in REQUIRED_TAGS),
-    "SOPClassUID",
+    *(kw for kw, _ in REQUIRED_TAGS),  # SOPClassUID among them
     "PatientName",
     "PatientSex",
     "PatientBirthDate",
@@ -59,29 +59,53 @@ INDEXED_KEYWORDS = (
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    value = ds.get(keyword, "")
-    if value is None:
+    try:
+        value = ds.get(keyword, "")
+        if value is None:
+            return ""
+        if isinstance(value, pydicom.multival.MultiValue):
+            return "\\".join(str(v) for v in value)
+        return str(value).strip()
+    except Exception:  # a value its VR cannot hold: IS "1e400", an FD of 6 bytes …
+        return _raw_text(ds, keyword)
+
+
+def _raw_text(ds: Dataset, keyword: str) -> str:
+    """The value as sent when pydicom cannot convert it: its ASCII text as the hand walk
+    reads it, '' when it is not ASCII (nothing indexed can be made of it)."""
+    raw = ds.get_item(keyword)
+    value = getattr(raw, "value", None)
+    if not isinstance(value, bytes) or not value.isascii():
         return ""
-    if isinstance(value, pydicom.multival.MultiValue):
-        return "\\".join(str(v) for v in value)
-    return str(value).strip()
+    return "\\".join(v.strip(" \x00") for v in value.decode("ascii").split("\\")).strip()
+
+
+# PS3.5 6.2: IS holds -2^31 … 2^31 - 1; the index's integer columns hold the same.
+_IS_MIN, _IS_MAX = -(2**31), 2**31 - 1
 
 
 def _int(text: str) -> int | None:
+    """An IS value, None when it is not one (not a number, out of IS's range): these
+    attributes (series and instance number, frames) are shown, not relied upon."""
     try:
-        return int(text) if text else None
+        value = int(text) if text else None
     except ValueError:
         try:
-            return int(float(text))  # IS written as "5.0" by some modalities
-        except ValueError:
+            value = int(float(text))  # IS written as "5.0" by some modalities
+        except (ValueError, OverflowError):  # "abc", "1e400", "inf"
             return None
+    if value is not None and not _IS_MIN <= value <= _IS_MAX:
+        return None
+    return value
 
 
 def _float(text: str) -> float | None:
+    """A DS value, None when it is not a finite number ("nan", "1e400")."""
     try:
-        return float(text) if text else None
+        value = float(text) if text else None
     except ValueError:
         return None
+    return value if value is None or math.isfinite(value) else None
 
 
 def _date(text: str) -> date | None:
@@ -319,4 +343,7 @@ class PydicomParser:
         ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
         if not ts:
             raise InvalidDicomBytes("缺少文件元信息中的传输语法 (0002,0010)")
-        return header_of(lambda kw: _text(ds, kw), str(ts))
+        try:
+            return header_of(lambda kw: _text(ds, kw), str(ts))
+        except Exception as exc:  # _text answers for each value; this is a last guard
+            raise InvalidDicomBytes(f"无法读取索引属性（{type(exc).__name__}）") from exc

@@ -8,6 +8,7 @@ and retrieved as received but cannot be rendered (``Unrenderable``)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -27,15 +28,25 @@ class Window:
     width: float
 
 
+def _get(ds: pydicom.Dataset, keyword: str) -> Any:
+    """``ds.get(keyword)``, None when the value as sent does not follow its VR (a Rescale
+    Slope of 6 bytes as FD, a Window Center "abc"): rendered as if absent."""
+    try:
+        return ds.get(keyword)
+    except Exception:
+        return None
+
+
 def _first(value: Any) -> float | None:
     if value is None or value == "":
         return None
     if isinstance(value, pydicom.multival.MultiValue):
         value = value[0] if len(value) else None
     try:
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
+        number = float(value) if value is not None else None
+    except (TypeError, ValueError, OverflowError):
         return None
+    return number if number is None or math.isfinite(number) else None
 
 
 def render_frame(
@@ -53,7 +64,26 @@ def render_frame(
     (PS3.3 C.11.2.1.2, linear) from ``window``, else the file's Window Center / Width, else
     the frame's min–max; MONOCHROME1 is inverted. Colour images are shown as they are."""
     try:
+        return _render(data, frame, window, media_type, viewport, quality)
+    except Unrenderable:
+        raise
+    except Exception as exc:  # values as sent that no image can be made of
+        raise Unrenderable(f"无法渲染该帧（{type(exc).__name__}）") from exc
+
+
+def _render(
+    data: bytes,
+    frame: int,
+    window: Window | None,
+    media_type: str,
+    viewport: tuple[int, int] | None,
+    quality: int,
+) -> bytes:
+    try:
         ds = pydicom.dcmread(BytesIO(data))
+    except Exception as exc:
+        raise Unrenderable("无法读取该实例：文件结构损坏") from exc
+    try:
         if "PixelData" not in ds:
             raise Unrenderable("该实例不含像素数据（如结构化报告）")
         frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -63,12 +93,11 @@ def render_frame(
     except Unrenderable:
         raise
     except Exception as exc:
-        raise Unrenderable(
-            f"无法解码像素数据（传输语法 {ds.file_meta.TransferSyntaxUID}）"
-        ) from exc
+        syntax = ds.file_meta.get("TransferSyntaxUID", "未知")
+        raise Unrenderable(f"无法解码像素数据（传输语法 {syntax}）") from exc
     if frames > 1:
         arr = arr[frame - 1]
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2"))
+    photometric = str(_get(ds, "PhotometricInterpretation") or "MONOCHROME2")
     if arr.ndim == 3 and arr.shape[-1] == 3:
         if photometric.startswith("YBR"):
             from pydicom.pixels.processing import convert_color_space
@@ -77,11 +106,11 @@ def render_frame(
         img = Image.fromarray(arr.astype(np.uint8), "RGB")
     else:
         values = arr.astype(np.float64)
-        slope = _first(ds.get("RescaleSlope")) or 1.0
-        intercept = _first(ds.get("RescaleIntercept")) or 0.0
+        slope = _first(_get(ds, "RescaleSlope")) or 1.0
+        intercept = _first(_get(ds, "RescaleIntercept")) or 0.0
         values = values * slope + intercept
         if window is None:
-            c, w = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+            c, w = _first(_get(ds, "WindowCenter")), _first(_get(ds, "WindowWidth"))
             if c is not None and w is not None and w > 0:
                 window = Window(c, w)
         if window is None:

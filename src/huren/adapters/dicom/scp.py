@@ -56,6 +56,7 @@ from typing import Any, cast
 import pydicom
 import pynetdicom
 from pydicom.dataset import Dataset
+from pydicom.tag import Tag
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -100,7 +101,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 from pynetdicom.utils import make_target
 
 from huren.adapters.dicom import dicomjson
-from huren.domain.imaging import STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
+from huren.domain.imaging import STATUS_CANNOT_UNDERSTAND, STATUS_OUT_OF_RESOURCES, STATUS_SUCCESS
 from huren.domain.text import is_digits
 from huren.services.imaging import (
     DicomEvent,
@@ -417,9 +418,10 @@ class _FastDIMSE(DIMSEServiceProvider):
             or not isinstance(assoc, _WakingAssociation)
             or assoc._sent_release
             or not assoc.is_established
-            or not request.is_valid_request
         ):
             return False
+        if not request.is_valid_request:
+            return self._refuse_incomplete_store(request, context_id)
         context = assoc._accepted_cx.get(context_id)
         sop_class = str(request.AffectedSOPClassUID)
         if context is None or context.abstract_syntax != sop_class:
@@ -443,6 +445,24 @@ class _FastDIMSE(DIMSEServiceProvider):
             return True
         finally:
             assoc._serving.release()
+
+    def _refuse_incomplete_store(self, request: C_STORE, context_id: int) -> bool:
+        """A C-STORE-RQ without a mandatory parameter (PS3.7 9.1.1.1: e.g. an empty
+        Affected SOP Instance UID, sent for a data set whose SOP Instance UID is empty):
+        pynetdicom drops it unanswered and the peer waits until its DIMSE timeout. It is
+        answered with a failure instead, when its Message ID says to whom."""
+        if request.MessageID is None:
+            return False
+        missing = [kw for kw in request.REQUEST_KEYWORDS if getattr(request, kw) is None]
+        log.warning("C-STORE-RQ without %s refused", ", ".join(missing))
+        rsp = C_STORE()
+        rsp.MessageIDBeingRespondedTo = request.MessageID
+        rsp.AffectedSOPClassUID = request.AffectedSOPClassUID
+        rsp.AffectedSOPInstanceUID = request.AffectedSOPInstanceUID
+        rsp.Status = STATUS_CANNOT_UNDERSTAND
+        rsp.ErrorComment = ("C-STORE-RQ lacks " + ", ".join(missing))[:64]  # type: ignore[assignment]
+        self.send_msg(rsp, context_id)
+        return True
 
     def send_msg(self, primitive: Any, context_id: int) -> None:
         if (
@@ -573,18 +593,42 @@ class _PlatformAE(AE):
             self._cached = (0.0, [])
 
 
+def refusal_response(exc: InstanceRefused) -> Dataset:
+    """The C-STORE failure status with an Error Comment (PS3.7 C.4: 64 characters of
+    the default repertoire, so the refusal's code and the attributes it names by keyword;
+    the Chinese message is in ``dicom_event``)."""
+    fields = ", ".join(dict.fromkeys(p.field for p in exc.problems if p.field))
+    comment = f"{exc.code}: {fields}" if fields else exc.code
+    rsp = Dataset()
+    rsp.Status = exc.dicom_status
+    rsp.ErrorComment = comment.encode("ascii", "replace").decode("ascii")[:64]
+    return rsp
+
+
 def _text(ds: Dataset, keyword: str) -> str:
     v = ds.get(keyword, "")
     return "" if v is None else str(v).strip()
 
 
+class InvalidIdentifier(ValueError):
+    """A C-FIND matching key that cannot be matched; ``keyword`` names it."""
+
+    def __init__(self, keyword: str, message: str) -> None:
+        super().__init__(message)
+        self.keyword = keyword
+
+
 def _date_range(text: str) -> tuple[date | None, date | None]:
-    """PS3.4 C.2.2.2.5 range matching on DA: "a-b", "a-", "-b" or "a"."""
+    """PS3.4 C.2.2.2.5 range matching on DA: "a-b", "a-", "-b" or "a". A bound of eight
+    digits that is no date (20261340) raises ``InvalidIdentifier``."""
 
     def d(s: str) -> date | None:
         s = s.strip()
         if len(s) == 8 and is_digits(s):
-            return date(int(s[:4]), int(s[4:6]), int(s[6:]))
+            try:
+                return date(int(s[:4]), int(s[4:6]), int(s[6:]))
+            except ValueError as exc:
+                raise InvalidIdentifier("StudyDate", f"检查日期 (0008,0020) 无效: {s}") from exc
         return None
 
     if not text:
@@ -704,7 +748,7 @@ class DicomNetworkService:
     def _on_released(self, event: Any) -> None:
         self._assoc_institution.pop(id(event.assoc), None)
 
-    def _on_store(self, event: Any) -> int:
+    def _on_store(self, event: Any) -> int | Dataset:
         calling = self._calling(event)
         institution = self._institution(event, calling)
         if institution is None:  # the AE was removed after the association started
@@ -724,19 +768,28 @@ class DicomNetworkService:
                 peer=self._peer(event),
             )
         except InstanceRefused as exc:
-            return exc.dicom_status
+            return refusal_response(exc)
         except OSError:
             log.exception("C-STORE: storage failed")
             return STATUS_OUT_OF_RESOURCES
         return STATUS_SUCCESS
 
-    def _on_find(self, event: Any) -> Iterator[tuple[int, Dataset | None]]:
+    def _on_find(self, event: Any) -> Iterator[tuple[int | Dataset, Dataset | None]]:
         ident = event.identifier
         level = _text(ident, "QueryRetrieveLevel").upper()
         if level not in ("STUDY", "SERIES", "IMAGE"):
             yield STATUS_IDENTIFIER_MISMATCH, None
             return
-        for ds in find_datasets(self.imaging, ident, level):
+        try:
+            found = find_datasets(self.imaging, ident, level)
+        except InvalidIdentifier as exc:
+            failure = Dataset()
+            failure.Status = STATUS_IDENTIFIER_MISMATCH
+            failure.ErrorComment = f"invalid {exc.keyword}"
+            failure.OffendingElement = [Tag(exc.keyword)]
+            yield failure, None
+            return
+        for ds in found:
             if event.is_cancelled:
                 yield STATUS_CANCEL, None
                 return

@@ -7,6 +7,9 @@ and operators. Every retrieve and metadata read is audited."""
 
 from __future__ import annotations
 
+import base64
+import logging
+import math
 import re
 import uuid
 from collections.abc import Iterator, Sequence
@@ -37,6 +40,8 @@ from huren.services.imaging import (
     Source,
     StudyQuery,
 )
+
+log = logging.getLogger("huren.dicom")
 
 router = APIRouter(prefix="/dicomweb", tags=["DICOMweb"])
 
@@ -486,6 +491,64 @@ def retrieve_instance(
     return _retrieve(c, principal, request, study_uid, series_uid, sop_uid)
 
 
+def _finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a DICOM JSON value: JSON has no number for them."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
+def _no_bulk(_element: Any) -> str:
+    return ""  # replaced by the instance's URL (``_metadata``)
+
+
+def _element_json(ds: pydicom.Dataset, tag: Any) -> dict[str, Any] | None:
+    """One element of a freshly read data set in the DICOM JSON Model; a value its VR
+    cannot hold (an IS "abc", an FD of 6 bytes, a DS "1e400") as sent, VR UN with its
+    bytes inline (PS3.18 F.2.7)."""
+    raw = getattr(ds.get_item(tag), "value", None)  # before conversion: the bytes sent
+    try:
+        entry: dict[str, Any] = ds[tag].to_json_dict(_no_bulk, 4096)
+        if _finite(entry):
+            return entry
+    except Exception:
+        log.debug("element %s given as sent", tag, exc_info=True)
+    if not isinstance(raw, bytes):
+        return None
+    return {"vr": "UN", "InlineBinary": base64.b64encode(raw).decode("ascii")}
+
+
+def instance_json(data: bytes, row: InstanceRow) -> dict[str, Any]:
+    """The attributes of a stored file in the DICOM JSON Model (PS3.18 F.2), bulk data
+    marked for ``_metadata``. Intake keeps files as received, so values that do not
+    follow their VR are given as sent rather than failing the whole response, and a file
+    pydicom cannot read past its indexed header is described by what the index holds."""
+    try:
+        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
+    except Exception:
+        return dicomjson.to_dicom_json(
+            dicomjson.instance_attributes(row),
+            ("StudyInstanceUID", "SeriesInstanceUID", *dicomjson.INSTANCE_KEYS),
+        )
+    try:
+        doc = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=_no_bulk)
+        if _finite(doc):
+            return doc
+    except Exception:
+        log.debug("metadata of %s element by element", row.sop_uid, exc_info=True)
+    ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)  # values not yet converted
+    out: dict[str, Any] = {}
+    for tag in tuple(ds.keys()):  # the tags, none of the values converted yet
+        entry = _element_json(ds, tag)
+        if entry is not None:
+            out[f"{tag:08X}"] = entry
+    return out
+
+
 def _metadata(
     c: Container,
     principal: Principal,
@@ -500,8 +563,7 @@ def _metadata(
     base = _base(request)
     out = []
     for row, data in c.imaging.iter_files(rows):
-        ds = pydicom.dcmread(BytesIO(data), stop_before_pixels=True)
-        doc = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda e: "")
+        doc = instance_json(data, row)
         url = f"{base}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
         for entry in doc.values():
             if isinstance(entry, dict) and entry.get("BulkDataURI") == "":
@@ -548,6 +610,8 @@ def parse_window(value: str | None) -> Window | None:
         raise ValidationFailed(
             "window 参数应为 窗位,窗宽[,linear]", problems=[Problem("window", value)]
         ) from exc
+    if not (math.isfinite(center) and math.isfinite(width)):
+        raise ValidationFailed("窗位和窗宽须为有限的数", problems=[Problem("window", value)])
     if width < 1 or (len(parts) > 2 and parts[2].strip().lower() not in ("linear", "")):
         raise ValidationFailed(
             "窗宽须 ≥ 1，且仅支持 linear 函数", problems=[Problem("window", value)]
@@ -572,6 +636,18 @@ def _viewport(value: str | None) -> tuple[int, int] | None:
     return (max(w, 1), max(h, 1))
 
 
+def _quality(value: str | None) -> int:
+    """PS3.18 8.3.5.1.2: quality=1…100 (out of range is clamped when encoding)."""
+    if not value:
+        return 90
+    try:
+        return int(value)
+    except ValueError as exc:
+        raise ValidationFailed(
+            "quality 应为 1–100 的整数", problems=[Problem("quality", value)]
+        ) from exc
+
+
 def rendered_response(
     c: Container,
     principal: Principal,
@@ -589,7 +665,7 @@ def rendered_response(
             window=parse_window(request.query_params.get("window")),
             media_type=media,
             viewport=_viewport(request.query_params.get("viewport")) or default_viewport,
-            quality=int(request.query_params.get("quality", "90") or 90),
+            quality=_quality(request.query_params.get("quality")),
         )
     except Unrenderable as exc:
         raise NotAcceptable(str(exc), problems=[Problem("frame", str(frame))]) from exc
