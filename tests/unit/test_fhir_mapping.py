@@ -205,6 +205,18 @@ def test_a_nul_character_is_refused_naming_each_string_that_holds_one() -> None:
     assert [p.field for p in err.value.problems] == ["DiagnosticReport.conclusion"]
 
 
+def test_bytes_that_are_not_utf8_are_refused_naming_the_document() -> None:
+    # msgspec reports them as a UnicodeDecodeError, which escaped the parser (a 500).
+    bad = dumps(lab_bundle(n_obs=1)).replace("肝功能".encode(), b"\xed\xa0\x80")
+    problems = _problems(bad)
+    assert [p.field for p in problems] == ["Bundle"]
+    assert "UTF-8" in problems[0].message
+    report = dumps(contained_report("R-UTF8", n_obs=1)).replace("张三".encode(), b"\xff\xfe")
+    with pytest.raises(ValidationFailed) as err:
+        parse_report(report)
+    assert [p.field for p in err.value.problems] == ["DiagnosticReport"]
+
+
 def test_an_escaped_backslash_before_u0000_is_text_not_a_nul() -> None:
     bundle = lab_bundle(n_obs=1)
     bundle["entry"][-1]["resource"]["code"]["coding"][0]["display"] = "C:\\u0000"

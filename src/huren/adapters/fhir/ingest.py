@@ -166,6 +166,12 @@ def _decode_problem(exc: msgspec.ValidationError | msgspec.DecodeError, base: st
     return Problem(where, f"不符合 FHIR R4 结构: {text}")
 
 
+def _utf8_problem(exc: UnicodeDecodeError, where: str) -> Problem:
+    """msgspec reports bytes that are not UTF-8 inside a string as a UnicodeDecodeError,
+    not as its own DecodeError (found by a fuzzer: a 500)."""
+    return Problem(where, f"不是有效的 UTF-8 编码（第 {exc.start} 字节起）；FHIR JSON 应为 UTF-8")
+
+
 def parse_datetime(value: str, where: str, errors: ProblemCollector, label: str) -> datetime | None:
     if not value:
         errors.add(where, f"缺少{label}")
@@ -545,6 +551,9 @@ def _decode_resource(raw: bytes, where: str, errors: ProblemCollector) -> m.Reso
     except msgspec.DecodeError as exc:
         errors.problems.append(_decode_problem(exc, where))
         return None
+    except UnicodeDecodeError as exc:
+        errors.problems.append(_utf8_problem(exc, where))
+        return None
 
 
 def _index_contained(ctx: _Ctx, report: m.DiagnosticReport, where: str, base: str) -> None:
@@ -592,14 +601,18 @@ def parse_transaction(
     ctx = _Ctx()
     bundle: m.Bundle | _DecodedBundle
     try:
-        bundle = _DECODED_BUNDLE_DECODER.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError):
         try:
+            bundle = _DECODED_BUNDLE_DECODER.decode(raw)
+        except (msgspec.ValidationError, msgspec.DecodeError):
             bundle = _BUNDLE_DECODER.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise ValidationFailed(
-                "Bundle 不是有效的 FHIR R4 JSON", problems=[_decode_problem(exc, "Bundle")]
-            ) from exc
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise ValidationFailed(
+            "Bundle 不是有效的 FHIR R4 JSON", problems=[_decode_problem(exc, "Bundle")]
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed(
+            "Bundle 不是有效的 FHIR R4 JSON", problems=[_utf8_problem(exc, "Bundle")]
+        ) from exc
     _reject_nul(raw, "Bundle")
     if bundle.type != "transaction":
         raise ValidationFailed(
@@ -678,6 +691,11 @@ def parse_report(
         res = _DECODED_REPORT_DECODER.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError):
         res = None
+    except UnicodeDecodeError as exc:
+        raise ValidationFailed(
+            "DiagnosticReport 不是有效的 FHIR R4 JSON",
+            problems=[_utf8_problem(exc, "DiagnosticReport")],
+        ) from exc
     if not isinstance(res, _DecodedReport):
         res = _decode_resource(raw, "DiagnosticReport", ctx.errors)
     if isinstance(res, str):
