@@ -40,8 +40,9 @@ from huren.domain.corrections import (
     require_reviewer,
     validate_request_text,
 )
-from huren.domain.errors import Forbidden, NotFound, Problem, ValidationFailed
+from huren.domain.errors import Forbidden, NotFound, Problem, ProblemCollector, ValidationFailed
 from huren.domain.identity import PatientIdentifier
+from huren.domain.recognition import id_problem, text_problem
 from huren.domain.results import (
     ObservationValue,
     PatientDemographics,
@@ -118,6 +119,25 @@ class CorrectionEdit:
     findings: str | None = None
     conclusion: str | None = None
     observations: tuple[ObservationEdit, ...] = ()
+
+
+def require_recordable(message: str, *fields: tuple[str, str, str | None]) -> None:
+    """Each ``(field, label, text)`` can be stored and shown (no NUL, no lone surrogate),
+    or ValidationFailed naming every field that cannot — before anything is written."""
+    errors = ProblemCollector()
+    for field_name, label, value in fields:
+        problem = text_problem(value) if value is not None else None
+        if problem:
+            errors.add(field_name, f"{label}{problem}")
+    if len(errors.problems) == 1:
+        message = errors.problems[0].message
+    errors.raise_if_any(message)
+
+
+def require_platform_id(value: int, message: str, field_name: str) -> None:
+    """An id beyond 64 bits names nothing the platform stores: not found, like any other."""
+    if id_problem(value):
+        raise NotFound(message, problems=[Problem(field_name, message)])
 
 
 class CorrectionTx(Protocol):
@@ -232,6 +252,8 @@ class CorrectionService:
     def file(self, principal: Principal, result_id: int, text: str) -> CorrectionRecord:
         if principal.role not in FILING_ROLES:
             raise Forbidden("当前角色不能提交纠错申请")
+        require_platform_id(result_id, NOT_FOUND_MESSAGE, "result_id")
+        require_recordable("纠错说明无法保存", ("text", "纠错说明", text))
         body = validate_request_text(text)
         now = self._clock.now()
         graph = self._catalog.get().graph
@@ -309,6 +331,7 @@ class CorrectionService:
             return tx.corrections(producing=producing, overdue_at=self._clock.now())
 
     def get(self, principal: Principal, correction_id: int) -> CorrectionRecord:
+        require_platform_id(correction_id, "未找到该纠错申请", "correction_id")
         with self._store.transaction() as tx:
             rec = tx.correction(correction_id)
         if rec is None or not (
@@ -323,6 +346,8 @@ class CorrectionService:
 
     # -- review
     def reject(self, principal: Principal, correction_id: int, reason: str) -> CorrectionRecord:
+        require_platform_id(correction_id, "未找到该纠错申请", "correction_id")
+        require_recordable("处理理由无法保存", ("reason", "处理理由", reason))
         why = require_reason(reason)
         now = self._clock.now()
         with self._store.transaction() as tx:
@@ -352,6 +377,22 @@ class CorrectionService:
         self, principal: Principal, correction_id: int, edit: CorrectionEdit, reason: str
     ) -> CorrectionRecord:
         """Correct the result: a new version through intake, then close and notify."""
+        require_platform_id(correction_id, "未找到该纠错申请", "correction_id")
+        require_recordable(
+            "更正内容无法保存",
+            ("reason", "更正理由", reason),
+            ("findings", "检查所见", edit.findings),
+            ("conclusion", "诊断结论", edit.conclusion),
+            *(
+                field
+                for o in edit.observations
+                for field in (
+                    (f"obs:{o.code}", f"检验项目 {o.code[:32]!r} 的代码", o.code),
+                    (f"obs:{o.code}", f"检验项目 {o.code[:32]!r} 的结果", o.value_text),
+                    (f"flag:{o.code}", f"检验项目 {o.code[:32]!r} 的异常标识", o.flag),
+                )
+            ),
+        )
         why = require_reason(reason)
         with self._store.transaction() as tx:
             rec = self._reviewable(tx, principal, correction_id)
@@ -468,6 +509,8 @@ class CorrectionService:
             return tx.unread_count(principal.account_id)
 
     def mark_read(self, principal: Principal, notification_id: int) -> None:
+        if id_problem(notification_id):
+            return  # like any other id that is not one of this account's notifications
         with self._store.transaction() as tx:
             tx.mark_read(principal.account_id, notification_id, self._clock.now())
 

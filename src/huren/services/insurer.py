@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any, Protocol
 
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import Forbidden, ProblemCollector, ValidationFailed
 from huren.domain.identity import validate_identifier
 from huren.domain.insurer import (
+    COLUMNS,
     FLAG_LABELS,
     MAX_LINES,
     ClaimLine,
@@ -40,6 +41,7 @@ from huren.domain.recognition import (
     PriorResult,
     exclusions_in_force,
     recognizable_priors,
+    text_problem,
 )
 from huren.domain.results import StoredResult
 from huren.domain.sharing import CHINA_TZ, AuditAction
@@ -125,6 +127,38 @@ def _prior(a: Assessment) -> PriorSummary:
     )
 
 
+# Text a claim line carries into the page, the report files (Excel refuses control
+# characters) and the audit trail; a service date the lookback arithmetic can take.
+_LINE_TEXT_FIELDS = ("claim_no", "line_no", "institution", "item_code", "local_code", "report_no")
+_MAX_LINE_TEXT = 200
+_EARLIEST_SERVICE_DATE = date(1900, 1, 1)
+_LATEST_SERVICE_DATE = date(2199, 12, 31)
+
+
+def _line_recordable(line: ClaimLine, where: str, errors: ProblemCollector) -> bool:
+    """Add a problem for each field of ``line`` that cannot be checked or reported; True
+    when there is none."""
+    before = len(errors.problems)
+    for name in _LINE_TEXT_FIELDS:
+        value: str = getattr(line, name)
+        problem = text_problem(value, _MAX_LINE_TEXT) or (
+            "不能包含控制字符" if any(ch < " " for ch in value) else None
+        )
+        if problem:
+            errors.add(f"{where}.{name}", f"{COLUMNS[name][1]}{problem}")
+    for b in line.bundled_items:
+        problem = text_problem(b, _MAX_LINE_TEXT)
+        if problem:
+            errors.add(f"{where}.bundled_items", f"{COLUMNS['bundled_items'][1]}{problem}")
+            break
+    if not _EARLIEST_SERVICE_DATE <= line.service_date <= _LATEST_SERVICE_DATE:
+        errors.add(
+            f"{where}.service_date",
+            f"服务日期 {line.service_date.isoformat()} 超出范围（应在 1900-01-01 至 2199-12-31 之间）",
+        )
+    return len(errors.problems) == before
+
+
 class InsurerService:
     def __init__(
         self,
@@ -156,6 +190,8 @@ class InsurerService:
         prepared: list[tuple[ClaimLine, str, IdentifierKey]] = []
         for i, line in enumerate(lines):
             where = f"lines[{i}]"
+            if not _line_recordable(line, where, errors):
+                continue
             item_code = line.item_code or (
                 catalog.unified_code(line.institution, line.local_code) if line.local_code else None
             )

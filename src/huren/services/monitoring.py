@@ -40,6 +40,7 @@ from huren.domain.monitoring import (
     peer_group_label,
     target_progress,
 )
+from huren.domain.text import is_digits
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.ports import Clock
 
@@ -162,6 +163,13 @@ class RefreshReport:
     repeats_found: int = 0
 
 
+# Months a dashboard period may name: the month before and after each end still has to be
+# a date (the monthly report compares with the previous month).
+EARLIEST_MONTH = date(1900, 1, 1)
+LATEST_MONTH = date(2199, 12, 1)
+MONTH_FIELDS = {"month_from": "起始月份", "month_to": "结束月份", "month": "月份"}
+
+
 @dataclass(frozen=True, slots=True)
 class Period:
     """A range of calendar months, both ends included (first days of months)."""
@@ -172,13 +180,24 @@ class Period:
     @classmethod
     def parse(cls, month_from: str | None, month_to: str | None, today: date) -> Period:
         def one(value: str, name: str) -> date:
+            label = MONTH_FIELDS[name]
+            y, sep, m = value.strip().partition("-")
             try:
-                y, m = value.split("-")
-                return date(int(y), int(m), 1)
+                if not (sep and is_digits(y) and is_digits(m)):
+                    raise ValueError(value)
+                month = date(int(y), int(m), 1)
             except ValueError as exc:
                 raise ValidationFailed(
-                    "月份格式应为 YYYY-MM", problems=[Problem(name, f"无效的月份: {value}")]
+                    f"{label}格式应为 YYYY-MM",
+                    problems=[Problem(name, f"无效的{label}: {value[:20]}")],
                 ) from exc
+            if not EARLIEST_MONTH <= month <= LATEST_MONTH:
+                span = f"{EARLIEST_MONTH:%Y-%m} 至 {LATEST_MONTH:%Y-%m}"
+                raise ValidationFailed(
+                    f"{label}超出范围（应在 {span} 之间）",
+                    problems=[Problem(name, f"{label}应在 {span} 之间")],
+                )
+            return month
 
         end = one(month_to, "month_to") if month_to else today.replace(day=1)
         start = one(month_from, "month_from") if month_from else _add_months(end, -11)

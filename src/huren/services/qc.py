@@ -45,6 +45,7 @@ from huren.domain.qc import (
     qualifications_for_target,
     suggested_organiser,
 )
+from huren.domain.recognition import id_problem, text_problem
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.ports import Clock
 
@@ -640,6 +641,8 @@ class QcService:
         problems: list[Problem] = []
         if not text.strip():
             problems.append(Problem("reason_text", "请填写暂停理由"))
+        elif problem := text_problem(text):
+            problems.append(Problem("reason_text", f"暂停理由{problem}"))
         if target is TargetKind.ITEM and code not in cat.items:
             problems.append(Problem("code", f"互认项目 {code} 不存在"))
         if target is TargetKind.GROUP and not any(i.group == code for i in cat.items.values()):
@@ -690,14 +693,23 @@ class QcService:
         with self._store.transaction() as tx:
             return tx.list_proposals(statuses, visible)
 
-    def _decide(self, principal: Principal) -> None:
+    def _decide(
+        self, principal: Principal, proposal_id: int, text: str, field: str, label: str
+    ) -> None:
+        """Who may decide, and whether the proposal id and the note can be recorded."""
         if principal.role not in (Role.REGULATOR, Role.OPERATOR):
             raise Forbidden("暂停、恢复互认资质须由卫生健康行政部门决定")
+        if id_problem(proposal_id):
+            raise NotFound(f"未找到暂停建议 {proposal_id}")
+        problem = text_problem(text)
+        if problem:
+            message = f"{label}{problem}"
+            raise ValidationFailed(message, problems=[Problem(field, message)])
 
     def confirm(self, principal: Principal, proposal_id: int, note: str = "") -> ProposalRecord:
         """The authority confirms: the target's qualifications become 暂停, marks drop from
         results issued from now on, the institution is notified (outbox)."""
-        self._decide(principal)
+        self._decide(principal, proposal_id, note, "note", "确认说明")
         cat = self._catalog.get()
         now = self._clock.now()
         actor = self._actor(principal)
@@ -745,7 +757,7 @@ class QcService:
         return self.proposal(principal, proposal_id)
 
     def reject(self, principal: Principal, proposal_id: int, note: str) -> ProposalRecord:
-        self._decide(principal)
+        self._decide(principal, proposal_id, note, "note", "不予暂停的理由")
         if not note.strip():
             raise ValidationFailed(
                 "请填写不予暂停的理由", problems=[Problem("note", "理由不能为空")]
@@ -769,7 +781,7 @@ class QcService:
 
     def reinstate(self, principal: Principal, proposal_id: int, reason: str) -> ProposalRecord:
         """Lift a suspension: the qualifications it suspended become active again."""
-        self._decide(principal)
+        self._decide(principal, proposal_id, reason, "reason", "恢复理由")
         if not reason.strip():
             raise ValidationFailed(
                 "请填写恢复理由", problems=[Problem("reason", "恢复理由不能为空")]

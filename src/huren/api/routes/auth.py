@@ -19,13 +19,15 @@ from huren.api.auth import (
 )
 from huren.api.deps import container, templates
 from huren.api.problems import PROBLEM
+from huren.api.routes.page_errors import PageRoute
 from huren.api.schemas.auth import PrincipalOut, TokenOut
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal
 from huren.domain.errors import Unauthorized
+from huren.domain.recognition import text_problem
 from huren.services.accounts import TooManyAttempts
 
-router = APIRouter(tags=["认证"])
+router = APIRouter(tags=["认证"], route_class=PageRoute)
 
 _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "请求无效（RFC 6749 §5.2 error）", "content": {PROBLEM: {}}},
@@ -170,6 +172,10 @@ def login_submit(
 ) -> Response:
     target = safe_next(next)
     try:
+        for value, label in ((username, "用户名"), (password, "密码")):
+            if problem := text_problem(value):
+                # Checked here: PostgreSQL refuses a NUL in the account lookup.
+                raise Unauthorized(f"{label}{problem}")
         principal = c.accounts.authenticate_password(
             username.strip(), password, _client_address(request)
         )

@@ -13,14 +13,16 @@ from pydantic import BaseModel, Field
 from huren.api.auth import optional_principal, require_roles
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
 from huren.api.routes.retrieval import local, report_out
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.corrections import FILING_ROLES, CorrectionStatus
-from huren.domain.errors import DomainError, Problem, ValidationFailed
+from huren.domain.errors import DomainError, Problem, ProblemCollector, ValidationFailed
+from huren.domain.text import is_digits
 from huren.services.corrections import CorrectionEdit, CorrectionRecord, ObservationEdit
 
-router = APIRouter(tags=["纠错反馈"])
+router = APIRouter(tags=["纠错反馈"], route_class=PageRoute)
 
 Services = Annotated[Container, Depends(container)]
 Filers = Annotated[Principal, Depends(require_roles(*FILING_ROLES))]
@@ -33,15 +35,19 @@ class CorrectionIn(BaseModel):
     text: str = Field(max_length=2000, description="哪里有误（中文说明）")
 
 
+MAX_FLAG = 8
+MAX_REASON = 2000
+
+
 class ObservationEditIn(BaseModel):
     code: str
     value_num: float | None = None
     value_text: str | None = None
-    flag: str | None = Field(default=None, max_length=8)
+    flag: str | None = Field(default=None, max_length=MAX_FLAG)
 
 
 class AcceptIn(BaseModel):
-    reason: str = Field(max_length=2000, description="更正理由")
+    reason: str = Field(max_length=MAX_REASON, description="更正理由")
     findings: str | None = None
     conclusion: str | None = None
     observations: list[ObservationEditIn] = Field(default_factory=list)
@@ -195,13 +201,19 @@ def file_page(
     request: Request,
     user: Annotated[Principal | None, Depends(optional_principal)],
     c: Services,
-    result_id: Annotated[int, Form()],
+    result_id: Annotated[str, Form()] = "",
     text: Annotated[str, Form()] = "",
 ) -> Response:
+    """``result_id`` is the report page's hidden field: read here, so that a tampered
+    value gets this page's answer, not the API's."""
     if user is None:
         return login_redirect(request)
     try:
-        rec = c.sharing.corrections.file(user, result_id, text)
+        if not is_digits(result_id.strip()):
+            raise ValidationFailed(
+                "结果编号无效", problems=[Problem("result_id", "结果编号（result_id）应为正整数")]
+            )
+        rec = c.sharing.corrections.file(user, int(result_id), text)
     except DomainError as exc:
         return templates.TemplateResponse(
             request, "retrieval/error.html", {"user": user, "error": exc}, status_code=exc.status
@@ -278,6 +290,7 @@ async def accept_page(
     form = await request.form()
     edits: list[ObservationEditIn] = []
     try:
+        too_long = ProblemCollector()
         for key, value in form.multi_items():
             if key.startswith("obs:") and str(value).strip():
                 code = key[4:]
@@ -288,7 +301,18 @@ async def accept_page(
                     edits.append(ObservationEditIn(code=code, value_text=text))
             elif key.startswith("flag:"):
                 code = key[5:]
-                edits.append(ObservationEditIn(code=code, flag=str(value).strip()))
+                flag = str(value).strip()
+                if len(flag) > MAX_FLAG:
+                    too_long.add(
+                        key, f"检验项目 {code[:32]} 的异常标识过长：最多 {MAX_FLAG} 个字符"
+                    )
+                    continue
+                edits.append(ObservationEditIn(code=code, flag=flag))
+        if len(str(form.get("reason", ""))) > MAX_REASON:
+            too_long.add("reason", f"更正理由过长：最多 {MAX_REASON} 个字符")
+        too_long.raise_if_any(
+            too_long.problems[0].message if len(too_long.problems) == 1 else "更正内容过长"
+        )
         merged: dict[str, ObservationEditIn] = {}
         for e in edits:
             prev = merged.get(e.code)

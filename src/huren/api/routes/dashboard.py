@@ -5,6 +5,7 @@ and a printable monthly report."""
 from __future__ import annotations
 
 import json
+from html import escape
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Form, Request
@@ -14,6 +15,7 @@ from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.monitoring import MONITOR_ROLES, pct, yuan
+from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
 from huren.domain.errors import DomainError, Forbidden
@@ -22,7 +24,7 @@ from huren.domain.monitoring import CST, Metric, month_label
 from huren.domain.qc import EXPIRY_LABELS, PROPOSAL_STATUS_LABELS, SUSPENSION_REASON_LABELS
 from huren.services.monitoring import LEVEL_NAMES, Level, Period, StatTable
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 Services = Annotated[Container, Depends(container)]
 MaybeUser = Annotated[Principal | None, Depends(optional_principal)]
 
@@ -33,8 +35,12 @@ def _allowed(user: Principal) -> None:
 
 
 def _error(request: Request, user: Principal | None, exc: DomainError) -> Response:
+    """The message (and each problem) escaped: they may repeat what the request said."""
+    problems = "".join(f"<li>{escape(p.message)}</li>" for p in exc.problems)
     return HTMLResponse(
-        f"<main><h1>无法显示</h1><p class='bad'>{exc.message}</p><p><a href='/dashboard'>返回</a></p></main>",
+        f"<main><h1>无法显示</h1><p class='bad'>{escape(exc.message)}</p>"
+        + (f"<ul class='bad'>{problems}</ul>" if problems else "")
+        + "<p><a href='/dashboard'>返回</a></p></main>",
         status_code=exc.status,
     )
 

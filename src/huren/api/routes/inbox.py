@@ -13,11 +13,12 @@ from pydantic import BaseModel
 from huren.api.auth import optional_principal, require_roles
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
 from huren.api.routes.retrieval import local
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 
-router = APIRouter(tags=["消息"])
+router = APIRouter(tags=["消息"], route_class=PageRoute)
 
 Anyone = Annotated[Principal, Depends(require_roles(*Role))]
 Services = Annotated[Container, Depends(container)]

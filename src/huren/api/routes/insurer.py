@@ -25,6 +25,7 @@ from huren.adapters.claims_file import (
 from huren.api.auth import optional_principal, require_roles
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import DomainError, Forbidden, Problem, ProblemCollector, ValidationFailed
@@ -33,7 +34,7 @@ from huren.domain.insurer import COLUMNS, ClaimLine, claim_line_from_row
 from huren.domain.sharing import CHINA_TZ
 from huren.services.insurer import verdict_json
 
-router = APIRouter(tags=["医保核查"])
+router = APIRouter(tags=["医保核查"], route_class=PageRoute)
 
 Insurer = Annotated[Principal, Depends(require_roles(Role.INSURER))]
 Services = Annotated[Container, Depends(container)]

@@ -20,12 +20,14 @@ from huren.adapters.db.inbound import ConnectionStatus, MessageDetail, MessageSu
 from huren.api.auth import optional_principal, principal_can_see_institution, require_roles
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
-from huren.domain.errors import DomainError, Forbidden, NotFound, ValidationFailed
+from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
+from huren.domain.recognition import text_problem
 from huren.services.intake import UnmappedCode
 
-router = APIRouter(tags=["接口监控"])
+router = APIRouter(tags=["接口监控"], route_class=PageRoute)
 
 ENGINEER_ROLES = (Role.INSTITUTION_ADMIN, Role.INTEGRATION, Role.OPERATOR, Role.REGULATOR)
 Engineer = Annotated[Principal, Depends(require_roles(*ENGINEER_ROLES))]
@@ -337,6 +339,9 @@ def messages_page(
             raise Forbidden("当前角色无权查看接口消息")
         if status and status not in STATUS_LABELS:
             raise ValidationFailed("状态参数无效")
+        if channel and (problem := text_problem(channel, 16)):
+            message = f"通道筛选（channel）{problem}"
+            raise ValidationFailed(message, problems=[Problem("channel", message)])
         rows = recent_messages(
             c,
             user,

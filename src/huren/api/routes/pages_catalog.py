@@ -12,6 +12,7 @@ from fastapi.responses import HTMLResponse, Response
 from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
 from huren.domain.masterdata import (
@@ -25,7 +26,7 @@ from huren.domain.masterdata import (
 )
 from huren.services.accounts import describe_binding
 
-router = APIRouter(include_in_schema=False)
+router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
 PAGE_SIZE = 50
 Viewer = Annotated[Principal | None, Depends(optional_principal)]

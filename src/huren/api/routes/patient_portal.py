@@ -21,6 +21,7 @@ from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.corrections import CorrectionOut
 from huren.api.routes.corrections import out as correction_out
+from huren.api.routes.page_errors import PageRoute
 from huren.api.routes.retrieval import ReportOut, ResultSummaryOut, local, report_out, summary
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
@@ -29,7 +30,7 @@ from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIden
 from huren.services.insurer import DecisionFact
 from huren.services.portal import BindingListEntry, BindingOutcome, ReaderEntry
 
-router = APIRouter(tags=["患者端"])
+router = APIRouter(tags=["患者端"], route_class=PageRoute)
 
 Services = Annotated[Container, Depends(container)]
 Patient = Annotated[Principal, Depends(require_roles(Role.PATIENT))]

@@ -12,13 +12,15 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticValidationError
 
 from huren.api.auth import optional_principal, require_roles
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
-from huren.domain.errors import DomainError, Forbidden
+from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
 from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
 from huren.domain.results import STATUS_LABELS, ObservationValue, ResultStatus, StoredResult
 from huren.domain.sharing import (
@@ -29,7 +31,7 @@ from huren.domain.sharing import (
 )
 from huren.services.retrieval import AuditQuery, AuditRow, Report, ResultFilter
 
-router = APIRouter(tags=["调阅"])
+router = APIRouter(tags=["调阅"], route_class=PageRoute)
 
 Readers = Annotated[Principal, Depends(require_roles(*RETRIEVAL_ROLES))]
 Services = Annotated[Container, Depends(container)]
@@ -438,18 +440,39 @@ def retrieval_submit(
             purpose=purpose,
             item_codes=[item_code] if item_code else [],
             institutions=[institution] if institution else [],
-            date_from=date.fromisoformat(date_from) if date_from else None,
-            date_to=date.fromisoformat(date_to) if date_to else None,
+            date_from=_form_date(date_from, "date_from", "检查日期起"),
+            date_to=_form_date(date_to, "date_to", "检查日期止"),
         )
         outcome = _search(c, user, body, "/retrieval/results")
     except DomainError as exc:
         return _render_search(request, c, user, form, None, exc, exc.status)
-    except ValueError:
-        from huren.domain.errors import ValidationFailed
-
-        err = ValidationFailed("查询条件无效（日期格式 YYYY-MM-DD）")
+    except PydanticValidationError as exc:
+        problems = [
+            Problem(name, f"{SEARCH_FIELD_LABELS.get(name, name)}无效")
+            for name in dict.fromkeys(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+        ]
+        err = ValidationFailed(
+            "查询条件无效：" + "、".join(p.message for p in problems), problems=problems
+        )
         return _render_search(request, c, user, form, None, err, 422)
     return _render_search(request, c, user, form, outcome, None)
+
+
+SEARCH_FIELD_LABELS = {
+    "identifier_kind": "证件类型",
+    "identifier": "证件号码（最多 64 个字符）",
+    "purpose": "调阅目的",
+}
+
+
+def _form_date(value: str, name: str, label: str) -> date | None:
+    if not value:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        message = f"{label}无效（日期格式 YYYY-MM-DD）"
+        raise ValidationFailed(message, problems=[Problem(name, message)]) from exc
 
 
 @router.get("/retrieval/results/{result_id}", response_class=HTMLResponse, include_in_schema=False)

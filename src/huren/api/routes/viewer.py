@@ -14,13 +14,14 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from huren.api.auth import optional_principal, set_viewer_cookie
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import Forbidden, Unauthorized
 from huren.domain.imaging import WINDOW_PRESETS
 from huren.services.imaging import AuditRecord, StudyView
 
-router = APIRouter(prefix="/imaging", tags=["影像"], include_in_schema=False)
+router = APIRouter(prefix="/imaging", tags=["影像"], include_in_schema=False, route_class=PageRoute)
 
 VIEWER_ROLES = frozenset({Role.CLINICIAN, Role.INSTITUTION_ADMIN, Role.OPERATOR})
 page_user = optional_principal  # overridable in tests
