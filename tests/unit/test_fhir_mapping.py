@@ -217,6 +217,24 @@ def test_bytes_that_are_not_utf8_are_refused_naming_the_document() -> None:
     assert [p.field for p in err.value.problems] == ["DiagnosticReport"]
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"resourceType":"Bundle","type":"transaction","entry":[{"resource":'
+        + b"[" * 50_000
+        + b"]" * 50_000
+        + b"}]}",
+        b'{"resourceType":"DiagnosticReport","contained":' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+    ],
+    ids=["bundle", "report"],
+)
+def test_json_nested_beyond_the_decoder_is_refused_not_a_recursion_error(raw: bytes) -> None:
+    # Found by fuzzing huren ingest: msgspec's RecursionError ended the load (and 500).
+    with pytest.raises(ValidationFailed) as err:
+        (parse_transaction if b"Bundle" in raw else parse_report)(raw)
+    assert "嵌套层次过深" in err.value.problems[0].message
+
+
 def test_an_escaped_backslash_before_u0000_is_text_not_a_nul() -> None:
     bundle = lab_bundle(n_obs=1)
     bundle["entry"][-1]["resource"]["code"]["coding"][0]["display"] = "C:\\u0000"

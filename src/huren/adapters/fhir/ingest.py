@@ -166,6 +166,20 @@ def _decode_problem(exc: msgspec.ValidationError | msgspec.DecodeError, base: st
     return Problem(where, f"不符合 FHIR R4 结构: {text}")
 
 
+@dataclass(frozen=True, slots=True)
+class _TooDeep:
+    """JSON nested deeper than the decoder recurses (msgspec raises RecursionError; found
+    by a fuzzer: a 500, and ``huren ingest`` stopped). No FHIR resource nests so deep."""
+
+    message: str = "JSON 嵌套层次过深（数万层），不是 FHIR 资源"
+
+    def at(self, where: str) -> Problem:
+        return Problem(where, self.message)
+
+
+_TOO_DEEP = _TooDeep()
+
+
 def _utf8_problem(exc: UnicodeDecodeError, where: str) -> Problem:
     """msgspec reports bytes that are not UTF-8 inside a string as a UnicodeDecodeError,
     not as its own DecodeError (found by a fuzzer: a 500)."""
@@ -539,6 +553,9 @@ def _decode_resource(raw: bytes, where: str, errors: ProblemCollector) -> m.Reso
         if "at `$.resourceType`" in str(exc) or "missing required field `resourceType`" in str(exc):
             try:
                 typed = _TYPED_DECODER.decode(raw)
+            except RecursionError:
+                errors.problems.append(_TOO_DEEP.at(where))
+                return None
             except msgspec.ValidationError:  # not a string (null, a number …)
                 errors.add(f"{where}.resourceType", "resourceType 应为资源类型名称（字符串）")
                 return None
@@ -553,6 +570,9 @@ def _decode_resource(raw: bytes, where: str, errors: ProblemCollector) -> m.Reso
         return None
     except UnicodeDecodeError as exc:
         errors.problems.append(_utf8_problem(exc, where))
+        return None
+    except RecursionError:
+        errors.problems.append(_TOO_DEEP.at(where))
         return None
 
 
@@ -612,6 +632,10 @@ def parse_transaction(
     except UnicodeDecodeError as exc:
         raise ValidationFailed(
             "Bundle 不是有效的 FHIR R4 JSON", problems=[_utf8_problem(exc, "Bundle")]
+        ) from exc
+    except RecursionError as exc:
+        raise ValidationFailed(
+            "Bundle 不是有效的 FHIR R4 JSON", problems=[_TOO_DEEP.at("Bundle")]
         ) from exc
     _reject_nul(raw, "Bundle")
     if bundle.type != "transaction":
@@ -695,6 +719,11 @@ def parse_report(
         raise ValidationFailed(
             "DiagnosticReport 不是有效的 FHIR R4 JSON",
             problems=[_utf8_problem(exc, "DiagnosticReport")],
+        ) from exc
+    except RecursionError as exc:
+        raise ValidationFailed(
+            "DiagnosticReport 不是有效的 FHIR R4 JSON",
+            problems=[_TOO_DEEP.at("DiagnosticReport")],
         ) from exc
     if not isinstance(res, _DecodedReport):
         res = _decode_resource(raw, "DiagnosticReport", ctx.errors)
