@@ -25,6 +25,8 @@ Organization and Observations in ``contained``)."""
 from __future__ import annotations
 
 import gc
+import hashlib
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -37,11 +39,14 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, 
 
 from huren.adapters.fhir.ingest import parse_report, parse_transaction
 from huren.bootstrap import Container, build
+from huren.cli.files import input_file_problem, write_problem
 from huren.config import get_settings
 from huren.domain.errors import DomainError, Problem
 from huren.services.intake import Channel, InboundMessage
 
 CHECKPOINT_EVERY = 1  # batches between checkpoint writes
+BOM = b"\xef\xbb\xbf"
+FINGERPRINT_BYTES = 4096  # the bytes before a checkpoint's offset that it fingerprints
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +68,10 @@ class LoadReport:
 
 
 def ndjson_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[Record]:
+    """The non-blank lines of a file; a UTF-8 byte order mark at its start is skipped."""
     with path.open("rb") as f:
+        if start == 0 and f.read(len(BOM)) == BOM:
+            start = len(BOM)
         f.seek(start)
         offset, number = start, start_number
         for line in f:
@@ -76,15 +84,23 @@ def ndjson_records(path: Path, start: int = 0, start_number: int = 0) -> Iterato
 
 def hl7_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[Record]:
     """Messages of a file: each starts at a segment beginning ``MSH``; MLLP framing
-    bytes (VT, FS) and blank lines between messages are tolerated."""
-    with path.open("rb") as f:
-        f.seek(start)
+    bytes (VT, FS) and blank lines between messages are tolerated. Segments end in CR
+    (the HL7 terminator), LF or CR LF; a UTF-8 byte order mark at the file's start is
+    skipped."""
+    with path.open("rb") as raw:
+        if start == 0 and raw.read(len(BOM)) == BOM:
+            start = len(BOM)
+        raw.seek(start)
+        # Latin-1 maps each byte to one character and back, so the text layer only splits
+        # lines at CR, LF or CR LF (``newline=""``) and offsets stay byte offsets.
+        text = io.TextIOWrapper(raw, encoding="latin-1", newline="")
         offset, number = start, start_number
         current: list[bytes] = []
         current_start = start
-        for line in f:
+        for text_line in text:
+            line = text_line.encode("latin-1")
             stripped = line.strip(b"\x0b\x1c\r\n ")
-            if line.lstrip(b"\x0b").startswith(b"MSH") and current:
+            if line.lstrip(b"\x0b\x1c").startswith(b"MSH") and current:
                 number += 1
                 yield Record(number, current_start, offset, b"\r".join(current) + b"\r")
                 current = []
@@ -139,6 +155,39 @@ def parse_record(record: Record, fmt: str, source: str) -> InboundMessage:
     ).message
 
 
+def parse_record_safely(record: Record, fmt: str, source: str) -> InboundMessage:
+    """``parse_record``, with a failure of the parser itself (an input it does not
+    expect: the parsers refuse what they know of, a line nested too deep included)
+    reported as that record's error rather than ending the load."""
+    try:
+        return parse_record(record, fmt, source)
+    except DomainError:
+        raise
+    except Exception as exc:  # one bad record must not stop a bulk load
+        raise DomainError(
+            f"第 {record.number} 条记录无法解析",
+            problems=[Problem("record", f"解析失败（{type(exc).__name__}: {exc}）"[:500])],
+        ) from exc
+
+
+class CheckpointInvalid(Exception):
+    """The checkpoint file cannot be trusted for this data file; nothing was loaded."""
+
+    def __init__(self, checkpoint: Path, reason: str) -> None:
+        super().__init__(
+            f"断点文件 {checkpoint} 无法使用: {reason}。"
+            "如需从头导入请加 --restart（已保存的记录会判为重复，不会重复保存）"
+        )
+
+
+def errors_path_of(path: Path) -> Path:
+    return path.with_name(path.name + ".errors.ndjson")
+
+
+def checkpoint_path_of(path: Path) -> Path:
+    return path.with_name(path.name + ".checkpoint.json")
+
+
 class BulkLoader:
     """Streams a file into ``container.intake`` with checkpoints and an error file."""
 
@@ -155,19 +204,69 @@ class BulkLoader:
         self.c = container
         self.path = path
         self.fmt = fmt
-        self.errors_path = errors_path or path.with_name(path.name + ".errors.ndjson")
-        self.checkpoint_path = checkpoint_path or path.with_name(path.name + ".checkpoint.json")
+        self.errors_path = errors_path or errors_path_of(path)
+        self.checkpoint_path = checkpoint_path or checkpoint_path_of(path)
         self.batch_size = batch_size
 
     # -- checkpoint
     def read_checkpoint(self) -> dict[str, Any] | None:
+        """The checkpoint of this file and format, or None when there is none (or it is
+        one of another file or format). Raises ``CheckpointInvalid`` when it cannot be
+        read, or its offset is not where a record of this file starts after what was
+        loaded: resuming there would skip records or read one from its middle."""
         try:
-            data: dict[str, Any] = json.loads(self.checkpoint_path.read_text("utf-8"))
-        except (FileNotFoundError, json.JSONDecodeError):
+            text = self.checkpoint_path.read_text("utf-8")
+        except FileNotFoundError:
             return None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CheckpointInvalid(self.checkpoint_path, f"无法读取（{exc}）") from exc
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise CheckpointInvalid(self.checkpoint_path, "不是有效的 JSON") from exc
+        if not isinstance(data, dict):
+            raise CheckpointInvalid(self.checkpoint_path, "内容应为 JSON 对象")
         if data.get("file") != str(self.path.resolve()) or data.get("format") != self.fmt:
             return None
+        for key in ("offset", "records", "stored", "errors"):
+            value = data.get(key)
+            if type(value) is not int or value < 0:
+                raise CheckpointInvalid(
+                    self.checkpoint_path, f"字段 {key} 应为非负整数，实际为 {value!r}"
+                )
+        offset: int = data["offset"]
+        size = self.path.stat().st_size
+        if offset > size:
+            raise CheckpointInvalid(
+                self.checkpoint_path,
+                f"断点偏移 {offset} 超出文件长度 {size} 字节（文件可能已被替换或截断）",
+            )
+        fingerprint = data.get("fingerprint")
+        if fingerprint is not None and fingerprint != self._fingerprint(offset):
+            raise CheckpointInvalid(
+                self.checkpoint_path,
+                f"文件在断点（字节偏移 {offset}）之前的内容与断点记录的不一致（文件已被替换或修改）",
+            )
+        if 0 < offset < size and not self._at_record_start(offset):
+            raise CheckpointInvalid(
+                self.checkpoint_path, f"断点偏移 {offset} 不在一条记录的开头（位于一行中间）"
+            )
         return data
+
+    def _fingerprint(self, offset: int) -> str:
+        """A digest of the file's first bytes and of the bytes just before ``offset``:
+        what a checkpoint was written after (appending to the file keeps it)."""
+        digest = hashlib.sha256()
+        with self.path.open("rb") as f:
+            digest.update(f.read(min(offset, FINGERPRINT_BYTES)))
+            f.seek(max(0, offset - FINGERPRINT_BYTES))
+            digest.update(f.read(min(offset, FINGERPRINT_BYTES)))
+        return digest.hexdigest()
+
+    def _at_record_start(self, offset: int) -> bool:
+        with self.path.open("rb") as f:
+            f.seek(offset - 1)
+            return f.read(1) in (b"\n", b"\r")
 
     def write_checkpoint(self, offset: int, number: int, report: LoadReport, done: bool) -> None:
         tmp = self.checkpoint_path.with_suffix(".tmp")
@@ -181,6 +280,7 @@ class BulkLoader:
                     "stored": report.stored,
                     "errors": report.errors,
                     "done": done,
+                    "fingerprint": self._fingerprint(offset),
                 },
                 ensure_ascii=False,
             ),
@@ -199,6 +299,9 @@ class BulkLoader:
             report.stored, report.errors = int(checkpoint["stored"]), int(checkpoint["errors"])
         if restart and self.errors_path.exists():
             self.errors_path.unlink()
+        # Written now, before anything is stored, so that a checkpoint that cannot be
+        # written stops the load at once (the offset is what is already committed).
+        self.write_checkpoint(start, number, report, False)
         records = (hl7_records if self.fmt == "hl7" else ndjson_records)(self.path, start, number)
         task = None
         if progress is not None:
@@ -210,7 +313,7 @@ class BulkLoader:
                 report.records += 1
                 last = record
                 try:
-                    batch.append((record, parse_record(record, self.fmt, self.path.name)))
+                    batch.append((record, parse_record_safely(record, self.fmt, self.path.name)))
                 except DomainError as exc:
                     self._error(errors, record, exc, report)
                 if len(batch) >= self.batch_size:
@@ -293,7 +396,7 @@ class BulkLoader:
 
 
 def ingest(
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="NDJSON 或 HL7 文件")],
+    file: Annotated[Path, typer.Argument(help="NDJSON 或 HL7 文件")],
     fmt: Annotated[str, typer.Option("--format", help="ndjson | hl7")] = "ndjson",
     errors: Annotated[
         Path | None, typer.Option(help="错误记录文件（默认 FILE.errors.ndjson）")
@@ -304,6 +407,21 @@ def ingest(
     """批量导入历史检查检验结果（FHIR NDJSON 或 HL7 v2 ORU^R01 文件），可断点续传。"""
     if fmt not in ("ndjson", "hl7"):
         typer.echo("--format 只能是 ndjson 或 hl7", err=True)
+        raise typer.Exit(2)
+    if batch_size < 1:
+        typer.echo(f"--batch-size 应为正整数，实际为 {batch_size}", err=True)
+        raise typer.Exit(2)
+    problem = input_file_problem(file)
+    side_files = {
+        "错误记录文件": errors or errors_path_of(file),
+        "断点文件": checkpoint_path_of(file),
+    }
+    for label, side in side_files.items():
+        if problem is None and side.resolve() == file.resolve():
+            problem = f"{label} {side} 与导入文件相同"
+        problem = problem or write_problem(side)
+    if problem is not None:
+        typer.echo(f"错误: {problem}", err=True)
         raise typer.Exit(2)
     container = build(get_settings())
     # The objects of startup live as long as the process: kept out of the collector's
@@ -320,6 +438,19 @@ def ingest(
     try:
         with Progress(*columns, transient=False) as progress:
             report = loader.run(restart=restart, progress=progress)
+    except CheckpointInvalid as exc:
+        typer.echo(f"错误: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except KeyboardInterrupt:
+        typer.echo("已中断: 断点之前的记录均已保存，重新运行同一命令即从断点续传", err=True)
+        raise typer.Exit(130) from None
+    except OSError as exc:
+        # e.g. the disk filled up: what is checkpointed is committed, so a rerun resumes
+        where = f" {exc.filename}" if exc.filename else ""
+        typer.echo(
+            f"错误: 读写文件失败{where}（{exc.strerror or exc}）；修正后重新运行即可续传", err=True
+        )
+        raise typer.Exit(1) from exc
     finally:
         container.close()
     if report.resumed_from:
