@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from huren.bootstrap import Container
 from huren.cli import accounts as cli
 from huren.domain.errors import Unauthorized
-from tests.fixtures.world import HOSP_A
+from tests.fixtures.world import HOSP_A, HOSP_B
 
 runner = CliRunner()
 
@@ -57,3 +57,58 @@ def test_api_key_is_printed_once_and_revocable(cli_world: Container) -> None:
     assert runner.invoke(cli.app, ["api-key", "revoke", prefix]).exit_code == 0
     with pytest.raises(Unauthorized):
         cli_world.accounts.principal_from_api_key(key)
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (["create", "dr.li\n", "--role", "clinician", "--name", "李", "--institution", HOSP_A],
+         "username"),
+        (["create", "dr.li", "--role", "clinician", "--name", "李" * 101, "--institution", HOSP_A],
+         "display_name"),
+        (["create", "dr.li", "--role", "clinician", "--name", "李\x00", "--institution", HOSP_A],
+         "display_name"),
+        (["create", "dr.li", "--role", "clinician", "--name", "李", "--institution", HOSP_A,
+          "--department", "科" * 33], "department"),
+        (["create", "dr.li", "--role", "clinician", "--name", "李", "--institution", "H\x00"],
+         "institution"),
+        (["create", "pt.li", "--role", "patient", "--name", "李", "--patient-id", str(2**70)],
+         "patient_id"),
+        (["create", "pt.li", "--role", "patient", "--name", "李", "--patient-id", "1",
+          "--jurisdiction", "HE"], "jurisdiction"),
+        (["api-key", "create", "--institution", HOSP_A, "--label", "L" * 101], "label"),
+    ],
+)  # fmt: skip
+def test_odd_account_values_are_refused_naming_the_field_and_nothing_is_stored(
+    cli_world: Container, args: list[str], field: str
+) -> None:
+    r = runner.invoke(cli.app, args)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert f"{field}:" in r.output
+    assert cli_world.accounts.list_accounts() == []
+    assert cli_world.accounts.list_api_keys() == []
+
+
+@pytest.mark.parametrize(
+    "args", [["deactivate", "x\x00y"], ["api-key", "revoke", "hr_\x00"], ["api-key", "list",
+                                                                              "--username", "u\x00"]]
+)  # fmt: skip
+def test_a_name_with_a_nul_is_simply_not_found(cli_world: Container, args: list[str]) -> None:
+    r = runner.invoke(cli.app, args)
+    assert r.exit_code == 1, r.output
+    assert "不存在" in r.output
+
+
+def test_api_key_for_another_institutions_account_is_refused_before_any_key_is_made(
+    cli_world: Container,
+) -> None:
+    assert runner.invoke(cli.app, ["api-key", "create", "--institution", HOSP_A]).exit_code == 0
+    keys = cli_world.accounts.list_api_keys()
+    r = runner.invoke(
+        cli.app,
+        ["api-key", "create", "--institution", HOSP_B, "--username", f"{HOSP_A}-integration"],
+    )
+    assert r.exit_code == 1
+    assert f"属于机构 {HOSP_A}" in r.output
+    assert cli_world.accounts.list_api_keys() == keys  # not even a revoked one

@@ -117,13 +117,15 @@ def create_key(
     """为机构的接口系统创建 API 密钥；密钥只打印这一次。"""
     user = username or f"{institution}-integration"
     with _container() as c:
+        # Checked before a key is made: a key of another institution's account, even
+        # revoked at once, would stay on record.
+        existing = next((a for a in c.accounts.list_accounts() if a.username == user), None)
+        if existing is not None and existing.institution != institution:
+            typer.echo(f"错误: 账号 {user} 属于机构 {existing.institution or '（无）'}", err=True)
+            raise typer.Exit(1)
         created = c.accounts.create_integration(
             institution, user, name or f"{institution} 接口系统", label
         )
-        if created.account.institution != institution:
-            typer.echo(f"错误: 账号 {user} 属于机构 {created.account.institution}", err=True)
-            c.accounts.revoke_api_key(created.record.prefix)
-            raise typer.Exit(1)
         typer.echo(f"已为 {user}（{institution}）创建 API 密钥 {created.record.prefix}")
         typer.echo(f"API 密钥（只显示这一次）: {created.key}")
         typer.echo(

@@ -6,12 +6,14 @@ file type follows the extension (.csv or .xlsx). Column headers are listed by
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from huren.bootstrap import build
+from huren.cli.files import input_file_problem, write_problem
 from huren.config import get_settings
 from huren.domain.errors import ValidationFailed
 from huren.services.catalog_io import COLUMNS, KIND_LABELS, CatalogKind
@@ -24,13 +26,22 @@ app = typer.Typer(
 @app.command("import")
 def import_(
     kind: Annotated[CatalogKind, typer.Argument(help="目录种类")],
-    file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help=".csv 或 .xlsx 文件")],
+    file: Annotated[Path, typer.Argument(help=".csv 或 .xlsx 文件")],
     actor: str = typer.Option("cli", help="记录在资质变更历史中的操作人"),
 ) -> None:
     """校验并导入（全部成功或全部不写入）。"""
+    problem = input_file_problem(file)
+    if problem is not None:
+        typer.echo(f"错误: {problem}", err=True)
+        raise typer.Exit(2)
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"错误: 无法读取文件 {file}（{exc.strerror or exc}）", err=True)
+        raise typer.Exit(2) from exc
     container = build(get_settings())
     try:
-        report = container.catalog_io.import_file(kind, file.read_bytes(), file.name, actor=actor)
+        report = container.catalog_io.import_file(kind, data, file.name, actor=actor)
     except ValidationFailed as exc:
         typer.echo(exc.message, err=True)
         for p in exc.problems:
@@ -46,17 +57,31 @@ def import_(
 @app.command("export")
 def export(
     kind: Annotated[CatalogKind, typer.Argument(help="目录种类")],
-    file: Annotated[Path, typer.Argument(dir_okay=False, help=".csv 或 .xlsx 文件")],
+    file: Annotated[Path, typer.Argument(help=".csv 或 .xlsx 文件")],
 ) -> None:
     """导出为 CSV（UTF-8 带 BOM）或 Excel；导出的文件可原样导入。"""
+    problem = write_problem(file)
+    if problem is not None:
+        typer.echo(f"错误: {problem}", err=True)
+        raise typer.Exit(2)
     container = build(get_settings())
     try:
-        file.write_bytes(container.catalog_io.export_file(kind, file.name))
+        data = container.catalog_io.export_file(kind, file.name)
     except ValidationFailed as exc:
         typer.echo(exc.message, err=True)
         raise typer.Exit(1) from exc
     finally:
         container.close()
+    # Written beside the target and renamed over it: a failed write (a full disk) leaves
+    # the previous file, not half of the new one.
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, file)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        typer.echo(f"错误: 无法写入 {file}（{exc.strerror or exc}），未导出", err=True)
+        raise typer.Exit(1) from exc
     typer.echo(f"已导出{KIND_LABELS[kind]}到 {file}")
 
 

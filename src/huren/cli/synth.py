@@ -7,10 +7,12 @@ import time
 from collections.abc import Callable
 
 import typer
+from sqlalchemy import select
 
 from huren.adapters import recognition_data, reference_data
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.bulk import SqlSynthHistory, bulk_sink
+from huren.adapters.db.tables import institution
 from huren.bootstrap import Container, build
 from huren.config import get_settings
 from huren.services.synth import (
@@ -24,6 +26,10 @@ from huren.services.synth import (
     run_activity,
     run_synth,
 )
+
+# A synthetic world's institutions are placed city by city; beyond about this many (all
+# of China's hospitals are some 38,000) that takes minutes and the codes run out.
+MAX_INSTITUTIONS = 20_000
 
 app = typer.Typer(help="合成数据: 生成可复现的虚拟机构、患者与检查检验结果", no_args_is_help=False)
 
@@ -86,6 +92,29 @@ def synthesize_activity(
     )
 
 
+def _master_data_problem(container: Container, cfg: SynthConfig, *, append: bool) -> str | None:
+    """Why the world of ``cfg`` cannot be written (``append``: added to) here: checked
+    before anything is written, since a refused write would come after earlier batches."""
+    codes = {
+        i.code for i in generate_world(reference_data.synth_reference(), cfg).records.institutions
+    }
+    with container.engine.connect() as c:
+        present = set(c.scalars(select(institution.c.code)))
+    clash = sorted(codes & present)
+    missing = sorted(codes - present)
+    if not append and clash:
+        return (
+            f"数据库中已有 {len(clash)} 家编码相同的机构（如 {clash[0]}），合成主数据无法写入: "
+            "已用同一种子生成过时，加 --append 只追加患者和结果；否则请使用空数据库"
+        )
+    if append and missing:
+        return (
+            f"--append 需要数据库中已有该种子的主数据，但缺少 {len(missing)} 家机构"
+            f"（如 {missing[0]}）: 请先不加 --append 生成一次"
+        )
+    return None
+
+
 @app.callback(invoke_without_command=True)
 def synth(
     seed: int = typer.Option(..., "--seed", help="随机种子: 同一种子生成完全相同的数据"),
@@ -103,6 +132,9 @@ def synth(
     ),
 ) -> None:
     """生成合成世界并写入 HUREN_DATABASE_URL 指定的数据库（需先 huren db upgrade）。"""
+    if institutions > MAX_INSTITUTIONS:
+        typer.echo(f"--institutions 最多 {MAX_INSTITUTIONS}，实际为 {institutions}", err=True)
+        raise typer.Exit(2)
     settings = get_settings()
     container = build(settings)
     try:
@@ -121,6 +153,11 @@ def synth(
         patients=patients,
         batch_size=batch_size,
     )
+    problem = _master_data_problem(container, cfg, append=append)
+    if problem is not None:
+        container.close()
+        typer.echo(f"错误: {problem}", err=True)
+        raise typer.Exit(2)
     typer.echo(f"种子 {seed}: {institutions} 家机构，{cfg.patient_count} 名患者，{results} 条结果")
     first_patient = SqlSynthHistory(container.engine).patient_span()[1] + 1
     with typer.progressbar(length=results, label="写入结果") as bar:

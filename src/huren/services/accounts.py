@@ -24,8 +24,25 @@ from huren.domain.sharing import RateLimit
 from huren.services.ports import Clock
 from huren.services.ratelimit import MemoryRateCounters, RateCounters
 
-USERNAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{2,63}$")
+USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{2,63}")  # whole string (fullmatch)
 MIN_PASSWORD_LENGTH = 10
+CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# The widths of the account and api_key columns; a code longer than its column (32)
+# cannot name an institution or a jurisdiction.
+MAX_DISPLAY_NAME, MAX_DEPARTMENT, MAX_LABEL, MAX_CODE = 100, 32, 100, 32
+MAX_PATIENT_ID = 2**63 - 1
+
+
+def _text_problem(value: str, maximum: int) -> str | None:
+    if CONTROL_CHARS.search(value):
+        return "不能含有控制字符（换行、NUL 等）"
+    if len(value) > maximum:
+        return f"过长: {len(value)} 个字符，最多 {maximum} 个"
+    return None
+
+
+def _code_ok(code: str) -> bool:
+    return len(code) <= MAX_CODE and not CONTROL_CHARS.search(code)
 
 
 class TooManyAttempts(DomainError):
@@ -238,14 +255,23 @@ class AccountService:
         to a patient record. Without a password one is generated and returned once
         (integration accounts get none: they authenticate with API keys)."""
         errors = ProblemCollector()
-        if not USERNAME.match(new.username):
+        username_ok = USERNAME.fullmatch(new.username) is not None
+        if not username_ok:
             errors.add("username", "用户名须为 3–64 位字母、数字或 . _ @ -，以字母或数字开头")
         if not new.display_name.strip():
             errors.add("display_name", "显示名称不能为空")
+        elif problem := _text_problem(new.display_name, MAX_DISPLAY_NAME):
+            errors.add("display_name", f"显示名称{problem}")
+        if new.department and (problem := _text_problem(new.department, MAX_DEPARTMENT)):
+            errors.add("department", f"科室{problem}")
+        if new.patient_id is not None and not 1 <= new.patient_id <= MAX_PATIENT_ID:
+            errors.add("patient_id", f"患者编号应为 1–{MAX_PATIENT_ID} 之间的整数")
         if new.role in INSTITUTION_ROLES:
             if not new.institution:
                 errors.add("institution", "该角色必须绑定医疗机构")
-            elif not self.store.institution_exists(new.institution):
+            elif not _code_ok(new.institution) or not self.store.institution_exists(
+                new.institution
+            ):
                 errors.add("institution", f"医疗机构 {new.institution} 不存在")
             if new.jurisdiction:
                 errors.add("jurisdiction", "机构角色不绑定辖区")
@@ -254,16 +280,20 @@ class AccountService:
                 errors.add("institution", "辖区角色不绑定医疗机构")
             if not new.jurisdiction and new.role is not Role.OPERATOR:
                 errors.add("jurisdiction", "该角色必须绑定辖区")
-            elif new.jurisdiction and not self.store.scope_exists(new.jurisdiction):
+            elif new.jurisdiction and (
+                not _code_ok(new.jurisdiction) or not self.store.scope_exists(new.jurisdiction)
+            ):
                 errors.add("jurisdiction", f"辖区 {new.jurisdiction} 不存在")
         elif new.role is Role.PATIENT:
             if new.patient_id is None:
                 errors.add("patient_id", "患者账号必须绑定患者")
             if new.institution:
                 errors.add("institution", "患者账号不绑定医疗机构")
+            if new.jurisdiction:
+                errors.add("jurisdiction", "患者账号不绑定辖区")
         if password is not None and len(password) < MIN_PASSWORD_LENGTH:
             errors.add("password", f"密码至少 {MIN_PASSWORD_LENGTH} 位")
-        if self.store.account_by_username(new.username) is not None:
+        if username_ok and self.store.account_by_username(new.username) is not None:
             errors.add("username", f"用户名 {new.username} 已存在")
         errors.raise_if_any("账号信息未通过校验")
 
@@ -281,8 +311,15 @@ class AccountService:
     def list_accounts(self) -> list[AccountRecord]:
         return self.store.list_accounts()
 
+    def _by_username(self, username: str) -> AccountRecord | None:
+        """The account of ``username``; None, without asking the store, for a name no
+        account can have (PostgreSQL refuses a NUL in a query's text)."""
+        if len(username) > 64 or "\x00" in username:
+            return None
+        return self.store.account_by_username(username)
+
     def account(self, username: str) -> AccountRecord:
-        record = self.store.account_by_username(username)
+        record = self._by_username(username)
         if record is None:
             raise NotFound(f"账号 {username} 不存在")
         return record
@@ -318,7 +355,7 @@ class AccountService:
     def authenticate_password(self, username: str, password: str, client: str = "") -> Principal:
         """Check a password; failures are throttled per username and client address."""
         self.throttle.check(username, client)
-        record = self.store.account_by_username(username)
+        record = self._by_username(username)
         if record is None or not record.password_hash:
             self.passwords.dummy_verify()
             self.throttle.failed(username, client)
@@ -374,6 +411,10 @@ class AccountService:
             errors.raise_if_any("无法创建 API 密钥")
         if not record.active:
             raise Conflict(f"账号 {username} 已停用")
+        if problem := _text_problem(label, MAX_LABEL):
+            errors = ProblemCollector()
+            errors.add("label", f"密钥用途说明{problem}")
+            errors.raise_if_any("无法创建 API 密钥")
         key, prefix = self.api_keys.new_key()
         key_id = self.store.add_api_key(
             record.id, prefix, self.api_keys.hash(key), label, self.clock.now()
@@ -388,7 +429,11 @@ class AccountService:
     ) -> CreatedApiKey:
         """An integration account for an institution's interface engine with its first
         key, in one step (what ``huren accounts api-key create`` does)."""
-        if self.store.account_by_username(username) is None:
+        if problem := _text_problem(label, MAX_LABEL):
+            errors = ProblemCollector()
+            errors.add("label", f"密钥用途说明{problem}")
+            errors.raise_if_any("无法创建 API 密钥")
+        if self._by_username(username) is None:
             self.create_account(
                 NewAccount(username, display_name, Role.INTEGRATION, institution=institution)
             )
@@ -399,7 +444,11 @@ class AccountService:
         return self.store.list_api_keys(account_id)
 
     def revoke_api_key(self, prefix: str) -> None:
-        if not self.store.revoke_api_key(prefix, self.clock.now()):
+        if (
+            len(prefix) > 16
+            or "\x00" in prefix
+            or not self.store.revoke_api_key(prefix, self.clock.now())
+        ):
             raise NotFound(f"API 密钥 {prefix} 不存在或已吊销")
 
     def principal_from_api_key(self, key: str) -> Principal:

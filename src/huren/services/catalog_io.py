@@ -27,6 +27,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -78,61 +79,62 @@ class Column:
     header: str  # Chinese header, as exported
     required: bool = False
     aliases: tuple[str, ...] = ()
+    max_length: int = 0  # the width of its database column (0: not a text column)
 
 
 COLUMNS: Mapping[CatalogKind, tuple[Column, ...]] = {
     CatalogKind.SCOPES: (
-        Column("code", "编码", True),
-        Column("name", "名称", True),
+        Column("code", "编码", True, max_length=32),
+        Column("name", "名称", True, max_length=100),
         Column("kind", "类型", True),
-        Column("parent", "上级", aliases=("上级编码",)),
+        Column("parent", "上级", aliases=("上级编码",), max_length=32),
         Column("member_scopes", "成员范围"),
         Column("member_institutions", "成员机构"),
-        Column("abbreviation", "简称"),
+        Column("abbreviation", "简称", max_length=16),
     ),
     CatalogKind.ITEMS: (
-        Column("code", "项目编码", True, ("统一编码",)),
-        Column("name", "项目名称", True),
+        Column("code", "项目编码", True, ("统一编码",), max_length=32),
+        Column("name", "项目名称", True, max_length=200),
         Column("category", "类别", True),
-        Column("group", "项目组", aliases=("group_code",)),
-        Column("modality", "设备类型"),
-        Column("body_part", "检查部位"),
-        Column("specimen", "标本类型", aliases=("标本",)),
-        Column("loinc", "LOINC编码", aliases=("LOINC",)),
+        Column("group", "项目组", aliases=("group_code",), max_length=32),
+        Column("modality", "设备类型", max_length=16),
+        Column("body_part", "检查部位", max_length=64),
+        Column("specimen", "标本类型", aliases=("标本",), max_length=64),
+        Column("loinc", "LOINC编码", aliases=("LOINC",), max_length=32),
         Column("time_limit_hours", "参考时限(小时)", True, ("参考时限（小时）",)),
         Column("price_fen", "价格(分)", aliases=("价格（分）",)),
         Column("quality", "质量要求"),
     ),
     CatalogKind.ITEM_LISTS: (
-        Column("jurisdiction", "辖区", True),
-        Column("version", "版本", True),
+        Column("jurisdiction", "辖区", True, max_length=32),
+        Column("version", "版本", True, max_length=32),
         Column("effective_from", "生效日期", True),
         Column("effective_to", "失效日期"),
-        Column("item_code", "项目编码", True),
+        Column("item_code", "项目编码", True, max_length=32),
     ),
     CatalogKind.INSTITUTIONS: (
-        Column("code", "机构编码", True),
-        Column("name", "机构名称", True),
+        Column("code", "机构编码", True, max_length=32),
+        Column("name", "机构名称", True, max_length=200),
         Column("level", "等级", True, ("医院等级",)),
         Column("public", "公立"),
-        Column("jurisdiction", "所在辖区", True, ("辖区",)),
-        Column("address", "地址"),
+        Column("jurisdiction", "所在辖区", True, ("辖区",), max_length=32),
+        Column("address", "地址", max_length=300),
     ),
     CatalogKind.QUALIFICATIONS: (
-        Column("institution", "机构编码", True),
-        Column("item", "项目编码"),
-        Column("group", "项目组"),
-        Column("scope", "互认范围", True),
+        Column("institution", "机构编码", True, max_length=32),
+        Column("item", "项目编码", max_length=32),
+        Column("group", "项目组", max_length=32),
+        Column("scope", "互认范围", True, max_length=32),
         Column("basis", "依据", True),
         Column("valid_from", "有效期起", True),
         Column("valid_to", "有效期止"),
         Column("status", "状态", True),
     ),
     CatalogKind.CODE_MAPS: (
-        Column("institution", "机构编码", True),
-        Column("local_code", "本院编码", True),
-        Column("unified_code", "统一编码", True, ("项目编码",)),
-        Column("local_name", "本院名称"),
+        Column("institution", "机构编码", True, max_length=32),
+        Column("local_code", "本院编码", True, max_length=64),
+        Column("unified_code", "统一编码", True, ("项目编码",), max_length=32),
+        Column("local_name", "本院名称", max_length=200),
     ),
 }
 
@@ -147,6 +149,13 @@ TRUE_WORDS = frozenset({"是", "公立", "true", "1", "yes", "y"})
 FALSE_WORDS = frozenset({"否", "民营", "非公立", "false", "0", "no", "n"})
 LIST_SPLIT = re.compile(r"[|,，、;；\s]+")
 LOINC_PATTERN = re.compile(r"^\d{1,7}-\d$")
+# Control characters other than tab and line breaks: PostgreSQL refuses NUL in text, and
+# none of them belongs in a catalog cell.
+CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+MAX_INTEGER = 2**31 - 1  # an INTEGER column (价格(分))
+MAX_TIME_LIMIT_HOURS = 100 * 366 * 24  # 参考时限: a century is beyond any real one
+MAX_ACTOR_LENGTH = 64  # qualification_event.actor
+MAX_MIN_IMAGES = 10_000
 
 
 # ---------------------------------------------------------------- ports
@@ -253,27 +262,81 @@ def quality_text(q: QualityRequirements) -> str:
 
 
 def parse_quality(text: str) -> QualityRequirements:
+    """The 质量要求 cell; raises ValueError naming what is wrong with its JSON."""
     t = text.strip()
     if not t.startswith("{"):
         return QualityRequirements(text=t)
-    data = json.loads(t)
+    try:
+        data = json.loads(t, parse_constant=_no_constant)
+    except RecursionError as exc:
+        raise ValueError("JSON 嵌套层次过深") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"不是有效的 JSON（第 {exc.pos + 1} 个字符: {exc.msg}）") from exc
     if not isinstance(data, dict):
-        raise ValueError("not an object")
+        raise ValueError("应为 JSON 对象")
+    series = data.get("required_series", [])
+    if not isinstance(series, list):
+        raise ValueError("required_series 应为数组")
     return QualityRequirements(
-        text=str(data.get("text", "")),
-        min_images=int(data.get("min_images", 0)),
-        requires_report=bool(data.get("requires_report", True)),
-        required_series=tuple(
-            SeriesRequirement(
-                name=str(s["name"]),
-                slice_thickness_max_mm=s.get("slice_thickness_max_mm"),
-                slice_thickness_min_mm=s.get("slice_thickness_min_mm"),
-                description_keywords=tuple(s.get("description_keywords", ())),
-                derived=bool(s.get("derived", False)),
-            )
-            for s in data.get("required_series", ())
-        ),
+        text=_json_str(data.get("text", ""), "text"),
+        min_images=_json_int(data.get("min_images", 0), "min_images", MAX_MIN_IMAGES),
+        requires_report=_json_bool(data.get("requires_report", True), "requires_report"),
+        required_series=tuple(_series(s, k) for k, s in enumerate(series)),
     )
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"不允许 {name}")
+
+
+def _series(s: Any, k: int) -> SeriesRequirement:
+    where = f"required_series[{k}]"
+    if not isinstance(s, dict):
+        raise ValueError(f"{where} 应为 JSON 对象")
+    if not isinstance(s.get("name"), str) or not s["name"].strip():
+        raise ValueError(f"{where}.name 应为非空文本")
+    keywords = s.get("description_keywords", [])
+    if not isinstance(keywords, list) or not all(isinstance(x, str) for x in keywords):
+        raise ValueError(f"{where}.description_keywords 应为文本数组")
+    return SeriesRequirement(
+        name=s["name"],
+        slice_thickness_max_mm=_json_mm(
+            s.get("slice_thickness_max_mm"), f"{where}.slice_thickness_max_mm"
+        ),
+        slice_thickness_min_mm=_json_mm(
+            s.get("slice_thickness_min_mm"), f"{where}.slice_thickness_min_mm"
+        ),
+        description_keywords=tuple(keywords),
+        derived=_json_bool(s.get("derived", False), f"{where}.derived"),
+    )
+
+
+def _json_str(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{where} 应为文本")
+    return value
+
+
+def _json_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{where} 应为 true 或 false")
+    return value
+
+
+def _json_int(value: Any, where: str, maximum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{where} 应为整数")
+    if not 0 <= value <= maximum or value != int(value):
+        raise ValueError(f"{where} 应为 0–{maximum} 之间的整数")
+    return int(value)
+
+
+def _json_mm(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1000:
+        raise ValueError(f"{where} 应为 0–1000 之间的层厚（毫米）")
+    return float(value)
 
 
 # ---------------------------------------------------------------- the service
@@ -313,6 +376,11 @@ class CatalogIO:
     def import_file(
         self, kind: CatalogKind, data: bytes, filename: str, *, actor: str = "catalog-import"
     ) -> ImportReport:
+        if len(actor) > MAX_ACTOR_LENGTH or CONTROL_CHARS.search(actor):
+            raise ValidationFailed(
+                "操作人无效",
+                problems=[Problem("actor", f"操作人应为不超过 {MAX_ACTOR_LENGTH} 个字符的文本")],
+            )
         changes = self.validate_file(kind, data, filename)
         rec = self._store.load_master_data()
         created, updated = _count(kind, changes, rec)
@@ -483,6 +551,8 @@ class _Validator:
         parser = getattr(self, f"_parse_{self.kind.value}")
         parsed: list[tuple[int, Any]] = []
         for number, cells in self.table.rows:
+            if not self._cells_ok(number, cells):
+                continue
             get = self._getter(cells)
             try:
                 parsed.append((number, parser(number, get)))
@@ -499,6 +569,22 @@ class _Validator:
                 problems=self.problems,
             )
         return changes
+
+    def _cells_ok(self, number: int, cells: list[str]) -> bool:
+        """No cell of the row holds a control character or is wider than its column."""
+        ok = True
+        for c in COLUMNS[self.kind]:
+            pos = self.index.get(c.key)
+            cell = cells[pos].strip() if pos is not None and pos < len(cells) else ""
+            if CONTROL_CHARS.search(cell):
+                self.problem(number, self.col(c.key), "含有控制字符（如 NUL），请删除后再导入")
+                ok = False
+            elif c.max_length and len(cell) > c.max_length:
+                self.problem(
+                    number, self.col(c.key), f"过长: {len(cell)} 个字符，最多 {c.max_length} 个"
+                )
+                ok = False
+        return ok
 
     def _getter(self, cells: list[str]) -> Callable[[str], str]:
         def get(key: str) -> str:
@@ -533,17 +619,25 @@ class _Validator:
             raise _RowError(key, f"日期格式错误“{value}”，应为 YYYY-MM-DD") from exc
 
     @staticmethod
-    def int_of(get: Callable[[str], str], key: str, required: bool, minimum: int = 0) -> int:
+    def int_of(
+        get: Callable[[str], str],
+        key: str,
+        required: bool,
+        minimum: int = 0,
+        maximum: int = MAX_INTEGER,
+    ) -> int:
         value = get(key)
         if not value:
             if required:
                 raise _RowError(key, "必填，不能为空")
             return 0
         try:
-            number = float(value)
-        except ValueError as exc:
+            number = Decimal(value)
+        except InvalidOperation as exc:
             raise _RowError(key, f"应为整数，实际为“{value}”") from exc
-        if number != int(number) or number < minimum:
+        if not number.is_finite() or not minimum <= number <= maximum:
+            raise _RowError(key, f"应为 {minimum}–{maximum} 之间的整数，实际为“{value}”")
+        if number != number.to_integral_value():
             raise _RowError(key, f"应为不小于 {minimum} 的整数，实际为“{value}”")
         return int(number)
 
@@ -591,11 +685,11 @@ class _Validator:
         loinc = get("loinc")
         if loinc and not _loinc_ok(loinc):
             raise _RowError("loinc", f"LOINC 编码“{loinc}”格式或校验位错误")
-        hours = self.int_of(get, "time_limit_hours", True, minimum=1)
+        hours = self.int_of(get, "time_limit_hours", True, minimum=1, maximum=MAX_TIME_LIMIT_HOURS)
         try:
             quality = parse_quality(get("quality"))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise _RowError("quality", "质量要求不是有效的 JSON 对象") from exc
+        except ValueError as exc:
+            raise _RowError("quality", f"质量要求不是有效的 JSON 对象: {exc}") from exc
         item = Item(
             code=self.required(get, "code"),
             name=self.required(get, "name"),
@@ -668,6 +762,8 @@ class _Validator:
         merged = [
             v for v in self.rec.item_lists if (v.jurisdiction, v.version) not in replaced
         ] + new
+        if not versions:  # no row could be read: their problems are reported
+            return
         first_row = min(r for r, *_ in versions.values())
         for p in overlapping_versions(merged):
             jur, _, ver = p.field.split(":")[0].partition("/")
