@@ -15,6 +15,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]  # generated at import time
     CTImageStorage,
@@ -151,6 +152,15 @@ def test_missing_patient_id_is_refused_naming_the_tag(pacs: Container) -> None:
     assert "(0010,0020)" in ev.message
 
 
+def _study_find(port: int) -> tuple[Association, Dataset]:
+    """An association of the PACS AE for Study Root C-FIND, and a STUDY-level query."""
+    ae = AE(ae_title=PACS_AE)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    q = Dataset()
+    q.QueryRetrieveLevel = "STUDY"
+    return ae.associate("127.0.0.1", port, ae_title=SCP_AE), q
+
+
 def test_c_find_at_study_level_matches_patient_and_date_range(
     pacs: Container, tmp_path: Path
 ) -> None:
@@ -159,11 +169,7 @@ def test_c_find_at_study_level_matches_patient_and_date_range(
     files += write(tmp_path / "c", [Spec(study="fc", patient_id="P2", study_date="20260601")])
     with running_scp(pacs) as scp:
         storescu(scp.port, files)
-        ae = AE(ae_title=PACS_AE)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
-        q = Dataset()
-        q.QueryRetrieveLevel = "STUDY"
+        assoc, q = _study_find(scp.port)
         q.PatientID = "P1"
         q.StudyDate = "20260101-"
         q.StudyInstanceUID = ""
@@ -480,11 +486,7 @@ def test_a_c_store_request_without_an_affected_sop_instance_uid_is_answered(
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_c_find_with_a_study_date_that_is_no_date_fails_naming_it(pacs: Container) -> None:
     with running_scp(pacs) as scp:
-        ae = AE(ae_title=PACS_AE)
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
-        assoc = ae.associate("127.0.0.1", scp.port, ae_title=SCP_AE)
-        q = Dataset()
-        q.QueryRetrieveLevel = "STUDY"
+        assoc, q = _study_find(scp.port)
         q.StudyDate = "20261340"
         q.StudyInstanceUID = ""
         [(status, identifier)] = list(
