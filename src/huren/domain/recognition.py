@@ -432,33 +432,9 @@ def recognizable_priors(
 
 
 # ---------------------------------------------------------------- request values
-# What a check or a decision may carry into its records (reminder, decision, cds_card):
-# platform ids are 64-bit, the texts are PostgreSQL text / UTF-8 (no NUL, no lone
-# surrogate, which JSON can escape as ``\ud800``) and the columns have widths. Checked
-# before anything is read or written, so that such a value is refused naming its field
-# rather than failing in the database (a 500, or on SQLite an overflow).
-MAX_ID = 2**63 - 1
+# The widths of what a check or a decision carries into its records (reminder, decision,
+# cds_card); ``huren.domain.text.text_problem`` refuses longer values naming the field.
 CODE_MAX = 64  # reminder.local_code; an ordered item's code
 CLINICIAN_MAX = 64  # reminder / decision / cds_card.clinician
 DEPARTMENT_MAX = 100  # reminder / decision / cds_card.department
 REQUEST_ID_MAX = 64  # reminder.request_id
-
-
-def text_problem(value: str, max_length: int | None = None) -> str | None:
-    """What keeps ``value`` from being recorded, in Chinese, or None."""
-    if "\x00" in value:
-        return "不能包含空字符 NUL（\\u0000）"
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return "含有无效的 Unicode 字符（单独的代理项 \\ud800–\\udfff）"
-    if max_length is not None and len(value) > max_length:
-        return f"过长：最多 {max_length} 个字符，收到 {len(value)} 个"
-    return None
-
-
-def id_problem(value: int) -> str | None:
-    """What is wrong with a platform id (result, patient, reminder, version), or None."""
-    if not -MAX_ID - 1 <= value <= MAX_ID:
-        return f"超出范围：应为不超过 {MAX_ID} 的整数"
-    return None

@@ -26,6 +26,11 @@ def plausible_result_time(value: datetime) -> bool:
     return EARLIEST_RESULT_TIME <= value < LATEST_RESULT_TIME
 
 
+def plausible_date(value: date) -> bool:
+    """``value`` within the same years: a service date, a reporting month."""
+    return EARLIEST_RESULT_TIME.date() <= value < LATEST_RESULT_TIME.date()
+
+
 class ResultStatus(StrEnum):
     """FHIR R4 DiagnosticReport.status values (HL7 v2 OBR-25 maps onto them)."""
 

@@ -21,6 +21,7 @@ from huren.domain.errors import (
     Unauthorized,
 )
 from huren.domain.sharing import RateLimit
+from huren.domain.text import MAX_ID
 from huren.services.ports import Clock
 from huren.services.ratelimit import MemoryRateCounters, RateCounters
 
@@ -30,7 +31,6 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # The widths of the account and api_key columns; a code longer than its column (32)
 # cannot name an institution or a jurisdiction.
 MAX_DISPLAY_NAME, MAX_DEPARTMENT, MAX_LABEL, MAX_CODE = 100, 32, 100, 32
-MAX_PATIENT_ID = 2**63 - 1
 
 
 def _text_problem(value: str, maximum: int) -> str | None:
@@ -264,8 +264,8 @@ class AccountService:
             errors.add("display_name", f"显示名称{problem}")
         if new.department and (problem := _text_problem(new.department, MAX_DEPARTMENT)):
             errors.add("department", f"科室{problem}")
-        if new.patient_id is not None and not 1 <= new.patient_id <= MAX_PATIENT_ID:
-            errors.add("patient_id", f"患者编号应为 1–{MAX_PATIENT_ID} 之间的整数")
+        if new.patient_id is not None and not 1 <= new.patient_id <= MAX_ID:
+            errors.add("patient_id", f"患者编号应为 1–{MAX_ID} 之间的整数")
         if new.role in INSTITUTION_ROLES:
             if not new.institution:
                 errors.add("institution", "该角色必须绑定医疗机构")

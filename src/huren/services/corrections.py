@@ -40,9 +40,8 @@ from huren.domain.corrections import (
     require_reviewer,
     validate_request_text,
 )
-from huren.domain.errors import Forbidden, NotFound, Problem, ProblemCollector, ValidationFailed
+from huren.domain.errors import Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier
-from huren.domain.recognition import id_problem, text_problem
 from huren.domain.results import (
     ObservationValue,
     PatientDemographics,
@@ -51,6 +50,7 @@ from huren.domain.results import (
     StoredResult,
 )
 from huren.domain.sharing import NOT_FOUND_MESSAGE, may_read_result
+from huren.domain.text import id_problem, text_problems
 from huren.services.catalog import CatalogCache
 from huren.services.intake import Channel, InboundMessage, ReceiveOutcome
 from huren.services.ports import Clock, IdentifierVault
@@ -124,14 +124,11 @@ class CorrectionEdit:
 def require_recordable(message: str, *fields: tuple[str, str, str | None]) -> None:
     """Each ``(field, label, text)`` can be stored and shown (no NUL, no lone surrogate),
     or ValidationFailed naming every field that cannot — before anything is written."""
-    errors = ProblemCollector()
-    for field_name, label, value in fields:
-        problem = text_problem(value) if value is not None else None
-        if problem:
-            errors.add(field_name, f"{label}{problem}")
-    if len(errors.problems) == 1:
-        message = errors.problems[0].message
-    errors.raise_if_any(message)
+    problems = text_problems((name, label, value, None) for name, label, value in fields)
+    if problems:
+        raise ValidationFailed(
+            problems[0].message if len(problems) == 1 else message, problems=problems
+        )
 
 
 def require_platform_id(value: int, message: str, field_name: str) -> None:

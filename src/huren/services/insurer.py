@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from huren.domain.accounts import Principal, Role
@@ -41,10 +41,10 @@ from huren.domain.recognition import (
     PriorResult,
     exclusions_in_force,
     recognizable_priors,
-    text_problem,
 )
-from huren.domain.results import StoredResult
+from huren.domain.results import StoredResult, plausible_date
 from huren.domain.sharing import CHINA_TZ, AuditAction
+from huren.domain.text import text_problem
 from huren.services.catalog import CatalogCache
 from huren.services.patients import IdentifierKey, PatientMatcher
 from huren.services.ports import Clock, IdentifierVault
@@ -131,8 +131,6 @@ def _prior(a: Assessment) -> PriorSummary:
 # characters) and the audit trail; a service date the lookback arithmetic can take.
 _LINE_TEXT_FIELDS = ("claim_no", "line_no", "institution", "item_code", "local_code", "report_no")
 _MAX_LINE_TEXT = 200
-_EARLIEST_SERVICE_DATE = date(1900, 1, 1)
-_LATEST_SERVICE_DATE = date(2199, 12, 31)
 
 
 def _line_recordable(line: ClaimLine, where: str, errors: ProblemCollector) -> bool:
@@ -151,7 +149,7 @@ def _line_recordable(line: ClaimLine, where: str, errors: ProblemCollector) -> b
         if problem:
             errors.add(f"{where}.bundled_items", f"{COLUMNS['bundled_items'][1]}{problem}")
             break
-    if not _EARLIEST_SERVICE_DATE <= line.service_date <= _LATEST_SERVICE_DATE:
+    if not plausible_date(line.service_date):
         errors.add(
             f"{where}.service_date",
             f"服务日期 {line.service_date.isoformat()} 超出范围（应在 1900-01-01 至 2199-12-31 之间）",

@@ -40,6 +40,7 @@ from huren.domain.monitoring import (
     peer_group_label,
     target_progress,
 )
+from huren.domain.results import EARLIEST_RESULT_TIME, LATEST_RESULT_TIME, plausible_date
 from huren.domain.text import is_digits
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.ports import Clock
@@ -165,8 +166,8 @@ class RefreshReport:
 
 # Months a dashboard period may name: the month before and after each end still has to be
 # a date (the monthly report compares with the previous month).
-EARLIEST_MONTH = date(1900, 1, 1)
-LATEST_MONTH = date(2199, 12, 1)
+EARLIEST_MONTH = EARLIEST_RESULT_TIME.date()
+LATEST_MONTH = date(LATEST_RESULT_TIME.year - 1, 12, 1)
 MONTH_FIELDS = {"month_from": "起始月份", "month_to": "结束月份", "month": "月份"}
 
 
@@ -191,7 +192,7 @@ class Period:
                     f"{label}格式应为 YYYY-MM",
                     problems=[Problem(name, f"无效的{label}: {value[:20]}")],
                 ) from exc
-            if not EARLIEST_MONTH <= month <= LATEST_MONTH:
+            if not plausible_date(month):
                 span = f"{EARLIEST_MONTH:%Y-%m} 至 {LATEST_MONTH:%Y-%m}"
                 raise ValidationFailed(
                     f"{label}超出范围（应在 {span} 之间）",

@@ -45,7 +45,7 @@ from huren.domain.qc import (
     qualifications_for_target,
     suggested_organiser,
 )
-from huren.domain.recognition import id_problem, text_problem
+from huren.domain.text import id_problem, text_problem
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.ports import Clock
 

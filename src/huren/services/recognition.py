@@ -14,7 +14,7 @@ Channels (CDS Hooks, REST, the workbench page) are adapters over these two use c
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -43,11 +43,10 @@ from huren.domain.recognition import (
     RetestInterval,
     StudyState,
     exclusions_in_force,
-    id_problem,
     recognizable_priors,
-    text_problem,
 )
 from huren.domain.results import ResultStatus, StoredResult, plausible_result_time
+from huren.domain.text import id_problems, text_problems
 from huren.services.catalog import Catalog, CatalogCache
 from huren.services.ports import Clock, IdentifierVault
 
@@ -455,7 +454,7 @@ class RecognitionService:
             raise ValidationFailed("未知的渠道", problems=[Problem("channel", req.channel)])
         codes = [c.strip() for c in req.codes]
         problems = [Problem(f"items[{i}]", "项目代码为空") for i, c in enumerate(codes) if not c]
-        problems += _text_problems(
+        problems += text_problems(
             (f"items[{i}]", "项目代码", c, CODE_MAX) for i, c in enumerate(codes)
         )
         if not codes:
@@ -464,7 +463,7 @@ class RecognitionService:
             raise ValidationFailed("医嘱项目无效", problems=problems)
         _raise_unrecordable(
             [
-                *_text_problems(
+                *text_problems(
                     (
                         ("department", "科室", req.department, DEPARTMENT_MAX),
                         ("clinician", "接诊医师", req.clinician, CLINICIAN_MAX),
@@ -597,7 +596,7 @@ class RecognitionService:
         institution = self._institution(req.principal)
         _raise_unrecordable(
             [
-                *_text_problems(
+                *text_problems(
                     (
                         ("item", "项目代码", req.item, CODE_MAX),
                         ("reason_code", "理由代码", req.reason_code, None),
@@ -606,7 +605,7 @@ class RecognitionService:
                         ("clinician", "接诊医师", req.clinician, CLINICIAN_MAX),
                     )
                 ),
-                *_id_problems(
+                *id_problems(
                     (
                         ("result_id", "结果 id ", req.result_id),
                         ("result_version", "结果版本", req.result_version),
@@ -810,7 +809,7 @@ class RecognitionService:
         """A result for the clinician's full-report view, audited (design: every read of a
         patient's results writes an audit record in the same transaction)."""
         institution = self._institution(principal)
-        _raise_unrecordable(_id_problems((("result_id", "结果 id ", result_id),)))
+        _raise_unrecordable(id_problems((("result_id", "结果 id ", result_id),)))
         with self._store.transaction() as tx:
             stored = tx.result(result_id)
             if stored is None:
@@ -843,7 +842,7 @@ class RecognitionService:
         decided: list[int] = []
         for n, entry in enumerate(entries):
             where = f"feedback[{n}]"
-            _raise_unrecordable(_text_problems(((f"{where}.card", "卡片 uuid", entry.card, None),)))
+            _raise_unrecordable(text_problems(((f"{where}.card", "卡片 uuid", entry.card, None),)))
             with self._store.transaction() as tx:
                 card = tx.card(entry.card)
             if card is None or card.institution_code != institution:
@@ -930,33 +929,10 @@ class RecognitionService:
         return decided
 
 
-def _text_problems(
-    fields: Iterable[tuple[str, str, str, int | None]],
-) -> list[Problem]:
-    """The fields (name, Chinese label, value, maximum length) whose text cannot be
-    recorded (NUL, a lone surrogate, too long), each named."""
-    out = []
-    for name, label, value, max_length in fields:
-        why = text_problem(value, max_length)
-        if why is not None:
-            out.append(Problem(name, f"{label}{why}"))
-    return out
-
-
-def _id_problems(fields: Iterable[tuple[str, str, int | None]]) -> list[Problem]:
-    """The ids (name, Chinese label, value) beyond 64 bits, each named."""
-    out = []
-    for name, label, value in fields:
-        why = id_problem(value) if value is not None else None
-        if why is not None:
-            out.append(Problem(name, f"{label}{why}"))
-    return out
-
-
 def _patient_problems(ref: PatientRef, where: str) -> list[Problem]:
-    problems = _id_problems(((f"{where}.id", "平台患者 id ", ref.patient_id),))
+    problems = id_problems(((f"{where}.id", "平台患者 id ", ref.patient_id),))
     for i, ident in enumerate(ref.identifiers):
-        problems += _text_problems(
+        problems += text_problems(
             (
                 (f"{where}.identifiers[{i}].value", "患者标识", ident.value, None),
                 (f"{where}.identifiers[{i}].assigner", "发放机构", ident.assigner, None),
@@ -981,7 +957,7 @@ def _check_external(ext: ExternalReport) -> None:
         )
         if not value.strip()
     ]
-    problems += _text_problems(
+    problems += text_problems(
         (f"external_report.{name}", label, value, None)
         for name, label, value in (
             ("institution_name", "检查检验单位", ext.institution_name),

@@ -19,7 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from huren.adapters.fhir import systems
 from huren.domain.errors import DomainError, Problem
 from huren.domain.identity import IdentifierKind, PatientIdentifier
-from huren.domain.recognition import CLINICIAN_MAX, text_problem
+from huren.domain.recognition import CLINICIAN_MAX
+from huren.domain.text import json_text_problems, text_problem
 
 # A draft order's reference as its card records it (cds_card.draft_order).
 DRAFT_ORDER_MAX = 200
@@ -150,27 +151,7 @@ def _reject_unstorable(data: Any, what: str) -> None:
     Looked for in the bytes first (``_needs_scan``), then each is named. The prefetched
     resources are not walked: only their identifiers are read, and ``patient_identifiers``
     skips (and names) one it cannot match on, so that the answer is an info card."""
-    problems: list[Problem] = []
-
-    def walk(value: Any, where: str) -> None:
-        if isinstance(value, str):
-            why = text_problem(value)
-            if why is not None:
-                problems.append(Problem(where, why))
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                if text_problem(k) is not None:
-                    # The key itself cannot be shown: name where it is.
-                    problems.append(Problem(where, f"字段名{text_problem(k)}"))
-                    continue
-                if where == "body" and k == "prefetch":
-                    continue  # read only for identifiers: ``patient_identifiers`` checks them
-                walk(v, f"{where}.{k}" if where != "body" else k)
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{where}[{i}]")
-
-    walk(data, "body")
+    problems = json_text_problems(data, skip=("prefetch",))
     if problems:
         fields = "、".join(dict.fromkeys(p.field for p in problems))
         raise MalformedHook(f"{what}含有无法处理的字符：{fields}", problems=problems)

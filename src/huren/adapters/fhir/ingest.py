@@ -36,6 +36,7 @@ from huren.domain.results import (
     ResultSubmission,
     ValueType,
 )
+from huren.domain.text import json_text_problems
 from huren.services.intake import (
     Channel,
     InboundMessage,
@@ -589,25 +590,12 @@ def _reject_nul(raw: bytes, base: str) -> None:
     """No FHIR string may hold U+0000 (its ``string`` type is ``[ \\r\\n\\t\\S]+``), and
     PostgreSQL text cannot store it. Looked for in the bytes first (the escape can only
     be written ``\\u0000``; a search of a 90 KB Bundle costs microseconds), then each
-    string holding one is named."""
+    string holding one is named. (A lone surrogate never gets here: msgspec refuses it.)"""
     if b"\\u0000" not in raw:
         return
-    errors = ProblemCollector()
-
-    def walk(value: object, where: str) -> None:
-        if isinstance(value, str):
-            if "\x00" in value:
-                errors.add(where, "不能包含 NUL 字符（\\u0000）")
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                walk(k, where)
-                walk(v, f"{where}.{k}")
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                walk(v, f"{where}[{i}]")
-
-    walk(json.loads(raw), base)
-    errors.raise_if_any(f"{base} 未通过校验，未保存任何内容")
+    problems = json_text_problems(json.loads(raw), base)
+    if problems:
+        raise ValidationFailed(f"{base} 未通过校验，未保存任何内容", problems=problems)
 
 
 def parse_transaction(

@@ -24,7 +24,7 @@ from huren.api.schemas.auth import PrincipalOut, TokenOut
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal
 from huren.domain.errors import Unauthorized
-from huren.domain.recognition import text_problem
+from huren.domain.text import text_problem
 from huren.services.accounts import TooManyAttempts
 
 router = APIRouter(tags=["认证"], route_class=PageRoute)

@@ -40,8 +40,8 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier, validate_identifier
-from huren.domain.recognition import CODE_MAX, id_problem
-from huren.domain.text import is_digits
+from huren.domain.recognition import CODE_MAX
+from huren.domain.text import id_problem, is_digits
 from huren.services.recognition import (
     CardRecord,
     CheckOutcome,

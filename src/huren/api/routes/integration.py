@@ -24,7 +24,7 @@ from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
-from huren.domain.recognition import text_problem
+from huren.domain.text import text_problem
 from huren.services.intake import UnmappedCode
 
 router = APIRouter(tags=["接口监控"], route_class=PageRoute)

@@ -29,9 +29,9 @@ from huren.domain.decisions import ACTION_LABELS, Action, local_time
 from huren.domain.errors import DomainError, Forbidden, Problem, Unauthorized, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
-from huren.domain.recognition import format_span, id_problem
+from huren.domain.recognition import format_span
 from huren.domain.results import StoredResult
-from huren.domain.text import is_digits
+from huren.domain.text import id_problem, is_digits
 from huren.services.recognition import CheckRequest, DecisionRequest, PatientRef
 
 router = APIRouter(tags=["互认工作台"], include_in_schema=False)
