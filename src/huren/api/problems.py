@@ -60,9 +60,21 @@ def problem(
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
-def _loc(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
-    return ".".join(parts) or "body"
+# What the database refuses of a value a request carried (a NUL character PostgreSQL
+# cannot store in text, an identifier beyond 64 bits): through SQLAlchemy, or from the
+# drivers' own cursors (the hot paths write on them). Bad input, not a server fault.
+UNSTORABLE: tuple[type[Exception], ...] = (
+    DataError,
+    psycopg.DataError,
+    sqlite3.DataError,
+    OverflowError,
+)
+
+
+def field_of(loc: tuple[Any, ...] | list[Any], default: str = "body") -> str:
+    """A validation error's location as the field it names (``items.0``)."""
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
+    return ".".join(parts) or default
 
 
 def install(app: FastAPI) -> None:
@@ -79,7 +91,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [
-            {"field": _loc(e.get("loc", ())), "message": str(e.get("msg", ""))}
+            {"field": field_of(e.get("loc", ())), "message": str(e.get("msg", ""))}
             for e in exc.errors()
         ]
         fields = "、".join(dict.fromkeys(e["field"] for e in errors))
@@ -99,13 +111,6 @@ def install(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
-    # The database refusing a value the request carried (a NUL character PostgreSQL cannot
-    # store in text, an identifier beyond 64 bits) is bad input, not a server fault: through
-    # SQLAlchemy, or from the drivers' own cursors (the hot paths write on them).
-    @app.exception_handler(DataError)
-    @app.exception_handler(psycopg.DataError)
-    @app.exception_handler(sqlite3.DataError)
-    @app.exception_handler(OverflowError)
     async def _unstorable(_: Request, exc: Exception) -> JSONResponse:
         log.info("request value refused by the database: %s", exc)
         return problem(
@@ -113,6 +118,9 @@ def install(app: FastAPI) -> None:
             "unstorable_value",
             "请求中含有无法处理的值（如空字符 NUL 或超出范围的数字），请检查后重试",
         )
+
+    for unstorable in UNSTORABLE:
+        app.add_exception_handler(unstorable, _unstorable)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:

@@ -10,19 +10,17 @@ same routers (in the OpenAPI document) keep their problem+json answers."""
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-import psycopg
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import DataError
 
 from huren.api.auth import optional_principal
 from huren.api.deps import templates
+from huren.api.problems import UNSTORABLE, field_of
 from huren.domain.accounts import Role
 from huren.domain.errors import DomainError, Problem, ValidationFailed
 
@@ -66,19 +64,12 @@ _MESSAGES = {
     "date_parsing": "日期格式应为 YYYY-MM-DD",
 }
 
-_UNSTORABLE = (DataError, psycopg.DataError, sqlite3.DataError, OverflowError)
-
-
-def _field(loc: tuple[Any, ...] | list[Any]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header", "cookie")]
-    return ".".join(parts) or "请求"
-
 
 def validation_failed(exc: RequestValidationError) -> ValidationFailed:
     """The framework's validation errors as the domain's, in Chinese, naming each field."""
     problems = []
     for e in exc.errors():
-        name = _field(e.get("loc", ()))
+        name = field_of(e.get("loc", ()), "请求")
         label = FIELD_LABELS.get(name, name)
         what = _MESSAGES.get(str(e.get("type", "")), "无效")
         ctx = e.get("ctx") or {}
@@ -120,7 +111,7 @@ class PageRoute(APIRoute):
                 return error_page(request, validation_failed(exc))
             except DomainError as exc:
                 return error_page(request, exc)
-            except _UNSTORABLE as exc:
+            except UNSTORABLE as exc:
                 log.info("page value refused by the database: %s", exc)
                 return error_page(
                     request,
