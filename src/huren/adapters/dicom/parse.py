@@ -70,6 +70,11 @@ def _text(ds: Dataset, keyword: str) -> str:
         return _raw_text(ds, keyword)
 
 
+def _ascii_value(value: bytes) -> str:
+    """An ASCII value as text: its values joined by backslashes, padding (space, NUL) off."""
+    return "\\".join(v.strip(" \x00") for v in value.decode("ascii").split("\\")).strip()
+
+
 def _raw_text(ds: Dataset, keyword: str) -> str:
     """The value as sent when pydicom cannot convert it: its ASCII text as the hand walk
     reads it, '' when it is not ASCII (nothing indexed can be made of it)."""
@@ -77,7 +82,7 @@ def _raw_text(ds: Dataset, keyword: str) -> str:
     value = getattr(raw, "value", None)
     if not isinstance(value, bytes) or not value.isascii():
         return ""
-    return "\\".join(v.strip(" \x00") for v in value.decode("ascii").split("\\")).strip()
+    return _ascii_value(value)
 
 
 # PS3.5 6.2: IS holds -2^31 … 2^31 - 1; the index's integer columns hold the same.
@@ -296,7 +301,7 @@ class _RawHeader:
             return str(unsigned.unpack_from(value)[0])
         if not value.isascii() or vr in ("OB", "OW", "UN", "SQ"):
             return _text(self._dataset(), keyword)
-        return "\\".join(v.strip(" \x00") for v in value.decode("ascii").split("\\")).strip()
+        return _ascii_value(value)
 
 
 def _walk_part10(data: bytes) -> tuple[_RawHeader, str]:
