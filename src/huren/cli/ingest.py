@@ -136,8 +136,21 @@ def _transactions(
 
 
 def parse_record(record: Record, fmt: str, source: str) -> InboundMessage:
-    """The intake message of one record; raises DomainError naming the field."""
-    control = f"{source}:{record.number}"
+    """The intake message of one record; raises DomainError naming the field. A failure
+    of the parser itself (an input it does not expect; the parsers refuse what they know
+    of) is that record's error too: one bad record must not end a bulk load."""
+    try:
+        return _parsed(record, fmt, f"{source}:{record.number}")
+    except DomainError:
+        raise
+    except Exception as exc:
+        raise DomainError(
+            f"第 {record.number} 条记录无法解析",
+            problems=[Problem("record", f"解析失败（{type(exc).__name__}: {exc}）"[:500])],
+        ) from exc
+
+
+def _parsed(record: Record, fmt: str, control: str) -> InboundMessage:
     if fmt == "hl7":
         from huren.adapters.hl7v2.parse import Hl7Rejected, parse_oru
 
@@ -153,21 +166,6 @@ def parse_record(record: Record, fmt: str, source: str) -> InboundMessage:
     return parse_report(
         record.data, channel=Channel.BULK, control_id=control, keep_raw=False
     ).message
-
-
-def parse_record_safely(record: Record, fmt: str, source: str) -> InboundMessage:
-    """``parse_record``, with a failure of the parser itself (an input it does not
-    expect: the parsers refuse what they know of, a line nested too deep included)
-    reported as that record's error rather than ending the load."""
-    try:
-        return parse_record(record, fmt, source)
-    except DomainError:
-        raise
-    except Exception as exc:  # one bad record must not stop a bulk load
-        raise DomainError(
-            f"第 {record.number} 条记录无法解析",
-            problems=[Problem("record", f"解析失败（{type(exc).__name__}: {exc}）"[:500])],
-        ) from exc
 
 
 class CheckpointInvalid(Exception):
@@ -313,7 +311,7 @@ class BulkLoader:
                 report.records += 1
                 last = record
                 try:
-                    batch.append((record, parse_record_safely(record, self.fmt, self.path.name)))
+                    batch.append((record, parse_record(record, self.fmt, self.path.name)))
                 except DomainError as exc:
                     self._error(errors, record, exc, report)
                 if len(batch) >= self.batch_size:
