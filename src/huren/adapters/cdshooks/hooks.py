@@ -161,7 +161,7 @@ def _needs_scan(body: bytes) -> bool:
     """Whether ``body`` may hold a NUL or a lone surrogate: escaped (``\\u0000``,
     ``\\ud800``), or a surrogate's UTF-8-like bytes (``ED A0 80``), which ``json.loads``
     lets through. Korean text and escaped emoji also match: then the scan finds nothing."""
-    return b"\\u0000" in body or b"\\ud" in body.lower() or b"\xed" in body
+    return b"\\u0000" in body or b"\\ud" in body or b"\\uD" in body or b"\xed" in body
 
 
 def _fhir_server_problem(url: str) -> str | None:
