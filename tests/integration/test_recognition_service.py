@@ -379,6 +379,26 @@ def test_report_brought_by_the_patient_is_recorded_with_its_details(world: Conta
     assert row.external_report["report_no"] == "LS-20260610-077"
 
 
+def test_report_brought_by_the_patient_with_a_time_without_zone_is_read_as_china_time(
+    world: Container,
+) -> None:
+    # The paper report and the form say 09:00, meaning Beijing time; read as UTC it was
+    # written into the EMR text as 17:00.
+    report = ExternalReport(
+        institution_name="涞水县医院",
+        report_no="LS-20260610-078",
+        performed_at=datetime(2026, 6, 10, 9, 0),
+        result="丙氨酸氨基转移酶 38 U/L",
+    )
+    decided = world.recognition.decide(
+        DecisionRequest(CLINICIAN_B, "B-LFT", Action.ACCEPTED, external=report)
+    )
+    assert "检查检验时间：2026-06-10 09:00" in decided.emr_text
+    with world.engine.connect() as conn:
+        row = conn.execute(select(decision)).one()
+    assert row.external_report["performed_at"] == "2026-06-10T09:00:00+08:00"
+
+
 def test_accept_needs_a_result_or_an_external_report(world: Container) -> None:
     with pytest.raises(ValidationFailed) as exc:
         world.recognition.decide(DecisionRequest(CLINICIAN_B, LFT, Action.ACCEPTED))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from io import BytesIO
 from typing import Any
 
@@ -23,12 +23,12 @@ from pydicom.uid import generate_uid
 
 from huren.adapters.fhir.ingest import parse_transaction
 from huren.bootstrap import Container
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.identity import national_id_check_digit
 from huren.domain.masterdata import Institution, InstitutionLevel
 from huren.services.catalog import Catalog
 from huren.services.imaging import Source
 
-CHINA = timezone(timedelta(hours=8))
 INSTITUTION_SID = "https://huren.example/fhir/sid/institution"
 NATIONAL_ID_SID = "https://huren.example/fhir/sid/national-id"
 LOINC = "http://loinc.org"
@@ -336,7 +336,7 @@ def _ct_series(
         (3, "胸部平扫 1mm 轴位 肺算法", 1.0, False, 12),
         (4, "冠状位 MPR 3mm", 3.0, True, 4),
     ]
-    local = performed.astimezone(CHINA)
+    local = performed.astimezone(CHINA_TZ)
     files = []
     for number, description, thickness, derived, images in series:
         series_uid = generate_uid(prefix=UID_ROOT, entropy_srcs=[study_uid, str(number)])
@@ -374,20 +374,20 @@ def send_story(container: Container) -> Story:
     catalog = container.catalog.get()
     a, b = choose_hospitals(catalog, now)
     a_name, b_name = catalog.institutions[a].name, catalog.institutions[b].name
-    day = now.astimezone(CHINA).strftime("%Y%m%d")
+    day = now.astimezone(CHINA_TZ).strftime("%Y%m%d")
     ct_at = (
         (now - timedelta(days=5))
-        .astimezone(CHINA)
+        .astimezone(CHINA_TZ)
         .replace(hour=9, minute=12, second=0, microsecond=0)
     )
     lft_at = (
         (now - timedelta(days=3))
-        .astimezone(CHINA)
+        .astimezone(CHINA_TZ)
         .replace(hour=7, minute=45, second=0, microsecond=0)
     )
     cbc_at = (
         (now - timedelta(days=9))
-        .astimezone(CHINA)
+        .astimezone(CHINA_TZ)
         .replace(hour=8, minute=5, second=0, microsecond=0)
     )
     study_uid = generate_uid(prefix=UID_ROOT, entropy_srcs=[a, day, "ct"])

@@ -19,15 +19,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from enum import StrEnum
 
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import Problem, ValidationFailed
 from huren.domain.masterdata import Category, Item, NegativeReason
 from huren.domain.results import StoredResult
 
 # China Standard Time (no daylight saving): how times are written for clinicians.
-CHINA_TZ = timezone(timedelta(hours=8), "CST")
 
 EMR_HEADING = "医学检查检验互认项目"
 

@@ -26,9 +26,10 @@ import math
 import statistics
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime
 from enum import StrEnum
 
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.masterdata import (
     LEVEL_LABELS,
     SCOPE_KIND_LABELS,
@@ -41,14 +42,13 @@ from huren.domain.masterdata import (
 )
 
 # China Standard Time: statistics periods are calendar months as hospitals count them.
-CST = timezone(timedelta(hours=8), "CST")
 
 
 def month_of(at: datetime) -> date:
     """The calendar month (first day, China time) an event at ``at`` counts in. A naive
     ``at`` is taken as UTC (how SQLite hands back stored times)."""
     aware = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-    return aware.astimezone(CST).date().replace(day=1)
+    return aware.astimezone(CHINA_TZ).date().replace(day=1)
 
 
 def month_label(month: date) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import timedelta, timezone
+from datetime import timedelta
 from enum import StrEnum
 
 from huren.domain.accounts import Principal, Role, scope_within
@@ -17,7 +17,6 @@ from huren.domain.errors import DomainError, Problem, ValidationFailed
 from huren.domain.masterdata import ScopeGraph, ScopeKind
 
 # Calendar days (filters, service dates of claims) are China Standard Time.
-CHINA_TZ = timezone(timedelta(hours=8), "CST")
 
 
 class RateLimited(DomainError):

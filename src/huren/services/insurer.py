@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from huren.domain.accounts import Principal, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import Forbidden, ProblemCollector, ValidationFailed
 from huren.domain.identity import validate_identifier
 from huren.domain.insurer import (
@@ -43,7 +44,7 @@ from huren.domain.recognition import (
     recognizable_priors,
 )
 from huren.domain.results import StoredResult, plausible_date
-from huren.domain.sharing import CHINA_TZ, AuditAction
+from huren.domain.sharing import AuditAction
 from huren.domain.text import text_problem
 from huren.services.catalog import CatalogCache
 from huren.services.patients import IdentifierKey, PatientMatcher

@@ -23,10 +23,10 @@ from enum import StrEnum
 from typing import Protocol
 
 from huren.domain.accounts import Principal, can_see_institution
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.masterdata import ScopeKind
 from huren.domain.monitoring import (
-    CST,
     Counters,
     Finding,
     Metric,
@@ -401,7 +401,7 @@ class MonitoringService:
         )
 
     def period(self, month_from: str | None, month_to: str | None) -> Period:
-        return Period.parse(month_from, month_to, self._clock.now().astimezone(CST).date())
+        return Period.parse(month_from, month_to, self._clock.now().astimezone(CHINA_TZ).date())
 
     def drill(
         self,

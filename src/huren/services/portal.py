@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from huren.domain.accounts import Principal, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import Forbidden, NotFound, Problem, Unauthorized, ValidationFailed
 from huren.domain.identity import (
     IdentifierKind,
@@ -43,7 +44,6 @@ from huren.domain.identity import (
 )
 from huren.domain.results import StoredResult
 from huren.domain.sharing import (
-    CHINA_TZ,
     ROLE_READER_LABEL,
     AuditAction,
     PurposeList,

@@ -17,10 +17,11 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from huren.domain.accounts import Principal
+from huren.domain.china_time import in_china_time
 from huren.domain.decisions import (
     Action,
     Explanation,
@@ -634,7 +635,7 @@ class RecognitionService:
                 ],
             )
         if req.external is not None:
-            _check_external(req.external)
+            req = replace(req, external=_checked_external(req.external))
         reasons = catalog.reasons_for(institution)
         reason: NegativeReason | None = None
         if req.action is Action.DECLINED and not req.without_reason:
@@ -947,7 +948,10 @@ def _raise_unrecordable(problems: list[Problem]) -> None:
         raise ValidationFailed(f"请求中的值无法处理：{fields}", problems=problems)
 
 
-def _check_external(ext: ExternalReport) -> None:
+def _checked_external(ext: ExternalReport) -> ExternalReport:
+    """``ext`` with its time in China time when it came without a zone (the patient's
+    paper report and the form it is typed into say 09:00, meaning 09:00 in China; read as
+    UTC it became 17:00 in the EMR text), or a refusal naming the fields."""
     problems = [
         Problem(f"external_report.{name}", f"{label}不能为空")
         for name, label, value in (
@@ -966,8 +970,8 @@ def _check_external(ext: ExternalReport) -> None:
         )
     )
     # 0001-01-01 or 9999-12-31 (a placeholder or a typing error) cannot even be written
-    # in China time for the EMR text (year 0 / 10000). Naive times are compared as UTC.
-    at = ext.performed_at if ext.performed_at.tzinfo else ext.performed_at.replace(tzinfo=UTC)
+    # in China time for the EMR text (year 0 / 10000).
+    at = in_china_time(ext.performed_at)
     if not plausible_result_time(at):
         problems.append(
             Problem(
@@ -980,6 +984,7 @@ def _check_external(ext: ExternalReport) -> None:
         raise ValidationFailed(
             "患者提供的外院报告信息" + ("不完整" if incomplete else "无效"), problems=problems
         )
+    return replace(ext, performed_at=at)
 
 
 _NO_STUDY = StudyState()

@@ -39,9 +39,10 @@ import random
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.decisions import (
     Action,
     Explanation,
@@ -87,8 +88,6 @@ from huren.domain.results import ObservationValue, ResultStatus, StoredResult, V
 from huren.services.catalog import Catalog, MasterDataRecords
 from huren.services.ports import IdentifierVault
 from huren.services.recognition import PRIORS_PER_ITEM
-
-CST = timezone(timedelta(hours=8))  # 北京时间: hospitals work by it
 
 
 # ---------------------------------------------------------------- reference data input
@@ -1136,7 +1135,7 @@ class ResultGenerator:
             rid = first_id + i
             # Stratified in time so the stream is in order; working hours in 北京时间.
             t = start + timedelta(seconds=span * (i + r.random()) / total)
-            local = t.astimezone(CST)
+            local = t.astimezone(CHINA_TZ)
             hour = 7 + int(r.triangular(0, 11, 2.5))
             performed = local.replace(
                 hour=hour, minute=r.randrange(60), second=r.randrange(60), microsecond=0
@@ -1201,7 +1200,7 @@ class ResultGenerator:
             options = self.ref.findings.get(group) or self.ref.findings.get("OTHER") or (("", ""),)
             findings, conclusion = options[0] if r.random() < 0.55 else r.choice(options)
         pid = self.patient_first_id + profile.index - self.directory.first_index
-        report_no = f"{prefix}{performed.astimezone(CST):%Y%m%d}{rid:09d}"
+        report_no = f"{prefix}{performed.astimezone(CHINA_TZ):%Y%m%d}{rid:09d}"
         accession = f"A{rid:010d}" if cat is not Category.LAB else ""
         study_uid = (
             f"1.2.826.0.1.3680043.10.1453.{self.cfg.seed}.{rid}" if cat is Category.IMAGING else ""
@@ -1997,7 +1996,7 @@ class ActivityGenerator:
         span = limit * (r.uniform(0.03, 0.9) ** 1.3)
         at = h.issued_at + max(span, timedelta(minutes=40))
         if limit >= timedelta(days=2):  # days away: an order in working hours (北京时间)
-            local = at.astimezone(CST)
+            local = at.astimezone(CHINA_TZ)
             at = local.replace(
                 hour=8 + int(r.triangular(0, 10, 1.5)), minute=r.randrange(60)
             ).astimezone(UTC)

@@ -38,10 +38,11 @@ from huren.adapters.db.tables_sharing import (
     portal_binding,
 )
 from huren.domain.accounts import Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.corrections import CorrectionStatus
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.results import StoredResult
-from huren.domain.sharing import CHINA_TZ, Purpose, PurposeList
+from huren.domain.sharing import Purpose, PurposeList
 from huren.services.corrections import CorrectionRecord, Notice
 from huren.services.insurer import DecisionFact, ReminderFact
 from huren.services.patients import IdentifierKey

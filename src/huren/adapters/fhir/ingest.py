@@ -19,13 +19,14 @@ import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from typing import Literal
 
 import msgspec
 
 from huren.adapters.fhir import model as m
 from huren.adapters.fhir import systems as sid
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import Problem, ProblemCollector, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
@@ -46,7 +47,6 @@ from huren.services.intake import (
 )
 
 # A date or dateTime without a zone is China Standard Time (FHIR: local time of the sender).
-CST = timezone(timedelta(hours=8), "CST")
 
 _RESOURCE_DECODER = msgspec.json.Decoder(m.AnyResource)
 _TYPED_DECODER = msgspec.json.Decoder(m.Typed)
@@ -194,7 +194,7 @@ def parse_datetime(value: str, where: str, errors: ProblemCollector, label: str)
     try:
         if len(value) == 10:
             d = date.fromisoformat(value)
-            return datetime(d.year, d.month, d.day, tzinfo=CST)
+            return datetime(d.year, d.month, d.day, tzinfo=CHINA_TZ)
         parsed = datetime.fromisoformat(value)
     except ValueError:
         errors.add(where, f"{label}不是有效的 FHIR dateTime: {value}")

@@ -15,7 +15,8 @@ from datetime import datetime
 
 from huren.adapters.hl7v2 import codes
 from huren.adapters.hl7v2.codes import ErrorCode
-from huren.adapters.hl7v2.parse import CHINA_TIME, AckCode, Hl7Problem, MessageHeader
+from huren.adapters.hl7v2.parse import AckCode, Hl7Problem, MessageHeader
+from huren.domain.china_time import CHINA_TZ
 
 OUR_APPLICATION = "HUREN"
 
@@ -30,7 +31,7 @@ def hl7_timestamp(at: datetime) -> str:
     last = _STAMP[0]
     if last[0] == second:
         return last[1]
-    text = at.astimezone(CHINA_TIME).strftime("%Y%m%d%H%M%S+0800")
+    text = at.astimezone(CHINA_TZ).strftime("%Y%m%d%H%M%S+0800")
     _STAMP[0] = (second, text)
     return text
 

@@ -23,6 +23,7 @@ from typing import Any
 from huren.adapters.hl7v2 import codes
 from huren.adapters.hl7v2.codes import ErrorCode, ReportSection, ValueKind
 from huren.adapters.hl7v2.er7 import Delimiters, FieldValue
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.results import (
@@ -42,7 +43,6 @@ from huren.services.intake import (
 
 # Chinese senders write local time without an offset; China has kept UTC+8 all year
 # since 1991, so a fixed offset is exact.
-CHINA_TIME = timezone(timedelta(hours=8), "CST")
 
 _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _TS = re.compile(
@@ -539,7 +539,7 @@ def parse_ts(value: str) -> datetime | None:
     if not m:
         return None
     year, month, day, hour, minute, second, frac, sign, oh, om = m.groups()
-    tz = CHINA_TIME
+    tz = CHINA_TZ
     if sign:
         offset = timedelta(hours=int(oh), minutes=int(om))
         tz = timezone(offset if sign == "+" else -offset)

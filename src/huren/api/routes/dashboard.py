@@ -18,9 +18,10 @@ from huren.api.routes.monitoring import MONITOR_ROLES, pct, yuan
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden
 from huren.domain.masterdata import ScopeKind
-from huren.domain.monitoring import CST, Metric, month_label
+from huren.domain.monitoring import Metric, month_label
 from huren.domain.qc import EXPIRY_LABELS, PROPOSAL_STATUS_LABELS, SUSPENSION_REASON_LABELS
 from huren.services.monitoring import LEVEL_NAMES, Level, Period, StatTable
 
@@ -299,7 +300,7 @@ def monthly_report(
             "targets": targets,
             "pct": pct,
             "yuan": yuan,
-            "generated": c.clock.now().astimezone(CST).strftime("%Y-%m-%d %H:%M"),
+            "generated": c.clock.now().astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
             "reason_labels": SUSPENSION_REASON_LABELS,
             "inst_names": {k: v.name for k, v in c.catalog.get().institutions.items()},
         },

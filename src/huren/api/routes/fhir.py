@@ -21,11 +21,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from huren.adapters.db.results import ResultQuery
 from huren.adapters.fhir import render
 from huren.adapters.fhir import systems as sid
-from huren.adapters.fhir.ingest import CST, ParsedBundle, parse_report, parse_transaction
+from huren.adapters.fhir.ingest import ParsedBundle, parse_report, parse_transaction
 from huren.api.auth import require_roles
 from huren.api.deps import container as get_container
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
 from huren.domain.results import StoredResult
@@ -330,12 +331,12 @@ def _date_bounds(values: Sequence[str], name: str) -> tuple[datetime | None, dat
         text = v[2:] if v[:2] == prefix else v
         try:
             if len(text) == 10:
-                start = datetime.fromisoformat(text).replace(tzinfo=CST)
+                start = datetime.fromisoformat(text).replace(tzinfo=CHINA_TZ)
                 end = start + timedelta(days=1)
             else:
                 start = datetime.fromisoformat(text)
                 if start.tzinfo is None:
-                    start = start.replace(tzinfo=CST)
+                    start = start.replace(tzinfo=CHINA_TZ)
                 end = start
         except ValueError as exc:
             raise ValidationFailed(

@@ -28,10 +28,10 @@ from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden, Problem, ProblemCollector, ValidationFailed
 from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
 from huren.domain.insurer import COLUMNS, ClaimLine, claim_line_from_row
-from huren.domain.sharing import CHINA_TZ
 from huren.services.insurer import verdict_json
 
 router = APIRouter(tags=["医保核查"], route_class=PageRoute)

@@ -9,7 +9,7 @@ the operator sees every institution, a regulator those of its jurisdiction."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,6 +23,7 @@ from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.text import text_problem
 from huren.services.intake import UnmappedCode
@@ -32,7 +33,6 @@ router = APIRouter(tags=["接口监控"], route_class=PageRoute)
 ENGINEER_ROLES = (Role.INSTITUTION_ADMIN, Role.INTEGRATION, Role.OPERATOR, Role.REGULATOR)
 Engineer = Annotated[Principal, Depends(require_roles(*ENGINEER_ROLES))]
 Services = Annotated[Container, Depends(container)]
-CHINA_TIME = timezone(timedelta(hours=8))
 
 STATUS_LABELS = {"accepted": "已接收", "rejected": "已拒收", "duplicate": "重复（未改动）"}
 CHANNEL_LABELS = {
@@ -283,7 +283,7 @@ def unmapped_codes(principal: Engineer, c: Services, institution: str | None = N
 
 # ---------------------------------------------------------------- pages
 def _local(at: datetime | None) -> str:
-    return at.astimezone(CHINA_TIME).strftime("%Y-%m-%d %H:%M:%S") if at else "—"
+    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S") if at else "—"
 
 
 def _percent(rate: float | None) -> str:

@@ -14,6 +14,7 @@ from fastapi.responses import HTMLResponse, Response
 from huren.api.deps import container, templates
 from huren.api.routes.monitoring import export
 from huren.bootstrap import Container
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.masterdata import (
     CATEGORY_LABELS,
     LEVEL_LABELS,
@@ -23,7 +24,6 @@ from huren.domain.masterdata import (
     QualificationBasis,
     ScopeKind,
 )
-from huren.domain.monitoring import CST
 from huren.services.qc import half_year_of
 
 router = APIRouter(tags=["公示"])
@@ -60,7 +60,7 @@ def institutions(
     half: str = "",
     format: str = "html",
 ) -> Response:
-    today = c.clock.now().astimezone(CST).date()
+    today = c.clock.now().astimezone(CHINA_TZ).date()
     jur = jurisdiction or c.settings.jurisdiction
     period = half or half_year_of(today)
     entries = c.qc.published_institutions(jur, period)
@@ -131,7 +131,7 @@ def _versions(c: Container, jur: str) -> list[ItemListVersion]:
 
 @router.get("/public/items", response_class=HTMLResponse, summary="互认项目清单（现行）")
 def items(request: Request, c: Services, jurisdiction: str = "", format: str = "html") -> Response:
-    today = c.clock.now().astimezone(CST).date()
+    today = c.clock.now().astimezone(CHINA_TZ).date()
     jur = jurisdiction or c.settings.jurisdiction
     cat = c.catalog.get()
     if jur not in cat.graph.scopes:

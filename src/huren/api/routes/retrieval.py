@@ -20,11 +20,11 @@ from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
 from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
 from huren.domain.results import STATUS_LABELS, ObservationValue, ResultStatus, StoredResult
 from huren.domain.sharing import (
-    CHINA_TZ,
     RETRIEVAL_ROLES,
     may_read_audit_of_institution,
     may_read_audit_of_jurisdiction,
