@@ -114,6 +114,27 @@ def test_hl7_file_is_split_into_messages_at_msh(tmp_path: Path) -> None:
     assert records[1].offset >= records[0].end
 
 
+def test_hl7_batch_file_envelope_is_not_a_record(world: Container, tmp_path: Path) -> None:
+    # An engine's export: FHS BHS {MSH …} BTS FTS (v2.5.1 §2.10.3). The envelope was read
+    # as a record of its own and counted as an error.
+    messages = [
+        (HL7_DIR / name).read_bytes().strip()
+        for name in ("oru_r01_lab_lft_v251_utf8.hl7", "oru_r01_ct_chest_report_v24.hl7")
+    ]
+    path = tmp_path / "batch.hl7"
+    path.write_bytes(
+        b"FHS|^~\\&|LIS|H130100001|||20260612083000||||F0001\r"
+        b"BHS|^~\\&|LIS|H130100001|||20260612083000||||B0001\r"
+        + b"\r".join(messages)
+        + b"\rBTS|2\rFTS|1\r"
+    )
+    records = list(hl7_records(path))
+    assert [r.data[:3] for r in records] == [b"MSH", b"MSH"]
+    assert not any(seg in r.data for r in records for seg in (b"BTS", b"FTS", b"BHS"))
+    report = BulkLoader(world, path, "hl7").run()
+    assert (report.records, report.errors) == (2, 0)
+
+
 def test_hl7_file_is_loaded_through_the_hl7_parser(world: Container, tmp_path: Path) -> None:
     path = tmp_path / "messages.hl7"
     path.write_bytes((HL7_DIR / "oru_r01_lab_lft_v251_utf8.hl7").read_bytes())

@@ -82,11 +82,15 @@ def ndjson_records(path: Path, start: int = 0, start_number: int = 0) -> Iterato
             offset = end
 
 
+_BATCH_ENVELOPE = frozenset({b"FHS", b"BHS", b"BTS", b"FTS"})
+
+
 def hl7_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[Record]:
     """Messages of a file: each starts at a segment beginning ``MSH``; MLLP framing
     bytes (VT, FS) and blank lines between messages are tolerated. Segments end in CR
     (the HL7 terminator), LF or CR LF; a UTF-8 byte order mark at the file's start is
-    skipped."""
+    skipped, and so is the batch envelope (FHS, BHS, BTS, FTS; v2.5.1 §2.10.3) that
+    interface engines write around the messages of an export file."""
     with path.open("rb") as raw:
         if start == 0 and raw.read(len(BOM)) == BOM:
             start = len(BOM)
@@ -100,6 +104,9 @@ def hl7_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[R
         for text_line in text:
             line = text_line.encode("latin-1")
             stripped = line.strip(b"\x0b\x1c\r\n ")
+            if stripped[:3] in _BATCH_ENVELOPE:
+                offset += len(line)
+                continue
             if line.lstrip(b"\x0b\x1c").startswith(b"MSH") and current:
                 number += 1
                 yield Record(number, current_start, offset, b"\r".join(current) + b"\r")

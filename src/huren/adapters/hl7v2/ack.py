@@ -6,7 +6,10 @@
 - MSA-1 AA / AE / AR, MSA-2 the original MSH-10, MSA-3 a Chinese summary.
 - One ERR per problem. v2.5+: ERR-2 location (ERL), ERR-3 code (Table 0357), ERR-4
   severity, ERR-7 diagnostic text, ERR-8 the user message in Chinese. v2.3/2.4 have
-  only ERR-1 (ELD: segment^sequence^field^code&text&HL70357), repeated."""
+  only ERR-1 (ELD: segment^sequence^field^code&text&HL70357), repeated.
+- An AA may carry notices — what was received but not kept (NTE comments, an ED
+  report) — as ERR with code 0 and, from v2.5, severity W (Table 0516 "transaction
+  successful, but there may be issues"), and in MSA-3."""
 
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ def build_ack(
     now: datetime,
     text: str = "",
     problems: Sequence[Hl7Problem] = (),
+    notices: Sequence[Hl7Problem] = (),
 ) -> str:
     """The ACK as text, segments separated by CR (encode with ``encode_ack``)."""
     d = header.delimiters
@@ -84,10 +88,14 @@ def build_ack(
     segments = [d.field.join(msh), d.field.join(msa)]
     if problems:
         segments.extend(_err_segments(header, version, problems))
+    if notices:
+        segments.extend(_err_segments(header, version, notices, severity="W"))
     return "\r".join(segments) + "\r"
 
 
-def _err_segments(header: MessageHeader, version: str, problems: Sequence[Hl7Problem]) -> list[str]:
+def _err_segments(
+    header: MessageHeader, version: str, problems: Sequence[Hl7Problem], severity: str = "E"
+) -> list[str]:
     d = header.delimiters
     c, s = d.component, d.subcomponent
     if version in codes.ERR_25_VERSIONS:
@@ -110,7 +118,7 @@ def _err_segments(header: MessageHeader, version: str, problems: Sequence[Hl7Pro
                 "",  # ERR-1 (ELD) is kept for versions before 2.5 only
                 erl,
                 hl7_code,
-                "E",
+                severity,
                 "",
                 "",
                 d.escape_text(f"{p.field}: {p.message}"),  # ERR-7 diagnostic information
@@ -141,6 +149,15 @@ def encode_ack(ack: str, header: MessageHeader) -> bytes:
     return ack.encode(header.charset, errors="replace")
 
 
+def with_notices(text: str, notices: Sequence[Hl7Problem]) -> str:
+    """MSA-3 of an AA with what was not kept, e.g. "已接收 1 份报告；未保存: NTE[1] …"."""
+    if not notices:
+        return text
+    first = notices[0]
+    more = f"（另有 {len(notices) - 1} 处未保存内容）" if len(notices) > 1 else ""
+    return f"{text}；未保存: {first.field}: {first.message}{more}"
+
+
 def summary(code: AckCode, problems: Sequence[Hl7Problem]) -> str:
     """MSA-3: the first problem, and how many more."""
     if not problems:
@@ -158,4 +175,5 @@ __all__ = [
     "encode_ack",
     "hl7_timestamp",
     "summary",
+    "with_notices",
 ]

@@ -33,6 +33,9 @@ CHARSETS: Mapping[str, str] = {
     "UTF-8": "utf-8",
     "UTF8": "utf-8",
     "GB 18030-2000": "gb18030",
+    "GB18030-2000": "gb18030",  # Table 0211's value written without its space
+    "GB 18030-2005": "gb18030",
+    "GB18030-2005": "gb18030",
     "GB18030": "gb18030",
     "GB 18030": "gb18030",
     "GBK": "gb18030",  # GB 18030 is a superset of GBK and GB 2312
@@ -118,6 +121,23 @@ OBSERVATION_STATUS_OVERRIDE: Mapping[str, ResultStatus] = {
 }
 # OBX-11 values for which OBX-5 may be empty (no value to report).
 OBSERVATION_STATUS_NO_VALUE = frozenset({"X", "D", "W", "I", "N", "O"})
+# What an OBX without a value says, by its OBX-11 (Table 0085), kept as the row's text.
+OBSERVATION_STATUS_TEXT: Mapping[str, str] = {
+    "X": "无法获得结果",  # results cannot be obtained for this observation
+    "I": "结果待出",  # specimen in lab; results pending
+    "N": "未检测",  # not asked
+    "O": "仅医嘱，无结果",  # order detail description only
+    "D": "已删除",
+    "W": "原结果有误",
+}
+# OBX-11 values whose row is no current result (Table 0085, v2.5.1 §7.4.2.11): "D —
+# deletes the OBX record", "W — post original as wrong". In a report that is not wrong
+# as a whole (see OBSERVATION_STATUS_OVERRIDE) such a row is left out of the new version
+# rather than stored as a valid value.
+OBSERVATION_STATUS_REMOVED = frozenset({"D", "W"})
+# OBX-11 "C — record coming over is a correction and thus replaces a final result": a
+# report whose OBR-25 still says F but carries a corrected row is a corrected report.
+OBSERVATION_STATUS_CORRECTION = "C"
 
 # PID-8 administrative sex (Table 0001) → M | F | O | U.
 SEX: Mapping[str, str] = {

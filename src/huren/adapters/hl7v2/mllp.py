@@ -54,8 +54,20 @@ def frame(payload: bytes) -> bytes:
     return SB + payload + FRAME_END
 
 
+# How long a frame whose <EB> came without the <CR> waits for it before it is taken as
+# ended (a sender that writes <EB> alone and then waits for the ACK would otherwise wait
+# forever: the connection would hang).
+LONE_EB_WAIT = 0.5
+
+
 class FrameReader:
-    """Splits a byte stream into MLLP frames, skipping anything outside them."""
+    """Splits a byte stream into MLLP frames, skipping anything outside them.
+
+    MLLP ends a frame with <EB><CR> (v2.5.1 Appendix C, release 2). Some senders
+    (analyzers, home-grown LIS) write <EB> alone or <EB><LF>; <EB> (0x1C) cannot occur
+    in an HL7 message, in UTF-8 or in GB 18030, so an <EB> followed by anything other
+    than <CR> ends the frame too, and one at the end of what has arrived does once
+    nothing more comes (``end_lone_eb``)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.buffer = bytearray()
@@ -75,6 +87,12 @@ class FrameReader:
                 self.skipped += start
                 del self.buffer[:start]
             end = self.buffer.find(FRAME_END, 1)
+            lone = self.buffer.find(EB, 1)
+            if 0 < lone < len(self.buffer) - 1 and (end < 0 or lone < end):
+                # <EB> followed by something other than <CR>: the frame ends there.
+                frames.append(bytes(self.buffer[1:lone]))
+                del self.buffer[: lone + 1]
+                continue
             restart = self.buffer.find(SB, 1)
             if restart > 0 and (end < 0 or restart < end):
                 # A new frame starts before this one ended: the sender gave up on it.
@@ -88,12 +106,25 @@ class FrameReader:
             frames.append(bytes(self.buffer[1:end]))
             del self.buffer[: end + len(FRAME_END)]
 
+    def awaiting_cr(self) -> bool:
+        """The buffer holds a frame whose <EB> has come but not yet its <CR>."""
+        return len(self.buffer) > 1 and self.buffer[0] == SB[0] and self.buffer[-1] == EB[0]
+
+    def end_lone_eb(self) -> list[bytes]:
+        """Take the frame ended by a lone <EB> (the <CR> did not follow in time)."""
+        if not self.awaiting_cr():
+            return []
+        message = bytes(self.buffer[1:-1])
+        self.buffer.clear()
+        return [message]
+
 
 class FrameTooLarge(Exception):
     pass
 
 
 _STOP = object()
+_LONE_EB = b"\x1c"  # a marker for ``MllpServer._read`` (compared by identity)
 
 
 class GroupCommitter:
@@ -295,8 +326,10 @@ class MllpServer:
                     maxsize=committer.max_batch * 4  # backpressure on a sender that never reads
                 )
                 acks = asyncio.create_task(self._write_acks(waiting, writer))
-                while not acks.done() and (data := await reader.read(65536)):
-                    for message in frames.feed(data):
+                while not acks.done() and (data := await self._read(reader, frames)):
+                    for message in (
+                        frames.feed(data) if data is not _LONE_EB else frames.end_lone_eb()
+                    ):
                         if acks.done():
                             break
                         await waiting.put(committer.submit(message))
@@ -306,10 +339,10 @@ class MllpServer:
                 return
             assert self.handler is not None
             while True:
-                data = await reader.read(65536)
+                data = await self._read(reader, frames)
                 if not data:
                     break
-                for message in frames.feed(data):
+                for message in frames.feed(data) if data is not _LONE_EB else frames.end_lone_eb():
                     ack = await loop.run_in_executor(self.executor, self.handler, message)
                     writer.write(frame(ack))
                     await writer.drain()
@@ -330,6 +363,16 @@ class MllpServer:
                 await writer.wait_closed()
             if task is not None:
                 self._connections.pop(task, None)
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader, frames: FrameReader) -> bytes:
+        """The next bytes; ``_LONE_EB`` when a frame ended by <EB> alone got no <CR>."""
+        if not frames.awaiting_cr():
+            return await reader.read(65536)
+        try:
+            return await asyncio.wait_for(reader.read(65536), LONE_EB_WAIT)
+        except TimeoutError:
+            return _LONE_EB
 
     @staticmethod
     async def _write_acks(

@@ -48,6 +48,7 @@ _SEGMENT_ID = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _TS = re.compile(
     r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?\s*(?:([+-])(\d{2})(\d{2}))?$"
 )
+_NATIONAL_ID_SHAPE = re.compile(r"^\d{17}[\dXx]$")
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)$")
 _NUM = r"([+-]?\d+(?:\.\d+)?)"
 _RANGE = re.compile(r"^" + _NUM + r"\s*(?:-|~|～|—|–|至)\s*" + _NUM + r"$")
@@ -148,12 +149,15 @@ class ParsedOru:
     header: MessageHeader
     message: InboundMessage
     origins: tuple[Origin, ...] = ()
+    # What was received but has no place in the platform's record (NTE comments, ED/RP
+    # attachments): the message is accepted, and the ACK says what was not kept.
+    notices: tuple[Hl7Problem, ...] = ()
 
 
 # ------------------------------------------------------------------ entry point
 def parse_oru(raw: bytes, channel: Channel, *, charset_hint: str | None = None) -> ParsedOru:
     """Decode, check and translate one ORU^R01 message; raise ``Hl7Rejected``."""
-    raw = normalize_segment_terminators(raw)
+    raw = unwrap_batch(normalize_segment_terminators(raw))
     header = read_header(raw)
     text, codec = decode(raw, header, charset_hint)
     header = _header_from_text(text, header, codec)
@@ -184,14 +188,74 @@ def parse_oru(raw: bytes, channel: Channel, *, charset_hint: str | None = None) 
         raw=text,
         submissions=tuple(submissions),
     )
-    return ParsedOru(header, message, tuple(translator.origins))
+    return ParsedOru(header, message, tuple(translator.origins), tuple(translator.notices))
+
+
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def normalize_segment_terminators(raw: bytes) -> bytes:
     """Files and some engines end segments with LF or CRLF instead of CR (v2.5.1 §2.5.4
-    requires CR). Neither byte occurs inside a UTF-8 or GB 18030 multi-byte character."""
+    requires CR). Neither byte occurs inside a UTF-8 or GB 18030 multi-byte character.
+    A UTF-8 byte order mark (Windows editors and file readers put one before ``MSH``)
+    is not part of the message."""
     raw = raw.strip(b" \t\r\n\x0b\x1c\x00")
+    if raw.startswith(_UTF8_BOM):
+        raw = raw[len(_UTF8_BOM) :].lstrip(b" \t\r\n")
     return raw.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
+
+
+_BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
+
+
+def unwrap_batch(raw: bytes) -> bytes:
+    """HL7 batch protocol (v2.5.1 §2.10.3): ``[FHS] BHS {MSH …} BTS [FTS]``. Engines
+    (Mirth's batch file reader, ``huren ingest`` of a batch file) wrap a single message
+    so too: the envelope is dropped and the message read. A batch of several messages
+    is refused naming FHS/BHS — each message needs its own ACK, which one request
+    cannot give (send them one by one, or load the file with ``huren ingest``)."""
+    if not raw.startswith((b"FHS", b"BHS")) and not any(
+        b"\r" + seg in raw for seg in (b"BTS", b"FTS")
+    ):
+        return raw
+    lines = raw.split(b"\r")
+    envelope = [line for line in lines if line[:3] in _BATCH_SEGMENTS]
+    if not envelope:
+        return raw
+    body = [line for line in lines if line[:3] not in _BATCH_SEGMENTS]
+    messages = sum(1 for line in body if line.startswith(b"MSH"))
+    if messages == 1 and body[0].startswith(b"MSH"):
+        return b"\r".join(body)
+    header = _batch_header(raw, envelope)
+    first = envelope[0][:3].decode("latin-1")
+    if messages == 0:
+        text = "批量消息（FHS/BHS）中没有任何 MSH 消息"
+    else:
+        text = (
+            f"批量消息（FHS/BHS）含 {messages} 条消息：本接口每次只接收一条 ORU^R01，"
+            "请逐条发送，或用 huren ingest --format hl7 导入批量文件"
+        )
+    raise _reject(AckCode.AR, header, Location(first), ErrorCode.SEGMENT_SEQUENCE, text)
+
+
+def _batch_header(raw: bytes, envelope: list[bytes]) -> MessageHeader:
+    """What the ACK of a refused batch can say: the first message's sender, and the
+    batch's control id (BHS-11, else FHS-11) in MSA-2."""
+    start = raw.find(b"MSH")
+    header = MessageHeader()
+    if start >= 0:
+        try:
+            header = read_header(raw[start:])
+        except Hl7Rejected as exc:
+            header = exc.header
+    control = ""
+    for line in sorted(envelope, key=lambda seg: seg[:3] != b"BHS"):
+        if line[:3] in (b"BHS", b"FHS") and len(line) > 3:
+            parts = line.decode("latin-1").split(line[3:4].decode("latin-1"))
+            control = _part(parts, 11).split(header.delimiters.component)[0].strip()
+            if control:
+                break
+    return _replace(header, control_id=control)
 
 
 def _reject(
@@ -620,11 +684,15 @@ class _Translator:
         self.segments = segments
         self.header = header
         self.problems: list[Hl7Problem] = []
+        self.notices: list[Hl7Problem] = []
         self.origins: list[Origin] = []
         self._identifier_locations: dict[int, tuple[Location, ...]] = {}
 
     def problem(self, location: Location, code: ErrorCode, message: str) -> None:
         self.problems.append(Hl7Problem(location, code, message))
+
+    def notice(self, location: Location, message: str) -> None:
+        self.notices.append(Hl7Problem(location, ErrorCode.ACCEPTED, message))
 
     def submissions(self) -> list[ResultSubmission]:
         if not self.header.institution:
@@ -671,21 +739,43 @@ class _Translator:
         patient: PatientDemographics | None = None
         pid: Segment | None = None
         saw_pid = False
+        # The segment NTE comments follow (v2.5.1 §7.3.1: NTE after PID, OBR or OBX).
+        parent: Segment | None = None
+        notes: list[Segment] = []
         for seg in self.segments:
+            if seg.id == "NTE":
+                notes.append(seg)
+                continue
+            if notes:
+                self._unkept_notes(parent, notes)
+                notes = []
             if seg.id == "PID":
-                saw_pid, pid = True, seg
+                saw_pid, pid, parent = True, seg, seg
                 patient = self._patient(seg)
             elif seg.id == "OBR":
                 reports.append(_Report(seg, patient, pid))
+                parent = seg
             elif seg.id == "OBX":
+                parent = seg
                 if not reports:
                     self.problem(
                         seg.loc(), ErrorCode.SEGMENT_SEQUENCE, "OBX 段出现在任何 OBR 段之前"
+                    )
+                elif reports[-1].pid is not pid:
+                    # ORU^R01 (v2.5.1 §7.3.1): a PATIENT_RESULT group is PID … {ORC OBR
+                    # {OBX}}; OBX after a new PID without its own OBR would be filed in
+                    # the previous patient's report.
+                    self.problem(
+                        seg.loc(),
+                        ErrorCode.SEGMENT_SEQUENCE,
+                        "OBX 段前面是另一患者的 PID 段，却没有该患者自己的 OBR 段",
                     )
                 else:
                     reports[-1].obx.append(seg)
             elif seg.id in ("ZDS", "IPC") and reports:
                 reports[-1].extra.append(seg)
+        if notes:
+            self._unkept_notes(parent, notes)
         if not saw_pid:
             self.problem(Location("PID"), ErrorCode.SEGMENT_SEQUENCE, "缺少 PID 段（患者信息）")
         if not reports and saw_pid:
@@ -693,6 +783,19 @@ class _Translator:
                 Location("OBR"), ErrorCode.SEGMENT_SEQUENCE, "缺少 OBR 段：消息中没有任何报告"
             )
         return reports
+
+    def _unkept_notes(self, parent: Segment | None, notes: list[Segment]) -> None:
+        """NTE (v2.5.1 §2.15.10) after PID, OBR or OBX: a result has no place for free
+        comments, so they are not stored — and the ACK says so rather than dropping
+        them without a word."""
+        where = str(parent.loc()) if parent is not None else "MSH"
+        first = next((t for n in notes if (t := n.f(3).value())), "")
+        shown = first[:30] + ("…" if len(first) > 30 else "")
+        self.notice(
+            notes[0].loc(),
+            f"{where} 后的 {len(notes)} 条 NTE 注释未保存（平台结果中没有注释字段）"
+            + (f"：{shown}" if shown else ""),
+        )
 
     # -------------------------------------------------------------- PID
     def _patient(self, pid: Segment) -> PatientDemographics | None:
@@ -758,11 +861,33 @@ class _Translator:
             else:
                 for message in checked:
                     self.problem(pid.loc(3, n), ErrorCode.DATA_TYPE, f"{rule.label}：{message}")
+        self._national_id_in_pid19(pid, out, where)
         if not out and not any(p.location.segment == "PID" for p in self.problems):
             self.problem(
                 pid.loc(3), ErrorCode.REQUIRED_FIELD_MISSING, "PID-3 中没有可识别的患者标识"
             )
+        self._identifier_locations[pid.sequence] = tuple(where)
         return out
+
+    def _national_id_in_pid19(
+        self, pid: Segment, out: list[PatientIdentifier], where: list[Location]
+    ) -> None:
+        """PID-19 "SSN number – patient" (v2.5.1 §3.4.2.19, kept for backward
+        compatibility) is where many Chinese HIS/LIS put the 居民身份证号 instead of a PID-3
+        repetition. A value shaped like one (18 characters) is the patient's
+        national id and is checked like PID-3's; anything else there (a 15-digit first-
+        generation number, a 医保号) is not read."""
+        value = pid.f(19).component(1)
+        if not _NATIONAL_ID_SHAPE.match(value):
+            return
+        checked = checked_identifier(PatientIdentifier(IdentifierKind.NATIONAL_ID, value, ""))
+        if not isinstance(checked, PatientIdentifier):
+            for message in checked:
+                self.problem(pid.loc(19), ErrorCode.DATA_TYPE, f"居民身份证（PID-19）：{message}")
+            return
+        if checked not in out:
+            out.append(checked)
+            where.append(pid.loc(19))
 
     # -------------------------------------------------------------- OBR
     def _submission(self, report: _Report) -> ResultSubmission | None:
@@ -889,6 +1014,10 @@ class _Translator:
                 ErrorCode.TABLE_VALUE_NOT_FOUND,
                 f"结果状态 {raw!r} 无效（应为 P/F/C/X）",
             )
+        elif status is ResultStatus.FINAL and codes.OBSERVATION_STATUS_CORRECTION in obx_status:
+            # Table 0085 C replaces a final result: the report is a correction even when
+            # the sender left OBR-25 at F (Table 0123 C "correction to results").
+            return ResultStatus.CORRECTED
         return status
 
     # -------------------------------------------------------------- OBX
@@ -898,7 +1027,14 @@ class _Translator:
         observations: list[ObservationValue] = []
         locations: list[Location] = []
         sections: dict[ReportSection, list[str]] = {}
-        for obx in report.obx:
+        attachments: list[Segment] = []
+        obx_status = [x.f(11).component(1).upper() for x in report.obx]
+        all_wrong = bool(obx_status) and all(
+            s in codes.OBSERVATION_STATUS_OVERRIDE for s in obx_status
+        )
+        for obx, status in zip(report.obx, obx_status, strict=True):
+            if status in codes.OBSERVATION_STATUS_REMOVED and not all_wrong:
+                continue  # deleted / posted as wrong: not a current value of the report
             vt = (
                 _plain_components(obx.fields, 2, obx.delimiters)[0]
                 if obx.plain
@@ -913,7 +1049,8 @@ class _Translator:
                 )
                 continue
             if kind is ValueKind.ATTACHMENT:
-                continue  # embedded PDFs / references: the structured content is what we keep
+                attachments.append(obx)  # embedded PDFs / references: no place to keep them
+                continue
             # Only text can be a report section (findings / conclusion).
             if kind is ValueKind.TEXT and (section := _section(obx)) is not None:
                 sections.setdefault(section, []).append(_text_value(obx))
@@ -926,7 +1063,33 @@ class _Translator:
                 locations.append(obx.loc())
         findings = "\n".join(t for t in sections.get(ReportSection.FINDINGS, ()) if t)
         conclusion = "\n".join(t for t in sections.get(ReportSection.CONCLUSION, ()) if t)
+        if attachments:
+            self._unkept_attachments(attachments, bool(observations or findings or conclusion))
         return observations, locations, findings, conclusion
+
+    def _unkept_attachments(self, attachments: list[Segment], has_content: bool) -> None:
+        """ED (encapsulated data, v2.5.1 §2.A.24) and RP (reference pointer, §2.A.65)
+        values — a PDF of the signed report, a link to it — have no place in a stored
+        result. Beside structured rows or report text they are left out and the ACK
+        says so; a report that is nothing but an attachment would be stored empty, so
+        it is refused."""
+        for obx in attachments:
+            vt = obx.f(2).component(1).upper()
+            kind = obx.f(5).component(3 if vt == "ED" else 4) or obx.f(5).component(2)
+            what = (
+                f"封装文档（ED{'，' + kind if kind else ''}）"
+                if vt == "ED"
+                else "外部文档引用（RP）"
+            )
+            if has_content:
+                self.notice(obx.loc(5), f"{what}未保存：平台只保存结构化结果和报告文本")
+            else:
+                self.problem(
+                    obx.loc(2),
+                    ErrorCode.DATA_TYPE,
+                    f"报告只有{what}，没有可保存的结果：请以 NM/ST/TX/FT/CE/SN 等类型"
+                    "发送检验结果或报告文本（所见、诊断意见）",
+                )
 
     def _observation(self, obx: Segment, vt: str, kind: ValueKind) -> ObservationValue | None:
         ident = obx.f(3)
@@ -941,7 +1104,18 @@ class _Translator:
         value_field = obx.f(5)
         if not value_field:
             if status in codes.OBSERVATION_STATUS_NO_VALUE:
-                return ObservationValue(code or name, name or code, _value_type(vt), loinc=loinc)
+                # No value, and OBX-11 says why (Table 0085: X cannot be obtained, I
+                # pending …). Kept as text saying so: an NM without its number is no
+                # numeric result, and intake refuses one (it answered AE before).
+                return ObservationValue(
+                    code or name,
+                    name or code,
+                    ValueType.ST,
+                    value_text=codes.OBSERVATION_STATUS_TEXT.get(status, ""),
+                    unit=_unit(obx.f(6).component(1), obx.f(6).component(2), ""),
+                    ref_text=obx.f(7).value(),
+                    loinc=loinc,
+                )
             self.problem(
                 obx.loc(5),
                 ErrorCode.REQUIRED_FIELD_MISSING,
@@ -950,14 +1124,35 @@ class _Translator:
             return None
         value_num: float | None = None
         value_text = ""
+        value_type = _value_type(vt)
+        if kind in (ValueKind.NUMERIC, ValueKind.STRUCTURED_NUMERIC) and (
+            extra := next((n for n, r in enumerate(value_field.reps(), 1) if n > 1 and r), 0)
+        ):
+            # One number per OBX (v2.5.1 §7.4.2.5 repeats OBX-5 for multi-part answers of
+            # CE/TX/FT only): a second one would be dropped, so the message is refused.
+            self.problem(
+                obx.loc(5, extra),
+                ErrorCode.DATA_TYPE,
+                f"数值型结果（{vt}）只能有一个值，OBX-5 却有重复：{value_field.text!r}",
+            )
+            return None
         if kind is ValueKind.NUMERIC:
             raw = value_field.component(1)
-            if not _NUMBER.match(raw):
+            if _NUMBER.match(raw):
+                value_num, value_text = float(raw), raw
+            elif comparator := _comparator_value(raw):
+                # "<0.5", ">1000" sent as NM (LIS print the detection limit): the number
+                # alone would be a different result. Kept as SN text with its comparator
+                # (v2.5.1 §2.A.73 SN: comparator^num1), like an SN "<^0.5".
+                value_type, value_text = ValueType.SN, comparator
+            else:
                 self.problem(obx.loc(5), ErrorCode.DATA_TYPE, f"数值型结果（NM）不是数字：{raw!r}")
                 return None
-            value_num, value_text = float(raw), raw
         elif kind is ValueKind.CODED:
-            value_text = value_field.component(2) or value_field.component(1)
+            # CE/CWE answers may repeat (several organisms, v2.5.1 §7.4.2.5): all are kept.
+            value_text = "；".join(
+                t for r in value_field.reps() if (t := r.component(2) or r.component(1))
+            )
         elif kind is ValueKind.STRUCTURED_NUMERIC:
             parsed = _structured_numeric(value_field)
             if parsed is None:
@@ -972,25 +1167,32 @@ class _Translator:
             value_text = _text_value(obx)
         ref = obx.f(7).value()
         low, high = parse_reference_range(ref)
-        flag_raw = obx.f(8).component(1)
-        flag = _abnormal_flag(flag_raw)
-        if flag_raw and not flag:
-            self.problem(
-                obx.loc(8),
-                ErrorCode.TABLE_VALUE_NOT_FOUND,
-                f"异常标志 {flag_raw!r} 无效（应为 H/L/N/A 等）",
-            )
-            return None
+        # OBX-8 repeats (v2.5.1 §7.4.2.8, e.g. "H~A"): every flag must be a known one; the
+        # first one given is the result's flag (an empty first repetition is no flag).
+        flag = ""
+        for n, rep in enumerate(obx.f(8).reps(), start=1):
+            flag_raw = rep.component(1)
+            if not flag_raw:
+                continue
+            mapped = _abnormal_flag(flag_raw)
+            if not mapped:
+                self.problem(
+                    obx.loc(8, n),
+                    ErrorCode.TABLE_VALUE_NOT_FOUND,
+                    f"异常标志 {flag_raw!r} 无效（应为 H/L/N/A 等）",
+                )
+                return None
+            flag = flag or mapped
         unit = obx.f(6)
         # Positional: ObservationValue's field order (code, name, value_type, value_num,
         # value_text, unit, ref_low, ref_high, ref_text, flag, loinc).
         return new_observation(
             code or name,
             name or code,
-            _value_type(vt),
+            value_type,
             value_num,
             value_text,
-            unit.component(1) or unit.component(2),
+            _unit(unit.component(1), unit.component(2), unit.component(3)),
             low,
             high,
             ref,
@@ -1023,6 +1225,9 @@ def _plain_observation(obx: Segment, vt: str, kind: ValueKind) -> ObservationVal
     or wrong, and the general reader takes it (and names the problem). Most results are
     such OBX; reading them field object by field object was 3/4 of parsing a message."""
     fields, d = obx.fields, obx.delimiters
+    rep = d.repetition
+    if any(rep in fields[n] for n in (5, 8) if n < len(fields)):
+        return None  # repeated values or flags: the general reader
     ident = _plain_components(fields, 3, d)
     if len(ident) < 6:
         ident += [""] * (6 - len(ident))
@@ -1050,20 +1255,45 @@ def _plain_observation(obx: Segment, vt: str, kind: ValueKind) -> ObservationVal
     flag = _abnormal_flag(flag_raw)
     if flag_raw and not flag:
         return None
-    unit = _plain_components(fields, 6, d)
+    unit = [*_plain_components(fields, 6, d), "", ""]
     return new_observation(
         code or name,
         name or code,
         _value_type(vt),
         value_num,
         value_text,
-        unit[0] or (unit[1] if len(unit) > 1 else ""),
+        _unit(unit[0], unit[1], unit[2]),
         low,
         high,
         ref,
         flag,
         loinc,
     )
+
+
+_COMPARATOR_VALUE = re.compile(r"^(<=|>=|<|>|≤|≥|＜|＞)\s*" + _NUM + r"$")
+_COMPARATORS = {"≤": "<=", "≥": ">=", "＜": "<", "＞": ">"}
+
+
+def _comparator_value(raw: str) -> str:
+    """ "<0.5", "> 1000", "≤5" → the SN text "<0.5", ">1000", "<=5"; "" otherwise."""
+    m = _COMPARATOR_VALUE.match(raw)
+    if not m:
+        return ""
+    return _COMPARATORS.get(m.group(1), m.group(1)) + m.group(2)
+
+
+_POWER_BASE = re.compile(r"^\d+$")
+_POWER_REST = re.compile(r"^\d+\s*(?:/|$)")
+
+
+def _unit(identifier: str, text: str, system: str) -> str:
+    """OBX-6 (CE: identifier^text^coding system). Chinese LIS write cell counts' units
+    as "10^9/L", "10^12/L" without escaping the caret (v2.5.1 §2.7: ``\\S\\``), which
+    reads as identifier "10" and text "9/L": the unit is the two put back together."""
+    if not system and _POWER_BASE.match(identifier) and _POWER_REST.match(text):
+        return f"{identifier}^{text}"
+    return identifier or text
 
 
 def _value_type(vt: str) -> ValueType:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-from huren.adapters.hl7v2.ack import build_ack, encode_ack, summary
+from huren.adapters.hl7v2.ack import build_ack, encode_ack, summary, with_notices
 from huren.adapters.hl7v2.codes import ErrorCode
 from huren.adapters.hl7v2.parse import (
     MSH,
@@ -256,7 +256,13 @@ class Hl7Receiver:
             return Hl7Reply(AckCode.AR, ack, encode_ack(ack, header), header, problems=(problem,))
         # The accepted message's response column already holds what a resend is answered
         # with (intake's stored references); the AA itself is not written back.
-        ack = build_ack(header, AckCode.AA, now=self.clock.now(), text=accepted_text(received))
+        ack = build_ack(
+            header,
+            AckCode.AA,
+            now=self.clock.now(),
+            text=with_notices(accepted_text(received), parsed.notices),
+            notices=parsed.notices,
+        )
         return Hl7Reply(
             AckCode.AA, ack, encode_ack(ack, header), header, received, received.message_id
         )
