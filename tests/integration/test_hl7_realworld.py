@@ -9,9 +9,7 @@ interface documents, with the test world's hospitals and codes)."""
 
 from __future__ import annotations
 
-import asyncio
 import socket
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from huren.domain.results import ObservationValue, ResultStatus, StoredResult, V
 from huren.services.intake import Channel
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
 from tests.fixtures.world import HOSP_A
+from tests.integration.test_hl7_mllp import RunningServer
 
 REALWORLD = Path(__file__).parent.parent / "fixtures" / "hl7" / "realworld"
 PANEL_CULTURE_V251 = "oru_r01_lab_panel_culture_v251_utf8.hl7"
@@ -337,23 +336,6 @@ def test_http_batch_of_several_messages_is_refused_naming_the_batch(
 
 
 # ------------------------------------------------------------------ MLLP
-class RunningServer:
-    def __init__(self, server: MllpServer) -> None:
-        self.server = server
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-
-    def __enter__(self) -> RunningServer:
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
 @pytest.fixture
 def mllp(world: Container) -> Iterator[RunningServer]:
     receiver = Hl7Receiver(
