@@ -405,6 +405,8 @@ _OBS_LIMITS = (
     ("ref_text", 100),
     ("flag", 8),
 )
+# For the channel adapters, which name a value that is too long by their own element.
+OBSERVATION_LIMITS = _OBS_LIMITS
 # The common case (nothing too long) checked in one pass per result and observation.
 _sub_limited = operator.attrgetter(*(name for name, _ in _LIMITS))
 _SUB_MAX = tuple(limit for _, limit in _LIMITS)

@@ -17,6 +17,7 @@ import base64
 import binascii
 import functools
 import json
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -39,6 +40,7 @@ from huren.domain.results import (
 )
 from huren.domain.text import json_text_problems
 from huren.services.intake import (
+    OBSERVATION_LIMITS,
     Channel,
     InboundMessage,
     checked_identifier,
@@ -87,7 +89,7 @@ class _DecodedReport(
     """A self-contained DiagnosticReport whose contained resources are decoded with it
     (the fast path of ``parse_report``, as ``_DecodedBundle`` is of a Bundle)."""
 
-    contained: list[m.AnyResource] = msgspec.field(default_factory=list)  # type: ignore[assignment]
+    contained: tuple[m.AnyResource, ...] = ()  # type: ignore[assignment]
 
 
 # ``AnyResource`` with the DiagnosticReport decoded in one pass (a line of ten
@@ -117,7 +119,9 @@ _SECTIONS: dict[str, Category] = {
     **dict.fromkeys(("US", "EC", "CG", "EN", "PAT", "CUS", "OUS", "PF"), Category.OTHER),
 }
 
-EntryKind = Literal["report", "observation", "findings", "patient", "info"]
+EntryKind = Literal["report", "observation", "findings", "panel", "patient", "info"]
+
+_PANEL_NOTE = "检验组合（hasMember）本身无结果值，其成员已作为报告的结果保存"
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +160,11 @@ class _Ctx:
     # Entry index → plan of each Observation a DiagnosticReport took as a value or as
     # its findings.
     observation_plans: dict[int, EntryPlan] = field(default_factory=dict)
+    # fullUrls of entries of a type that is not read (PractitionerRole, CareTeam …, R4
+    # DiagnosticReport.performer may be one): present, so a reference to one resolves.
+    unread_refs: set[str] = field(default_factory=set)
+    # Submission index → informational notes on its report (a presentedForm not kept …).
+    report_notes: dict[int, list[str]] = field(default_factory=dict)
 
 
 def _decode_problem(exc: msgspec.ValidationError | msgspec.DecodeError, base: str) -> Problem:
@@ -268,17 +277,44 @@ def _patient_identifiers(
     return tuple(out)
 
 
+def _conditional_patient(ctx: _Ctx, subject: m.Reference, where: str) -> m.Reference | None:
+    """A conditional reference (R4 http.html#trules, conditional references: in a transaction a reference may be a
+    search, ``Patient?identifier=system|value``, as HAPI clients send it): the Patient
+    of this Bundle that has that identifier, else the identifier itself (a logical
+    reference). Other searches are refused naming the reference."""
+    query = urllib.parse.parse_qs(subject.reference.partition("?")[2])
+    tokens = query.get("identifier", [])
+    system, bar, value = tokens[0].partition("|") if len(tokens) == 1 else ("", "", "")
+    if len(query) != 1 or not bar or not value:
+        ctx.errors.add(
+            where,
+            "条件引用仅支持 Patient?identifier=system|value（一个标识）: " + subject.reference,
+        )
+        return None
+    for key, (_, res, _index) in ctx.by_ref.items():
+        if isinstance(res, m.Patient) and any(
+            i.system == system and i.value == value for i in res.identifier
+        ):
+            return m.Reference(reference=key, display=subject.display)
+    return m.Reference(identifier=m.Identifier(system=system, value=value), display=subject.display)
+
+
 def _patient(
     ctx: _Ctx, subject: m.Reference | None, where: str, base: str, institution: str
 ) -> tuple[PatientDemographics | None, str]:
     if subject is None:
         ctx.errors.add(f"{where}.subject", "缺少患者（subject）")
         return None, ""
+    if subject.reference.startswith("Patient?"):
+        conditional = _conditional_patient(ctx, subject, f"{where}.subject.reference")
+        if conditional is None:
+            return None, ""
+        subject = conditional
     key = _ref_key(subject.reference, base)
     found = ctx.by_ref.get(key)
     if found is None or not isinstance(found[1], m.Patient):
         if subject.identifier is not None:
-            pat = m.Patient(identifier=[subject.identifier])
+            pat = m.Patient(identifier=(subject.identifier,))
             idents = _patient_identifiers(pat, f"{where}.subject", institution, ctx.errors)
             return PatientDemographics(idents, subject.display), ""
         ctx.errors.add(f"{where}.subject", f"引用的患者不在本 Bundle 中: {subject.reference}")
@@ -302,7 +338,7 @@ def _patient(
 
 
 _NM, _SN, _ST, _TX, _CE = ValueType.NM, ValueType.SN, ValueType.ST, ValueType.TX, ValueType.CE
-_LOINC, _UCUM = sid.LOINC, sid.UCUM
+_LOINC, _UCUM, _V3_FLAGS = sid.LOINC, sid.UCUM, sid.INTERPRETATION
 
 
 def _codes(cc: m.CodeableConcept) -> tuple[str, str, str]:
@@ -340,50 +376,306 @@ def _range_text(low: float | None, high: float | None) -> str:
     return text
 
 
-def _observation(obs: m.Observation, where: str, errors: ProblemCollector) -> ObservationValue:
-    code, name, loinc = _codes(obs.code)
+# HL7 v3 ObservationInterpretation is the R4 binding of Observation.interpretation
+# (R4 observation.html, Observation.interpretation, extensible); the v2 Table 0078 systems carry the
+# same codes in older feeds.
+_INTERPRETATION_SYSTEMS = frozenset(
+    {
+        sid.INTERPRETATION,
+        "http://terminology.hl7.org/CodeSystem/v2-0078",
+        "http://hl7.org/fhir/v2/0078",
+    }
+)
+
+
+def _flag(interpretations: Sequence[m.CodeableConcept]) -> tuple[str, int]:
+    """(flag, index of its interpretation): the code of the first coding in the
+    ObservationInterpretation system, else the first coded one (a LIS that sends its own
+    sign first, '↑', and the v3 'H' after it is read as 'H')."""
+    fallback: tuple[str, int] = ("", 0)
+    for i, interp in enumerate(interpretations):
+        for c in interp.coding:
+            if not c.code:
+                continue
+            if c.system in _INTERPRETATION_SYSTEMS:
+                return c.code, i
+            if not fallback[0]:
+                fallback = (c.code, i)
+    return fallback
+
+
+def _quantity_unit(q: m.Quantity) -> str:
+    return q.code if q.system == _UCUM and q.code else (q.unit or q.code)
+
+
+def _num(value: float) -> str:
+    return f"{value + 0.0:g}"
+
+
+# Ages in referenceRange.age are UCUM durations (R4 observation.html, Observation.referenceRange.age).
+_AGE_UNITS = {"a": 1.0, "mo": 1 / 12, "wk": 7 / 365.25, "d": 1 / 365.25}
+# Observation.referenceRange.appliesTo: SNOMED CT or administrative-gender codes for sex.
+_SEX_CODES = {"248153007": "M", "248152002": "F", "male": "M", "female": "F"}
+
+
+def _age_years(q: m.Quantity | None, upper: bool = False) -> float | None:
+    """An age bound in years; an upper bound includes its whole unit (``high`` 17 a: up to
+    the 18th birthday)."""
+    if q is None or q.value is None:
+        return None
+    per = _AGE_UNITS.get(q.code or q.unit or "a", 1.0)
+    return (q.value + (1 if upper else 0)) * per
+
+
+@dataclass(frozen=True, slots=True)
+class _Subject:
+    """What a reference range may depend on: the patient's age and sex on the day."""
+
+    age: float | None  # years at the performed time
+    sex: str  # M | F | ""
+
+
+def _subject(patient: PatientDemographics | None, performed: datetime | None) -> _Subject:
+    age: float | None = None
+    if patient is not None and patient.birth_date is not None and performed is not None:
+        age = (performed.date() - patient.birth_date).days / 365.25
+    return _Subject(age, patient.sex if patient is not None else "")
+
+
+def _range_applies(rr: m.ReferenceRange, subject: _Subject) -> bool | None:
+    """True or False when the patient's age and sex decide it, None when they cannot
+    (no birth date, or appliesTo a condition such as pregnancy)."""
+    decided = True
+    if rr.age is not None:
+        if subject.age is None:
+            return None
+        low, high = _age_years(rr.age.low), _age_years(rr.age.high, upper=True)
+        if (low is not None and subject.age < low) or (high is not None and subject.age >= high):
+            return False
+    for cc in rr.appliesTo:
+        sexes = {_SEX_CODES[c.code] for c in cc.coding if c.code in _SEX_CODES}
+        if not sexes:
+            decided = False  # e.g. pregnancy, race: not known here
+        elif not subject.sex or subject.sex not in ("M", "F"):
+            return None
+        elif subject.sex not in sexes:
+            return False
+    return True if decided else None
+
+
+def _reference_range(
+    ranges: Sequence[m.ReferenceRange], where: str, errors: ProblemCollector, subject: _Subject
+) -> tuple[float | None, float | None, str, int]:
+    """(low, high, text, index) of the one reference range that is the patient's.
+    Several ranges (R4 Observation.referenceRange 0..*: by age, by sex, normal and
+    therapeutic) are narrowed to the normal ones that apply to the patient; when that
+    still leaves different ranges, the Observation is refused rather than stored with
+    another patient group's range (the platform keeps one range per value)."""
+    if not ranges:
+        return None, None, "", 0
+    chosen = list(enumerate(ranges))
+    if len(ranges) > 1:
+        normal = [
+            (i, rr)
+            for i, rr in chosen
+            if rr.type is None or any(c.code == "normal" for c in rr.type.coding)
+        ]
+        chosen = normal or chosen
+        applies = [(i, rr, _range_applies(rr, subject)) for i, rr in chosen]
+        sure = [(i, rr) for i, rr, ok in applies if ok is True]
+        maybe = [(i, rr) for i, rr, ok in applies if ok is None]
+        chosen = sure or maybe
+        kinds = {
+            (
+                None if rr.low is None else rr.low.value,
+                None if rr.high is None else rr.high.value,
+                rr.text,
+            )
+            for _, rr in chosen
+        }
+        if len(kinds) > 1:
+            errors.add(
+                f"{where}.referenceRange",
+                "有多个参考范围，无法按患者的年龄、性别确定适用的一个"
+                "（请提供患者出生日期与性别，或只发送适用于该患者的参考范围）",
+            )
+            return None, None, "", 0
+        if not chosen:  # none applies to this patient: keep none rather than another's
+            return None, None, "", 0
+    index, rr = chosen[0]
+    low = None if rr.low is None else rr.low.value
+    high = None if rr.high is None else rr.high.value
+    text = rr.text
+    if not text and (low is not None or high is not None):
+        text = _range_text(low, high)
+    return low, high, text, index
+
+
+_ABSENT = "未出结果"
+
+# Where each field of an ObservationValue comes from, to name a value that is too long.
+_FIELD_ELEMENT = {
+    "code": "code.coding",
+    "loinc": "code.coding",
+    "name": "code",
+    "unit": "value[x].unit",
+    "ref_text": "referenceRange[{range}].text",
+    "flag": "interpretation[{interp}]",
+}
+
+
+_MAX = dict(OBSERVATION_LIMITS)
+_CODE_MAX, _NAME_MAX, _UNIT_MAX = _MAX["code"], _MAX["name"], _MAX["unit"]
+_REF_TEXT_MAX, _FLAG_MAX, _LOINC_MAX = _MAX["ref_text"], _MAX["flag"], _MAX["loinc"]
+
+
+def _value(
+    v: m.Observation | m.ObservationComponent,
+    where: str,
+    errors: ProblemCollector,
+    subject: _Subject,
+) -> ObservationValue:
+    """One value: an Observation's own value[x], or one of its components (R4 observation.html,
+    Observation.value[x] and Observation.component share the same value types)."""
+    code, name, loinc = _codes(v.code)
     if not code:
         errors.add(f"{where}.code.coding", "检验项目缺少编码（本院编码或 LOINC）")
     vt, num, text, unit = _ST, None, "", ""
-    q = obs.valueQuantity
+    unit_at = ""
+    q = v.valueQuantity
     if q is not None:
         num = q.value
         if num is None:
             errors.add(f"{where}.valueQuantity.value", "数值型结果缺少数值")
         unit = q.code if q.system == _UCUM and q.code else (q.unit or q.code)
+        unit_at = "valueQuantity.unit"
         if q.comparator:
             vt, text = _SN, f"{q.comparator}{num:g}" if num is not None else ""
         else:
             vt = _NM
-    elif obs.valueInteger is not None:
-        vt, num = _NM, float(obs.valueInteger)
-    elif obs.valueString is not None:
-        text = obs.valueString
+    elif v.valueInteger is not None:
+        vt, num = _NM, float(v.valueInteger)
+    elif v.valueString is not None:
+        text = v.valueString
         vt = _TX if ("\n" in text or len(text) > 200) else _ST
-    elif obs.valueCodeableConcept is not None:
-        vc = obs.valueCodeableConcept
+    elif v.valueCodeableConcept is not None:
+        vc = v.valueCodeableConcept
         first = vc.coding[0] if vc.coding else None
         vt, text = _CE, vc.text or (first.display or first.code if first else "")
-    elif obs.valueBoolean is not None:
-        text = "是" if obs.valueBoolean else "否"
-    low = high = None
-    ref_text = ""
-    if obs.referenceRange:
-        rr = obs.referenceRange[0]
+    elif v.valueBoolean is not None:
+        text = "是" if v.valueBoolean else "否"
+    elif v.valueRange is not None:
+        # A range as a result (e.g. 3-5 /HPF): kept as HL7 v2 SN text, as an OBX of
+        # type SN ^3^-^5 is.
+        bounds = (v.valueRange.low, v.valueRange.high)
+        lo, hi = (None if b is None else b.value for b in bounds)
+        vt, unit_at = _SN, "valueRange"
+        unit = next((_quantity_unit(b) for b in bounds if b is not None and (b.code or b.unit)), "")
+        if lo is not None and hi is not None:
+            text = f"{_num(lo)}-{_num(hi)}"
+        elif lo is not None:
+            text = f">={_num(lo)}"
+        elif hi is not None:
+            text = f"<={_num(hi)}"
+        else:
+            errors.add(f"{where}.valueRange", "范围型结果缺少 low 与 high 的数值")
+    elif v.valueRatio is not None:
+        # A titer (1:40) as a result: SN text, as an OBX of type SN ^1^:^40 is.
+        nq, dq = v.valueRatio.numerator, v.valueRatio.denominator
+        if nq is None or nq.value is None or dq is None or dq.value is None:
+            errors.add(f"{where}.valueRatio", "比值型结果须有分子与分母的数值")
+        else:
+            vt, text, unit_at = _SN, f"{_num(nq.value)}:{_num(dq.value)}", "valueRatio"
+            nu, du = _quantity_unit(nq), _quantity_unit(dq)
+            unit = f"{nu}/{du}" if nu and du else nu or (f"1/{du}" if du else "")
+    elif v.valueTime is not None:
+        text = v.valueTime
+    elif v.valueDateTime is not None:
+        text = v.valueDateTime
+    elif v.valuePeriod is not None:
+        # ISO 8601 time interval notation start/end.
+        text = f"{v.valuePeriod.start}/{v.valuePeriod.end}"
+    elif v.valueSampledData:
+        errors.add(
+            f"{where}.valueSampledData",
+            "不支持波形数据（SampledData）：平台按数值、文本或编码保存检查检验结果，"
+            "波形请以报告文件或影像方式提供",
+        )
+    elif v.dataAbsentReason is not None:
+        # R4 observation.html, Observation.dataAbsentReason: why the value is missing (obs-6: only
+        # without a value). Kept as the value's text, not as an empty string.
+        dar = v.dataAbsentReason
+        first = dar.coding[0] if dar.coding else None
+        reason = dar.text or (first.display or first.code if first else "")
+        text = f"{_ABSENT}：{reason}" if reason else _ABSENT
+    ranges = v.referenceRange
+    if len(ranges) == 1 and ranges[0].age is None:  # the usual single range
+        rr = ranges[0]
         low = None if rr.low is None else rr.low.value
         high = None if rr.high is None else rr.high.value
-        ref_text = rr.text
+        ref_text, range_index = rr.text, 0
         if not ref_text and (low is not None or high is not None):
             ref_text = _range_text(low, high)
-    flag = ""
-    for interp in obs.interpretation:
-        coding = interp.coding
-        if coding and coding[0].code:
-            flag = coding[0].code
-            break
+    else:
+        low, high, ref_text, range_index = _reference_range(ranges, where, errors, subject)
+    interps, flag, interp_index = v.interpretation, "", 0
+    if interps:
+        first_coding = interps[0].coding
+        if first_coding and first_coding[0].code and first_coding[0].system == _V3_FLAGS:
+            flag = first_coding[0].code  # the usual case
+        else:
+            flag, interp_index = _flag(interps)
     # Positional: ObservationValue's field order (code, name, value_type, value_num,
     # value_text, unit, ref_low, ref_high, ref_text, flag, loinc).
-    return new_observation(code, name, vt, num, text, unit, low, high, ref_text, flag, loinc)
+    value = new_observation(code, name, vt, num, text, unit, low, high, ref_text, flag, loinc)
+    if (
+        len(code) > _CODE_MAX
+        or len(name) > _NAME_MAX
+        or len(unit) > _UNIT_MAX
+        or len(ref_text) > _REF_TEXT_MAX
+        or len(flag) > _FLAG_MAX
+        or len(loinc) > _LOINC_MAX
+    ):
+        # Named here, by its element: the intake service would name its own field.
+        for field_name, limit in OBSERVATION_LIMITS:
+            if len(getattr(value, field_name)) > limit:
+                element = _FIELD_ELEMENT[field_name].format(range=range_index, interp=interp_index)
+                if field_name == "unit" and unit_at:
+                    element = unit_at
+                errors.add(f"{where}.{element}", f"长度超过 {limit} 个字符，平台无法完整保存")
+    return value
+
+
+def _has_value(obs: m.Observation) -> bool:
+    return (
+        obs.valueQuantity is not None
+        or obs.valueString is not None
+        or obs.valueCodeableConcept is not None
+        or obs.valueInteger is not None
+        or obs.valueBoolean is not None
+        or obs.valueRange is not None
+        or obs.valueRatio is not None
+        or obs.valueTime is not None
+        or obs.valueDateTime is not None
+        or obs.valuePeriod is not None
+        or bool(obs.valueSampledData)
+        or obs.dataAbsentReason is not None
+    )
+
+
+def _observation_values(
+    obs: m.Observation, where: str, errors: ProblemCollector, subject: _Subject
+) -> list[ObservationValue]:
+    """The values an Observation holds: its own value[x] (or dataAbsentReason), then one
+    per component (R4 observation.html#component: components are values of their own, e.g. systolic and
+    diastolic blood pressure, the panel code itself having no value). A panel that only
+    groups other Observations (hasMember) has none of its own."""
+    out: list[ObservationValue] = []
+    if _has_value(obs) or not (obs.component or obs.hasMember):
+        out.append(_value(obs, where, errors, subject))
+    for k, comp in enumerate(obs.component):
+        out.append(_value(comp, f"{where}.component[{k}]", errors, subject))
+    return out
 
 
 def _category(report: m.DiagnosticReport) -> Category | None:
@@ -394,14 +686,90 @@ def _category(report: m.DiagnosticReport) -> Category | None:
     return None
 
 
-def _presented_text(report: m.DiagnosticReport) -> str:
-    for att in report.presentedForm:
-        if att.contentType.startswith("text/plain") and att.data:
+def _presented_form(
+    report: m.DiagnosticReport, where: str, errors: ProblemCollector
+) -> tuple[str, list[str]]:
+    """(the text of the first text/plain presentedForm, notes on the forms not kept).
+
+    R4 diagnosticreport.html, DiagnosticReport.presentedForm is an Attachment: ``data`` base64 in the
+    charset of its ``contentType`` (Attachment.contentType: 'text/plain;
+    charset=GB18030'), or a ``url``. A text the platform cannot decode is refused naming
+    it; a PDF or image form, which the platform does not keep apart, is named in a note
+    (the message as received, which holds it, is kept)."""
+    text = ""
+    notes: list[str] = []
+    for i, att in enumerate(report.presentedForm):
+        ctype, _, params = att.contentType.partition(";")
+        ctype = ctype.strip().lower()
+        if ctype == "text/plain" and att.data and not text:
+            charset = "utf-8"
+            for param in params.split(";"):
+                key, _, value = param.partition("=")
+                if key.strip().lower() == "charset" and value.strip():
+                    charset = value.strip().strip('"')
             try:
-                return base64.b64decode(att.data, validate=True).decode("utf-8")
-            except (binascii.Error, UnicodeDecodeError):
-                return ""
-    return ""
+                text = base64.b64decode(att.data, validate=True).decode(charset)
+            except UnicodeDecodeError:  # before ValueError, of which it is a kind
+                errors.add(
+                    f"{where}.presentedForm[{i}].data",
+                    f"文本不是 {charset} 编码（请在 contentType 中注明 charset）",
+                )
+            except LookupError:
+                errors.add(f"{where}.presentedForm[{i}].contentType", f"不支持的字符集 {charset}")
+            except (binascii.Error, ValueError):
+                errors.add(f"{where}.presentedForm[{i}].data", "不是有效的 base64 编码")
+            continue
+        if ctype == "text/plain" and att.data:
+            continue  # a second text form: the first is kept as the findings
+        kind = att.contentType or "未注明类型"
+        title = f"「{att.title}」" if att.title else ""
+        notes.append(
+            f"presentedForm[{i}]{title}（{kind}）未单独保存：平台保存结果、检查所见与结论，"
+            "报告原件保留在接收的原始消息中"
+        )
+    return text, notes
+
+
+def _conclusion_codes(report: m.DiagnosticReport) -> str:
+    """R4 DiagnosticReport.conclusionCode, as text, when no conclusion text is sent."""
+    texts = []
+    for cc in report.conclusionCode:
+        first = cc.coding[0] if cc.coding else None
+        text = cc.text or (first.display or first.code if first else "")
+        if text:
+            texts.append(text)
+    return "；".join(texts)
+
+
+def _observations_effective(
+    ctx: _Ctx, report: m.DiagnosticReport, where: str, base: str
+) -> datetime | None:
+    """The performed time of a report sent without effective[x] (R4 0..1; HAPI clients
+    put it on the Observations only): the earliest effective[x] of its results."""
+    times: list[datetime] = []
+    for ref in report.result:
+        found = ctx.by_ref.get(_ref_key(ref.reference, base))
+        if found is None or not isinstance(found[1], m.Observation):
+            continue  # named when the results are read
+        owhere, obs = found[0], found[1]
+        if obs.effectiveDateTime:
+            value, element = obs.effectiveDateTime, "effectiveDateTime"
+        elif obs.effectivePeriod is not None and obs.effectivePeriod.start:
+            value, element = obs.effectivePeriod.start, "effectivePeriod.start"
+        elif obs.effectiveInstant:
+            value, element = obs.effectiveInstant, "effectiveInstant"
+        else:
+            continue
+        at = parse_datetime(value, f"{owhere}.{element}", ctx.errors, "检查检验时间")
+        if at is not None:
+            times.append(at)
+    if times:
+        return min(times)
+    ctx.errors.add(
+        f"{where}.effective[x]",
+        "缺少检查检验时间（DiagnosticReport.effective[x]，或其 Observation 的 effective[x]）",
+    )
+    return None
 
 
 def _study_links(ctx: _Ctx, report: m.DiagnosticReport, base: str) -> tuple[str, str]:
@@ -456,12 +824,17 @@ def _report_submission(
         elif (
             found is None
             and ref.reference
+            and ref.reference not in ctx.unread_refs
             and not ref.reference.startswith(
                 ("Organization/", "Practitioner/", "PractitionerRole/")
             )
         ):
             errors.add(f"{where}.performer[{k}]", f"引用无法解析: {ref.reference}")
-        elif not performer and ref.display and ref.reference.startswith("Practitioner"):
+        elif (
+            not performer
+            and ref.display
+            and (ref.reference.startswith("Practitioner") or ref.reference in ctx.unread_refs)
+        ):
             performer = ref.display
     institution = institution or default_institution
     if not institution:
@@ -491,18 +864,62 @@ def _report_submission(
             r.effectiveDateTime, f"{where}.effectiveDateTime", errors, "检查检验时间"
         )
     elif r.effectivePeriod is not None:
+        # R4 diagnosticreport.html, DiagnosticReport.effective[x]: the clinically relevant time; of a
+        # period, its start (the specimen collection or the examination began).
+        start = r.effectivePeriod.start
         performed = parse_datetime(
-            r.effectivePeriod.start, f"{where}.effectivePeriod.start", errors, "检查检验时间"
+            start or r.effectivePeriod.end,
+            f"{where}.effectivePeriod.{'start' if start or not r.effectivePeriod.end else 'end'}",
+            errors,
+            "检查检验时间",
         )
     else:
-        performed = parse_datetime("", f"{where}.effective[x]", errors, "检查检验时间")
+        performed = _observations_effective(ctx, r, where, base)
     issued = parse_datetime(r.issued, f"{where}.issued", errors, "报告时间")
 
     patient, patient_key = _patient(ctx, r.subject, where, base, institution)
+    subject = _subject(patient, performed)
 
     observations: list[ObservationValue] = []
     findings: list[str] = []
     by_ref, plans = ctx.by_ref, ctx.observation_plans
+    # Observations already taken (a panel's member listed twice), by identity: contained
+    # resources share the entry index -1.
+    seen: set[int] = set()
+    seen_add = seen.add
+
+    def take(obs: m.Observation, owhere: str, index: int) -> None:
+        """An Observation that is not a plain value: narrative findings, components, a
+        panel whose members (R4 observation.html#gr-members, Observation.hasMember) follow it depth first."""
+        stack: list[tuple[m.Observation, str, int]] = [(obs, owhere, index)]
+        while stack:
+            obs, owhere, index = stack.pop()
+            if obs.valueString is not None and any(
+                c.system == _LOINC and c.code in sid.FINDINGS_LOINC for c in obs.code.coding
+            ):
+                findings.append(obs.valueString)
+                plans[index] = EntryPlan("findings", sub_index, note="已作为报告的检查所见保存")
+                continue
+            values = _observation_values(obs, owhere, errors, subject)
+            if values:
+                observations.extend(values)
+                plans[index] = _observation_entry(sub_index, len(observations) - len(values) + 1)
+            else:
+                plans[index] = EntryPlan("panel", sub_index, note=_PANEL_NOTE)
+            members: list[tuple[m.Observation, str, int]] = []
+            for j, ref in enumerate(obs.hasMember):
+                reference = ref.reference
+                found = by_ref.get(base + reference if reference.startswith("#") else reference)
+                if found is None or not isinstance(found[1], m.Observation):
+                    errors.add(
+                        f"{owhere}.hasMember[{j}]",
+                        f"引用的 Observation 不在本 Bundle 中: {reference}",
+                    )
+                elif id(found[1]) not in seen:
+                    seen_add(id(found[1]))
+                    members.append((found[1], found[0], found[2]))
+            stack.extend(reversed(members))
+
     for k, ref in enumerate(r.result):
         reference = ref.reference
         found = by_ref.get(base + reference if reference.startswith("#") else reference)
@@ -511,16 +928,19 @@ def _report_submission(
             continue
         owhere, obs, index = found
         assert isinstance(obs, m.Observation)
-        if obs.valueString is not None and any(
-            c.system == _LOINC and c.code in sid.FINDINGS_LOINC for c in obs.code.coding
-        ):
-            findings.append(obs.valueString)
-            plans[index] = EntryPlan("findings", sub_index, note="已作为报告的检查所见保存")
+        if id(obs) in seen:
             continue
-        observations.append(_observation(obs, owhere, errors))
+        seen_add(id(obs))
+        if obs.component or obs.hasMember or obs.valueString is not None:
+            take(obs, owhere, index)
+            continue
+        observations.append(_value(obs, owhere, errors, subject))
         plans[index] = _observation_entry(sub_index, len(observations))
     accession, study_uid = _study_links(ctx, r, base)
     accession, study_uid = accession_own or accession, study_own or study_uid
+    presented, notes = _presented_form(r, where, errors)
+    if notes:
+        ctx.report_notes[sub_index] = notes
     if patient is None or performed is None or issued is None:
         return None, institution, patient_key
     sub = new_submission(
@@ -537,8 +957,8 @@ def _report_submission(
         performer=performer,
         signer=signer,
         observations=tuple(observations),
-        findings="\n".join(findings) or _presented_text(r),
-        conclusion=r.conclusion,
+        findings="\n".join(findings) or presented,
+        conclusion=r.conclusion or _conclusion_codes(r),
         accession_number=accession,
         study_uid=study_uid,
     )
@@ -659,6 +1079,8 @@ def parse_transaction(
         else:
             res = _decode_resource(bytes(entry.resource), rwhere, ctx.errors)
         resources.append(res)
+        if isinstance(res, str) and entry.fullUrl:
+            ctx.unread_refs.add(entry.fullUrl)
         if isinstance(res, m.Resource):
             found = (rwhere, res, i)
             if entry.fullUrl:
@@ -784,7 +1206,10 @@ def _assemble(
             continue
         where = f"Bundle.entry[{i}]"
         if isinstance(res, m.DiagnosticReport):
-            plans.append(EntryPlan("report", report_index[i]))
+            sub_i = report_index[i]
+            report_notes = ctx.report_notes.get(sub_i, [])
+            plans.append(EntryPlan("report", sub_i, note="；".join(report_notes)))
+            notes.extend(f"{where}: {n}" for n in report_notes)
         elif isinstance(res, m.Patient):
             keys = [entry.fullUrl] if entry.fullUrl else []
             if res.id:
@@ -807,7 +1232,9 @@ def _assemble(
             notes.append(f"{where}: {note}")
     ctx.errors.raise_if_any("Bundle 未通过校验，未保存任何内容")
     if not entries:  # a single resource
-        plans = [EntryPlan("report", 0)]
+        report_notes = ctx.report_notes.get(0, [])
+        plans = [EntryPlan("report", 0, note="；".join(report_notes))]
+        notes.extend(f"DiagnosticReport: {n}" for n in report_notes)
     institution = next(iter(institutions)) if institutions else default_institution
     message = InboundMessage(
         channel=channel,

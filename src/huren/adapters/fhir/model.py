@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
-from msgspec import Struct, field
+from msgspec import Struct
 
 
 class Coding(Struct, frozen=True, omit_defaults=True, gc=False):
@@ -24,7 +24,7 @@ class Coding(Struct, frozen=True, omit_defaults=True, gc=False):
 
 
 class CodeableConcept(Struct, frozen=True, omit_defaults=True, gc=False):
-    coding: list[Coding] = field(default_factory=list)
+    coding: tuple[Coding, ...] = ()
     text: str = ""
 
 
@@ -54,9 +54,17 @@ class Range(Struct, frozen=True, omit_defaults=True, gc=False):
     high: Quantity | None = None
 
 
+class Ratio(Struct, frozen=True, omit_defaults=True, gc=False):
+    numerator: Quantity | None = None
+    denominator: Quantity | None = None
+
+
 class ReferenceRange(Struct, frozen=True, omit_defaults=True, gc=False):
     low: Quantity | None = None
     high: Quantity | None = None
+    type: CodeableConcept | None = None
+    appliesTo: tuple[CodeableConcept, ...] = ()
+    age: Range | None = None
     text: str = ""
 
 
@@ -68,12 +76,13 @@ class Period(Struct, frozen=True, omit_defaults=True, gc=False):
 class HumanName(Struct, frozen=True, omit_defaults=True, gc=False):
     text: str = ""
     family: str = ""
-    given: list[str] = field(default_factory=list)
+    given: tuple[str, ...] = ()
 
 
 class Attachment(Struct, frozen=True, omit_defaults=True, gc=False):
     contentType: str = ""
     data: str = ""  # base64
+    url: str = ""
     title: str = ""
 
 
@@ -88,21 +97,21 @@ class Resource(Struct, frozen=True, omit_defaults=True, gc=False, tag_field="res
 
 
 class Patient(Resource, tag="Patient", frozen=True, omit_defaults=True, gc=False):
-    identifier: list[Identifier] = field(default_factory=list)
-    name: list[HumanName] = field(default_factory=list)
+    identifier: tuple[Identifier, ...] = ()
+    name: tuple[HumanName, ...] = ()
     gender: Literal["male", "female", "other", "unknown"] | None = None
     birthDate: str = ""
 
 
 class Organization(Resource, tag="Organization", frozen=True, omit_defaults=True, gc=False):
-    identifier: list[Identifier] = field(default_factory=list)
+    identifier: tuple[Identifier, ...] = ()
     name: str = ""
     partOf: Reference | None = None
 
 
 class Practitioner(Resource, tag="Practitioner", frozen=True, omit_defaults=True, gc=False):
-    identifier: list[Identifier] = field(default_factory=list)
-    name: list[HumanName] = field(default_factory=list)
+    identifier: tuple[Identifier, ...] = ()
+    name: tuple[HumanName, ...] = ()
 
 
 ObservationStatus = Literal[
@@ -111,22 +120,56 @@ ObservationStatus = Literal[
 ]  # fmt: skip
 
 
+class ObservationComponent(Struct, frozen=True, omit_defaults=True, gc=False, kw_only=True):
+    """R4 Observation.component: a value of its own (code, value[x], dataAbsentReason,
+    interpretation, referenceRange), e.g. the systolic and diastolic blood pressure."""
+
+    code: CodeableConcept
+    valueQuantity: Quantity | None = None
+    valueCodeableConcept: CodeableConcept | None = None
+    valueString: str | None = None
+    valueBoolean: bool | None = None
+    valueInteger: int | None = None
+    valueRange: Range | None = None
+    valueRatio: Ratio | None = None
+    valueSampledData: msgspec.Raw = msgspec.Raw()  # empty: absent (refused when sent)
+    valueTime: str | None = None
+    valueDateTime: str | None = None
+    valuePeriod: Period | None = None
+    dataAbsentReason: CodeableConcept | None = None
+    interpretation: tuple[CodeableConcept, ...] = ()
+    referenceRange: tuple[ReferenceRange, ...] = ()
+
+
 class Observation(
     Resource, tag="Observation", frozen=True, omit_defaults=True, gc=False, kw_only=True
 ):
-    """The elements of an Observation that become an ``ObservationValue``. Its subject,
-    times, identifiers and category are the DiagnosticReport's (a result is kept per
-    report): they are skipped unread, which halves the cost of decoding an Observation."""
+    """The elements of an Observation that become ``ObservationValue``s. Its subject,
+    identifiers and category are the DiagnosticReport's (a result is kept per report):
+    they are skipped unread, which halves the cost of decoding an Observation. Its
+    effective[x] is read only for a report that has none."""
 
     status: ObservationStatus
     code: CodeableConcept
+    effectiveDateTime: str = ""
+    effectivePeriod: Period | None = None
+    effectiveInstant: str = ""
     valueQuantity: Quantity | None = None
     valueString: str | None = None
     valueCodeableConcept: CodeableConcept | None = None
     valueInteger: int | None = None
     valueBoolean: bool | None = None
-    interpretation: list[CodeableConcept] = field(default_factory=list)
-    referenceRange: list[ReferenceRange] = field(default_factory=list)
+    valueRange: Range | None = None
+    valueRatio: Ratio | None = None
+    valueSampledData: msgspec.Raw = msgspec.Raw()  # empty: absent (refused when sent)
+    valueTime: str | None = None
+    valueDateTime: str | None = None
+    valuePeriod: Period | None = None
+    dataAbsentReason: CodeableConcept | None = None
+    interpretation: tuple[CodeableConcept, ...] = ()
+    referenceRange: tuple[ReferenceRange, ...] = ()
+    hasMember: tuple[Reference, ...] = ()
+    component: tuple[ObservationComponent, ...] = ()
 
 
 ReportStatus = Literal[
@@ -140,39 +183,40 @@ class DiagnosticReport(
 ):
     status: ReportStatus
     code: CodeableConcept
-    identifier: list[Identifier] = field(default_factory=list)
-    category: list[CodeableConcept] = field(default_factory=list)
+    identifier: tuple[Identifier, ...] = ()
+    category: tuple[CodeableConcept, ...] = ()
     subject: Reference | None = None
     effectiveDateTime: str = ""
     effectivePeriod: Period | None = None
     issued: str = ""
-    performer: list[Reference] = field(default_factory=list)
-    resultsInterpreter: list[Reference] = field(default_factory=list)
-    specimen: list[Reference] = field(default_factory=list)
-    result: list[Reference] = field(default_factory=list)
-    imagingStudy: list[Reference] = field(default_factory=list)
-    basedOn: list[Reference] = field(default_factory=list)
+    performer: tuple[Reference, ...] = ()
+    resultsInterpreter: tuple[Reference, ...] = ()
+    specimen: tuple[Reference, ...] = ()
+    result: tuple[Reference, ...] = ()
+    imagingStudy: tuple[Reference, ...] = ()
+    basedOn: tuple[Reference, ...] = ()
     conclusion: str = ""
-    presentedForm: list[Attachment] = field(default_factory=list)
-    contained: list[msgspec.Raw] = field(default_factory=list)
+    conclusionCode: tuple[CodeableConcept, ...] = ()
+    presentedForm: tuple[Attachment, ...] = ()
+    contained: tuple[msgspec.Raw, ...] = ()
 
 
 class ImagingStudy(Resource, tag="ImagingStudy", frozen=True, omit_defaults=True, gc=False):
     status: str = ""
-    identifier: list[Identifier] = field(default_factory=list)
+    identifier: tuple[Identifier, ...] = ()
     subject: Reference | None = None
     started: str = ""
-    modality: list[Coding] = field(default_factory=list)
+    modality: tuple[Coding, ...] = ()
 
 
 class Specimen(Resource, tag="Specimen", frozen=True, omit_defaults=True, gc=False):
-    identifier: list[Identifier] = field(default_factory=list)
+    identifier: tuple[Identifier, ...] = ()
     type: CodeableConcept | None = None
 
 
 class ServiceRequest(Resource, tag="ServiceRequest", frozen=True, omit_defaults=True, gc=False):
     status: str = ""
-    identifier: list[Identifier] = field(default_factory=list)
+    identifier: tuple[Identifier, ...] = ()
     code: CodeableConcept | None = None
 
 
@@ -222,4 +266,4 @@ class Bundle(Struct, frozen=True, omit_defaults=True, gc=False):
     type: str
     id: str = ""
     identifier: Identifier | None = None
-    entry: list[BundleEntry] = field(default_factory=list)
+    entry: tuple[BundleEntry, ...] = ()

@@ -8,6 +8,7 @@ across versions (versionId is the report's version); Patient/{patient id}."""
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -49,11 +50,39 @@ def _meta(version: int, updated: datetime) -> dict[str, Any]:
     return {"versionId": str(version), "lastUpdated": instant(updated)}
 
 
-def _qty(value: float, unit: str) -> dict[str, Any]:
+def _qty(value: float | int, unit: str) -> dict[str, Any]:
     q: dict[str, Any] = {"value": value}
     if unit:
         q.update(unit=unit, system=sid.UCUM, code=unit)
     return q
+
+
+_SN_RANGE = re.compile(r"^(-?\d+(?:\.\d+)?)-(-?\d+(?:\.\d+)?)$")
+_SN_RATIO = re.compile(r"^(-?\d+(?:\.\d+)?):(-?\d+(?:\.\d+)?)$")
+
+
+def _number(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in text else value
+
+
+def _structured(text: str, unit: str) -> dict[str, Any] | None:
+    """A structured numeric without a single number (HL7 v2 SN ``^3^-^5``, ``^1^:^40``;
+    FHIR valueRange, valueRatio) as the FHIR value it is (R4 observation.html, Observation.value[x]):
+    valueRange or valueRatio; None for any other text (kept as valueString)."""
+    if m := _SN_RANGE.match(text):
+        return {
+            "valueRange": {
+                "low": _qty(_number(m[1]), unit),
+                "high": _qty(_number(m[2]), unit),
+            }
+        }
+    if m := _SN_RATIO.match(text):
+        numerator: dict[str, Any] = {"value": _number(m[1])}
+        if unit:
+            numerator["unit"] = unit
+        return {"valueRatio": {"numerator": numerator, "denominator": {"value": _number(m[2])}}}
+    return None
 
 
 def diagnostic_report(r: StoredResult, updated: datetime) -> dict[str, Any]:
@@ -173,6 +202,8 @@ def observations(r: StoredResult, updated: datetime) -> list[dict[str, Any]]:
             if comparator:
                 q["comparator"] = comparator
             res["valueQuantity"] = q
+        elif o.value_type is ValueType.SN and (structured := _structured(o.value_text, o.unit)):
+            res.update(structured)
         elif o.value_type is ValueType.CE:
             res["valueCodeableConcept"] = {"text": o.value_text}
         elif o.value_text:

@@ -36,8 +36,15 @@ SCOPE = f"{BASE}/CodeSystem/scope"
 FINDINGS_LOINC = frozenset({"59776-5", "18782-3", "19005-8"})
 CONCLUSION_LOINC = frozenset({"19005-8"})
 
+# 患者身份证号标识 as Chinese hospital feeds send it: the OID of WS/T 500 (电子病历共享文档
+# 规范, the CDA header's <id root="2.16.156.10011.1.3"/>), in FHIR as an OID URI
+# (R4 datatypes.html#Identifier, system: a URI, an OID as "urn:oid:…"), some engines leaving out the prefix.
+NATIONAL_ID_OID = "urn:oid:2.16.156.10011.1.3"
+
 IDENTIFIER_SYSTEMS: Mapping[str, IdentifierKind] = {
     NATIONAL_ID: IdentifierKind.NATIONAL_ID,
+    NATIONAL_ID_OID: IdentifierKind.NATIONAL_ID,
+    NATIONAL_ID_OID.removeprefix("urn:oid:"): IdentifierKind.NATIONAL_ID,
     INSURANCE: IdentifierKind.INSURANCE,
     HEALTH_CARD: IdentifierKind.HEALTH_CARD,
 }

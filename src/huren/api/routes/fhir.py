@@ -182,7 +182,7 @@ def _transaction_response(
     entries: list[dict[str, Any]] = []
     for plan in parsed.entries:
         response: dict[str, Any]
-        if plan.kind in ("report", "observation", "findings"):
+        if plan.kind in ("report", "observation", "findings", "panel"):
             ref = refs[plan.submission]
             created = ref.disposition is Disposition.CREATED
             status = "201 Created" if created else "200 OK"
@@ -195,12 +195,11 @@ def _transaction_response(
                 "location": f"{rid}/_history/{ref.version}",
                 "etag": f'W/"{ref.version}"',
             }
+            notes = [plan.note] if plan.note else []
             if plan.kind == "report" and ref.item_code is None:
-                response["outcome"] = render.informational(
-                    [f"本院编码 {ref.local_code} 尚未对码，结果已保存并标记为未对码"]
-                )
-            elif plan.kind == "findings":
-                response["outcome"] = render.informational([plan.note])
+                notes.insert(0, f"本院编码 {ref.local_code} 尚未对码，结果已保存并标记为未对码")
+            if notes:
+                response["outcome"] = render.informational(notes)
         elif plan.kind == "patient":
             pid = pids.get(refs[plan.submission].result_id)
             response = {"status": "200 OK", "location": f"Patient/{pid}"}
