@@ -363,6 +363,32 @@ def test_data_absent_reason_is_kept_instead_of_an_empty_value(
 
 
 # ---------------------------------------------------------------- interpretation, ranges
+def test_withdrawn_observation_is_not_stored_as_a_value_of_the_report(
+    client: TestClient, world: Container
+) -> None:
+    """Observation.status entered-in-error inside a final report: "withdrawn following
+    previous final release". Was stored as a current value, as HL7 OBX-11 W had been."""
+    alt = lab("ALT", "丙氨酸氨基转移酶", "1742-6", valueQuantity=qty(56, "U/L"))
+    ast = {**lab("AST", "天门冬氨酸氨基转移酶", "1920-8", valueQuantity=qty(999, "U/L"))}
+    ast["status"] = "entered-in-error"
+    answer = post(client, transaction({"urn:uuid:alt": alt, "urn:uuid:ast": ast}))
+    rid = stored_report_id(answer)
+    assert [o.code for o in world.results.get_result(rid).observations] == ["ALT"]
+    withdrawn = answer.json()["entry"][3]["response"]
+    assert "entered-in-error" in withdrawn["outcome"]["issue"][0]["diagnostics"]
+
+
+def test_cancelled_observation_without_a_value_says_it_could_not_be_obtained(
+    client: TestClient, world: Container
+) -> None:
+    """Observation.status cancelled with no value (as HL7 OBX-11 X): was an empty string."""
+    k = {**lab("K", "钾", "2823-3")}
+    k["status"] = "cancelled"
+    rid = stored_report_id(post(client, transaction({"urn:uuid:k": k})))
+    (value,) = world.results.get_result(rid).observations
+    assert (value.value_num, value.value_text) == (None, "无法获得结果")
+
+
 def test_interpretation_is_read_from_the_v3_coding(client: TestClient, world: Container) -> None:
     """A LIS sends its own abnormal sign first and the v3 ObservationInterpretation code
     after it: the flag is the v3 code, not the local '↑'."""

@@ -512,6 +512,10 @@ def _reference_range(
 
 
 _ABSENT = "未出结果"
+_WITHDRAWN_NOTE = "该 Observation 状态为 entered-in-error（已撤回），未作为报告的结果保存"
+# R4 Observation.status cancelled: "the observation is unavailable because the
+# measurement was not started or not completed" (as HL7 OBX-11 X).
+_CANCELLED = "无法获得结果"
 
 # Where each field of an ObservationValue comes from, to name a value that is too long.
 _FIELD_ELEMENT = {
@@ -608,6 +612,8 @@ def _value(
         first = dar.coding[0] if dar.coding else None
         reason = dar.text or (first.display or first.code if first else "")
         text = f"{_ABSENT}：{reason}" if reason else _ABSENT
+    elif isinstance(v, m.Observation) and v.status == "cancelled":
+        text = _CANCELLED
     ranges = v.referenceRange
     if len(ranges) == 1 and ranges[0].age is None:  # the usual single range
         rr = ranges[0]
@@ -931,6 +937,11 @@ def _report_submission(
         if id(obs) in seen:
             continue
         seen_add(id(obs))
+        if obs.status == "entered-in-error":
+            # R4 Observation.status: "the observation has been withdrawn following
+            # previous final release" — no current value of the report (as HL7 OBX-11 W).
+            plans[index] = EntryPlan("info", sub_index, note=_WITHDRAWN_NOTE)
+            continue
         if obs.component or obs.hasMember or obs.valueString is not None:
             take(obs, owhere, index)
             continue
