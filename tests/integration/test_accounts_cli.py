@@ -74,6 +74,10 @@ def test_api_key_is_printed_once_and_revocable(cli_world: Container) -> None:
          "institution"),
         (["create", "pt.li", "--role", "patient", "--name", "李", "--patient-id", str(2**70)],
          "patient_id"),
+        # No such patient: the account would have shown an empty record for ever, and
+        # the results of whichever patient later got that id.
+        (["create", "pt.li", "--role", "patient", "--name", "李", "--patient-id", "987654"],
+         "patient_id"),
         (["create", "pt.li", "--role", "patient", "--name", "李", "--patient-id", "1",
           "--jurisdiction", "HE"], "jurisdiction"),
         (["api-key", "create", "--institution", HOSP_A, "--label", "L" * 101], "label"),

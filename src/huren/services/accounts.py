@@ -128,6 +128,8 @@ class AccountStore(Protocol):
 
     def scope_exists(self, code: str) -> bool: ...
 
+    def patient_exists(self, patient_id: int) -> bool: ...
+
     def add_api_key(
         self, account_id: int, prefix: str, key_hash: str, label: str, now: datetime
     ) -> int: ...
@@ -287,6 +289,8 @@ class AccountService:
         elif new.role is Role.PATIENT:
             if new.patient_id is None:
                 errors.add("patient_id", "患者账号必须绑定患者")
+            elif 1 <= new.patient_id <= MAX_ID and not self.store.patient_exists(new.patient_id):
+                errors.add("patient_id", f"患者 {new.patient_id} 不存在")
             if new.institution:
                 errors.add("institution", "患者账号不绑定医疗机构")
             if new.jurisdiction:

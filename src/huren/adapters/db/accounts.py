@@ -107,6 +107,13 @@ class SqlAccounts:
                 c.execute(select(t.scope.c.code).where(t.scope.c.code == code)).first() is not None
             )
 
+    def patient_exists(self, patient_id: int) -> bool:
+        with self.engine.connect() as c:
+            return (
+                c.execute(select(t.patient.c.id).where(t.patient.c.id == patient_id)).first()
+                is not None
+            )
+
     def add_api_key(
         self, account_id: int, prefix: str, key_hash: str, label: str, now: datetime
     ) -> int:
