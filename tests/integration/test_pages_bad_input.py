@@ -293,3 +293,21 @@ def test_the_insurer_api_names_a_line_it_cannot_report(client: TestClient, login
     )
     assert r.status_code == 422
     assert r.json()["errors"][0]["field"] == "lines[0].claim_no"
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+def test_a_path_no_page_serves_is_a_page_for_a_browser(client: TestClient) -> None:
+    """A mistyped link showed ``{"title": "未找到", …}`` as raw text."""
+    text = page(client.get("/dashbord/<b>x</b>", headers=BROWSER), 404, "页面不存在")
+    assert "<b>x</b>" not in text
+    assert "&lt;b&gt;x&lt;/b&gt;" in text
+
+
+@pytest.mark.parametrize("path", ["/api/v1/nothing-here", "/fhir/Nothing/1", "/dashbord"])
+def test_machines_and_non_browsers_keep_the_json_404(client: TestClient, path: str) -> None:
+    headers = BROWSER if path != "/dashbord" else {"Accept": "application/json"}
+    r = client.get(path, headers=headers)
+    assert r.status_code == 404
+    assert not r.headers["content-type"].startswith("text/html")

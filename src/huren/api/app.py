@@ -14,7 +14,7 @@ from huren.adapters.db.engine import require_migrated
 from huren.api import problems
 from huren.api.app_paths import STATIC_DIR
 from huren.api.background import install_background_jobs
-from huren.api.routes import ROUTERS
+from huren.api.routes import ROUTERS, page_errors
 from huren.api.routes import imaging as imaging_routes
 from huren.bootstrap import Container
 
@@ -46,6 +46,7 @@ def create_app(container: Container, *, check_migrated: bool = True) -> FastAPI:
     app.state.on_startup = []
     app.state.on_shutdown = []
     problems.install(app)
+    page_errors.install_not_found_page(app)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     for router in ROUTERS:
         app.include_router(router)

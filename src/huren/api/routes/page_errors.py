@@ -13,16 +13,17 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from huren.api.auth import optional_principal
 from huren.api.deps import templates
 from huren.api.problems import UNSTORABLE, field_of
 from huren.domain.accounts import Role
-from huren.domain.errors import DomainError, Problem, ValidationFailed
+from huren.domain.errors import DomainError, NotFound, Problem, ValidationFailed
 
 log = logging.getLogger("huren.api")
 
@@ -121,3 +122,28 @@ class PageRoute(APIRoute):
                 )
 
         return page_handler
+
+
+# Paths machines call: their 404 stays problem+json (or FHIR's, DICOMweb's own answer).
+_MACHINE_PATHS = ("/api/", "/fhir", "/cds-services", "/dicomweb", "/static/", "/healthz")
+
+
+def install_not_found_page(app: FastAPI) -> None:
+    """A browser that opens a path no route serves (a mistyped or outdated link) gets the
+    Chinese error page rather than ``{"title": "未找到"}`` as raw text; everything else
+    keeps the JSON answer of ``problems.install``, which must run first."""
+    json_answer = app.exception_handlers[StarletteHTTPException]
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if (
+            exc.status_code == 404
+            and request.method in ("GET", "HEAD")
+            and "text/html" in request.headers.get("accept", "")
+            and not request.url.path.startswith(_MACHINE_PATHS)
+        ):
+            return error_page(request, NotFound(f"页面不存在：{request.url.path}"))
+        answer: Response = await json_answer(request, exc)
+        return answer
+
+    app.add_exception_handler(StarletteHTTPException, not_found)
