@@ -14,6 +14,7 @@ from huren.adapters.db import tables as t
 from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.results import lab_panel, store
 from tests.fixtures.world import BJ1, CBC, CT_CHEST, HOSP_A, HOSP_B, LFT, SH1
 
 Login = Callable[..., dict[str, str]]
@@ -49,19 +50,26 @@ NEW_ITEM = {
 }
 
 
+def _bound(world: Container, binding: dict[str, Any]) -> dict[str, Any]:
+    """``binding`` with a patient account's ``patient_id`` (None) made a stored patient's."""
+    if "patient_id" not in binding:
+        return binding
+    return {"patient_id": store(world, lab_panel(HOSP_A)).results[0].patient_id}
+
+
 # ---------------------------------------------------------------- reads
 @pytest.mark.parametrize(
     ("role", "binding"),
     [
         (Role.CLINICIAN, {"institution": HOSP_B}),
         (Role.INSURER, {"jurisdiction": "SH"}),
-        (Role.PATIENT, {"patient_id": 7}),
+        (Role.PATIENT, {"patient_id": None}),
     ],
 )
 def test_every_role_reads_the_item_catalogue(
-    client: TestClient, login: Login, role: Role, binding: dict[str, Any]
+    client: TestClient, world: Container, login: Login, role: Role, binding: dict[str, Any]
 ) -> None:
-    r = client.get("/api/v1/items", headers=login(role, **binding))
+    r = client.get("/api/v1/items", headers=login(role, **_bound(world, binding)))
     assert r.status_code == 200
     assert {i["code"] for i in r.json()["items"]} >= {CT_CHEST, LFT, CBC}
 
@@ -325,13 +333,18 @@ def test_item_shared_by_another_jurisdictions_list_cannot_be_changed(
         (Role.INSTITUTION_ADMIN, {"institution": HOSP_A}, 403),
         (Role.INTEGRATION, {"institution": HOSP_A}, 403),
         (Role.INSURER, {"jurisdiction": "HE"}, 403),
-        (Role.PATIENT, {"patient_id": 1}, 403),
+        (Role.PATIENT, {"patient_id": None}, 403),
     ],
 )
 def test_roles_that_do_not_edit_lists_are_refused(
-    client: TestClient, login: Login, role: Role, binding: dict[str, Any], status: int
+    client: TestClient,
+    world: Container,
+    login: Login,
+    role: Role,
+    binding: dict[str, Any],
+    status: int,
 ) -> None:
-    r = client.post("/api/v1/items", json=NEW_ITEM, headers=login(role, **binding))
+    r = client.post("/api/v1/items", json=NEW_ITEM, headers=login(role, **_bound(world, binding)))
     assert r.status_code == status
 
 

@@ -9,6 +9,7 @@ same routers (in the OpenAPI document) keep their problem+json answers."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -143,7 +144,7 @@ def install_not_found_page(app: FastAPI) -> None:
             and not request.url.path.startswith(_MACHINE_PATHS)
         ):
             return error_page(request, NotFound(f"页面不存在：{request.url.path}"))
-        answer: Response = await json_answer(request, exc)
-        return answer
+        answer = json_answer(request, exc)
+        return await answer if inspect.isawaitable(answer) else answer
 
     app.add_exception_handler(StarletteHTTPException, not_found)
