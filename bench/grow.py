@@ -30,12 +30,12 @@ from huren.config import Settings
 RESULT_COLS = (
     "patient_id, institution_code, department, local_code, local_name, item_code, category, "
     "status, performer, signer, findings, conclusion, "
-    "accession_number, study_uid, mark_scope, mark_symbol, version, content_hash"
+    "accession_number, study_uid, mark_scope, mark_symbol, version, content_hash, comment"
 )
 RESULT_TIMES = ("performed_at", "issued_at", "updated_at")
 OBS_COLS = (
     "seq, code, loinc, name, value_type, value_num, value_text, unit, ref_low, ref_high, "
-    "ref_text, flag"
+    "ref_text, flag, comment"
 )
 
 

@@ -216,27 +216,30 @@ def test_obx_after_another_patients_pid_without_its_obr_is_refused(
     assert reply.outcome is None
 
 
-def test_comments_and_embedded_pdf_are_acknowledged_as_not_kept(
+def test_comments_are_kept_and_embedded_pdf_is_acknowledged_as_not_kept(
     receiver: Hl7Receiver, world: Container
 ) -> None:
-    """Was: NTE comments and an ED (PDF) report were dropped with a bare AA. Now: AA,
-    and MSA-3 and ERR (code 0, severity W) name what was not kept."""
+    """Was: NTE comments and an ED (PDF) report were dropped with a bare AA; then the
+    comments were acknowledged as not kept. Now: NTE after OBR is the report's comment
+    and NTE after OBX that value's (v2.5.1 §7.3.1); AA, and MSA-3 and ERR (code 0,
+    severity W) name only what was not kept, the PDF."""
     reply = receiver.handle(realworld_bytes(PANEL_CULTURE_V251))
     assert reply.code is AckCode.AA
     code, control, text = msa(reply)
     assert (code, control) == ("AA", "LIS20260614RW0001")
     assert "未保存" in text
-    assert "NTE[1]" in text
+    assert "NTE" not in text
     errs = ack_segments(reply).segments("ERR")
     assert [(str(e[2]), str(e[3][0][0]), str(e[4])) for e in errs] == [
-        ("NTE^1", "0", "W"),
-        ("NTE^2", "0", "W"),
         ("OBX^6^5^1", "0", "W"),
     ]
-    assert "标本轻度溶血" in str(errs[0][8])
-    assert "ED" in str(errs[2][8])
-    assert "PDF" in str(errs[2][8])
-    assert len(stored(world, reply)) == 2
+    assert "ED" in str(errs[0][8])
+    assert "PDF" in str(errs[0][8])
+    panel, culture = stored(world, reply)
+    assert panel.comment == "标本轻度溶血，结果仅供参考"
+    assert observation(panel, "HBSAG").comment == "复查后确认"
+    assert [o.comment for o in panel.observations if o.code != "HBSAG"] == [""] * 4
+    assert culture.comment == ""
 
 
 def test_report_that_is_only_an_embedded_pdf_is_refused(

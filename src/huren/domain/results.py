@@ -65,6 +65,14 @@ RELEASED = frozenset(
 )
 
 
+# How a comment is introduced where a value or a report is shown.
+COMMENT_LABEL = "备注："
+# The longest comments kept (characters): a value's, a report's. Longer ones are refused
+# naming the field (services/intake.py), like every other text that has a limit.
+MAX_OBSERVATION_COMMENT = 2000
+MAX_REPORT_COMMENT = 4000
+
+
 class ValueType(StrEnum):
     """HL7 v2 OBX-2 value types we keep (FHIR value[x] maps onto them)."""
 
@@ -88,12 +96,24 @@ class ObservationValue:
     ref_text: str = ""
     flag: str = ""  # H, L, N, A, HH, LL (HL7 Table 0078 / FHIR interpretation)
     loinc: str = ""
+    # The sender's comment on this value (HL7 v2 NTE after the OBX, v2.5.1 §7.3.1;
+    # FHIR R4 Observation.note): "标本溶血" changes whether the value may be accepted.
+    # The LAST field: ``new_observation`` builds the value positionally.
+    comment: str = ""
 
     def display(self) -> str:
+        """The value as a line, without its comment: the form the EMR text takes
+        (domain/decisions.py), which the policy fixes."""
         value = f"{self.value_num:g}" if self.value_num is not None else self.value_text
         return f"{self.name} {value}{(' ' + self.unit) if self.unit else ''}" + (
             f" ({self.flag})" if self.flag and self.flag != "N" else ""
         )
+
+    def display_with_comment(self) -> str:
+        """The value as shown to a clinician, its comment after it:
+        "钾 6.1 mmol/L (H) — 备注：标本溶血"."""
+        text = self.display()
+        return f"{text} — {COMMENT_LABEL}{self.comment}" if self.comment else text
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,10 +149,20 @@ class ResultSubmission:
     conclusion: str = ""
     accession_number: str = ""
     study_uid: str = ""
+    # The sender's comment on the whole report (HL7 v2 NTE after the OBR, v2.5.1
+    # §7.3.1). The LAST field: ``new_submission`` builds the submission positionally.
+    comment: str = ""
 
     def content_hash(self) -> str:
         """Stable hash of the clinical content: a resend with the same content is a no-op."""
         data = asdict(self)
+        # Comments count only when given: a report without any hashes as it did before
+        # comments were kept (a resend after the upgrade stays a no-op).
+        if not data["comment"]:
+            del data["comment"]
+        for o in data["observations"]:
+            if not o["comment"]:
+                del o["comment"]
         blob = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -163,3 +193,4 @@ class StoredResult:
     accession_number: str = ""
     study_uid: str = ""
     observations: tuple[ObservationValue, ...] = field(default=())
+    comment: str = ""  # the report's comment (``ResultSubmission.comment``)

@@ -565,4 +565,5 @@ def corrected_submission(
         conclusion=conclusion,
         accession_number=stored.accession_number,
         study_uid=stored.study_uid,
+        comment=stored.comment,
     )

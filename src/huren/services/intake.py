@@ -13,7 +13,7 @@ import logging
 import operator
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Protocol, TypeVar
@@ -25,6 +25,8 @@ from huren.domain.identity import PatientIdentifier, validate_identifier
 from huren.domain.marks import Mark
 from huren.domain.masterdata import Category
 from huren.domain.results import (
+    MAX_OBSERVATION_COMMENT,
+    MAX_REPORT_COMMENT,
     ObservationValue,
     ResultSubmission,
     ValueType,
@@ -79,7 +81,16 @@ def positional_constructor(cls: type[T]) -> Callable[..., T]:
     ):
         raise TypeError(f"{cls.__name__}: not a plain frozen slotted dataclass")
     namespace: dict[str, object] = {"_new": object.__new__, "_cls": cls}
-    lines = [f"def make({', '.join(names)}):", "    o = _new(_cls)"]
+    # A field with a plain default may be left out, as with the dataclass's ``__init__``
+    # (fields added last, like the comments, leave the callers as they were).
+    params_text = []
+    for n, f in enumerate(fields(cls)):  # type: ignore[arg-type]
+        if f.default is MISSING:
+            params_text.append(f.name)
+        else:
+            namespace[f"_default{n}"] = f.default
+            params_text.append(f"{f.name}=_default{n}")
+    lines = [f"def make({', '.join(params_text)}):", "    o = _new(_cls)"]
     for n, name in enumerate(names):
         namespace[f"_set{n}"] = cls.__dict__[name].__set__
         lines.append(f"    _set{n}(o, {name})")
@@ -195,11 +206,9 @@ class ResultWrite:
         those objects without building a dict per observation — or taken as encoded for
         the submission's hash."""
         encoded = self.observations_json
-        return _CANONICAL.encode(
-            self._snapshot(
-                self.submission.observations if encoded is None else msgspec.Raw(encoded)
-            )
-        )
+        if encoded is None:
+            encoded = encode_observations(self.submission.observations)
+        return _CANONICAL.encode(self._snapshot(msgspec.Raw(encoded)))
 
     def _snapshot(self, observations: object) -> dict[str, object]:
         s = self.submission
@@ -224,6 +233,7 @@ class ResultWrite:
             "mark_scope": self.mark.scope if self.mark else None,
             "mark_symbol": self.mark.symbol if self.mark else None,
             "observations": observations,
+            "comment": s.comment,
         }
 
 
@@ -243,7 +253,9 @@ def _isoformat(value: datetime) -> str:
 
 
 def observation_json(o: ObservationValue) -> dict[str, object]:
-    return {
+    """An observation as stored in JSON (the version snapshot): its fields by name, the
+    comment only when there is one (``encode_observations``)."""
+    out: dict[str, object] = {
         "code": o.code,
         "name": o.name,
         "value_type": str(o.value_type),
@@ -256,6 +268,9 @@ def observation_json(o: ObservationValue) -> dict[str, object]:
         "flag": o.flag,
         "loinc": o.loinc,
     }
+    if o.comment:
+        out["comment"] = o.comment
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +404,7 @@ class TransientConflict(Exception):
 # naming the field rather than truncated.
 _LIMITS = (
     ("report_no", 64),
+    ("comment", MAX_REPORT_COMMENT),
     ("local_code", 64),
     ("local_name", 200),
     ("department", 100),
@@ -404,6 +420,7 @@ _OBS_LIMITS = (
     ("unit", 32),
     ("ref_text", 100),
     ("flag", 8),
+    ("comment", MAX_OBSERVATION_COMMENT),
 )
 # For the channel adapters, which name a value that is too long by their own element.
 OBSERVATION_LIMITS = _OBS_LIMITS
@@ -998,20 +1015,38 @@ _CANONICAL = msgspec.json.Encoder()
 def submission_hash(sub: ResultSubmission) -> str:
     """Stable hash of a submission's clinical content: a resend with the same content is a
     no-op (same role as ``ResultSubmission.content_hash``, computed once per result)."""
-    return hashlib.sha256(_CANONICAL.encode(sub)).hexdigest()
+    return encode_submission(sub)[0]
 
 
-_SUBMISSION_FIELDS = tuple(f.name for f in fields(ResultSubmission))
+# Comments (the last field of ``ObservationValue`` and of ``ResultSubmission``) are part
+# of the content only when given: without them a submission is encoded — and hashed —
+# byte for byte as before comments were kept, so that a message sent again after the
+# upgrade is still answered "unchanged" rather than stored as a new version.
+_SUBMISSION_FIELDS = tuple(f.name for f in fields(ResultSubmission) if f.name != "comment")
+assert fields(ResultSubmission)[-1].name == "comment"
+assert fields(ObservationValue)[-1].name == "comment"
+# An observation without a comment ends so, and only so: inside a JSON string a quote is
+# always escaped (``\"``), so `,"` never occurs there and nothing else is cut.
+_NO_COMMENT = b',"comment":""}'
+
+
+def encode_observations(observations: Sequence[ObservationValue]) -> bytes:
+    """``observations`` as a JSON array of objects of their fields in declaration order
+    (``observation_json``'s keys), an empty comment left out."""
+    encoded = _CANONICAL.encode(observations)
+    return encoded.replace(_NO_COMMENT, b"}") if _NO_COMMENT in encoded else encoded
 
 
 def encode_submission(sub: ResultSubmission) -> tuple[str, bytes]:
     """(``submission_hash(sub)``, ``sub.observations`` as JSON), the observations encoded
     once for both: the submission is encoded as the object of its fields in declaration
     order — what msgspec makes of the dataclass, byte for byte — with the observations
-    spliced in as encoded."""
-    observations = _CANONICAL.encode(sub.observations)
+    spliced in as encoded, and empty comments left out (see ``_NO_COMMENT``)."""
+    observations = encode_observations(sub.observations)
     content = {name: getattr(sub, name) for name in _SUBMISSION_FIELDS}
     content["observations"] = msgspec.Raw(observations)
+    if sub.comment:
+        content["comment"] = sub.comment
     return hashlib.sha256(_CANONICAL.encode(content)).hexdigest(), observations
 
 

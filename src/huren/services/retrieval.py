@@ -221,6 +221,7 @@ def observations_from_snapshot(snapshot: dict[str, Any]) -> tuple[ObservationVal
                 ref_text=str(o.get("ref_text", "")),
                 flag=str(o.get("flag", "")),
                 loinc=str(o.get("loinc", "")),
+                comment=str(o.get("comment", "")),  # none in snapshots before 0004
             )
         )
     return tuple(out)
@@ -488,4 +489,5 @@ def stored_from_snapshot(head: StoredResult, version: int, snap: dict[str, Any])
         accession_number=str(snap.get("accession_number", "")),
         study_uid=str(snap.get("study_uid", "")),
         observations=observations_from_snapshot(snap),
+        comment=str(snap.get("comment", "")),
     )

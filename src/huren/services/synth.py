@@ -2111,6 +2111,7 @@ def _observations(snapshot: Mapping[str, Any]) -> tuple[ObservationValue, ...]:
             ref_text=o.get("ref_text", ""),
             flag=o.get("flag", ""),
             loinc=o.get("loinc", ""),
+            comment=o.get("comment", ""),
         )
         for o in snapshot.get("observations", ())
     )

@@ -29,6 +29,7 @@ from huren.domain.recognition import (
     ItemRecognition,
     format_span,
 )
+from huren.domain.results import COMMENT_LABEL, StoredResult
 from huren.services.recognition import CardRecord, CheckOutcome, ItemAnswer, reason_system
 
 SOURCE_LABEL = "HuRen 检查检验结果互认共享平台"
@@ -78,6 +79,25 @@ def key_values(a: Assessment) -> list[str]:
     return []
 
 
+def _one_line(text: str) -> str:
+    """A sender's comment on one line of the card (its lines joined)."""
+    return " / ".join(t for line in text.splitlines() if (t := line.strip()))
+
+
+def comment_lines(r: StoredResult) -> list[str]:
+    """The sender's comments (HL7 v2 NTE, FHIR Observation.note) as Markdown lines: each
+    commented value after its value ("钾 6.1 mmol/L (H) — 备注：标本溶血"), then the
+    report's. A comment may decide whether a value can be accepted ("标本溶血")."""
+    lines = [
+        f"- {_md(o.display())} — {COMMENT_LABEL}{_md(_one_line(o.comment))}"
+        for o in r.observations
+        if o.comment
+    ]
+    if r.comment:
+        lines.append(f"- 报告{COMMENT_LABEL}{_md(_one_line(r.comment))}")
+    return lines
+
+
 def _names(institutions: dict[str, Institution], code: str) -> str:
     inst = institutions.get(code)
     return inst.name if inst else code
@@ -114,6 +134,7 @@ def _assessment_lines(
         f"{local_time(r.performed_at)} · 报告单编号 {_md(r.report_no)}"
         + (f" · 互认标识 **{_md(r.mark_symbol)}**" if r.mark_symbol else " · 无互认标识"),
     ]
+    lines.extend("  " + line for line in comment_lines(r))
     for reason in a.reasons:
         if reason.effect is Effect.BLOCKS:
             lines.append(f"  - ✗ {_md(reason.text)}")
@@ -155,6 +176,8 @@ def _detail(
             parts.append(f"检查所见：{_md(result_text(r) or '（见完整报告）')}")
             if r.conclusion:
                 parts.append(f"诊断结论（报告医师出具，不属于互认内容）：{_md(r.conclusion)}")
+        if notes := comment_lines(r):
+            parts.append("送检机构备注：\n" + "\n".join(notes))
         qualifies = [x.text for x in best.reasons if x.effect is Effect.SUPPORTS]
         parts.append("互认依据：" + "；".join(_md(q) for q in qualifies))
         for c in best.cautions():

@@ -88,6 +88,7 @@ _RESULT_COLS = ", ".join(
         "conclusion",
         "accession_number",
         "study_uid",
+        "comment",
     ]
 )
 # An observation as a JSON object named like ``ObservationValue``'s fields, so that msgspec
@@ -295,6 +296,7 @@ def _observation(o: dict[str, Any]) -> ObservationValue:
         ref_text=o["ref_text"],
         flag=o["flag"],
         loinc=o["loinc"],
+        comment=o.get("comment", ""),
     )
 
 
@@ -531,7 +533,8 @@ class SqlRecognitionTx:
         out: dict[str, list[PriorRow]] = {code: [] for code in item_codes}
         ts = _read_timestamp
         for r in rows:
-            # The columns are StoredResult's fields, in order (see _RESULT_COLS).
+            # The columns are StoredResult's fields, in order (see _RESULT_COLS), the
+            # report's comment last (after the observations in StoredResult).
             stored = StoredResult(
                 r[0],
                 r[1],
@@ -554,9 +557,10 @@ class SqlRecognitionTx:
                 r[18],
                 r[19],
                 r[20],
-                _observations_of(r[23]),
+                _observations_of(r[24]),
+                r[21],
             )
-            out[r[6]].append(PriorRow(stored, r[21], bool(r[22])))
+            out[r[6]].append(PriorRow(stored, r[22], bool(r[23])))
         return out
 
     def _observations(self, result_ids: Sequence[int]) -> dict[int, list[ObservationValue]]:

@@ -141,6 +141,7 @@ _RESULT_COLUMNS = (
     "content_hash",
     "source_message_id",
     "updated_at",
+    "comment",
 )
 # The business key (institution, report number, local code) never changes on update.
 _RESULT_KEY = frozenset({"institution_code", "report_no", "local_code"})
@@ -173,6 +174,7 @@ _OBS_COLUMNS = (
     "ref_high",
     "ref_text",
     "flag",
+    "comment",
 )
 _VERSION_COLUMNS = ("result_id", "version", "status", "recorded_at", "reason", "snapshot")
 assert _VERSION_COLUMNS[-1] == "snapshot"  # bound as bytes on SQLite (_DriverSql.version)
@@ -433,7 +435,7 @@ _SQLITE_IN_CHUNK = 500
 
 _DRIVER_SQL: dict[str, _DriverSql] = {}
 _SQLITE_DIALECT: Dialect = sqlite_dialect.dialect()
-# 23 parameters a row: well below SQLite's 32,766 bound parameters per statement.
+# 24 parameters a row: well below SQLite's 32,766 bound parameters per statement.
 _SQLITE_ROWS_PER_INSERT = 500
 
 
@@ -512,6 +514,7 @@ def _result_values(
         w.content_hash,
         message_id,
         updated_at,
+        s.comment,
     )
 
 
@@ -888,6 +891,7 @@ class SqlIntakeTx:
                     o.ref_high,
                     o.ref_text,
                     o.flag,
+                    o.comment,
                 )
                 for w in writes
                 for seq, o in enumerate(w.submission.observations, start=1)
@@ -908,6 +912,7 @@ class SqlIntakeTx:
                     _float(o.ref_high),
                     o.ref_text,
                     o.flag,
+                    o.comment,
                 )
                 for w in writes
                 for seq, o in enumerate(w.submission.observations, start=1)
@@ -1229,6 +1234,7 @@ def _obs_from_row(r: Any) -> ObservationValue:
         ref_text=r.ref_text,
         flag=r.flag,
         loinc=r.loinc,
+        comment=r.comment,
     )
 
 
@@ -1245,6 +1251,7 @@ def _obs_from_json(d: dict[str, Any]) -> ObservationValue:
         ref_text=d["ref_text"],
         flag=d["flag"],
         loinc=d["loinc"],
+        comment=d.get("comment", ""),  # snapshots written before 0004 have none
     )
 
 
@@ -1272,6 +1279,7 @@ def _stored(r: Any, observations: Iterable[ObservationValue]) -> StoredResult:
         accession_number=r.accession_number,
         study_uid=r.study_uid,
         observations=tuple(observations),
+        comment=r.comment,
     )
 
 
@@ -1420,6 +1428,7 @@ class SqlResultReader:
             accession_number=d["accession_number"],
             study_uid=d["study_uid"],
             observations=tuple(_obs_from_json(o) for o in d["observations"]),
+            comment=d.get("comment", ""),  # snapshots written before 0004 have none
         )
 
     def versions(self, result_id: int) -> list[VersionInfo]:

@@ -362,6 +362,8 @@ result = Table(
     Column("content_hash", String(64), nullable=False),
     Column("source_message_id", Id, nullable=True),
     _ts("updated_at", nullable=False),
+    # The sender's comment on the report (HL7 v2 NTE after OBR); migration 0004.
+    Column("comment", Text, nullable=False, default="", server_default=""),
     UniqueConstraint("institution_code", "report_no", "local_code"),
     Index("ix_result_patient_item", "patient_id", "item_code", "performed_at"),
     Index("ix_result_updated", "updated_at"),
@@ -395,6 +397,9 @@ observation = Table(
     Column("ref_high", Float, nullable=True),
     Column("ref_text", String(100), nullable=False, default=""),
     Column("flag", String(8), nullable=False, default=""),
+    # The sender's comment on the value (HL7 v2 NTE after OBX, FHIR Observation.note);
+    # migration 0004.
+    Column("comment", Text, nullable=False, default="", server_default=""),
 )
 
 # ---------------------------------------------------------------- point of care (R5)

@@ -19,7 +19,7 @@ import functools
 import json
 import urllib.parse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from typing import Literal
 
@@ -32,6 +32,7 @@ from huren.domain.errors import Problem, ProblemCollector, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.results import (
+    MAX_REPORT_COMMENT,
     ObservationValue,
     PatientDemographics,
     ResultStatus,
@@ -525,12 +526,54 @@ _FIELD_ELEMENT = {
     "unit": "value[x].unit",
     "ref_text": "referenceRange[{range}].text",
     "flag": "interpretation[{interp}]",
+    "comment": "note",
 }
 
 
 _MAX = dict(OBSERVATION_LIMITS)
 _CODE_MAX, _NAME_MAX, _UNIT_MAX = _MAX["code"], _MAX["name"], _MAX["unit"]
 _REF_TEXT_MAX, _FLAG_MAX, _LOINC_MAX = _MAX["ref_text"], _MAX["flag"], _MAX["loinc"]
+_COMMENT_MAX = _MAX["comment"]
+
+
+def _note_text(notes: Sequence[m.Annotation]) -> str:
+    """R4 Annotation.text of each note, one a line (empty ones left out)."""
+    return "\n".join(t for n in notes if (t := n.text.strip()))
+
+
+def _noted(
+    value: ObservationValue, obs: m.Observation, where: str, errors: ProblemCollector
+) -> ObservationValue:
+    """``value`` with the Observation's notes (R4 Observation.note) as its comment."""
+    comment = _note_text(obs.note)
+    if not comment:
+        return value
+    if len(comment) > _COMMENT_MAX:
+        errors.add(f"{where}.note", f"长度超过 {_COMMENT_MAX} 个字符，平台无法完整保存")
+    return replace(value, comment=comment)
+
+
+def _report_comment(r: m.DiagnosticReport, where: str, errors: ProblemCollector) -> str:
+    """The report's comment: R5 DiagnosticReport.note sent as its R4 cross-version
+    extension (``sid.REPORT_NOTE_EXTENSION``, valueAnnotation or valueString)."""
+    texts: list[str] = []
+    for k, ext in enumerate(r.extension):
+        if ext.url != sid.REPORT_NOTE_EXTENSION:
+            continue
+        if ext.valueAnnotation is not None:
+            text = ext.valueAnnotation.text.strip()
+        else:
+            text = (ext.valueString or "").strip()
+        if text:
+            texts.append(text)
+        elif ext.valueAnnotation is None and ext.valueString is None:
+            errors.add(f"{where}.extension[{k}]", "注释扩展缺少 valueAnnotation")
+    comment = "\n".join(texts)
+    if len(comment) > MAX_REPORT_COMMENT:
+        errors.add(
+            f"{where}.extension", f"报告注释长度超过 {MAX_REPORT_COMMENT} 个字符，平台无法完整保存"
+        )
+    return comment
 
 
 def _value(
@@ -681,6 +724,10 @@ def _observation_values(
         out.append(_value(obs, where, errors, subject))
     for k, comp in enumerate(obs.component):
         out.append(_value(comp, f"{where}.component[{k}]", errors, subject))
+    if obs.note and out:
+        # The Observation's notes go with its first value (its own, or its first
+        # component's: R4 Observation.component has no note of its own).
+        out[0] = _noted(out[0], obs, where, errors)
     return out
 
 
@@ -945,7 +992,8 @@ def _report_submission(
         if obs.component or obs.hasMember or obs.valueString is not None:
             take(obs, owhere, index)
             continue
-        observations.append(_value(obs, owhere, errors, subject))
+        value = _value(obs, owhere, errors, subject)
+        observations.append(_noted(value, obs, owhere, errors) if obs.note else value)
         plans[index] = _observation_entry(sub_index, len(observations))
     accession, study_uid = _study_links(ctx, r, base)
     accession, study_uid = accession_own or accession, study_own or study_uid
@@ -972,6 +1020,7 @@ def _report_submission(
         conclusion=r.conclusion or _conclusion_codes(r),
         accession_number=accession,
         study_uid=study_uid,
+        comment=_report_comment(r, where, errors) if r.extension else "",
     )
     return sub, institution, patient_key
 

@@ -86,6 +86,21 @@ class Attachment(Struct, frozen=True, omit_defaults=True, gc=False):
     title: str = ""
 
 
+class Annotation(Struct, frozen=True, omit_defaults=True, gc=False):
+    """R4 Annotation (datatypes.html#Annotation): its text (markdown, 1..1) is what is
+    kept; author and time are not read."""
+
+    text: str = ""
+
+
+class Extension(Struct, frozen=True, omit_defaults=True, gc=False):
+    """An extension, read only for the value types the platform keeps (others ignored)."""
+
+    url: str = ""
+    valueAnnotation: Annotation | None = None
+    valueString: str | None = None
+
+
 class Meta(Struct, frozen=True, omit_defaults=True, gc=False):
     versionId: str = ""
     lastUpdated: str = ""
@@ -170,6 +185,7 @@ class Observation(
     referenceRange: tuple[ReferenceRange, ...] = ()
     hasMember: tuple[Reference, ...] = ()
     component: tuple[ObservationComponent, ...] = ()
+    note: tuple[Annotation, ...] = ()  # R4 Observation.note: the value's comment
 
 
 ReportStatus = Literal[
@@ -199,6 +215,9 @@ class DiagnosticReport(
     conclusionCode: tuple[CodeableConcept, ...] = ()
     presentedForm: tuple[Attachment, ...] = ()
     contained: tuple[msgspec.Raw, ...] = ()
+    # R4 DiagnosticReport has no note (R5 does): a report's comment comes as the R5
+    # element's cross-version extension (``systems.REPORT_NOTE_EXTENSION``).
+    extension: tuple[Extension, ...] = ()
 
 
 class ImagingStudy(Resource, tag="ImagingStudy", frozen=True, omit_defaults=True, gc=False):

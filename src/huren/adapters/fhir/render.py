@@ -146,6 +146,11 @@ def diagnostic_report(r: StoredResult, updated: datetime) -> dict[str, Any]:
                 },
             }
         ]
+    if r.comment:
+        # R4 DiagnosticReport has no note: R5's, as its cross-version extension.
+        res.setdefault("extension", []).append(
+            {"url": sid.REPORT_NOTE_EXTENSION, "valueAnnotation": {"text": r.comment}}
+        )
     if r.signer:
         res["resultsInterpreter"] = [{"display": r.signer}]
     if r.observations:
@@ -219,6 +224,8 @@ def observations(r: StoredResult, updated: datetime) -> list[dict[str, Any]]:
             res["referenceRange"] = [rr]
         if o.flag:
             res["interpretation"] = [{"coding": [{"system": sid.INTERPRETATION, "code": o.flag}]}]
+        if o.comment:
+            res["note"] = [{"text": o.comment}]  # R4 Observation.note (Annotation.text)
         out.append(res)
     return out
 

@@ -65,3 +65,10 @@ def system_of(kind: IdentifierKind, assigner: str = "") -> str:
         IdentifierKind.INSURANCE: INSURANCE,
         IdentifierKind.HEALTH_CARD: HEALTH_CARD,
     }[kind]
+
+
+# R5 DiagnosticReport.note carried in R4 (versions.html#extensions, cross-version
+# extensions: http://hl7.org/fhir/[version]/StructureDefinition/extension-[Path]).
+REPORT_NOTE_EXTENSION = (
+    "http://hl7.org/fhir/5.0/StructureDefinition/extension-DiagnosticReport.note"
+)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
@@ -142,6 +142,9 @@ class Origin:
     obr: Location
     identifiers: tuple[Location, ...]  # PID-3 repetition of each kept identifier
     observations: tuple[Location, ...]  # the OBX of each observation
+    # NTE-3 of the first comment of each observation (None: no comment), of the report.
+    observation_notes: tuple[Location | None, ...] = ()
+    notes: Location | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,8 +152,9 @@ class ParsedOru:
     header: MessageHeader
     message: InboundMessage
     origins: tuple[Origin, ...] = ()
-    # What was received but has no place in the platform's record (NTE comments, ED/RP
-    # attachments): the message is accepted, and the ACK says what was not kept.
+    # What was received but has no place in the platform's record (NTE comments on the
+    # patient, ED/RP attachments): the message is accepted, and the ACK says what was
+    # not kept.
     notices: tuple[Hl7Problem, ...] = ()
 
 
@@ -677,6 +681,10 @@ class _Report:
     pid: Segment | None = None
     obx: list[Segment] = field(default_factory=list)
     extra: list[Segment] = field(default_factory=list)  # ZDS, IPC
+    # NTE comments (v2.5.1 §7.3.1): after the OBR (the report's), after each OBX (by the
+    # OBX's sequence number in the message).
+    notes: list[Segment] = field(default_factory=list)
+    obx_notes: dict[int, list[Segment]] = field(default_factory=dict)
 
 
 class _Translator:
@@ -747,16 +755,15 @@ class _Translator:
                 notes.append(seg)
                 continue
             if notes:
-                self._unkept_notes(parent, notes)
+                self._file_notes(parent, notes, reports)
                 notes = []
+            parent = seg
             if seg.id == "PID":
-                saw_pid, pid, parent = True, seg, seg
+                saw_pid, pid = True, seg
                 patient = self._patient(seg)
             elif seg.id == "OBR":
                 reports.append(_Report(seg, patient, pid))
-                parent = seg
             elif seg.id == "OBX":
-                parent = seg
                 if not reports:
                     self.problem(
                         seg.loc(), ErrorCode.SEGMENT_SEQUENCE, "OBX 段出现在任何 OBR 段之前"
@@ -775,7 +782,7 @@ class _Translator:
             elif seg.id in ("ZDS", "IPC") and reports:
                 reports[-1].extra.append(seg)
         if notes:
-            self._unkept_notes(parent, notes)
+            self._file_notes(parent, notes, reports)
         if not saw_pid:
             self.problem(Location("PID"), ErrorCode.SEGMENT_SEQUENCE, "缺少 PID 段（患者信息）")
         if not reports and saw_pid:
@@ -784,16 +791,31 @@ class _Translator:
             )
         return reports
 
-    def _unkept_notes(self, parent: Segment | None, notes: list[Segment]) -> None:
-        """NTE (v2.5.1 §2.15.10) after PID, OBR or OBX: a result has no place for free
-        comments, so they are not stored — and the ACK says so rather than dropping
-        them without a word."""
+    def _file_notes(
+        self, parent: Segment | None, notes: list[Segment], reports: list[_Report]
+    ) -> None:
+        """NTE (v2.5.1 §2.15.10) comments on the segment they follow (§7.3.1: NTE after
+        PID, OBR or OBX). After an OBR they are the report's comment, after an OBX that
+        value's; anything else (a patient's comment after PID, one after ORC, PV1 …)
+        has no place in a stored result — the ACK says so rather than dropping them
+        without a word."""
+        if parent is not None and reports:
+            report = reports[-1]
+            if parent is report.obr:
+                report.notes.extend(notes)
+                return
+            if report.obx and parent is report.obx[-1]:
+                report.obx_notes.setdefault(parent.sequence, []).extend(notes)
+                return
+        self._unkept_notes(parent, notes, "平台只保存报告和检验结果的注释")
+
+    def _unkept_notes(self, parent: Segment | None, notes: list[Segment], why: str) -> None:
         where = str(parent.loc()) if parent is not None else "MSH"
         first = next((t for n in notes if (t := n.f(3).value())), "")
         shown = first[:30] + ("…" if len(first) > 30 else "")
         self.notice(
             notes[0].loc(),
-            f"{where} 后的 {len(notes)} 条 NTE 注释未保存（平台结果中没有注释字段）"
+            f"{where} 后的 {len(notes)} 条 NTE 注释未保存（{why}）"
             + (f"：{shown}" if shown else ""),
         )
 
@@ -914,7 +936,10 @@ class _Translator:
         category = codes.SERVICE_SECTIONS.get(section.upper()) or codes.SERVICE_SECTIONS.get(
             section
         )
-        observations, obs_locations, findings, conclusion = self._observations(report)
+        observations, obs_locations, note_locations, findings, conclusion, notes = (
+            self._observations(report)
+        )
+        comment = "\n".join(t for t in (note_text(report.notes), *notes) if t)
         if findings or conclusion:
             category = category or Category.IMAGING
         if not report.obx and status not in (ResultStatus.CANCELLED, ResultStatus.REGISTERED):
@@ -947,6 +972,8 @@ class _Translator:
                 obr.loc(),
                 self._identifier_locations.get(report.pid.sequence, ()) if report.pid else (),
                 tuple(obs_locations),
+                tuple(note_locations),
+                report.notes[0].loc(3) if report.notes else None,
             )
         )
         return new_submission(
@@ -967,6 +994,7 @@ class _Translator:
             conclusion=conclusion,
             accession_number=accession,
             study_uid=study_uid,
+            comment=comment,
         )
 
     def _message_time(self) -> datetime | None:
@@ -1023,8 +1051,14 @@ class _Translator:
     # -------------------------------------------------------------- OBX
     def _observations(
         self, report: _Report
-    ) -> tuple[list[ObservationValue], list[Location], str, str]:
+    ) -> tuple[list[ObservationValue], list[Location], list[Location | None], str, str, list[str]]:
+        """The report's values, their OBX and first NTE, its findings and conclusion, and
+        the comments of OBX that are report text or attachments (they go with the
+        report's)."""
         observations: list[ObservationValue] = []
+        note_locations: list[Location | None] = []
+        report_notes: list[str] = []
+        obx_notes = report.obx_notes
         locations: list[Location] = []
         sections: dict[ReportSection, list[str]] = {}
         attachments: list[Segment] = []
@@ -1033,8 +1067,12 @@ class _Translator:
             s in codes.OBSERVATION_STATUS_OVERRIDE for s in obx_status
         )
         for obx, status in zip(report.obx, obx_status, strict=True):
+            notes = obx_notes.get(obx.sequence) if obx_notes else None
             if status in codes.OBSERVATION_STATUS_REMOVED and not all_wrong:
-                continue  # deleted / posted as wrong: not a current value of the report
+                # deleted / posted as wrong: not a current value of the report
+                if notes:
+                    self._unkept_notes(obx, notes, "该结果已删除或标为错误（OBX-11）")
+                continue
             vt = (
                 _plain_components(obx.fields, 2, obx.delimiters)[0]
                 if obx.plain
@@ -1050,22 +1088,29 @@ class _Translator:
                 continue
             if kind is ValueKind.ATTACHMENT:
                 attachments.append(obx)  # embedded PDFs / references: no place to keep them
+                if notes:
+                    report_notes.append(note_text(notes))
                 continue
             # Only text can be a report section (findings / conclusion).
             if kind is ValueKind.TEXT and (section := _section(obx)) is not None:
                 sections.setdefault(section, []).append(_text_value(obx))
+                if notes:
+                    report_notes.append(note_text(notes))
                 continue
             obs = (
                 _plain_observation(obx, vt, kind) if obx.plain and kind in _PLAIN_KINDS else None
             ) or self._observation(obx, vt, kind)
             if obs is not None:
+                if notes and (comment := note_text(notes)):
+                    obs = replace(obs, comment=comment)
                 observations.append(obs)
                 locations.append(obx.loc())
+                note_locations.append(notes[0].loc(3) if notes else None)
         findings = "\n".join(t for t in sections.get(ReportSection.FINDINGS, ()) if t)
         conclusion = "\n".join(t for t in sections.get(ReportSection.CONCLUSION, ()) if t)
         if attachments:
             self._unkept_attachments(attachments, bool(observations or findings or conclusion))
-        return observations, locations, findings, conclusion
+        return observations, locations, note_locations, findings, conclusion, report_notes
 
     def _unkept_attachments(self, attachments: list[Segment], has_content: bool) -> None:
         """ED (encapsulated data, v2.5.1 §2.A.24) and RP (reference pointer, §2.A.65)
@@ -1199,6 +1244,13 @@ class _Translator:
             flag,
             loinc,
         )
+
+
+def note_text(notes: Sequence[Segment]) -> str:
+    """The text of NTE comments (v2.5.1 §2.15.10): NTE-3 (FT, repeating) of each, escape
+    sequences and formatting commands decoded like any text (§2.7), repetitions and
+    segments one line each, empty ones left out."""
+    return "\n".join(t for nte in notes for r in nte.f(3).reps() if (t := r.value()))
 
 
 def _abnormal_flag(raw: str) -> str:

@@ -123,8 +123,16 @@ def hl7_location(problem: Problem, origins: Sequence[Origin] = ()) -> Location:
                 return origin.identifiers[int(ident)]
             return Location("PID", field=3)
         if obs is not None and int(obs) < len(origin.observations):
-            obx = origin.observations[int(obs)]
+            k = int(obs)
+            if obs_field == "comment" and k < len(origin.observation_notes):
+                # NTE after the OBX (v2.5.1 §7.3.1), its NTE-3 comment
+                note = origin.observation_notes[k]
+                if note is not None:
+                    return note
+            obx = origin.observations[k]
             return obx.at(_OBX_FIELDS[obs_field]) if obs_field in _OBX_FIELDS else obx
+        if sub_field == "comment" and origin.notes is not None:
+            return origin.notes  # NTE after the OBR
         if sub_field in _OBR_FIELDS:
             return origin.obr.at(_OBR_FIELDS[sub_field])
         return origin.obr

@@ -87,11 +87,13 @@ def prior_out(a: Assessment, institutions: dict[str, Institution], base: str) ->
                 ref_text=o.ref_text,
                 flag=o.flag,
                 loinc=o.loinc,
+                comment=o.comment,
             )
             for o in r.observations
         ],
         findings=r.findings,
         conclusion=r.conclusion,
+        comment=r.comment,
         reasons=[_reason(x) for x in a.reasons],
         report_url=f"{base}/workbench/results/{r.id}",
     )

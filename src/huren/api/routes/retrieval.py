@@ -99,6 +99,7 @@ class ObservationOut(BaseModel):
     ref_high: float | None
     ref_text: str
     flag: str
+    comment: str = Field("", description="送检机构对该结果的备注（HL7 NTE、FHIR Observation.note）")
 
 
 class VersionOut(BaseModel):
@@ -117,6 +118,7 @@ class ReportOut(ResultSummaryOut):
     accession_number: str
     study_uid: str
     observations: list[ObservationOut]
+    comment: str = Field("", description="送检机构对整份报告的备注（HL7 OBR 后的 NTE）")
     versions: list[VersionOut]
     shown_version: int
     open_corrections: int
@@ -234,9 +236,11 @@ def report_out(
                 ref_high=o.ref_high,
                 ref_text=o.ref_text,
                 flag=o.flag,
+                comment=o.comment,
             )
             for o in r.observations
         ],
+        comment=r.comment,
         versions=[
             VersionOut(
                 version=v.version,

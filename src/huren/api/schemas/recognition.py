@@ -48,6 +48,7 @@ class ObservationOut(BaseModel):
     ref_text: str
     flag: str
     loinc: str
+    comment: str = Field("", description="送检机构对该结果的备注（HL7 NTE、FHIR Observation.note）")
 
 
 class PriorOut(BaseModel):
@@ -70,6 +71,7 @@ class PriorOut(BaseModel):
     observations: list[ObservationOut]
     findings: str
     conclusion: str = Field(description="报告医师的诊断结论：共享但不属于互认内容")
+    comment: str = Field("", description="送检机构对整份报告的备注（HL7 OBR 后的 NTE）")
     reasons: list[ReasonOut]
     report_url: str
 
