@@ -218,9 +218,7 @@ def unwrap_batch(raw: bytes) -> bytes:
     so too: the envelope is dropped and the message read. A batch of several messages
     is refused naming FHS/BHS — each message needs its own ACK, which one request
     cannot give (send them one by one, or load the file with ``huren ingest``)."""
-    if not raw.startswith((b"FHS", b"BHS")) and not any(
-        b"\r" + seg in raw for seg in (b"BTS", b"FTS")
-    ):
+    if not raw.startswith((b"FHS", b"BHS")) and b"\rBTS" not in raw and b"\rFTS" not in raw:
         return raw
     lines = raw.split(b"\r")
     envelope = [line for line in lines if line[:3] in _BATCH_SEGMENTS]
@@ -686,6 +684,22 @@ class _Report:
     notes: list[Segment] = field(default_factory=list)
     obx_notes: dict[int, list[Segment]] = field(default_factory=dict)
 
+    statuses: list[str] | None = None
+
+    def obx_status(self) -> list[str]:
+        """OBX-11 of each OBX (Table 0085: one letter), read once from the raw fields: a
+        field object per OBX for it cost a sixth of parsing a lab message."""
+        if self.statuses is not None:
+            return self.statuses
+        out = self.statuses = []
+        for x in self.obx:
+            raw = x.fields[11] if len(x.fields) > 11 else ""
+            if raw:
+                d = x.delimiters
+                raw = raw.split(d.repetition, 1)[0].split(d.component, 1)[0].strip().upper()
+            out.append(raw)
+        return out
+
 
 class _Translator:
     def __init__(self, segments: list[Segment], header: MessageHeader) -> None:
@@ -1019,7 +1033,7 @@ class _Translator:
     def _status(self, report: _Report) -> ResultStatus | None:
         obr = report.obr
         raw = obr.f(25).component(1).upper()
-        obx_status = [x.f(11).component(1).upper() for x in report.obx]
+        obx_status = report.obx_status()
         if obx_status and all(s in codes.OBSERVATION_STATUS_OVERRIDE for s in obx_status):
             overrides = {codes.OBSERVATION_STATUS_OVERRIDE[s] for s in obx_status}
             if len(overrides) == 1:
@@ -1062,7 +1076,7 @@ class _Translator:
         locations: list[Location] = []
         sections: dict[ReportSection, list[str]] = {}
         attachments: list[Segment] = []
-        obx_status = [x.f(11).component(1).upper() for x in report.obx]
+        obx_status = report.obx_status()
         all_wrong = bool(obx_status) and all(
             s in codes.OBSERVATION_STATUS_OVERRIDE for s in obx_status
         )
@@ -1170,8 +1184,10 @@ class _Translator:
         value_num: float | None = None
         value_text = ""
         value_type = _value_type(vt)
-        if kind in (ValueKind.NUMERIC, ValueKind.STRUCTURED_NUMERIC) and (
-            extra := next((n for n, r in enumerate(value_field.reps(), 1) if n > 1 and r), 0)
+        if (
+            kind in (ValueKind.NUMERIC, ValueKind.STRUCTURED_NUMERIC)
+            and obx.delimiters.repetition in value_field.text
+            and (extra := next((n for n, r in enumerate(value_field.reps(), 1) if n > 1 and r), 0))
         ):
             # One number per OBX (v2.5.1 §7.4.2.5 repeats OBX-5 for multi-part answers of
             # CE/TX/FT only): a second one would be dropped, so the message is refused.
@@ -1215,7 +1231,10 @@ class _Translator:
         # OBX-8 repeats (v2.5.1 §7.4.2.8, e.g. "H~A"): every flag must be a known one; the
         # first one given is the result's flag (an empty first repetition is no flag).
         flag = ""
-        for n, rep in enumerate(obx.f(8).reps(), start=1):
+        flags = obx.f(8)
+        for n, rep in enumerate(
+            flags.reps() if obx.delimiters.repetition in flags.text else (flags,), start=1
+        ):
             flag_raw = rep.component(1)
             if not flag_raw:
                 continue
@@ -1277,8 +1296,8 @@ def _plain_observation(obx: Segment, vt: str, kind: ValueKind) -> ObservationVal
     or wrong, and the general reader takes it (and names the problem). Most results are
     such OBX; reading them field object by field object was 3/4 of parsing a message."""
     fields, d = obx.fields, obx.delimiters
-    rep = d.repetition
-    if any(rep in fields[n] for n in (5, 8) if n < len(fields)):
+    rep, n_fields = d.repetition, len(fields)
+    if (n_fields > 5 and rep in fields[5]) or (n_fields > 8 and rep in fields[8]):
         return None  # repeated values or flags: the general reader
     ident = _plain_components(fields, 3, d)
     if len(ident) < 6:
@@ -1307,14 +1326,16 @@ def _plain_observation(obx: Segment, vt: str, kind: ValueKind) -> ObservationVal
     flag = _abnormal_flag(flag_raw)
     if flag_raw and not flag:
         return None
-    unit = [*_plain_components(fields, 6, d), "", ""]
+    unit = _plain_components(fields, 6, d)
+    if len(unit) > 1:  # "10^9/L" unescaped reads as two components (``_unit``)
+        unit = [_unit(unit[0], unit[1], unit[2] if len(unit) > 2 else "")]
     return new_observation(
         code or name,
         name or code,
         _value_type(vt),
         value_num,
         value_text,
-        _unit(unit[0], unit[1], unit[2]),
+        unit[0] if unit else "",
         low,
         high,
         ref,
