@@ -600,7 +600,7 @@ def test_a_gb18030_text_presented_form_is_decoded_by_its_charset(
     """Attachment.contentType 'text/plain; charset=GB18030', as Chinese RIS send it: the
     findings were dropped without a word (decoded as UTF-8, failed, kept empty)."""
     text = "肝脏形态大小正常，包膜光整，实质回声均匀。"
-    report_extra = {
+    report_extra: dict[str, Any] = {
         "category": [
             {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0074", "code": "US"}]}
         ],
