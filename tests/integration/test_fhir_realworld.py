@@ -553,6 +553,18 @@ def test_effective_period_with_only_an_end_is_its_time(
     assert world.results.get_result(rid).performed_at.isoformat() == "2026-06-13T00:00:00+00:00"
 
 
+@pytest.mark.parametrize("when", ["2026-06", "2026"])
+def test_a_time_known_only_to_the_month_is_refused_saying_so(
+    client: TestClient, world: Container, when: str
+) -> None:
+    """YYYY-MM is a valid FHIR dateTime: the refusal said it was not one."""
+    obs = {"urn:uuid:a": lab("ALT", "丙氨酸氨基转移酶", valueQuantity=qty(56, "U/L"))}
+    issues = refused(post(client, transaction(obs, effectiveDateTime=when)))
+    assert issues[0]["expression"] == ["Bundle.entry[3].resource.effectiveDateTime"]
+    assert "只精确到年或月" in issues[0]["diagnostics"]
+    assert _count(world) == 0
+
+
 # ---------------------------------------------------------------- report forms
 def test_conclusion_code_is_kept_when_no_conclusion_text_is_sent(
     client: TestClient, world: Container

@@ -17,6 +17,7 @@ import base64
 import binascii
 import functools
 import json
+import re
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -197,6 +198,9 @@ def _utf8_problem(exc: UnicodeDecodeError, where: str) -> Problem:
     return Problem(where, f"不是有效的 UTF-8 编码（第 {exc.start} 字节起）；FHIR JSON 应为 UTF-8")
 
 
+_YEAR_OR_MONTH = re.compile(r"^\d{4}(-(0[1-9]|1[0-2]))?$")
+
+
 def parse_datetime(value: str, where: str, errors: ProblemCollector, label: str) -> datetime | None:
     if not value:
         errors.add(where, f"缺少{label}")
@@ -207,7 +211,12 @@ def parse_datetime(value: str, where: str, errors: ProblemCollector, label: str)
             return datetime(d.year, d.month, d.day, tzinfo=CHINA_TZ)
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        errors.add(where, f"{label}不是有效的 FHIR dateTime: {value}")
+        if _YEAR_OR_MONTH.match(value):
+            # Valid FHIR (R4 datatypes.html#dateTime: YYYY, YYYY-MM), but a time limit
+            # counts days: a result known only to the month cannot be placed in it.
+            errors.add(where, f"{label}只精确到年或月（{value}），平台需要至少精确到日")
+        else:
+            errors.add(where, f"{label}不是有效的 FHIR dateTime: {value}")
         return None
     if parsed.tzinfo is None:
         # FHIR R4 dateTime: 若给出时分，必须带时区
