@@ -29,7 +29,7 @@ from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.results import ObservationValue, ResultStatus, StoredResult, ValueType
 from huren.services.intake import Channel
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
-from tests.fixtures.world import HOSP_A
+from tests.fixtures.world import HOSP_A, HOSP_B
 from tests.integration.test_hl7_mllp import RunningServer
 
 REALWORLD = Path(__file__).parent.parent / "fixtures" / "hl7" / "realworld"
@@ -262,6 +262,38 @@ def test_national_id_in_pid19_identifies_the_patient(
     (cbc,) = stored(world, reply)
     national = PatientIdentifier(IdentifierKind.NATIONAL_ID, "110105197203051620")
     assert world.results.find_patients(national) == [cbc.patient_id]
+
+
+def _from_regional_lab(pid3: str) -> bytes:
+    """Hospital B's lab reporting for a patient known by a record number only."""
+    text = with_field(lab(ALT, control="LAB-B-0001").decode(), "MSH", 4, HOSP_B)
+    return with_field(text, "PID", 3, pid3).encode()
+
+
+def test_record_number_issued_by_another_hospital_finds_that_hospitals_patient(
+    receiver: Hl7Receiver, world: Container
+) -> None:
+    """A regional lab names the ordering hospital as the 病历号's assigning authority
+    (CX-4): the number was read as the lab's own, so the result went to whichever of the
+    lab's patients had that number, or to a new one."""
+    (own,) = stored(world, receiver.handle(lab(ALT)))  # hospital A: MR0012345^^^HOSP_A
+    reply = receiver.handle(_from_regional_lab(f"MR0012345^^^{HOSP_A}^MR"))
+    (regional,) = stored(world, reply)
+    assert regional.patient_id == own.patient_id
+    mrn = PatientIdentifier(IdentifierKind.MRN, "MR0012345", HOSP_A)
+    assert world.results.find_patients(mrn) == [own.patient_id]
+
+
+def test_record_number_of_a_system_name_is_the_senders(
+    receiver: Hl7Receiver, world: Container
+) -> None:
+    """CX-4 "HIS" is no institution: the number stays the sender's, and does not meet
+    hospital A's same number."""
+    (own,) = stored(world, receiver.handle(lab(ALT)))
+    (regional,) = stored(world, receiver.handle(_from_regional_lab("MR0012345^^^HIS^MR")))
+    assert regional.patient_id != own.patient_id
+    mrn_b = PatientIdentifier(IdentifierKind.MRN, "MR0012345", HOSP_B)
+    assert world.results.find_patients(mrn_b) == [regional.patient_id]
 
 
 def test_invalid_national_id_in_pid19_is_named(receiver: Hl7Receiver) -> None:

@@ -21,7 +21,7 @@ from typing import Protocol, TypeVar
 import msgspec
 
 from huren.domain.errors import DomainError, Problem, ProblemCollector, ValidationFailed
-from huren.domain.identity import PatientIdentifier, validate_identifier
+from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
 from huren.domain.marks import Mark
 from huren.domain.masterdata import Category
 from huren.domain.results import (
@@ -430,6 +430,7 @@ _SUB_MAX = tuple(limit for _, limit in _LIMITS)
 _obs_limited = operator.attrgetter(*(name for name, _ in _OBS_LIMITS))
 _OBS_MAX = tuple(limit for _, limit in _OBS_LIMITS)
 _NM = ValueType.NM
+_MRN = IdentifierKind.MRN
 
 
 @dataclass(frozen=True, slots=True)
@@ -824,6 +825,15 @@ class IntakeService:
             for j, ident in enumerate(identifiers):
                 checked = checked_identifier(ident)
                 if isinstance(checked, PatientIdentifier):
+                    if (
+                        checked.kind is _MRN
+                        and checked.assigner != institution
+                        and checked.assigner not in catalog.institutions
+                    ):
+                        # An issuer that is no institution of the platform (a system
+                        # name such as "HIS", a local code) is the sender: keyed by it,
+                        # two hospitals' record numbers would meet.
+                        checked = PatientIdentifier(_MRN, checked.value, institution)
                     idents.append(checked)
                 else:
                     errors.problems.extend(

@@ -889,7 +889,15 @@ class _Translator:
                     f"未知的标识类型 {type_code!r}（PID-3 第 {n} 个标识的 CX-5）",
                 )
                 continue
-            assigner = self.header.institution if rule.kind is IdentifierKind.MRN else ""
+            # A 病历号 is issued by a hospital: CX-4 assigning authority (HD namespace ID)
+            # or CX-6 assigning facility names it (v2.5.1 §2.A.14) — a regional lab sends
+            # the ordering hospital's. Intake takes a name that is no known institution
+            # ("HIS", "LIS") for the sender's own.
+            assigner = (
+                (rep.component(4) or rep.component(6) or self.header.institution)
+                if rule.kind is IdentifierKind.MRN
+                else ""
+            )
             checked = checked_identifier(PatientIdentifier(rule.kind, value, assigner))
             if isinstance(checked, PatientIdentifier):
                 out.append(checked)
