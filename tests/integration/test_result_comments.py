@@ -396,3 +396,31 @@ def test_emr_text_stays_without_comments(world: Container) -> None:
     stored = _potassium_with_comments(world)
     assert HAEMOLYSED not in result_text(stored)
     assert "报告已复查" not in result_text(stored)
+
+
+def test_imaging_viewer_shows_the_report_comment(world: Container) -> None:
+    from huren.api.routes import viewer as viewer_routes
+    from huren.domain.accounts import Principal
+    from tests.fixtures.results import imaging_report
+
+    sub = replace(imaging_report(HOSP_A), comment="患者检查中移动，部分层面有运动伪影")
+    rid = store(world, sub).results[0].result_id
+    app = create_app(world)
+    app.dependency_overrides[viewer_routes.page_user] = lambda: Principal(
+        2, "dr", "李医生", Role.CLINICIAN, institution=HOSP_B
+    )
+    with TestClient(app) as http:
+        page = http.get(f"/imaging/results/{rid}")
+    assert page.status_code == 200, page.text
+    assert "报告备注" in page.text
+    assert "部分层面有运动伪影" in page.text
+
+
+def test_patient_sees_the_comments_on_their_own_result(world: Container, login: Login) -> None:
+    stored = _potassium_with_comments(world)
+    with TestClient(create_app(world)) as http:
+        headers = login(Role.PATIENT, patient_id=stored.patient_id)
+        page = http.get(f"/patient/results/{stored.id}", headers=headers)
+    assert page.status_code == 200, page.text
+    assert f"备注：{HAEMOLYSED}" in page.text
+    assert "报告已复查" in page.text

@@ -286,6 +286,7 @@ class ReportRow:
     accession_number: str
     study_uid: str
     patient_hashes: frozenset[str] = frozenset()
+    comment: str = ""  # the sender's comment on the report (NTE after OBR)
 
     def key(self) -> ReportKey:
         return ReportKey(

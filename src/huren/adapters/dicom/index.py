@@ -742,6 +742,7 @@ class SqlImagingIndex:
                 accession_number=r.accession_number,
                 study_uid=r.study_uid,
                 patient_hashes=frozenset(hashes.get((r.patient_id, r.institution_code), ())),
+                comment=r.comment,
             )
             for r in rows
         ]
