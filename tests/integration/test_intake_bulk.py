@@ -52,6 +52,20 @@ def test_ndjson_file_is_loaded_with_bad_lines_reported_to_the_error_file(
     assert "居民身份证" in errors[0]["problems"][0]["message"]
 
 
+def test_ndjson_observation_notes_are_kept_as_comments(world: Container, tmp_path: Path) -> None:
+    """A bulk line's contained Observation.note goes the single POST's way (the fast
+    decoding of self-contained reports has a model of its own to keep in step)."""
+    report = contained_report("JY-B-NOTE1", n_obs=2)
+    report["contained"][2]["note"] = [{"text": "标本轻度溶血"}]
+    path = tmp_path / "notes.ndjson"
+    path.write_bytes(dumps(report) + b"\n")
+    assert BulkLoader(world, path, "ndjson").run().stored == 1
+    with world.engine.connect() as conn:
+        rid = conn.execute(select(func.max(result.c.id))).scalar_one()
+    first, second = world.results.get_result(rid).observations
+    assert (first.comment, second.comment) == ("标本轻度溶血", "")
+
+
 def test_transaction_bundles_are_accepted_as_ndjson_lines(world: Container, tmp_path: Path) -> None:
     path = tmp_path / "bundles.ndjson"
     path.write_bytes(
