@@ -56,6 +56,9 @@ def test_ordering_clinician_is_offered_the_ct_and_liver_panel(demo) -> None:  # 
     lft = answers[LFT]
     assert lft is not None
     assert lft.best is not None
+    # The lab's comment on the raised ALT travels with the value (the card shows it).
+    comments = {o.code: o.comment for o in lft.best.result.observations}
+    assert comments["ALT"] == "结果偏高，已复查确认"
     cbc = answers[CBC]
     assert cbc is not None
     assert cbc.best is None

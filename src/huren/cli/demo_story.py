@@ -165,17 +165,21 @@ def _lab_bundle(
     report_no: str,
     rows: list[tuple[Any, ...]],
     performed: datetime,
+    notes: dict[str, str] | None = None,
 ) -> bytes:
+    """``notes``: the lab's comment on a value, by local code (FHIR Observation.note)."""
     system = f"https://{institution.lower()}.example.cn/lis/item"
     entries = _patient_entries(institution, name)
     refs = []
     for k, (code, label, obs_loinc, value, unit, low, high, flag) in enumerate(rows):
         url = f"urn:uuid:obs-{k}"
         refs.append({"reference": url})
+        note = (notes or {}).get(code)
         entries.append(
             _entry(
                 url,
                 {
+                    **({"note": [{"text": note}]} if note else {}),
                     "resourceType": "Observation",
                     "status": "final",
                     "code": {
@@ -411,6 +415,8 @@ def send_story(container: Container) -> Story:
             f"JY{day}1107",
             LIVER_PANEL,
             lft_at,
+            # What a lab writes beside a raised value: the clinician sees it on the card.
+            notes={"ALT": "结果偏高，已复查确认"},
         ),
         _lab_bundle(
             a,
