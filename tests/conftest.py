@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import SecretStr
@@ -24,6 +25,9 @@ from huren.adapters.db import engine as db_engine
 from huren.adapters.db.schema import metadata
 from huren.bootstrap import Container, build
 from huren.config import Settings
+
+if TYPE_CHECKING:
+    from fastapi.testclient import TestClient
 
 PG_URL = os.environ.get("HUREN_TEST_DATABASE_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -159,3 +163,21 @@ def login(container: Container) -> Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {token.access_token}"}
 
     return _login
+
+
+@pytest.fixture
+def lis_client(world: Container) -> Iterator[TestClient]:
+    """A client of the app authenticated as hospital A's LIS interface (an API key)."""
+    from fastapi.testclient import TestClient
+
+    from huren.api.app import create_app
+    from huren.domain.accounts import Role
+    from huren.services.accounts import NewAccount
+    from tests.fixtures.world import HOSP_A
+
+    world.accounts.create_account(
+        NewAccount("lis-a", "医院A LIS 接口", Role.INTEGRATION, institution=HOSP_A)
+    )
+    key = world.accounts.create_api_key("lis-a", "LIS").key
+    with TestClient(create_app(world), headers={"Authorization": f"ApiKey {key}"}) as tc:
+        yield tc

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +20,8 @@ from fhir.resources.R4B.observation import Observation as R4BObservation
 from sqlalchemy import func, select
 
 from huren.adapters.db.tables import result
-from huren.api.app import create_app
 from huren.bootstrap import Container
-from huren.domain.accounts import Role
 from huren.domain.results import ValueType
-from huren.services.accounts import NewAccount
 from tests.fixtures.fhir.builders import (
     LOINC,
     NATIONAL_ID,
@@ -44,13 +40,8 @@ REPORT_NO_SYSTEM = f"https://huren.example/fhir/sid/report-no/{HOSP_A}"
 
 
 @pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    world.accounts.create_account(
-        NewAccount("lis-rw", "医院A LIS 接口", Role.INTEGRATION, institution=HOSP_A)
-    )
-    key = world.accounts.create_api_key("lis-rw", "LIS").key
-    with TestClient(create_app(world), headers={"Authorization": f"ApiKey {key}"}) as tc:
-        yield tc
+def client(lis_client: TestClient) -> TestClient:
+    return lis_client
 
 
 def fixture(name: str) -> dict[str, Any]:

@@ -6,7 +6,7 @@ potassium may be accepted instead of testing again (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -33,7 +33,6 @@ from huren.domain.results import (
     StoredResult,
     ValueType,
 )
-from huren.services.accounts import NewAccount
 from huren.services.intake import Channel, Disposition, encode_submission, submission_hash
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
@@ -231,19 +230,10 @@ def test_hl7_comment_on_a_value_makes_a_new_version(
 
 
 # ------------------------------------------------------------------ FHIR Observation.note
-@pytest.fixture
-def lis(world: Container) -> Iterator[TestClient]:
-    world.accounts.create_account(
-        NewAccount("lis-notes", "医院A LIS 接口", Role.INTEGRATION, institution=HOSP_A)
-    )
-    key = world.accounts.create_api_key("lis-notes", "LIS").key
-    with TestClient(create_app(world), headers={"Authorization": f"ApiKey {key}"}) as tc:
-        yield tc
-
-
 def test_fhir_observation_note_is_stored_and_rendered_back_as_note(
-    lis: TestClient, world: Container
+    lis_client: TestClient, world: Container
 ) -> None:
+    client = lis_client
     k = lab(
         "K",
         "钾",
@@ -272,7 +262,7 @@ def test_fhir_observation_note_is_stored_and_rendered_back_as_note(
         {"urn:uuid:k": k, "urn:uuid:na": na, "urn:uuid:bp": bp},
         extension=[{"url": REPORT_NOTE_EXTENSION, "valueAnnotation": {"text": "标本量不足"}}],
     )
-    rid = stored_report_id(post(lis, body))
+    rid = stored_report_id(post(client, body))
     stored = world.results.get_result(rid)
     assert [o.comment for o in stored.observations] == [
         f"{HAEMOLYSED}\n已复查",
@@ -281,22 +271,23 @@ def test_fhir_observation_note_is_stored_and_rendered_back_as_note(
         "",
     ]
     assert stored.comment == "标本量不足"
-    read = observations_read_back(lis, rid)
+    read = observations_read_back(client, rid)
     assert read[0]["note"] == [{"text": f"{HAEMOLYSED}\n已复查"}]
     assert "note" not in read[1]
-    report = lis.get(f"/fhir/DiagnosticReport/{rid}").json()
+    report = client.get(f"/fhir/DiagnosticReport/{rid}").json()
     assert {"url": REPORT_NOTE_EXTENSION, "valueAnnotation": {"text": "标本量不足"}} in report[
         "extension"
     ]
     # the Bundle sent again: unchanged
-    again = post(lis, body)
+    again = post(client, body)
     assert again.status_code in (200, 201), again.text
     assert world.results.get_result(rid).version == 1
 
 
-def test_fhir_note_over_the_limit_is_refused_naming_the_element(lis: TestClient) -> None:
+def test_fhir_note_over_the_limit_is_refused_naming_the_element(lis_client: TestClient) -> None:
+    client = lis_client
     k = lab("K", "钾", valueQuantity=qty(6.1, "mmol/L"), note=[{"text": "溶" * 2001}])
-    r = post(lis, transaction({"urn:uuid:k": k}))
+    r = post(client, transaction({"urn:uuid:k": k}))
     assert r.status_code == 422, r.text
     issues = r.json()["issue"]
     assert any("note" in " ".join(i.get("expression", [])) for i in issues), issues
