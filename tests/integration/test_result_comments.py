@@ -372,11 +372,11 @@ def test_workbench_shows_comments_after_the_values(world: Container, login: Logi
             },
         )
         assert page.status_code == 200, page.text
-        assert f"丙氨酸氨基转移酶 56 U/L (H) — 备注：{HAEMOLYSED}" in page.text
+        assert f"↳ 备注：{HAEMOLYSED}" in page.text
         assert "报告已复查" in page.text
         report = tc.get(f"/workbench/results/{stored.id}", params={"token": token})
     assert report.status_code == 200, report.text
-    assert f"丙氨酸氨基转移酶 56 U/L (H) — 备注：{HAEMOLYSED}" in report.text
+    assert f"↳ 备注：{HAEMOLYSED}" in report.text
     assert "报告已复查" in report.text
 
 

@@ -109,12 +109,6 @@ class ObservationValue:
             f" ({self.flag})" if self.flag and self.flag != "N" else ""
         )
 
-    def display_with_comment(self) -> str:
-        """The value as shown to a clinician, its comment after it:
-        "钾 6.1 mmol/L (H) — 备注：标本溶血"."""
-        text = self.display()
-        return f"{text} — {COMMENT_LABEL}{self.comment}" if self.comment else text
-
 
 @dataclass(frozen=True, slots=True)
 class PatientDemographics:
