@@ -237,8 +237,13 @@ def build_cards(
         best_id: int | None = None
         best_version: int | None = None
         if answer.recognition is None:
+            # No uuid: nothing can be accepted or declined on it, and a client sends no
+            # feedback for a card without one (CDS Hooks 2.0 §Feedback: "If either the card
+            # or the suggestion has no uuid, the CDS Client does not send a notification").
+            # With one, the feedback a client sends when the card is dismissed was refused
+            # (422), and with it the feedback on the other cards sent alongside. Its record
+            # keeps the uuid for the log.
             card: dict[str, Any] = {
-                "uuid": card_uuid,
                 "summary": _clip(f"医嘱项目 {answer.requested} 未对码，无法查询互认结果"),
                 "indicator": "info",
                 "detail": _md(answer.problem),
@@ -281,9 +286,12 @@ def build_cards(
                         }
                     ],
                     "selectionBehavior": "at-most-one",
-                    "overrideReasons": _override_reasons(outcome.reasons, rec.item.category),
                     "links": [link, *_viewer_link(ctx, best)],
                 }
+                # CDS Hooks 2.0 §Null and empty JSON elements: an OPTIONAL attribute without
+                # a value is omitted, never [] (no negative list in force: none to offer).
+                if reasons := _override_reasons(outcome.reasons, rec.item.category):
+                    card["overrideReasons"] = reasons
             else:
                 n = len(rec.all())
                 first = rec.all()[0]
@@ -322,8 +330,9 @@ def build_cards(
 
 
 def info_card(summary: str, detail: str, base_url: str) -> dict[str, Any]:
+    """A card that is not recorded: without a uuid, so that no feedback is sent for it
+    (CDS Hooks 2.0 §Feedback; with one, the feedback dismissing it was refused, 404)."""
     return {
-        "uuid": str(uuid.uuid4()),
         "summary": _clip(summary),
         "indicator": "info",
         "detail": detail,

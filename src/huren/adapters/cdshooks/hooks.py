@@ -4,8 +4,9 @@ extension rules require) but with a clear 400 naming the field when a required p
 missing or of the wrong type.
 
 ``order-select`` / ``order-sign`` (R4): ``context.draftOrders`` is a Bundle of draft
-orders; only ServiceRequests are lab / imaging orders. For ``order-select`` decision
-support focuses on ``context.selections``; for ``order-sign`` on every draft order."""
+orders; only ServiceRequests with a coded item are lab / imaging orders (the others are
+left out, never refused). For ``order-select`` decision support focuses on
+``context.selections``; for ``order-sign`` on every draft order."""
 
 from __future__ import annotations
 
@@ -293,12 +294,57 @@ def draft_orders(req: HookRequest) -> list[DraftOrder]:
                     codings.append((str(c.get("system", "")), str(c["code"])))
                     text = text or str(c.get("display", ""))
         if not codings:
-            raise MalformedHook(
-                "检查检验医嘱缺少项目代码",
-                problems=[Problem(f"{where}.resource.code.coding", f"{ref} 没有 code.coding")],
-            )
+            # A ServiceRequest with no coded item (only code.text, or no code yet) is valid
+            # FHIR R4 (ServiceRequest.code 0..1, CodeableConcept.coding 0..*): a consult,
+            # a nursing order, or an order whose details are not chosen yet — order-select
+            # "CDS services should expect some of the order information to not yet be
+            # specified" (CDS Hooks order-select §Workflow). No lab / imaging item can be
+            # looked up for it: it is left out like the other non-lab orders, rather than
+            # refusing the whole hook (and the cards of the coded orders beside it).
+            continue
         out.append(DraftOrder(ref, tuple(codings), text, where))
     return out
+
+
+def prefetched_patient(req: HookRequest) -> tuple[dict[str, Any] | None, str]:
+    """The Patient of ``prefetch.patient``, or None with why (in Chinese) it is not usable.
+
+    CDS Hooks 2.0 §Providing FHIR Resources to a CDS Service: a prefetch value is a FHIR
+    resource, "in the case of searches … a searchset Bundle" (a client may answer the
+    ``Patient/{{context.patientId}}`` template by a search, ``Patient?_id=…``); a key the
+    client chose not to satisfy, or failed to, is absent; a key it had no data for is
+    ``null``. The Patient is taken from a Bundle too (the entry whose id is
+    ``context.patientId``, else the only Patient); anything else (an OperationOutcome a
+    client sent instead of leaving the key out) counts as not prefetched, so that the
+    client's fhirServer is asked when there is one."""
+    prefetch = req.prefetch or {}
+    if "patient" not in prefetch:
+        return None, "未提供 prefetch.patient"
+    value = prefetch["patient"]
+    if value is None:
+        return None, "prefetch.patient 为 null（HIS 未能取得该患者）"
+    if not isinstance(value, dict):
+        return None, "prefetch.patient 不是 FHIR 资源"
+    kind = value.get("resourceType")
+    if kind == "Patient":
+        return value, ""
+    if kind == "Bundle":
+        entries = value.get("entry") or []
+        found = [
+            e["resource"]
+            for e in (entries if isinstance(entries, list) else [])
+            if isinstance(e, dict)
+            and isinstance(e.get("resource"), dict)
+            and e["resource"].get("resourceType") == "Patient"
+        ]
+        same = [p for p in found if p.get("id") == req.context.patientId]
+        if same or len(found) == 1:
+            return (same or found)[0], ""
+        if not found:
+            return None, "prefetch.patient 是不含 Patient 的 Bundle"
+        return None, f"prefetch.patient 的 Bundle 含有多个 Patient，均不是 {req.context.patientId}"
+    shown = kind if isinstance(kind, str) and kind.isascii() and kind.isalnum() else "其他内容"
+    return None, f"prefetch.patient 不是 Patient 资源（收到 {shown[:40]}）"
 
 
 def patient_identifiers(

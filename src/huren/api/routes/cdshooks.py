@@ -32,6 +32,7 @@ from huren.adapters.cdshooks.hooks import (
     parse_feedback,
     parse_hook,
     patient_identifiers,
+    prefetched_patient,
 )
 from huren.adapters.fhir import systems
 from huren.api.auth import api_key_scheme, bearer_scheme, require_roles
@@ -42,6 +43,7 @@ from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier, validate_identifier
 from huren.domain.recognition import CODE_MAX
 from huren.domain.text import id_problem, is_digits
+from huren.services.catalog import Catalog
 from huren.services.recognition import (
     CardRecord,
     CheckOutcome,
@@ -126,8 +128,7 @@ def _patient(
 ) -> tuple[PatientRef | None, str]:
     """The patient to look up, or None with the reason in Chinese. Raises ``_NeedsFetch``
     when the patient is neither prefetched nor on this server and ``fetched`` is None."""
-    prefetched = (req.prefetch or {}).get("patient")
-    resource: dict[str, Any] | None = prefetched if isinstance(prefetched, dict) else None
+    resource, unusable = prefetched_patient(req)
     if resource is None and req.fhirServer:
         if _is_own_fhir(req, own_base) and is_digits(req.context.patientId):
             patient_id = int(req.context.patientId)
@@ -139,11 +140,11 @@ def _patient(
         resource = fetched.resource
         if resource is None:
             return None, (
-                f"未提供 prefetch.patient，且无法从 fhirServer（{req.fhirServer}）读取 "
+                f"{unusable}，且无法从 fhirServer（{req.fhirServer}）读取 "
                 f"Patient/{req.context.patientId}"
             )
     if resource is None:
-        return None, "未提供 prefetch.patient，也未提供可访问的 fhirServer"
+        return None, f"{unusable}，也未提供可访问的 fhirServer"
     idents: list[PatientIdentifier] = []
     rejected: list[str] = []
     for i, ident in enumerate(patient_identifiers(resource, institution, rejected)):
@@ -160,9 +161,26 @@ def _patient(
     return PatientRef(identifiers=tuple(idents)), ""
 
 
+# The unified item code of each LOINC code given as an item's hint, per catalog snapshot
+# (built when an order first needs it, not on the common path).
+_loinc_items: tuple[Catalog, dict[str, str]] | None = None
+
+
+def _loinc_item(catalog: Catalog, loinc: str) -> str | None:
+    global _loinc_items
+    cached = _loinc_items
+    if cached is None or cached[0] is not catalog:
+        cached = (catalog, {i.loinc: i.code for i in catalog.items.values() if i.loinc})
+        _loinc_items = cached
+    return cached[1].get(loinc)
+
+
 def _choose_code(c: Container, institution: str, codings: tuple[tuple[str, str], ...]) -> str:
-    """The coding to use: a unified item code first, then the first local code that is
-    mapped (对码), else the first code (reported as unmapped)."""
+    """The coding to use: a unified item code first, then the first code that is mapped
+    (对码), then a LOINC coding that is an item's LOINC (as results sent with LOINC only
+    are matched: ``services.intake.unified_code``) as its unified code; else, reported as
+    unmapped, the hospital's own code (the first that is not LOINC: the one its 信息科
+    must map), or the first code."""
     for system, code in codings:
         if system == systems.ITEM:
             return code
@@ -170,7 +188,10 @@ def _choose_code(c: Container, institution: str, codings: tuple[tuple[str, str],
     for _, code in codings:
         if catalog.unified_code(institution, code) is not None:
             return code
-    return codings[0][1]
+    for system, code in codings:
+        if system == systems.LOINC and (item := _loinc_item(catalog, code)) is not None:
+            return item
+    return next((code for system, code in codings if system != systems.LOINC), codings[0][1])
 
 
 def _call(
