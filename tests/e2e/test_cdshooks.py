@@ -386,7 +386,7 @@ def test_without_prefetch_the_patient_is_read_from_the_fhir_server(
             "context.draftOrders.entry[1].resource.code.coding[0].code",
         ),
         # values beyond the width of the column recording them (PostgreSQL refused them):
-        (lambda b: b["context"].update(userId="Practitioner/" + "9" * 60), "context.userId"),
+        (lambda b: b["context"].update(userId="Practitioner/" + "9" * 90), "context.userId"),
         (lambda b: _rename(b, 0, "x" * 200), "context.draftOrders.entry[0].resource.id"),
         (
             lambda b: _order(b, 1)["code"]["coding"][0].update(code="B-" + "9" * 70),

@@ -501,3 +501,24 @@ def test_without_a_negative_list_the_card_has_no_empty_override_reasons(
     (card,) = assert_conformant(post(client, his, SIGN, body))
     assert card["indicator"] == "warning"
     assert "overrideReasons" not in card
+
+
+def test_a_user_id_with_a_fhir_id_of_64_characters_is_answered(
+    client: TestClient, his: dict[str, str], priors: None, world: Container
+) -> None:
+    """``PractitionerRole/`` and a 64-character FHIR id (R4 id: up to 64) is 81
+    characters: the columns keeping the clinician held 64, so such an EHR got a 400 on
+    every call (migration 0005)."""
+    body = hook_request(
+        "order-select",
+        [liver_panel_order()],
+        selections=["ServiceRequest/sr-lft"],
+        prefetch={"patient": patient()},
+    )
+    user = "PractitionerRole/" + "a1B2-c3D4." * 6 + "e5F6"
+    body["context"]["userId"] = user
+    assert len(user) == 81
+    (card,) = assert_conformant(post(client, his, SELECT, body))
+    assert deleted(card) == "ServiceRequest/sr-lft"
+    with world.engine.connect() as conn:
+        assert set(conn.execute(select(reminder.c.clinician)).scalars()) == {user}

@@ -518,7 +518,7 @@ def test_check_fields_that_cannot_be_recorded_are_refused_naming_each(world: Con
         ("B-LFT",),
         channel="rest",
         department="心内科\x00",
-        clinician="dr." + "w" * 70,
+        clinician="dr." + "w" * 100,
         request_id="r\udfff",
     )
     with pytest.raises(ValidationFailed) as exc:

@@ -435,6 +435,8 @@ def recognizable_priors(
 # The widths of what a check or a decision carries into its records (reminder, decision,
 # cds_card); ``huren.domain.text.text_problem`` refuses longer values naming the field.
 CODE_MAX = 64  # reminder.local_code; an ordered item's code
-CLINICIAN_MAX = 64  # reminder / decision / cds_card.clinician
+# reminder / decision / cds_card.clinician: a CDS Hooks userId, "PractitionerRole/" and a
+# FHIR id of up to 64 characters (migration 0005).
+CLINICIAN_MAX = 100
 DEPARTMENT_MAX = 100  # reminder / decision / cds_card.department
 REQUEST_ID_MAX = 64  # reminder.request_id

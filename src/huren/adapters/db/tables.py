@@ -33,6 +33,8 @@ from sqlalchemy import (
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator
 
+from huren.domain.recognition import CLINICIAN_MAX
+
 NAMING = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -411,7 +413,7 @@ reminder = Table(
     Column("channel", String(16), nullable=False),  # cds-hooks | rest | workbench
     Column("institution_code", String(32), nullable=False),
     Column("department", String(100), nullable=False, default=""),
-    Column("clinician", String(64), nullable=False, default=""),
+    Column("clinician", String(CLINICIAN_MAX), nullable=False, default=""),
     Column("patient_id", Id, nullable=True),
     Column("item_code", String(32), nullable=True),
     Column("local_code", String(64), nullable=False, default=""),
@@ -429,7 +431,7 @@ decision = Table(
     _ts("at", nullable=False),
     Column("institution_code", String(32), nullable=False),
     Column("department", String(100), nullable=False, default=""),
-    Column("clinician", String(64), nullable=False, default=""),
+    Column("clinician", String(CLINICIAN_MAX), nullable=False, default=""),
     Column("patient_id", Id, nullable=True),
     Column("item_code", String(32), nullable=False),
     Column("result_id", Id, ForeignKey("result.id"), nullable=True),

@@ -33,6 +33,7 @@ from sqlalchemy import (
 )
 
 from huren.adapters.db.tables import Id, UtcDateTime, decision, metadata
+from huren.domain.recognition import CLINICIAN_MAX
 
 # ---------------------------------------------------------------- QC lifecycle (R8)
 qc_evaluation = Table(
@@ -134,7 +135,7 @@ monitoring_month = Table(
     Column("month", Date, primary_key=True),
     Column("institution_code", String(32), primary_key=True),
     Column("department", String(100), primary_key=True),
-    Column("clinician", String(64), primary_key=True),
+    Column("clinician", String(CLINICIAN_MAX), primary_key=True),
     Column("item_code", String(32), primary_key=True),
     *_counters(),
     Index("ix_monitoring_month_inst", "institution_code", "month"),
@@ -155,7 +156,7 @@ monitoring_decline = Table(
     Column("month", Date, primary_key=True),
     Column("institution_code", String(32), primary_key=True),
     Column("department", String(100), primary_key=True),
-    Column("clinician", String(64), primary_key=True),
+    Column("clinician", String(CLINICIAN_MAX), primary_key=True),
     Column("item_code", String(32), primary_key=True),
     Column("reason_code", String(32), primary_key=True),
     Column("declined", BigInteger, nullable=False, default=0),

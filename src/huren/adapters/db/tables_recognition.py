@@ -7,6 +7,7 @@ from __future__ import annotations
 from sqlalchemy import Column, ForeignKey, Index, Integer, String, Table
 
 from huren.adapters.db.tables import Id, UtcDateTime, metadata
+from huren.domain.recognition import CLINICIAN_MAX
 
 cds_card = Table(
     "cds_card",
@@ -18,7 +19,7 @@ cds_card = Table(
     Column("hook_instance", String(64), nullable=False, default=""),
     Column("institution_code", String(32), nullable=False),
     Column("department", String(100), nullable=False, default=""),
-    Column("clinician", String(64), nullable=False, default=""),
+    Column("clinician", String(CLINICIAN_MAX), nullable=False, default=""),
     Column("patient_id", Id, nullable=True),
     Column("item_code", String(32), nullable=True),
     Column("draft_order", String(200), nullable=False, default=""),  # ServiceRequest/<id>
