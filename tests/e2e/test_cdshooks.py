@@ -8,7 +8,6 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
@@ -19,6 +18,7 @@ from huren.adapters.db.tables import decision, reminder
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from tests.e2e.live import serve
+from tests.fixtures.ehr_fhir import ehr_fhir_server
 from tests.fixtures.imaging import ct_report, store_complete_ct_study, store_thick_only_ct_study
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
@@ -313,37 +313,13 @@ def test_unreachable_fhir_server_is_named_in_the_info_card(
     assert "http://127.0.0.1:9/fhir" in card["detail"]
 
 
-class _FhirServer(BaseHTTPRequestHandler):
-    """A minimal FHIR server of the HIS: GET Patient/pat-0001 with a bearer token."""
-
-    seen_auth: list[str] = []  # noqa: RUF012
-
-    def do_GET(self) -> None:
-        self.seen_auth.append(self.headers.get("Authorization", ""))
-        if self.path.endswith("/Patient/pat-0001"):
-            body = json.dumps(patient_resource()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
 def test_without_prefetch_the_patient_is_read_from_the_fhir_server(
     hebei: tuple[str, dict[str, str]],
 ) -> None:
     base, headers = hebei
-    fhir = ThreadingHTTPServer(("127.0.0.1", 0), _FhirServer)
-    threading.Thread(target=fhir.serve_forever, daemon=True).start()
-    try:
+    with ehr_fhir_server("pat-0001", patient_resource()) as fhir:
         body = hook_request(
-            fhirServer=f"http://127.0.0.1:{fhir.server_address[1]}/fhir",
+            fhirServer=fhir.url(),
             fhirAuthorization={
                 "access_token": "his-opaque-token-42",
                 "token_type": "Bearer",
@@ -353,10 +329,8 @@ def test_without_prefetch_the_patient_is_read_from_the_fhir_server(
             },
         )
         cards = post(base, headers, SELECT, body).json()["cards"]
-    finally:
-        fhir.shutdown()
     assert [c["indicator"] for c in cards] == ["warning", "warning"]
-    assert _FhirServer.seen_auth[-1] == "Bearer his-opaque-token-42"
+    assert fhir.reads[-1][1] == "Bearer his-opaque-token-42"
 
 
 @pytest.mark.parametrize(

@@ -22,10 +22,8 @@ cards against the orders. Each test failed before its fix:
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -36,6 +34,7 @@ from huren.adapters.db.tables import negative_reason, reminder
 from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.ehr_fhir import EhrFhir, ehr_fhir_server
 from tests.fixtures.imaging import ct_report, store_complete_ct_study
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
@@ -262,38 +261,10 @@ def deleted(card: dict[str, Any]) -> str:
     return resource_id
 
 
-class _EhrFhir(BaseHTTPRequestHandler):
-    """The EHR's FHIR server: ``GET Patient/{id}`` with the bearer token it handed out."""
-
-    reads: list[tuple[str, str]] = []  # noqa: RUF012  (path, Authorization)
-
-    def do_GET(self) -> None:
-        self.reads.append((self.path, self.headers.get("Authorization", "")))
-        if self.path.endswith(f"/Patient/{PATIENT_ID}"):
-            body = json.dumps(patient()).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/fhir+json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-        else:
-            self.send_response(404)
-            self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        return
-
-
 @pytest.fixture
-def ehr_fhir() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _EhrFhir)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _EhrFhir.reads.clear()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/api/FHIR/R4"
-    finally:
-        server.shutdown()
-        server.server_close()
+def ehr_fhir() -> Iterator[EhrFhir]:
+    with ehr_fhir_server(PATIENT_ID, patient()) as server:
+        yield server
 
 
 # ---------------------------------------------------------------- prefetch
@@ -361,14 +332,14 @@ def test_a_prefetch_that_holds_no_patient_falls_back_to_the_fhir_server(
     client: TestClient,
     his: dict[str, str],
     priors: None,
-    ehr_fhir: str,
+    ehr_fhir: EhrFhir,
     prefetched: dict[str, Any],
 ) -> None:
     body = hook_request(
         "order-sign",
         [liver_panel_order()],
         prefetch={"patient": prefetched},
-        fhirServer=ehr_fhir,
+        fhirServer=ehr_fhir.url("/api/FHIR/R4"),
         fhirAuthorization={
             "access_token": "opaque-ehr-token",
             "token_type": "Bearer",
@@ -379,7 +350,7 @@ def test_a_prefetch_that_holds_no_patient_falls_back_to_the_fhir_server(
     )
     (card,) = assert_conformant(post(client, his, SIGN, body))
     assert card["indicator"] == "warning"
-    assert _EhrFhir.reads == [(f"/api/FHIR/R4/Patient/{PATIENT_ID}", "Bearer opaque-ehr-token")]
+    assert ehr_fhir.reads == [(f"/api/FHIR/R4/Patient/{PATIENT_ID}", "Bearer opaque-ehr-token")]
 
 
 def test_a_prefetch_that_holds_no_patient_is_named_in_the_info_card(
