@@ -67,6 +67,9 @@ class Catalog:
     code_maps: dict[tuple[str, str], str]
     loaded_at: datetime
     _province_of: dict[str, str] = field(default_factory=dict)
+    # The item whose LOINC hint a code is: what senders and orders that give only LOINC
+    # are matched to (built once per snapshot, with it).
+    _item_by_loinc: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def build(cls, records: MasterDataRecords, loaded_at: datetime) -> Catalog:
@@ -91,6 +94,7 @@ class Catalog:
         )
         for inst in records.institutions:
             catalog._province_of[inst.code] = catalog._find_province(inst.jurisdiction)
+        catalog._item_by_loinc.update((i.loinc, i.code) for i in records.items if i.loinc)
         return catalog
 
     def _find_province(self, scope_code: str) -> str:
@@ -111,6 +115,10 @@ class Catalog:
         if mapped is not None:
             return mapped
         return local_code if local_code in self.items else None
+
+    def item_for_loinc(self, loinc: str) -> str | None:
+        """The unified code of the item carrying ``loinc`` as its LOINC hint."""
+        return self._item_by_loinc.get(loinc)
 
     def mark_for(self, institution: str, item_code: str, issued_at: datetime) -> Mark | None:
         item = self.items.get(item_code)

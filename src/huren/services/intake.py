@@ -976,19 +976,7 @@ def unified_code(catalog: Catalog, institution: str, local_code: str) -> str | N
     mapped = catalog.unified_code(institution, local_code)
     if mapped is not None:
         return mapped
-    return _loinc_index(catalog).get(local_code)
-
-
-_LOINC_CACHE: dict[int, dict[str, str]] = {}
-
-
-def _loinc_index(catalog: Catalog) -> dict[str, str]:
-    index = _LOINC_CACHE.get(id(catalog))
-    if index is None:
-        index = {i.loinc: i.code for i in catalog.items.values() if i.loinc}
-        _LOINC_CACHE.clear()
-        _LOINC_CACHE[id(catalog)] = index
-    return index
+    return catalog.item_for_loinc(local_code)
 
 
 def category_of(sub: ResultSubmission, item_code: str | None, catalog: Catalog) -> Category:

@@ -43,7 +43,6 @@ from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier, validate_identifier
 from huren.domain.recognition import CODE_MAX
 from huren.domain.text import id_problem, is_digits
-from huren.services.catalog import Catalog
 from huren.services.recognition import (
     CardRecord,
     CheckOutcome,
@@ -161,20 +160,6 @@ def _patient(
     return PatientRef(identifiers=tuple(idents)), ""
 
 
-# The unified item code of each LOINC code given as an item's hint, per catalog snapshot
-# (built when an order first needs it, not on the common path).
-_loinc_items: tuple[Catalog, dict[str, str]] | None = None
-
-
-def _loinc_item(catalog: Catalog, loinc: str) -> str | None:
-    global _loinc_items
-    cached = _loinc_items
-    if cached is None or cached[0] is not catalog:
-        cached = (catalog, {i.loinc: i.code for i in catalog.items.values() if i.loinc})
-        _loinc_items = cached
-    return cached[1].get(loinc)
-
-
 def _choose_code(c: Container, institution: str, codings: tuple[tuple[str, str], ...]) -> str:
     """The coding to use: a unified item code first, then the first code that is mapped
     (对码), then a LOINC coding that is an item's LOINC (as results sent with LOINC only
@@ -189,7 +174,7 @@ def _choose_code(c: Container, institution: str, codings: tuple[tuple[str, str],
         if catalog.unified_code(institution, code) is not None:
             return code
     for system, code in codings:
-        if system == systems.LOINC and (item := _loinc_item(catalog, code)) is not None:
+        if system == systems.LOINC and (item := catalog.item_for_loinc(code)) is not None:
             return item
     return next((code for system, code in codings if system != systems.LOINC), codings[0][1])
 
