@@ -28,14 +28,38 @@ STATUS_INVALID_ATTRIBUTE = 0xA903  # an indexed attribute's value cannot be kept
 STATUS_NOT_DICOM = 0xC001  # the bytes are not a DICOM Part 10 file / data set
 STATUS_NOT_AUTHORISED = 0x0124  # PS3.7 C: Refused: Not authorised (unknown calling AE)
 
+# The attributes HuRen indexes and names in its refusals: Chinese name and tag.
+ATTRIBUTE_LABELS: Mapping[str, str] = {
+    "PatientID": "患者ID (0010,0020)",
+    "PatientName": "患者姓名 (0010,0010)",
+    "PatientSex": "患者性别 (0010,0040)",
+    "PatientBirthDate": "出生日期 (0010,0030)",
+    "AccessionNumber": "检查号 (0008,0050)",
+    "StudyID": "检查ID (0020,0010)",
+    "StudyTime": "检查时间 (0008,0030)",
+    "StudyDescription": "检查描述 (0008,1030)",
+    "Modality": "检查设备类型 (0008,0060)",
+    "SeriesDescription": "序列描述 (0008,103E)",
+    "BodyPartExamined": "检查部位 (0018,0015)",
+    "StudyInstanceUID": "检查实例UID (0020,000D)",
+    "SeriesInstanceUID": "序列实例UID (0020,000E)",
+    "SOPInstanceUID": "SOP实例UID (0008,0018)",
+    "SOPClassUID": "SOP类UID (0008,0016)",
+    "TransferSyntaxUID": "传输语法UID (0002,0010)",
+    "ImageType": "图像类型 (0008,0008)",
+}
+
 # PS3.3 C.7.1.1 / C.7.2.1 / C.7.3.1 / C.12.1: the Type 1 identifiers without which an
 # instance cannot be filed under a patient, study and series.
-REQUIRED_TAGS: tuple[tuple[str, str], ...] = (
-    ("PatientID", "患者ID (0010,0020)"),
-    ("StudyInstanceUID", "检查实例UID (0020,000D)"),
-    ("SeriesInstanceUID", "序列实例UID (0020,000E)"),
-    ("SOPInstanceUID", "SOP实例UID (0008,0018)"),
-    ("SOPClassUID", "SOP类UID (0008,0016)"),
+REQUIRED_TAGS: tuple[tuple[str, str], ...] = tuple(
+    (kw, ATTRIBUTE_LABELS[kw])
+    for kw in (
+        "PatientID",
+        "StudyInstanceUID",
+        "SeriesInstanceUID",
+        "SOPInstanceUID",
+        "SOPClassUID",
+    )
 )
 
 # PS3.5 9.1: a UID is at most 64 characters, digits and full stops only.
@@ -46,26 +70,26 @@ _UID_CHARACTERS = frozenset("0123456789.")
 PATIENT_ID_MAX_LENGTH = 64
 ACCESSION_MAX_LENGTH = 64
 
-# The indexed text attributes (InstanceHeader field, Chinese label with the tag).
-_TEXT_ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
-    ("patient_id", "PatientID", "患者ID (0010,0020)"),
-    ("patient_name", "PatientName", "患者姓名 (0010,0010)"),
-    ("patient_sex", "PatientSex", "患者性别 (0010,0040)"),
-    ("patient_birth_date", "PatientBirthDate", "出生日期 (0010,0030)"),
-    ("accession_number", "AccessionNumber", "检查号 (0008,0050)"),
-    ("study_id", "StudyID", "检查ID (0020,0010)"),
-    ("study_time", "StudyTime", "检查时间 (0008,0030)"),
-    ("study_description", "StudyDescription", "检查描述 (0008,1030)"),
-    ("modality", "Modality", "检查设备类型 (0008,0060)"),
-    ("series_description", "SeriesDescription", "序列描述 (0008,103E)"),
-    ("body_part", "BodyPartExamined", "检查部位 (0018,0015)"),
+# The indexed attributes (InstanceHeader field, keyword): text, and UIDs.
+_TEXT_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("patient_id", "PatientID"),
+    ("patient_name", "PatientName"),
+    ("patient_sex", "PatientSex"),
+    ("patient_birth_date", "PatientBirthDate"),
+    ("accession_number", "AccessionNumber"),
+    ("study_id", "StudyID"),
+    ("study_time", "StudyTime"),
+    ("study_description", "StudyDescription"),
+    ("modality", "Modality"),
+    ("series_description", "SeriesDescription"),
+    ("body_part", "BodyPartExamined"),
 )
-_UID_ATTRIBUTES: tuple[tuple[str, str, str], ...] = (
-    ("study_uid", "StudyInstanceUID", "检查实例UID (0020,000D)"),
-    ("series_uid", "SeriesInstanceUID", "序列实例UID (0020,000E)"),
-    ("sop_uid", "SOPInstanceUID", "SOP实例UID (0008,0018)"),
-    ("sop_class_uid", "SOPClassUID", "SOP类UID (0008,0016)"),
-    ("transfer_syntax", "TransferSyntaxUID", "传输语法UID (0002,0010)"),
+_UID_ATTRIBUTES: tuple[tuple[str, str], ...] = (
+    ("study_uid", "StudyInstanceUID"),
+    ("series_uid", "SeriesInstanceUID"),
+    ("sop_uid", "SOPInstanceUID"),
+    ("sop_class_uid", "SOPClassUID"),
+    ("transfer_syntax", "TransferSyntaxUID"),
 )
 
 
@@ -126,22 +150,24 @@ def invalid_attributes(header: InstanceHeader) -> list[tuple[str, str]]:
     longer than the index holds, a NUL character (U+0000) in any text — DICOM text never
     holds one inside a value (PS3.5 6.2) and PostgreSQL cannot store it."""
     out: list[tuple[str, str]] = []
-    for attr, keyword, label in _UID_ATTRIBUTES:
+    labels = ATTRIBUTE_LABELS
+    for attr, keyword in _UID_ATTRIBUTES:
         why = uid_problem(getattr(header, attr))
         if why is not None:
-            out.append((keyword, f"{label} 不是有效的 UID：{why}"))
-    for attr, keyword, label in _TEXT_ATTRIBUTES:
-        if "\x00" in getattr(header, attr):
-            out.append((keyword, f"{label} 含有 NUL 字符（\\u0000）"))
+            out.append((keyword, f"{labels[keyword]} 不是有效的 UID：{why}"))
+    nul = [kw for attr, kw in _TEXT_ATTRIBUTES if "\x00" in getattr(header, attr)]
     if any("\x00" in v for v in header.image_type):
-        out.append(("ImageType", "图像类型 (0008,0008) 含有 NUL 字符（\\u0000）"))
+        nul.append("ImageType")
+    out.extend((kw, f"{labels[kw]} 含有 NUL 字符（\\u0000）") for kw in nul)
     limits = (
-        ("PatientID", "患者ID (0010,0020)", header.patient_id, PATIENT_ID_MAX_LENGTH),
-        ("AccessionNumber", "检查号 (0008,0050)", header.accession_number, ACCESSION_MAX_LENGTH),
+        ("PatientID", header.patient_id, PATIENT_ID_MAX_LENGTH),
+        ("AccessionNumber", header.accession_number, ACCESSION_MAX_LENGTH),
     )
-    for keyword, label, value, limit in limits:
+    for keyword, value, limit in limits:
         if len(value.strip()) > limit:
-            out.append((keyword, f"{label} 超过 {limit} 个字符（{len(value.strip())} 个）"))
+            out.append(
+                (keyword, f"{labels[keyword]} 超过 {limit} 个字符（{len(value.strip())} 个）")
+            )
     return out
 
 
