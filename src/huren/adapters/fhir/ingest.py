@@ -603,8 +603,7 @@ def _value(
         num = q.value
         if num is None:
             errors.add(f"{where}.valueQuantity.value", "数值型结果缺少数值")
-        unit = q.code if q.system == _UCUM and q.code else (q.unit or q.code)
-        unit_at = "valueQuantity.unit"
+        unit, unit_at = _quantity_unit(q), "valueQuantity.unit"
         if q.comparator:
             vt, text = _SN, f"{q.comparator}{num:g}" if num is not None else ""
         else:
