@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Column, Engine, insert, select, update
 
 from huren.adapters.db import tables as t
 from huren.domain.accounts import Role
@@ -94,25 +94,18 @@ class SqlAccounts:
                 .values(password_hash=password_hash)
             )
 
-    def institution_exists(self, code: str) -> bool:
+    def _exists(self, key: Column[Any], value: object) -> bool:
         with self.engine.connect() as c:
-            return (
-                c.execute(select(t.institution.c.code).where(t.institution.c.code == code)).first()
-                is not None
-            )
+            return c.execute(select(key).where(key == value)).first() is not None
+
+    def institution_exists(self, code: str) -> bool:
+        return self._exists(t.institution.c.code, code)
 
     def scope_exists(self, code: str) -> bool:
-        with self.engine.connect() as c:
-            return (
-                c.execute(select(t.scope.c.code).where(t.scope.c.code == code)).first() is not None
-            )
+        return self._exists(t.scope.c.code, code)
 
     def patient_exists(self, patient_id: int) -> bool:
-        with self.engine.connect() as c:
-            return (
-                c.execute(select(t.patient.c.id).where(t.patient.c.id == patient_id)).first()
-                is not None
-            )
+        return self._exists(t.patient.c.id, patient_id)
 
     def add_api_key(
         self, account_id: int, prefix: str, key_hash: str, label: str, now: datetime
