@@ -1031,8 +1031,7 @@ _NO_COMMENT = b',"comment":""}'
 def encode_observations(observations: Sequence[ObservationValue]) -> bytes:
     """``observations`` as a JSON array of objects of their fields in declaration order
     (``observation_json``'s keys), an empty comment left out."""
-    encoded = _CANONICAL.encode(observations)
-    return encoded.replace(_NO_COMMENT, b"}") if _NO_COMMENT in encoded else encoded
+    return _CANONICAL.encode(observations).replace(_NO_COMMENT, b"}")
 
 
 def encode_submission(sub: ResultSubmission) -> tuple[str, bytes]:

@@ -26,7 +26,7 @@ from huren.api.auth import require_roles
 from huren.api.deps import container as get_container
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
-from huren.domain.china_time import CHINA_TZ
+from huren.domain.china_time import CHINA_TZ, in_china_time
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
 from huren.domain.results import StoredResult
@@ -333,9 +333,7 @@ def _date_bounds(values: Sequence[str], name: str) -> tuple[datetime | None, dat
                 start = datetime.fromisoformat(text).replace(tzinfo=CHINA_TZ)
                 end = start + timedelta(days=1)
             else:
-                start = datetime.fromisoformat(text)
-                if start.tzinfo is None:
-                    start = start.replace(tzinfo=CHINA_TZ)
+                start = in_china_time(datetime.fromisoformat(text))
                 end = start
         except ValueError as exc:
             raise ValidationFailed(
