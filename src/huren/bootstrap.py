@@ -14,6 +14,7 @@ from sqlalchemy import Engine
 from huren.adapters.clock import SystemClock
 from huren.adapters.crypto import IdentifierCrypto
 from huren.adapters.db.accounts import SqlAccounts
+from huren.adapters.db.cds_clients import SqlCdsClients
 from huren.adapters.db.engine import make_engine
 from huren.adapters.db.inbound import SqlInboundMessages
 from huren.adapters.db.masterdata import SqlMasterData
@@ -26,11 +27,12 @@ from huren.adapters.dicom.export import DicomExporter
 from huren.adapters.dicom.index import SqlImagingIndex
 from huren.adapters.dicom.parse import PydicomParser
 from huren.adapters.dicom.store import ContentAddressedStore
-from huren.adapters.security import Argon2Passwords, HmacApiKeys, JwtTokens
+from huren.adapters.security import Argon2Passwords, HmacApiKeys, JwsClientVerifier, JwtTokens
 from huren.config import Settings
 from huren.services.accounts import AccountService
 from huren.services.catalog import CatalogCache
 from huren.services.catalog_io import CatalogIO
+from huren.services.cds_clients import CdsClientService
 from huren.services.imaging import CatalogItems, ImagingService
 from huren.services.intake import IntakeService
 from huren.services.masterdata_admin import MasterDataAdmin
@@ -93,6 +95,13 @@ class Container:
             self.clock,
             timedelta(seconds=self.settings.token_ttl_seconds),
             counters=self.rate_counters,
+        )
+
+    @cached_property
+    def cds_clients(self) -> CdsClientService:
+        """CDS clients that authenticate with their own signed JWT (CDS Hooks 2.0)."""
+        return CdsClientService(
+            SqlCdsClients(self.engine), self.accounts, JwsClientVerifier(), self.clock
         )
 
     @cached_property

@@ -10,7 +10,8 @@ CONTRACT for every route module:
   ``principal_can_act_in_scope(principal, scope_code, catalog)``: the reach of a role.
 
 Credentials accepted, first match wins:
-``Authorization: Bearer <jwt>``, ``Authorization: ApiKey <key>``, ``X-API-Key: <key>``,
+``Authorization: Bearer <jwt>`` (under ``/cds-services`` also a registered CDS client's
+own signed JWT, ``services.cds_clients``), ``Authorization: ApiKey <key>``, ``X-API-Key: <key>``,
 and the ``huren_session`` cookie (HttpOnly, SameSite=Lax) that the login page sets,
 carrying the same signed token. Last, the image viewer's ``huren_viewer`` cookie (set from
 a ``?token=`` the HIS frame passed, see ``routes/viewer.py``) — honoured only for reading
@@ -38,6 +39,9 @@ from huren.services.catalog import Catalog
 SESSION_COOKIE = "huren_session"
 VIEWER_COOKIE = "huren_viewer"
 VIEWER_COOKIE_PATHS = ("/imaging/", "/dicomweb/")
+# Where a CDS client's own JWT is accepted (CDS Hooks 2.0 §Trusting CDS Clients).
+CDS_PATH = "/cds-services"
+FEEDBACK_SUFFIX = "/feedback"
 ALL_ROLES: tuple[Role, ...] = tuple(Role)
 STAFF_ROLES: tuple[Role, ...] = tuple(r for r in Role if r is not Role.PATIENT)
 LIST_EDITORS: tuple[Role, ...] = (Role.REGULATOR, Role.QC_CENTRE, Role.OPERATOR)
@@ -86,6 +90,21 @@ def set_viewer_cookie(response: Response, token: str, max_age: int, *, https: bo
         ]
 
 
+def cds_audiences(request: Request, configured_base: str) -> list[str]:
+    """The URLs a CDS client may name in its JWT's ``aud`` for this request: the
+    endpoint invoked (CDS Hooks 2.0 §Trusting CDS Clients), by the configured public
+    URL and by the URL the request came to; for a feedback call also its service's URL
+    (clients differ in which one they sign for)."""
+    path = request.url.path.rstrip("/")
+    paths = [path]
+    if path.endswith(FEEDBACK_SUFFIX):
+        paths.append(path.removesuffix(FEEDBACK_SUFFIX))
+    bases = [str(request.base_url).rstrip("/")]
+    if configured_base:
+        bases.insert(0, configured_base.rstrip("/"))
+    return [base + p for base in bases for p in paths]
+
+
 def _viewer_cookie(request: Request) -> str:
     if request.method not in ("GET", "HEAD"):
         return ""
@@ -109,7 +128,15 @@ def _resolve(request: Request) -> Principal | None:
             scheme, _, value = header.partition(" ")
             scheme, value = scheme.lower(), value.strip()
             if scheme == "bearer" and value:
-                principal = accounts.principal_from_token(value)
+                container = _container(request)
+                if request.url.path.startswith(CDS_PATH) and container.cds_clients.is_client_jwt(
+                    value
+                ):
+                    principal = container.cds_clients.principal_from_jwt(
+                        value, cds_audiences(request, container.settings.base_url)
+                    )
+                else:
+                    principal = accounts.principal_from_token(value)
             elif scheme == "apikey" and value:
                 principal = accounts.principal_from_api_key(value)
             else:

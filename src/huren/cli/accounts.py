@@ -1,16 +1,19 @@
 """``huren accounts``: an operator creates users and integration API keys from the command
-line (e.g. for a new hospital's interface engine). Passwords and keys are printed once
-and stored only as hashes; there is no default password."""
+line (e.g. for a new hospital's interface engine), and registers the public keys of CDS
+clients that sign their own JWTs. Passwords and keys are printed once and stored only as
+hashes; there is no default password."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from huren.bootstrap import Container, build
+from huren.cli.files import input_file_problem
 from huren.config import get_settings
 from huren.domain.accounts import ROLE_LABELS, Role
 from huren.domain.errors import DomainError
@@ -19,6 +22,10 @@ from huren.services.accounts import NewAccount, describe_binding
 app = typer.Typer(help="账号与 API 密钥: 创建、列出、停用、吊销", no_args_is_help=True)
 keys_app = typer.Typer(help="接口系统 API 密钥", no_args_is_help=True)
 app.add_typer(keys_app, name="api-key")
+cds_app = typer.Typer(
+    help="以自有签名 JWT 认证的 CDS 客户端（HIS）：登记公钥、轮换、吊销", no_args_is_help=True
+)
+app.add_typer(cds_app, name="cds-client")
 
 
 @contextmanager
@@ -151,3 +158,89 @@ def revoke_key(prefix: Annotated[str, typer.Argument(help="密钥前缀，如 hr
     with _container() as c:
         c.accounts.revoke_api_key(prefix)
         typer.echo(f"已吊销 API 密钥 {prefix}")
+
+
+MAX_TEXT_FILE = 256 * 1024
+
+
+def read_text_file(path: Path, option: str) -> str:
+    """A small UTF-8 text file's content, or exit with the reason."""
+    problem = input_file_problem(path)
+    if problem is None and path.stat().st_size > MAX_TEXT_FILE:
+        problem = f"文件 {path} 过大（JWK Set 应在 {MAX_TEXT_FILE // 1024} KB 以内）"
+    if problem is None:
+        try:
+            return path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            problem = f"文件 {path} 不是 UTF-8 文本"
+    typer.echo(f"错误: {option}: {problem}", err=True)
+    raise typer.Exit(1)
+
+
+@cds_app.command("add")
+def add_cds_client(
+    issuer: Annotated[str, typer.Option(help="CDS 客户端 JWT 的 iss（通常是 HIS 的 URL）")],
+    jwks: Annotated[Path, typer.Option(help="客户端公钥 JWK Set 文件（JSON，只含公钥）")],
+    institution: Annotated[str, typer.Option(help="开单机构代码")],
+    username: Annotated[
+        str | None, typer.Option(help="接口系统账号名；默认 <机构代码>-integration，不存在则创建")
+    ] = None,
+    jku: Annotated[str, typer.Option(help="客户端 JWT 头中 jku 的允许值（可选）")] = "",
+    label: Annotated[str, typer.Option(help="用途说明，如 HIS 医嘱系统生产环境")] = "",
+) -> None:
+    """登记以自有 JWT 认证的 CDS 客户端（CDS Hooks 2.0 Trusting CDS Clients）。"""
+    user = username or f"{institution}-integration"
+    text = read_text_file(jwks, "--jwks")
+    with _container() as c:
+        existing = next((a for a in c.accounts.list_accounts() if a.username == user), None)
+        if existing is not None and existing.institution != institution:
+            typer.echo(f"错误: 账号 {user} 属于机构 {existing.institution or '（无）'}", err=True)
+            raise typer.Exit(1)
+        if any(r.issuer == issuer.strip() for r in c.cds_clients.list_clients()):
+            typer.echo(f"错误: CDS 客户端 {issuer} 已登记；更换密钥请用 set-keys", err=True)
+            raise typer.Exit(1)
+        if existing is None:
+            c.accounts.create_account(
+                NewAccount(
+                    user, f"{institution} 接口系统", Role.INTEGRATION, institution=institution
+                )
+            )
+        record = c.cds_clients.register(user, issuer, text, jku, label)
+        typer.echo(f"已登记 CDS 客户端 {record.issuer}，以 {user}（{institution}）的身份调用")
+        typer.echo(
+            "用法: 客户端每次调用以私钥签发 JWT（aud 为所调用的服务地址，exp 不超过 5 分钟，"
+            "jti 不重复），放在请求头 Authorization: Bearer <JWT>"
+        )
+
+
+@cds_app.command("list")
+def list_cds_clients() -> None:
+    """列出已登记的 CDS 客户端。"""
+    with _container() as c:
+        owners = {a.id: a for a in c.accounts.list_accounts()}
+        for r in c.cds_clients.list_clients():
+            owner = owners.get(r.account_id)
+            state = f"已吊销 {r.revoked_at:%Y-%m-%d}" if r.revoked_at else "有效"
+            who = f"{owner.username}（{owner.institution}）" if owner else "?"
+            typer.echo(f"{r.issuer}\t{who}\t{r.jku or '-'}\t{r.label}\t{state}")
+
+
+@cds_app.command("set-keys")
+def set_cds_client_keys(
+    issuer: Annotated[str, typer.Argument(help="CDS 客户端的 iss")],
+    jwks: Annotated[Path, typer.Option(help="新的公钥 JWK Set 文件")],
+    jku: Annotated[str, typer.Option(help="jku 的允许值（可选）")] = "",
+) -> None:
+    """更换 CDS 客户端的公钥（密钥轮换）：新 JWK Set 宜同时含新旧两把公钥。"""
+    text = read_text_file(jwks, "--jwks")
+    with _container() as c:
+        c.cds_clients.set_keys(issuer, text, jku)
+        typer.echo(f"已更换 CDS 客户端 {issuer} 的公钥")
+
+
+@cds_app.command("revoke")
+def revoke_cds_client(issuer: Annotated[str, typer.Argument(help="CDS 客户端的 iss")]) -> None:
+    """吊销 CDS 客户端，立即生效。"""
+    with _container() as c:
+        c.cds_clients.revoke(issuer)
+        typer.echo(f"已吊销 CDS 客户端 {issuer}")

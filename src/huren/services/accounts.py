@@ -346,6 +346,11 @@ class AccountService:
             self._recent_accounts[account_id] = (now, record)
         return record
 
+    def active_principal(self, account_id: int) -> Principal | None:
+        """The principal of an active account (cached briefly, as for tokens)."""
+        record = self._account_by_id(account_id)
+        return record.principal() if record is not None and record.active else None
+
     def set_password(self, username: str, password: str) -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
             errors = ProblemCollector()

@@ -261,6 +261,32 @@ api_key = Table(
     _ts("revoked_at"),
 )
 
+# CDS Hooks 2.0 §Trusting CDS Clients: a CDS client (an HIS) signs a JWT with its own key;
+# its issuer and public JWK Set are registered here, bound to the institution's interface
+# account, whose principal the calls act as.
+cds_client = Table(
+    "cds_client",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("issuer", String(255), nullable=False, unique=True),
+    Column("account_id", Id, ForeignKey("account.id"), nullable=False),
+    Column("jwks", Text, nullable=False),
+    Column("jku", String(500), nullable=False, default=""),
+    Column("label", String(100), nullable=False, default=""),
+    _ts("created_at", nullable=False),
+    _ts("revoked_at"),
+)
+
+# The ``jti`` of every client JWT accepted, kept until its ``exp``: a second use is a
+# replay (CDS Hooks 2.0: "jti … used to protect against replay attacks").
+cds_client_jti = Table(
+    "cds_client_jti",
+    metadata,
+    Column("issuer", String(255), primary_key=True),
+    Column("jti", String(255), primary_key=True),
+    _ts("expires_at", nullable=False),
+)
+
 # ---------------------------------------------------------------- patients (R4)
 patient = Table(
     "patient",
