@@ -208,8 +208,21 @@ def test_login_page_with_wrong_password_shows_error_in_chinese(
 def test_logout_clears_the_session_cookie(client: TestClient, world: Container) -> None:
     password = _clinician(world)
     client.post("/login", data={"username": "dr.wang", "password": password})
-    client.get("/logout")
+    client.post("/logout")
     assert client.get("/api/v1/auth/me").status_code == 401
+
+
+def test_a_get_of_logout_only_asks_to_confirm(client: TestClient, world: Container) -> None:
+    """A link or an image elsewhere (a GET) must not log the user out."""
+    password = _clinician(world)
+    client.post("/login", data={"username": "dr.wang", "password": password})
+    page = client.get("/logout")
+    assert page.status_code == 200
+    assert 'method="post" action="/logout"' in page.text
+    assert "set-cookie" not in page.headers
+    assert client.get("/api/v1/auth/me").status_code == 200
+    home = client.get("/retrieval")
+    assert '<form class="logout" method="post" action="/logout">' in home.text
 
 
 def test_repeated_requests_with_one_token_read_the_account_once(

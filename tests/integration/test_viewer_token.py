@@ -183,7 +183,7 @@ def test_logging_out_clears_the_viewer_cookie_too(
 ) -> None:
     token = token_of(login(Role.CLINICIAN, institution=HOSP_B))
     client.get(f"/imaging/results/{ct[0]}?token={token}")
-    r = client.get("/logout", follow_redirects=False)
+    r = client.post("/logout", follow_redirects=False)
     cleared = set_cookie(r)[VIEWER_COOKIE]
     assert cleared.value == ""
     assert cleared["max-age"] == "0"

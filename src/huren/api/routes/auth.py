@@ -201,7 +201,17 @@ def login_submit(
     return response
 
 
-@router.api_route("/logout", methods=["GET", "POST"], include_in_schema=False)
+@router.get("/logout", response_class=HTMLResponse, include_in_schema=False)
+def logout_page(
+    request: Request, user: Annotated[Principal | None, Depends(optional_principal)]
+) -> Response:
+    """A page asking to confirm: logging out is a POST, so that a link or an image on
+    another site cannot log a user out (a cross-site POST carries no SameSite=Lax
+    cookie)."""
+    return templates.TemplateResponse(request, "logout.html", {"user": user})
+
+
+@router.post("/logout", include_in_schema=False)
 def logout(request: Request) -> Response:
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
