@@ -223,6 +223,8 @@ def test_a_get_of_logout_only_asks_to_confirm(client: TestClient, world: Contain
     assert client.get("/api/v1/auth/me").status_code == 200
     home = client.get("/retrieval")
     assert '<form class="logout" method="post" action="/logout">' in home.text
+    client.post("/logout")
+    assert client.get("/logout", follow_redirects=False).headers["location"] == "/login"
 
 
 def test_repeated_requests_with_one_token_read_the_account_once(

@@ -207,7 +207,9 @@ def logout_page(
 ) -> Response:
     """A page asking to confirm: logging out is a POST, so that a link or an image on
     another site cannot log a user out (a cross-site POST carries no SameSite=Lax
-    cookie)."""
+    cookie). Nobody logged in: the login page."""
+    if user is None:
+        return RedirectResponse("/login", status_code=303)
     return templates.TemplateResponse(request, "logout.html", {"user": user})
 
 
