@@ -100,17 +100,21 @@ class Signer:
 
 # -- the specification's example
 
+SPEC_ISS, SPEC_JKU = "https://fhir-ehr.example.com/", "https://fhir-ehr.example.com/jwk_uri"
+
+
+def example_client(world: Container, before_exp: timedelta, jku: str = SPEC_JKU) -> str:
+    """The example's EHR registered with its key set, the clock ``before_exp`` before
+    the example token's ``exp``; its account's name."""
+    assert isinstance(world.clock, FixedClock)
+    world.clock.at = SPEC_EXP - before_exp
+    user = integration_account(world, "ehr-example")
+    world.cds_clients.register(user, SPEC_ISS, json.dumps(SPEC_JWKS), jku=jku)
+    return user
+
 
 def test_the_specifications_example_token_is_accepted_with_its_key_set(world: Container) -> None:
-    assert isinstance(world.clock, FixedClock)
-    world.clock.at = SPEC_EXP - timedelta(minutes=4)
-    user = integration_account(world, "ehr-example")
-    world.cds_clients.register(
-        user,
-        "https://fhir-ehr.example.com/",
-        json.dumps(SPEC_JWKS),
-        jku="https://fhir-ehr.example.com/jwk_uri",
-    )
+    user = example_client(world, timedelta(minutes=4))
     principal = world.cds_clients.principal_from_jwt(SPEC_JWT, [SPEC_AUD])
     assert (principal.username, principal.institution) == (user, HOSP_B)
     # Its jti is now spent.
@@ -119,43 +123,25 @@ def test_the_specifications_example_token_is_accepted_with_its_key_set(world: Co
 
 
 @pytest.mark.parametrize(
-    ("move", "jku", "audience", "why"),
+    ("before_exp", "jku", "audience", "why"),
     [
         # exp in 2015 is 3.5 years after iat: as a bearer credential it lives too long.
-        (timedelta(days=-365), "https://fhir-ehr.example.com/jwk_uri", SPEC_AUD, "有效期过长"),
-        (timedelta(minutes=2), "https://fhir-ehr.example.com/jwk_uri", SPEC_AUD, "已过期"),
-        (timedelta(minutes=-4), "https://elsewhere.example/jwks", SPEC_AUD, "jku"),
-        (
-            timedelta(minutes=-4),
-            "https://fhir-ehr.example.com/jwk_uri",
-            "https://cds.example.org/cds-services/other",
-            "aud",
-        ),
+        (timedelta(days=365), SPEC_JKU, SPEC_AUD, "有效期过长"),
+        (timedelta(minutes=-2), SPEC_JKU, SPEC_AUD, "已过期"),
+        (timedelta(minutes=4), "https://elsewhere.example/jwks", SPEC_AUD, "jku"),
+        (timedelta(minutes=4), SPEC_JKU, "https://cds.example.org/cds-services/other", "aud"),
     ],
 )
 def test_the_specifications_example_token_is_refused_when_a_check_fails(
-    world: Container, move: timedelta, jku: str, audience: str, why: str
+    world: Container, before_exp: timedelta, jku: str, audience: str, why: str
 ) -> None:
-    assert isinstance(world.clock, FixedClock)
-    world.clock.at = SPEC_EXP + move
-    user = integration_account(world, "ehr-example")
-    world.cds_clients.register(
-        user, "https://fhir-ehr.example.com/", json.dumps(SPEC_JWKS), jku=jku
-    )
+    example_client(world, before_exp, jku)
     with pytest.raises(Unauthorized, match=why):
         world.cds_clients.principal_from_jwt(SPEC_JWT, [audience])
 
 
 def test_a_tampered_example_token_fails_its_signature(world: Container) -> None:
-    assert isinstance(world.clock, FixedClock)
-    world.clock.at = SPEC_EXP - timedelta(minutes=4)
-    user = integration_account(world, "ehr-example")
-    world.cds_clients.register(
-        user,
-        "https://fhir-ehr.example.com/",
-        json.dumps(SPEC_JWKS),
-        jku="https://fhir-ehr.example.com/jwk_uri",
-    )
+    example_client(world, timedelta(minutes=4))
     head, payload, sig = SPEC_JWT.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
     claims["tenant"] = "another-hospital"
