@@ -32,7 +32,10 @@ five times as long as in a real one, and each check reads five times as many pri
 
 Patients are sampled from stored results (so they have priors); each order is five
 unified item codes, the patient's own items first. ``--profile`` prints a cProfile of the
-in-process checks; the statements each check sends to the database are counted.
+in-process checks; the statements each check sends to the database are counted, and on
+PostgreSQL its round trips to the server (from libpq's protocol trace: the messages after
+which the client waits for the server — a simple Query such as psycopg's BEGIN, a Sync
+ending a statement or a pipeline's segment, a pipeline's Flush).
 Each check writes its reminder rows and an audit row, as in production (over HTTP also
 its cards' rows), committed before it answers.
 
@@ -184,6 +187,50 @@ class StatementCounter:
             SqlRecognitionTx._execute = self._raw  # type: ignore[method-assign]
 
 
+class RoundTripCounter:
+    """Counts the round trips to a PostgreSQL server made on the engine's connections
+    while it is active, from libpq's protocol trace (``PQtrace``) of each connection
+    checked out: a round trip per message after which the client waits for the server's
+    answer — a simple Query (psycopg's BEGIN), a Sync (the end of an extended-protocol
+    statement, or of a pipeline's segment), a Flush (a pipeline's request for results so
+    far). ``n`` is None on SQLite, where a statement is a library call."""
+
+    WAITS = frozenset({"Query", "Sync", "Flush"})
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self.n: int | None = None
+        self._traces: dict[int, tuple[Any, int, str]] = {}
+
+    def _checkout(self, dbapi: Any, _record: Any, _proxy: Any) -> None:
+        if id(dbapi) not in self._traces:
+            fd, path = tempfile.mkstemp(suffix=".pqtrace")
+            dbapi.pgconn.trace(fd)
+            dbapi.pgconn.set_trace_flags(1)  # psycopg.pq.Trace.SUPPRESS_TIMESTAMPS
+            self._traces[id(dbapi)] = (dbapi, fd, path)
+
+    def __enter__(self) -> RoundTripCounter:
+        if self.engine.dialect.name == "postgresql":
+            event.listen(self.engine, "checkout", self._checkout)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.engine.dialect.name != "postgresql":
+            return
+        event.remove(self.engine, "checkout", self._checkout)
+        n = 0
+        for dbapi, fd, path in self._traces.values():
+            if not dbapi.closed:
+                dbapi.pgconn.untrace()  # flushes the trace
+            with open(path) as f:
+                for line in f:
+                    fields = line.split("\t")
+                    n += fields[0] == "F" and fields[2].strip() in self.WAITS
+            os.close(fd)
+            os.unlink(path)
+        self.n = n
+
+
 def bench_in_process(
     c: Container, institution: str, orders: list[Any], checks: int, profile: bool = False
 ) -> dict[str, float]:
@@ -205,7 +252,7 @@ def bench_in_process(
 
     for i in range(min(200, checks)):
         one(i)
-    with StatementCounter(c.engine) as counted:
+    with StatementCounter(c.engine) as counted, RoundTripCounter(c.engine) as trips:
         for i in range(len(orders)):
             one(i)
     statements = counted.n / len(orders)
@@ -232,6 +279,7 @@ def bench_in_process(
     a = studies.answers
     return {
         "statements": statements,
+        "round_trips": -1.0 if trips.n is None else trips.n / len(orders),
         # CPU time of the checking thread (its own work, whatever else the machine runs):
         # on a shared machine the wall-clock tail is mostly time spent waiting for a core.
         "cpu_p50_ms": statistics.median(cpu_times),
@@ -503,7 +551,8 @@ def main() -> None:
         ip = bench_in_process(c, institution, orders, args.checks, args.profile)
         print(
             f"进程内 check（5 项）: p50 {ip['p50_ms']:.2f} ms  p99 {ip['p99_ms']:.2f} ms  "
-            f"均值 {ip['mean_ms']:.2f} ms  （{args.checks} 次；每次 {ip['statements']:.1f} 条 SQL）"
+            f"均值 {ip['mean_ms']:.2f} ms  （{args.checks} 次；每次 {ip['statements']:.1f} 条 SQL"
+            + (f"，与服务器往返 {ip['round_trips']:.1f} 次）" if ip["round_trips"] >= 0 else "）")
         )
         print(
             f"  其中本线程 CPU 时间: p50 {ip['cpu_p50_ms']:.2f} ms  p99 {ip['cpu_p99_ms']:.2f} ms"

@@ -176,6 +176,17 @@ class RecognitionTx(Protocol):
 
     def patient_family(self, patient_id: int) -> list[int] | None: ...
 
+    def family_and_priors(
+        self,
+        patient: int | Sequence[tuple[str, str, str]],
+        item_codes: Sequence[str],
+        limit: int,
+    ) -> tuple[list[int] | None, dict[str, list[PriorRow]]]:
+        """``patient_family`` (``patient`` a platform id) or ``family_by_keys`` (identifier
+        keys), and ``priors`` of that family (``{}`` when it is None): what a check reads,
+        in as few round trips as the backend allows."""
+        ...
+
     def priors(
         self, patient_ids: Sequence[int], item_codes: Sequence[str], limit: int
     ) -> dict[str, list[PriorRow]]:
@@ -402,21 +413,40 @@ class RecognitionService:
             for i in idents
         ]
 
+    def _patient(
+        self, ref: PatientRef, institution: str, where: str
+    ) -> int | list[tuple[str, str, str]]:
+        """The platform id the reference names, or else its identifiers' lookup keys."""
+        if ref.patient_id is not None:
+            return ref.patient_id
+        if not ref.identifiers:
+            raise ValidationFailed(
+                "缺少患者标识", problems=[Problem(where, "请提供患者 id 或至少一个患者标识")]
+            )
+        return self._keys(ref, institution, where)
+
     def _family(
         self, tx: RecognitionTx, ref: PatientRef, institution: str, where: str
     ) -> list[int] | None:
         """The patient's ids (survivor first) or None when the identifiers match nobody.
         An explicit platform id that does not exist is an error."""
-        if ref.patient_id is not None:
-            family = tx.patient_family(ref.patient_id)
+        patient = self._patient(ref, institution, where)
+        if isinstance(patient, int):
+            family = tx.patient_family(patient)
             if family is None:
-                raise _unknown_patient(ref.patient_id, where)
+                raise _unknown_patient(patient, where)
             return family
-        if not ref.identifiers:
-            raise ValidationFailed(
-                "缺少患者标识", problems=[Problem(where, "请提供患者 id 或至少一个患者标识")]
-            )
-        return tx.family_by_keys(self._keys(ref, institution, where))
+        return tx.family_by_keys(patient)
+
+    def _family_and_priors(
+        self, tx: RecognitionTx, ref: PatientRef, institution: str, item_codes: Sequence[str]
+    ) -> tuple[list[int] | None, dict[str, list[PriorRow]]]:
+        """``_family`` of the ordering patient and the newest priors of each item."""
+        patient = self._patient(ref, institution, "patient")
+        family, priors = tx.family_and_priors(patient, item_codes, PRIORS_PER_ITEM)
+        if family is None and isinstance(patient, int):
+            raise _unknown_patient(patient, "patient")
+        return family, priors
 
     def _resolve(self, catalog: Catalog, institution: str, code: str) -> Item | None:
         unified = catalog.unified_code(institution, code.strip())
@@ -557,15 +587,14 @@ class RecognitionService:
 
         # One pooled connection for the reads (the family, then every prior of every
         # ordered item with its observations, open corrections and whether a study may
-        # have arrived: one statement) and the writes, committed before the answer is
-        # given (the cards handed out must be found by their feedback; concurrent checks
-        # share a commit). When an imaging study may have arrived, the imaging service
-        # links it on its own connections: this one is given back first, so that a
-        # check never holds two pooled connections at once (concurrent checks would
-        # otherwise exhaust the pool waiting for each other).
+        # have arrived: one statement; on PostgreSQL one with the family) and the writes,
+        # committed before the answer is given (the cards handed out must be found by
+        # their feedback; concurrent checks share a commit). When an imaging study may
+        # have arrived, the imaging service links it on its own connections: this one is
+        # given back first, so that a check never holds two pooled connections at once
+        # (concurrent checks would otherwise exhaust the pool waiting for each other).
         with self._store.reading() as tx:
-            family = self._family(tx, req.patient, institution, "patient")
-            priors = tx.priors(family, item_codes, PRIORS_PER_ITEM) if family else {}
+            family, priors = self._family_and_priors(tx, req.patient, institution, item_codes)
             arrived: list[StoredResult] = []
             absent: list[StoredResult] = []
             for rows_of_item in priors.values():

@@ -2,20 +2,30 @@
 prior results per ordered item, their observations, open correction requests) and the
 writes it makes (``reminder``, ``decision``, ``cds_card``, ``audit_event``).
 
-A check costs four statements: the patient's family (two index lookups), the priors
-(below), the reminder rows (one multi-row INSERT … RETURNING id) and the audit row; a
-CDS Hooks call adds its cards' rows. The priors statement reads at most ``limit`` rows
-per item through the index ``ix_result_patient_item (patient_id, item_code,
+On SQLite a check costs four statements: the patient's family (two index lookups), the
+priors (below), the reminder rows (one multi-row INSERT … RETURNING id) and the audit
+row; a CDS Hooks call adds its cards' rows. The priors statement reads at most ``limit``
+rows per item through the index ``ix_result_patient_item (patient_id, item_code,
 performed_at)``, newest first (a UNION ALL of one short range scan per item), and brings
 each row's observations, open corrections and whether its imaging study may have
-arrived, so its cost does not grow with the number of results stored."""
+arrived, so its cost does not grow with the number of results stored.
+
+On PostgreSQL each statement is a round trip to the server, and waiting for them was
+most of a check's time (issue 5: p50 1.78 ms for 1.0 ms of the checking thread's own
+CPU). A check there makes two: one statement reads the patient with the priors (the
+family's own lookups and a second priors statement only when the patient was merged or
+holds merged patients), and one writes every row — reminders, audit row, cards — with
+data-modifying WITH queries, on a connection in autocommit mode: one statement is one
+transaction, committed (durably: ``synchronous_commit`` as the server has it) before its
+answer comes back, so neither a BEGIN nor a COMMIT travels on its own."""
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from operator import attrgetter
@@ -141,6 +151,7 @@ class _Sql:
         self._priors: dict[tuple[int, int], str] = {}
         self._keys: dict[int, str] = {}
         self._inserts: dict[tuple[str, int, bool], str] = {}
+        self._writes: dict[tuple[int, int, int], str] = {}
         m = self.mark
         # Two index lookups (primary key; ix_patient_merged_into), not an OR that a
         # planner may turn into a scan.
@@ -167,6 +178,87 @@ class _Sql:
             )
             sql = " UNION ALL ".join(part.format(n=n) for n in range(items))
             self._priors[key] = sql
+        return sql
+
+    def family_priors(self, items: int, keys: int) -> str:
+        """PostgreSQL: the patient — by platform id (``keys`` 0), or the holder of the
+        first of ``keys`` identifier keys that is known (the caller orders them strongest
+        first) — with the patient it was merged into (``merged_into``) and the patients
+        merged into it, and ``priors`` of each of ``items`` items when it stands alone
+        (neither merged nor holding merged patients; otherwise the caller reads its
+        family's priors with ``priors``). The prior columns come first (as in
+        ``priors``), the patient's three last; one row per prior, or one with NULL prior
+        columns; none if no patient.
+
+        Each item's scan is ``patient_id = (scalar)``: an index range scan read newest
+        first and stopped at the limit, as in ``priors``. ``= ANY(family array)`` would
+        read every result of the item and sort them (measured on 1M results: 101 rows
+        read, and their correlated columns computed, for a limit of 5)."""
+        key = (items, -1 - keys)
+        sql = self._priors.get(key)
+        if sql is None:
+            m = self.mark
+            members = "ARRAY(SELECT f.id FROM patient f WHERE f.merged_into = p.id) AS members"
+            if keys == 0:
+                own = f"SELECT p.id, p.merged_into, {members} FROM patient p WHERE p.id = {m}"  # noqa: S608
+            else:
+                wanted = ", ".join(f"({m}, {m}, {m}, {n})" for n in range(keys))
+                own = (
+                    f"SELECT p.id, p.merged_into, {members} "  # noqa: S608
+                    f"FROM (VALUES {wanted}) AS k (kind, assigner, value_hash, n) "
+                    "JOIN patient_identifier i ON i.kind = k.kind AND i.assigner = k.assigner"
+                    " AND i.value_hash = k.value_hash "
+                    "JOIN patient p ON p.id = i.patient_id ORDER BY k.n LIMIT 1"
+                )
+            alone = (
+                "(SELECT o.id FROM own o WHERE o.merged_into IS NULL"
+                " AND cardinality(o.members) = 0)"
+            )
+            part = (
+                f"SELECT * FROM (SELECT {_RESULT_COLS}, "  # noqa: S608
+                f"{self.extra} FROM result r WHERE r.patient_id = {alone} "
+                f"AND r.item_code = {m} ORDER BY r.performed_at DESC LIMIT {m}) AS p{{n}}"
+            )
+            priors = " UNION ALL ".join(part.format(n=n) for n in range(items))
+            sql = (
+                f"WITH own AS ({own}) "  # noqa: S608
+                "SELECT pr.*, own.id, own.merged_into, own.members "
+                f"FROM own LEFT JOIN ({priors}) AS pr ON true"
+            )
+            self._priors[key] = sql
+        return sql
+
+    def check_writes(self, reminders: int, audits: int, cards: int) -> str:
+        """PostgreSQL: the rows of checks in one statement (data-modifying WITH queries),
+        answering with the reminders' ids in ascending order, which is the order of their
+        rows (see ``record_reminders``). A card's ``reminder_id`` is bound as the 1-based
+        position of its reminder row among them."""
+        key = (reminders, audits, cards)
+        sql = self._writes.get(key)
+        if sql is None:
+            parts = [
+                "r AS ("
+                + self.insert(_REMINDERS.name, _REMINDERS.columns, reminders, returning=True)
+                + ")",
+                "i AS (SELECT array_agg(id ORDER BY id) AS ids FROM r)",
+            ]
+            if audits:
+                parts.append(f"a AS ({self.insert(_AUDITS.name, _AUDITS.columns, audits, False)})")
+            if cards:
+                row = ", ".join(
+                    f"(SELECT i.ids[{self.mark}] FROM i)"  # noqa: S608
+                    if c == "reminder_id"
+                    else self.mark
+                    for c in _CARDS.columns
+                )
+                values = ", ".join([f"({row})"] * cards)
+                parts.append(
+                    f"c AS (INSERT INTO {_CARDS.name} ({', '.join(_CARDS.columns)}) "  # noqa: S608
+                    f"VALUES {values})"
+                )
+            sql = "WITH " + ", ".join(parts) + " SELECT ids FROM i"  # noqa: S608
+            if len(self._writes) < _WRITE_SHAPES:
+                self._writes[key] = sql
         return sql
 
     def family_keys(self, n: int) -> str:
@@ -247,8 +339,13 @@ _AUDITS = _Table("audit_event", AuditRecord)
 _CARDS = _Table("cds_card", CardRecord)
 # Rows per INSERT statement (bound values stay far below SQLite's and PostgreSQL's limits).
 _ROWS_PER_INSERT = 200
+# Shapes (numbers of reminder, audit and card rows) of the PostgreSQL write statement whose
+# text is kept; rarer ones are built each time.
+_WRITE_SHAPES = 512
 
 _SQL: dict[str, _Sql] = {}
+
+log = logging.getLogger("huren.db")
 
 
 def _sql_for(conn: Connection) -> _Sql:
@@ -431,10 +528,10 @@ class SqlRecognitionTx:
     def writing(self) -> Iterator[None]:
         """Writes on this reading connection, committed at the end of the block (rolled
         back if it raises); on SQLite its first write queues on the writer lock
-        (``engine.SqliteWriterLock``), and the commit gives it back. On PostgreSQL the block's
-        statements are pipelined (psycopg pipeline mode): what needs no answer is sent
-        with the next statement that does, or with the COMMIT — a check's writes cost two
-        round trips (the reminders' ids; the rest with the commit), not four."""
+        (``engine.SqliteWriterLock``), and the commit gives it back. On PostgreSQL the
+        reading connection is in autocommit mode (``SqlRecognitionStore.reading``) and
+        ``_write_checks`` is one transaction on its own, committed when it returns: one
+        statement, or, past its size, a transaction of its own."""
         if self._c.in_transaction():  # begun through SQLAlchemy: let it commit
             try:
                 yield
@@ -444,14 +541,21 @@ class SqlRecognitionTx:
             self._c.commit()
             return
         dbapi: Any = self._c.connection.dbapi_connection
-        postgresql = self._sql.dialect == "postgresql"
+        if self._autocommit():
+            yield
+            return
         try:
-            with dbapi.pipeline() if postgresql else nullcontext():
-                yield
-                dbapi.commit()
+            yield
+            dbapi.commit()
         except BaseException:
             dbapi.rollback()
             raise
+
+    def _autocommit(self) -> bool:
+        """Whether this is a PostgreSQL connection in autocommit mode (each statement
+        its own transaction; psycopg sends no BEGIN)."""
+        dbapi: Any = self._c.connection.dbapi_connection
+        return self._sql.dialect == "postgresql" and bool(dbapi.autocommit)
 
     def _execute(self, sql: str, params: Sequence[Any]) -> Any:
         """Run one statement on the DBAPI cursor, inside this connection's transaction
@@ -511,6 +615,42 @@ class SqlRecognitionTx:
         if own[1] is None:
             return [patient_id, *dict.fromkeys(int(r[0]) for r in rows if r[0] != patient_id)]
         return self.patient_family(self._survivor(own[0], own[1]))
+
+    def family_and_priors(
+        self,
+        patient: int | Sequence[tuple[str, str, str]],
+        item_codes: Sequence[str],
+        limit: int,
+    ) -> tuple[list[int] | None, dict[str, list[PriorRow]]]:
+        """``patient_family`` (``patient`` an id) or ``family_by_keys`` (keys), and the
+        family's ``priors``. On PostgreSQL one statement (``_Sql.family_priors``) unless
+        the patient was merged or holds merged patients; on SQLite, where a statement
+        is a call, not a round trip, the two statements of those methods."""
+        by_id = isinstance(patient, int)
+        if self._sql.dialect != "postgresql" or not item_codes or not (by_id or patient):
+            if isinstance(patient, int):
+                family = self.patient_family(patient)
+            else:
+                family = self.family_by_keys(patient)
+            return family, self.priors(family, item_codes, limit) if family else {}
+        keys = 0 if isinstance(patient, int) else len(patient)
+        params: list[Any] = (
+            [patient] if isinstance(patient, int) else [v for k in patient for v in k]
+        )
+        for code in item_codes:
+            params.append(code)
+            params.append(limit)
+        rows = self._rows(self._sql.family_priors(len(item_codes), keys), params)
+        if not rows:
+            return None, {}
+        pid, merged_into, members = rows[0][-3:]
+        if merged_into is not None:
+            family = self.patient_family(self._survivor(pid, merged_into))
+        elif members:
+            family = [pid, *dict.fromkeys(m for m in members if m != pid)]
+        else:  # alone: the statement read its priors
+            return [pid], self._prior_rows([r for r in rows if r[0] is not None], item_codes)
+        return family, self.priors(family, item_codes, limit) if family else {}
 
     # -- results
     def priors(
@@ -593,8 +733,43 @@ class SqlRecognitionTx:
         return self._group.commit(self, writes)
 
     def _write_checks(self, checks: Sequence[CheckWrites]) -> list[list[int]]:
-        """The rows of ``checks``: one INSERT per table (``_ROWS_PER_INSERT`` rows at
-        most); each check's reminder ids, in the order of its rows."""
+        """The rows of ``checks``; each check's reminder ids, in the order of its rows. On
+        PostgreSQL one statement (``_Sql.check_writes``: one round trip, and in autocommit
+        mode its own transaction); past ``_ROWS_PER_INSERT`` rows of a table, or on
+        SQLite, one INSERT per table and chunk (in autocommit mode inside a transaction,
+        so that the rows are written together or not at all)."""
+        reminders = sum(len(c.reminders) for c in checks)
+        cards = sum(len(c.cards) for c in checks)
+        if self._sql.dialect == "postgresql":
+            if 0 < reminders <= _ROWS_PER_INSERT and max(len(checks), cards) <= _ROWS_PER_INSERT:
+                return self._write_in_one(checks, reminders, cards)
+            if self._autocommit():
+                dbapi: Any = self._c.connection.dbapi_connection
+                with dbapi.transaction():
+                    return self._write_tables(checks)
+        return self._write_tables(checks)
+
+    def _write_in_one(
+        self, checks: Sequence[CheckWrites], reminders: int, cards: int
+    ) -> list[list[int]]:
+        sql = self._sql
+        params = sql.rows(_REMINDERS, [r for c in checks for r in c.reminders])
+        params += sql.rows(_AUDITS, [c.audit for c in checks])
+        k = 1  # a card's reminder: its row's position among all, from 1 (SQL arrays)
+        for c in checks:
+            params += sql.rows(_CARDS, c.cards, range(k, k + len(c.reminders)))
+            k += len(c.reminders)
+        row = self._execute(sql.check_writes(reminders, len(checks), cards), params).fetchone()
+        ids: list[int] = row[0]
+        out: list[list[int]] = []
+        k = 0
+        for c in checks:
+            out.append(ids[k : k + len(c.reminders)])
+            k += len(c.reminders)
+        return out
+
+    def _write_tables(self, checks: Sequence[CheckWrites]) -> list[list[int]]:
+        """One INSERT per table (``_ROWS_PER_INSERT`` rows at most)."""
         ids = self.record_reminders([r for c in checks for r in c.reminders])
         out: list[list[int]] = []
         k = 0
@@ -682,9 +857,33 @@ class SqlRecognitionStore:
 
     @contextmanager
     def reading(self) -> Iterator[SqlRecognitionTx]:
+        """A connection for a check's reads and (through the group commit) its writes.
+        On PostgreSQL in autocommit mode: psycopg sends no BEGIN before the first read
+        (a round trip of its own), and the reads lose nothing by it — at READ COMMITTED,
+        PostgreSQL's default, every statement of a transaction takes its own snapshot
+        anyway, and the patient and its priors are read by one statement; the writes are
+        one transaction each (``SqlRecognitionTx._write_checks``). The mode is set back
+        before the connection returns to the pool, or the connection is discarded."""
         with self._engine.connect() as conn:
+            autocommit = conn.dialect.name == "postgresql"
+            if autocommit:
+                dbapi: Any = conn.connection.dbapi_connection
+                dbapi.autocommit = True
             tx = SqlRecognitionTx(conn, self._group)
             try:
                 yield tx
             finally:
                 tx.close()
+                if autocommit:
+                    _end_autocommit(conn)
+
+
+def _end_autocommit(conn: Connection) -> None:
+    """Back to transactions, as every other user of the pool expects; a connection that
+    cannot be (broken, or left inside a transaction) is closed instead of pooled."""
+    try:
+        dbapi: Any = conn.connection.dbapi_connection
+        dbapi.autocommit = False
+    except Exception:
+        log.warning("连接无法退出自动提交模式，已丢弃", exc_info=True)
+        conn.invalidate()
