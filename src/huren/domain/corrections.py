@@ -7,12 +7,15 @@ viewed or accepted the old version are told."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import unicodedata
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import StrEnum
 
 from huren.domain.accounts import Principal, Role
 from huren.domain.errors import Conflict, Forbidden, Problem, ValidationFailed
+from huren.domain.results import ObservationValue, ValueType, reported_numerals
 
 
 class CorrectionStatus(StrEnum):
@@ -93,3 +96,63 @@ def require_reason(reason: str, where: str = "reason") -> str:
     if not reason:
         raise ValidationFailed("请填写处理理由", problems=[Problem(where, "处理理由不能为空")])
     return reason
+
+
+def corrected_comment(text: str | None) -> str | None:
+    """A comment as the reviewer wrote it (the sender's 备注 on a value or on the report,
+    HL7 v2 NTE / FHIR Observation.note): None leaves it as it was, "" clears it; line
+    ends as "\n" (a browser sends a textarea's as "\r\n"), blanks around it dropped."""
+    if text is None:
+        return None
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def corrected_value(
+    o: ObservationValue, value_num: float | None, value_text: str | None, field: str
+) -> ObservationValue:
+    """``o`` with the value the reviewer gave (both None: as it was). An edited number
+    carries the numerals typed ("8.10" is shown "8.10", never the old value's numerals):
+    a number with its numerals, numerals alone (read as the number they write) or a
+    number alone (shown without loss). Any other text is the value's text; on a numeric
+    value, a comparator and numerals ("<0.5") make a structured numeric, as HL7 v2 keeps
+    an NM sent so, other text ("未检出") a string. ``field`` names the value in problems."""
+    if value_num is None and value_text is None:
+        return o
+    as_typed = value_text.strip() if value_text is not None else ""
+    # Full-width digits and signs typed with a Chinese input method ("８.１０", "＜0.5")
+    # are numerals as ASCII ones are; other text is kept as typed.
+    typed = unicodedata.normalize("NFKC", as_typed)
+    if value_num is not None:
+        if not math.isfinite(value_num):
+            raise ValidationFailed(
+                "更正的数值无效",
+                problems=[Problem(field, "数值应为有限的数（不能为 NaN 或无穷大）")],
+            )
+        if typed and _numerals_value(typed) != value_num:
+            raise ValidationFailed(
+                "更正的数值与其文字不一致",
+                problems=[Problem(field, f"文字 {typed!r} 写的不是数值 {value_num!r}")],
+            )
+        return replace(o, value_type=ValueType.NM, value_num=value_num, value_text=typed)
+    if not typed:
+        raise ValidationFailed("更正的结果为空", problems=[Problem(field, "更正的结果不能为空")])
+    number = _numerals_value(typed)
+    if number is not None:
+        return replace(o, value_type=ValueType.NM, value_num=number, value_text=typed)
+    kind, text = o.value_type, as_typed
+    if kind in (ValueType.NM, ValueType.SN):
+        below_or_above = _numerals_value(typed.lstrip("<>=≤≥")) is not None
+        if below_or_above and typed[0] in "<>≤≥":
+            kind, text = ValueType.SN, typed
+        else:
+            kind = ValueType.ST
+    return replace(o, value_type=kind, value_num=None, value_text=text)
+
+
+def _numerals_value(text: str) -> float | None:
+    """The number that plain numerals ("8.10", "-3", ".5") write; None for other text."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    return number if reported_numerals(text, number) is not None else None

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from enum import StrEnum
 
 from huren.domain.identity import PatientIdentifier
@@ -73,6 +76,58 @@ MAX_OBSERVATION_COMMENT = 2000
 MAX_REPORT_COMMENT = 4000
 
 
+# A result is a document: the numerals the laboratory reported are what is shown, exported
+# and corrected — "7.40" stays "7.40" (FHIR R4 datatypes.html#decimal: "the precision of
+# the decimal value has significance"; the LIS writes the number of decimals of its
+# method, which the printed report carries). HL7 v2.5.1 §2.A.47 NM calls trailing zeros
+# not significant for the VALUE, which is unchanged: ``value_num`` is the number, the
+# numerals are kept beside it as ``value_text``.
+_NUMERALS = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?", re.ASCII)
+_COMPARATORS = ("<=", ">=", "<", ">")
+# Magnitudes written out in positional notation (lab values are far inside); beyond them
+# the shortest round-trip repr, exponent and all, is still exact.
+_POSITIONAL_MIN, _POSITIONAL_MAX = 1e-15, 1e21
+
+
+def number_text(value: float) -> str:
+    """``value`` as numerals without loss: the shortest digits that read back as the same
+    float (``repr``), in positional notation ("2345678", not "2.34568e+06"; "0.1234567",
+    not "0.123457"), an integral value without ".0", a negative zero as "0". Not ``:g``,
+    which keeps 6 significant digits."""
+    if value == 0:
+        return "0"
+    text = repr(value)
+    if "e" in text:
+        if not (_POSITIONAL_MIN <= abs(value) < _POSITIONAL_MAX and math.isfinite(value)):
+            return text
+        text = format(Decimal(text), "f")
+    return text[:-2] if text.endswith(".0") else text
+
+
+def reported_numerals(text: str, value: float) -> str | None:
+    """``text`` as shown when it is numerals that write ``value`` (a plain decimal, after
+    an optional comparator "<", "<=", ">", ">="), else None. The digits are kept as sent,
+    trailing zeros too ("7.40"); only what carries nothing is dropped: a "+" sign, leading
+    zeros ("007.4" → "7.4", ".5" → "0.5"), a bare point ("7." → "7")."""
+    comparator = next((c for c in _COMPARATORS if text.startswith(c)), "")
+    m = _NUMERALS.fullmatch(text, len(comparator))
+    if m is None:
+        return None
+    sign, whole, fraction = m.group(1), m.group(2), m.group(3) or ""
+    if not whole and not fraction:
+        return None
+    if float(text[len(comparator) :]) != value:
+        return None
+    whole = whole.lstrip("0") or "0"
+    numerals = f"{whole}.{fraction}" if fraction else whole
+    return f"{comparator}{'-' if sign == '-' else ''}{numerals}"
+
+
+# A number inside a reference-range text: "3.50-5.30", "3.50～5.30", "<5.0", "男 3.5-5.3".
+# A "-" right after a digit separates the limits; elsewhere it is a sign.
+_RANGE_NUMERALS = re.compile(r"(?<![\d.])-?\d+(?:\.\d+)?", re.ASCII)
+
+
 class ValueType(StrEnum):
     """HL7 v2 OBX-2 value types we keep (FHIR value[x] maps onto them)."""
 
@@ -101,13 +156,48 @@ class ObservationValue:
     # The LAST field: ``new_observation`` builds the value positionally.
     comment: str = ""
 
+    def shown_value(self) -> str:
+        """The value as the laboratory reported it, wherever it is shown or exported: the
+        numerals sent ("7.40"; kept as ``value_text`` beside ``value_num``), or, when none
+        were kept or they do not write ``value_num``, the number without loss
+        (``number_text``); a value without a number is its text ("阴性", "<0.5")."""
+        num = self.value_num
+        if num is None:
+            return self.value_text
+        if self.value_text:
+            shown = reported_numerals(self.value_text, num)
+            if shown is not None:
+                return shown
+        return number_text(num)
+
+    def reference_numerals(self) -> tuple[str, str]:
+        """(low, high) of the reference range as reported — the numerals of ``ref_text``
+        that write ``ref_low`` and ``ref_high`` ("3.50-5.30" → "3.50", "5.30"), else the
+        numbers without loss; "" for a limit that is not set."""
+        tokens = _RANGE_NUMERALS.findall(self.ref_text) if self.ref_text else []
+        return (
+            _limit_numerals(self.ref_low, tokens),
+            _limit_numerals(self.ref_high, tokens[::-1]),
+        )
+
     def display(self) -> str:
         """The value as a line, without its comment: the form the EMR text takes
         (domain/decisions.py), which the policy fixes."""
-        value = f"{self.value_num:g}" if self.value_num is not None else self.value_text
-        return f"{self.name} {value}{(' ' + self.unit) if self.unit else ''}" + (
+        return f"{self.name} {self.shown_value()}{(' ' + self.unit) if self.unit else ''}" + (
             f" ({self.flag})" if self.flag and self.flag != "N" else ""
         )
+
+
+def _limit_numerals(limit: float | None, tokens: list[str]) -> str:
+    """The first of ``tokens`` that writes ``limit`` (as reported), else ``limit``'s own."""
+    if limit is None:
+        return ""
+    for token in tokens:
+        if float(token) == limit:
+            shown = reported_numerals(token, limit)
+            if shown is not None:
+                return shown
+    return number_text(limit)
 
 
 @dataclass(frozen=True, slots=True)

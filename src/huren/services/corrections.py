@@ -34,6 +34,8 @@ from huren.domain.corrections import (
     FILING_ROLES,
     CorrectionState,
     CorrectionStatus,
+    corrected_comment,
+    corrected_value,
     due_at,
     require_open,
     require_reason,
@@ -43,6 +45,8 @@ from huren.domain.corrections import (
 from huren.domain.errors import Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.identity import PatientIdentifier
 from huren.domain.results import (
+    MAX_OBSERVATION_COMMENT,
+    MAX_REPORT_COMMENT,
     ObservationValue,
     PatientDemographics,
     ResultStatus,
@@ -106,25 +110,35 @@ class Notice:
 
 @dataclass(frozen=True, slots=True)
 class ObservationEdit:
+    """A value's changes (None: as it was). The value: a number with the numerals typed
+    ("8.10", shown so), or text (``domain.corrections.corrected_value``); the comment:
+    the sender's 备注 ("标本溶血"), "" to clear it."""
+
     code: str  # the observation's local code
     value_num: float | None = None
     value_text: str | None = None
     flag: str | None = None
+    comment: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CorrectionEdit:
-    """What the producing institution changes; unset fields stay as they were."""
+    """What the producing institution changes; unset fields stay as they were.
+    ``comment``: the report's comment (``ResultSubmission.comment``), "" to clear it."""
 
     findings: str | None = None
     conclusion: str | None = None
     observations: tuple[ObservationEdit, ...] = ()
+    comment: str | None = None
 
 
-def require_recordable(message: str, *fields: tuple[str, str, str | None]) -> None:
-    """Each ``(field, label, text)`` can be stored and shown (no NUL, no lone surrogate),
-    or ValidationFailed naming every field that cannot — before anything is written."""
-    problems = text_problems((name, label, value, None) for name, label, value in fields)
+def require_recordable(
+    message: str, *fields: tuple[str, str, str | None] | tuple[str, str, str | None, int]
+) -> None:
+    """Each ``(field, label, text[, maximum length])`` can be stored and shown (no NUL,
+    no lone surrogate, not too long), or ValidationFailed naming every field that cannot
+    — before anything is written."""
+    problems = text_problems((f[0], f[1], f[2], f[3] if len(f) > 3 else None) for f in fields)
     if problems:
         raise ValidationFailed(
             problems[0].message if len(problems) == 1 else message, problems=problems
@@ -375,11 +389,21 @@ class CorrectionService:
     ) -> CorrectionRecord:
         """Correct the result: a new version through intake, then close and notify."""
         require_platform_id(correction_id, "未找到该纠错申请", "correction_id")
+        edit = replace(
+            edit,
+            comment=corrected_comment(edit.comment),
+            observations=tuple(
+                replace(o, comment=corrected_comment(o.comment)) for o in edit.observations
+            ),
+        )
+        # Comments are held to the lengths intake keeps (``MAX_*_COMMENT``), named here by
+        # the fields the reviewer filled rather than by intake's.
         require_recordable(
             "更正内容无法保存",
             ("reason", "更正理由", reason),
             ("findings", "检查所见", edit.findings),
             ("conclusion", "诊断结论", edit.conclusion),
+            ("comment", "报告备注", edit.comment, MAX_REPORT_COMMENT),
             *(
                 field
                 for o in edit.observations
@@ -387,6 +411,12 @@ class CorrectionService:
                     (f"obs:{o.code}", f"检验项目 {o.code[:32]!r} 的代码", o.code),
                     (f"obs:{o.code}", f"检验项目 {o.code[:32]!r} 的结果", o.value_text),
                     (f"flag:{o.code}", f"检验项目 {o.code[:32]!r} 的异常标识", o.flag),
+                    (
+                        f"comment:{o.code}",
+                        f"检验项目 {o.code[:32]!r} 的备注",
+                        o.comment,
+                        MAX_OBSERVATION_COMMENT,
+                    ),
                 )
             ),
         )
@@ -529,20 +559,24 @@ def corrected_submission(
         if e is None:
             observations.append(o)
             continue
+        comment = corrected_comment(e.comment)
         observations.append(
             replace(
-                o,
-                value_num=e.value_num if e.value_num is not None else o.value_num,
-                value_text=e.value_text if e.value_text is not None else o.value_text,
+                corrected_value(o, e.value_num, e.value_text, f"obs:{o.code}"),
                 flag=e.flag if e.flag is not None else o.flag,
+                comment=comment if comment is not None else o.comment,
             )
         )
     findings = edit.findings if edit.findings is not None else stored.findings
     conclusion = edit.conclusion if edit.conclusion is not None else stored.conclusion
+    report_comment = corrected_comment(edit.comment)
+    if report_comment is None:
+        report_comment = stored.comment
     if (
         findings == stored.findings
         and conclusion == stored.conclusion
         and tuple(observations) == stored.observations
+        and report_comment == stored.comment
     ):
         raise ValidationFailed(
             "更正内容与原结果相同", problems=[Problem("edit", "请至少修改一项内容")]
@@ -565,5 +599,5 @@ def corrected_submission(
         conclusion=conclusion,
         accession_number=stored.accession_number,
         study_uid=stored.study_uid,
-        comment=stored.comment,
+        comment=report_comment,
     )

@@ -84,7 +84,13 @@ from huren.domain.recognition import (
     exclusions_in_force,
     recognizable_priors,
 )
-from huren.domain.results import ObservationValue, ResultStatus, StoredResult, ValueType
+from huren.domain.results import (
+    ObservationValue,
+    ResultStatus,
+    StoredResult,
+    ValueType,
+    number_text,
+)
 from huren.services.catalog import Catalog, MasterDataRecords
 from huren.services.ports import IdentifierVault
 from huren.services.recognition import PRIORS_PER_ITEM
@@ -1191,7 +1197,7 @@ class ResultGenerator:
             obs = [_lab_value(r, a) for a in self.ref.analytes.get(code, ())]
             abnormal = [o for o in obs if o.flag not in ("", "N")]
             findings = "；".join(
-                f"{o.name} {o.value_text if o.value_num is None else f'{o.value_num:g}'}{o.unit}"
+                f"{o.name} {o.value_text if o.value_num is None else number_text(o.value_num)}{o.unit}"
                 for o in obs[:6]
             )
             conclusion = "异常项目: " + "、".join(o.name for o in abnormal) if abnormal else ""

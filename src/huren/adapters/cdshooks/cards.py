@@ -63,11 +63,10 @@ def key_values(a: Assessment) -> list[str]:
     if r.observations:
         out = []
         for o in r.observations:
-            value = f"{o.value_num:g}" if o.value_num is not None else o.value_text
+            value = o.shown_value()  # as reported: "7.40", not "7.4"
             ref = ""
             if o.ref_low is not None or o.ref_high is not None:
-                lo = f"{o.ref_low:g}" if o.ref_low is not None else ""
-                hi = f"{o.ref_high:g}" if o.ref_high is not None else ""
+                lo, hi = o.reference_numerals()
                 ref = f"{lo}–{hi}"
             elif o.ref_text:
                 ref = o.ref_text

@@ -22,6 +22,7 @@ import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
+from decimal import Decimal
 from typing import Literal
 
 import msgspec
@@ -39,6 +40,7 @@ from huren.domain.results import (
     ResultStatus,
     ResultSubmission,
     ValueType,
+    number_text,
 )
 from huren.domain.text import json_text_problems
 from huren.services.intake import (
@@ -368,22 +370,57 @@ def _codes(cc: m.CodeableConcept) -> tuple[str, str, str]:
     return code, name or cc.text, loinc.code if loinc else ""
 
 
-# Reference ranges repeat from one Observation of an item to the next: their text form
-# is kept once formatted (``+ 0.0`` writes a negative zero as "0", so the text does not
-# depend on which of the two equal keys came first).
-_RANGE_TEXTS: dict[tuple[float | None, float | None], str] = {}
+# A number as sent: (its value, its numerals, the numerals kept as an NM's value_text —
+# "" when they are the value's own, ``number_text``). R4 datatypes.html#decimal: "the
+# precision of the decimal value has significance", so 7.40 is kept as "7.40"; a value
+# whose numerals are its own keeps value_text "" as before they were kept, and a
+# resent Bundle hashes as it did (services/intake.py ``encode_submission``).
+_Number = tuple[float, str, str]
+_NUMBER_DECODER = msgspec.json.Decoder(float | None)
 
 
-def _range_text(low: float | None, high: float | None) -> str:
-    key = (low, high)
-    text = _RANGE_TEXTS.get(key)
-    if text is None:
-        if len(_RANGE_TEXTS) >= 4096:
-            _RANGE_TEXTS.clear()
-        text = _RANGE_TEXTS[key] = (
-            f"{'' if low is None else f'{low + 0.0:g}'}-{'' if high is None else f'{high + 0.0:g}'}"
-        )
-    return text
+def _number(raw: msgspec.Raw, errors: ProblemCollector, where: str, element: str) -> _Number | None:
+    """A Quantity.value (``m.Quantity``): None when absent or null, or when it is no
+    number (named ``where.element`` in ``errors``)."""
+    try:
+        value = _NUMBER_DECODER.decode(raw)
+    except msgspec.ValidationError as exc:
+        errors.add(f"{where}.{element}", f"不符合 FHIR R4 结构: {exc}")
+        return None
+    except msgspec.DecodeError:  # empty: absent
+        return None
+    if value is None:
+        return None
+    text = str(raw, "ascii")  # a JSON number
+    if len(text) > 15 or "e" in text or "E" in text:
+        return _numerals(text, value, errors, f"{where}.{element}")
+    # Up to 15 digits (DBL_DIG): the float's shortest repr has these very digits, so the
+    # numerals are its own unless they end in a zero after the point ("7.40", "56.0").
+    return value, text, text if text[-1] == "0" and "." in text else ""
+
+
+def _numerals(text: str, value: float, errors: ProblemCollector, where: str) -> _Number | None:
+    """A number written with more digits than a float keeps, or with an exponent: its
+    numerals in positional notation, its digits kept ("2.50e-3" → "0.00250")."""
+    if "e" in text or "E" in text:
+        exact = Decimal(text)
+        if not -15 <= exact.adjusted() < 21:
+            errors.add(where, f"数值超出检查检验结果的范围: {text}")
+            return None
+        text = format(exact, "f")
+    return value, text, "" if text == number_text(value) else text
+
+
+def _value_of(number: _Number | None) -> float | None:
+    return None if number is None else number[0]
+
+
+_NULL = msgspec.Raw(b"null")
+
+
+def _range_text(low: _Number | None, high: _Number | None) -> str:
+    """A reference range without text as "low-high", each limit as sent ("3.50-5.30")."""
+    return f"{'' if low is None else low[1]}-{'' if high is None else high[1]}"
 
 
 # HL7 v3 ObservationInterpretation is the R4 binding of Observation.interpretation
@@ -418,23 +455,24 @@ def _quantity_unit(q: m.Quantity) -> str:
     return q.code if q.system == _UCUM and q.code else (q.unit or q.code)
 
 
-def _num(value: float) -> str:
-    return f"{value + 0.0:g}"
-
-
 # Ages in referenceRange.age are UCUM durations (R4 observation.html, Observation.referenceRange.age).
 _AGE_UNITS = {"a": 1.0, "mo": 1 / 12, "wk": 7 / 365.25, "d": 1 / 365.25}
 # Observation.referenceRange.appliesTo: SNOMED CT or administrative-gender codes for sex.
 _SEX_CODES = {"248153007": "M", "248152002": "F", "male": "M", "female": "F"}
 
 
-def _age_years(q: m.Quantity | None, upper: bool = False) -> float | None:
+def _age_years(
+    q: m.Quantity | None, errors: ProblemCollector, where: str, upper: bool = False
+) -> float | None:
     """An age bound in years; an upper bound includes its whole unit (``high`` 17 a: up to
     the 18th birthday)."""
-    if q is None or q.value is None:
+    if q is None:
+        return None
+    number = _number(q.value, errors, where, "age.high.value" if upper else "age.low.value")
+    if number is None:
         return None
     per = _AGE_UNITS.get(q.code or q.unit or "a", 1.0)
-    return (q.value + (1 if upper else 0)) * per
+    return (number[0] + (1 if upper else 0)) * per
 
 
 @dataclass(frozen=True, slots=True)
@@ -452,14 +490,16 @@ def _subject(patient: PatientDemographics | None, performed: datetime | None) ->
     return _Subject(age, patient.sex if patient is not None else "")
 
 
-def _range_applies(rr: m.ReferenceRange, subject: _Subject) -> bool | None:
+def _range_applies(
+    rr: m.ReferenceRange, ages: tuple[float | None, float | None] | None, subject: _Subject
+) -> bool | None:
     """True or False when the patient's age and sex decide it, None when they cannot
     (no birth date, or appliesTo a condition such as pregnancy)."""
     decided = True
-    if rr.age is not None:
+    if ages is not None:
         if subject.age is None:
             return None
-        low, high = _age_years(rr.age.low), _age_years(rr.age.high, upper=True)
+        low, high = ages
         if (low is not None and subject.age < low) or (high is not None and subject.age >= high):
             return False
     for cc in rr.appliesTo:
@@ -473,8 +513,56 @@ def _range_applies(rr: m.ReferenceRange, subject: _Subject) -> bool | None:
     return True if decided else None
 
 
+_RANGE_DECODER = msgspec.json.Decoder(m.ReferenceRange)
+# A reference range read: (low, high, text — sent, or made of the limits as sent —, the
+# range, its age range in years when it has one). Ranges repeat from one Observation of
+# an item to the next: each distinct one is read once.
+_ReadRange = tuple[
+    float | None, float | None, str, m.ReferenceRange, tuple[float | None, float | None] | None
+]
+_RANGES: dict[bytes, _ReadRange] = {}
+
+
+def _read_range(
+    raw: msgspec.Raw, errors: ProblemCollector, where: str, index: int
+) -> _ReadRange | None:
+    """An Observation.referenceRange[index] not read before; None when it is refused
+    (named in ``errors``)."""
+    at = f"{where}.referenceRange[{index}]"
+    literal = bytes(raw)
+    try:
+        rr = _RANGE_DECODER.decode(literal)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        errors.problems.append(_decode_problem(exc, at))
+        return None
+    except UnicodeDecodeError as exc:
+        errors.problems.append(_utf8_problem(exc, at))
+        return None
+    except RecursionError:
+        errors.problems.append(_TOO_DEEP.at(at))
+        return None
+    before = len(errors.problems)
+    low, high = _limits(rr, errors, at)
+    ages = None
+    if rr.age is not None:
+        ages = (
+            _age_years(rr.age.low, errors, at),
+            _age_years(rr.age.high, errors, at, upper=True),
+        )
+    if len(errors.problems) > before:
+        return None
+    text = rr.text
+    if not text and (low is not None or high is not None):
+        text = _range_text(low, high)
+    read = (_value_of(low), _value_of(high), text, rr, ages)
+    if len(_RANGES) >= 4096:
+        _RANGES.clear()
+    _RANGES[literal] = read
+    return read
+
+
 def _reference_range(
-    ranges: Sequence[m.ReferenceRange], where: str, errors: ProblemCollector, subject: _Subject
+    ranges: Sequence[msgspec.Raw], where: str, errors: ProblemCollector, subject: _Subject
 ) -> tuple[float | None, float | None, str, int]:
     """(low, high, text, index) of the one reference range that is the patient's.
     Several ranges (R4 Observation.referenceRange 0..*: by age, by sex, normal and
@@ -483,26 +571,26 @@ def _reference_range(
     another patient group's range (the platform keeps one range per value)."""
     if not ranges:
         return None, None, "", 0
-    chosen = list(enumerate(ranges))
-    if len(ranges) > 1:
+    known = _RANGES.get
+    maybe_read = [
+        known(bytes(raw)) or _read_range(raw, errors, where, i) for i, raw in enumerate(ranges)
+    ]
+    read = [r for r in maybe_read if r is not None]
+    if len(read) < len(ranges):  # each range refused is named
+        return None, None, "", 0
+    chosen = list(enumerate(read))
+    if len(read) > 1:
         normal = [
-            (i, rr)
-            for i, rr in chosen
-            if rr.type is None or any(c.code == "normal" for c in rr.type.coding)
+            (i, r)
+            for i, r in chosen
+            if r[3].type is None or any(c.code == "normal" for c in r[3].type.coding)
         ]
         chosen = normal or chosen
-        applies = [(i, rr, _range_applies(rr, subject)) for i, rr in chosen]
-        sure = [(i, rr) for i, rr, ok in applies if ok is True]
-        maybe = [(i, rr) for i, rr, ok in applies if ok is None]
+        applies = [(i, r, _range_applies(r[3], r[4], subject)) for i, r in chosen]
+        sure = [(i, r) for i, r, ok in applies if ok is True]
+        maybe = [(i, r) for i, r, ok in applies if ok is None]
         chosen = sure or maybe
-        kinds = {
-            (
-                None if rr.low is None else rr.low.value,
-                None if rr.high is None else rr.high.value,
-                rr.text,
-            )
-            for _, rr in chosen
-        }
+        kinds = {(r[0], r[1], r[3].text) for _, r in chosen}
         if len(kinds) > 1:
             errors.add(
                 f"{where}.referenceRange",
@@ -512,13 +600,19 @@ def _reference_range(
             return None, None, "", 0
         if not chosen:  # none applies to this patient: keep none rather than another's
             return None, None, "", 0
-    index, rr = chosen[0]
-    low = None if rr.low is None else rr.low.value
-    high = None if rr.high is None else rr.high.value
-    text = rr.text
-    if not text and (low is not None or high is not None):
-        text = _range_text(low, high)
+    index, (low, high, text, _, _) = chosen[0]
     return low, high, text, index
+
+
+def _limits(
+    rr: m.ReferenceRange | m.Range, errors: ProblemCollector, where: str
+) -> tuple[_Number | None, _Number | None]:
+    """The low and high limits of a reference range (or of a valueRange), as sent."""
+    low, high = rr.low, rr.high
+    return (
+        None if low is None else _number(low.value, errors, where, "low.value"),
+        None if high is None else _number(high.value, errors, where, "high.value"),
+    )
 
 
 _ABSENT = "未出结果"
@@ -600,14 +694,17 @@ def _value(
     unit_at = ""
     q = v.valueQuantity
     if q is not None:
-        num = q.value
-        if num is None:
+        number = _number(q.value, errors, where, "valueQuantity.value")
+        if number is not None:
+            num = number[0]
+        elif not q.value or q.value == _NULL:
             errors.add(f"{where}.valueQuantity.value", "数值型结果缺少数值")
         unit, unit_at = _quantity_unit(q), "valueQuantity.unit"
         if q.comparator:
-            vt, text = _SN, f"{q.comparator}{num:g}" if num is not None else ""
+            vt, text = _SN, f"{q.comparator}{number[1]}" if number is not None else ""
         else:
-            vt = _NM
+            # The numerals as sent when they are not the value's own ("7.40").
+            vt, text = _NM, "" if number is None else number[2]
     elif v.valueInteger is not None:
         vt, num = _NM, float(v.valueInteger)
     elif v.valueString is not None:
@@ -623,24 +720,27 @@ def _value(
         # A range as a result (e.g. 3-5 /HPF): kept as HL7 v2 SN text, as an OBX of
         # type SN ^3^-^5 is.
         bounds = (v.valueRange.low, v.valueRange.high)
-        lo, hi = (None if b is None else b.value for b in bounds)
+        lo, hi = _limits(v.valueRange, errors, f"{where}.valueRange")
         vt, unit_at = _SN, "valueRange"
         unit = next((_quantity_unit(b) for b in bounds if b is not None and (b.code or b.unit)), "")
         if lo is not None and hi is not None:
-            text = f"{_num(lo)}-{_num(hi)}"
+            text = f"{lo[1]}-{hi[1]}"
         elif lo is not None:
-            text = f">={_num(lo)}"
+            text = f">={lo[1]}"
         elif hi is not None:
-            text = f"<={_num(hi)}"
+            text = f"<={hi[1]}"
         else:
             errors.add(f"{where}.valueRange", "范围型结果缺少 low 与 high 的数值")
     elif v.valueRatio is not None:
         # A titer (1:40) as a result: SN text, as an OBX of type SN ^1^:^40 is.
         nq, dq = v.valueRatio.numerator, v.valueRatio.denominator
-        if nq is None or nq.value is None or dq is None or dq.value is None:
-            errors.add(f"{where}.valueRatio", "比值型结果须有分子与分母的数值")
+        ratio_at = f"{where}.valueRatio"
+        n = None if nq is None else _number(nq.value, errors, ratio_at, "numerator.value")
+        d = None if dq is None else _number(dq.value, errors, ratio_at, "denominator.value")
+        if n is None or d is None or nq is None or dq is None:
+            errors.add(ratio_at, "比值型结果须有分子与分母的数值")
         else:
-            vt, text, unit_at = _SN, f"{_num(nq.value)}:{_num(dq.value)}", "valueRatio"
+            vt, text, unit_at = _SN, f"{n[1]}:{d[1]}", "valueRatio"
             nu, du = _quantity_unit(nq), _quantity_unit(dq)
             unit = f"{nu}/{du}" if nu and du else nu or (f"1/{du}" if du else "")
     elif v.valueTime is not None:
@@ -666,13 +766,9 @@ def _value(
     elif isinstance(v, m.Observation) and v.status == "cancelled":
         text = _CANCELLED
     ranges = v.referenceRange
-    if len(ranges) == 1 and ranges[0].age is None:  # the usual single range
-        rr = ranges[0]
-        low = None if rr.low is None else rr.low.value
-        high = None if rr.high is None else rr.high.value
-        ref_text, range_index = rr.text, 0
-        if not ref_text and (low is not None or high is not None):
-            ref_text = _range_text(low, high)
+    read = _RANGES.get(bytes(ranges[0])) if len(ranges) == 1 else None
+    if read is not None:  # the usual single range, read before
+        low, high, ref_text, range_index = read[0], read[1], read[2], 0
     else:
         low, high, ref_text, range_index = _reference_range(ranges, where, errors, subject)
     interps, flag, interp_index = v.interpretation, "", 0

@@ -42,7 +42,11 @@ class Identifier(Struct, frozen=True, omit_defaults=True, gc=False):
 
 
 class Quantity(Struct, frozen=True, omit_defaults=True, gc=False):
-    value: float | None = None
+    # R4 Quantity.value is a decimal whose precision has significance (datatypes.html
+    # #decimal): 7.40 is not 7.4. Kept as the JSON number sent and read by ingest
+    # (``_number``: the float and the numerals, a value that is no number refused naming
+    # it); a float alone would lose the numerals. Empty: absent.
+    value: msgspec.Raw = msgspec.Raw()
     comparator: Literal["<", "<=", ">=", ">"] | None = None
     unit: str = ""
     system: str = ""
@@ -153,7 +157,9 @@ class ObservationComponent(Struct, frozen=True, omit_defaults=True, gc=False, kw
     valuePeriod: Period | None = None
     dataAbsentReason: CodeableConcept | None = None
     interpretation: tuple[CodeableConcept, ...] = ()
-    referenceRange: tuple[ReferenceRange, ...] = ()
+    # Each a ReferenceRange, decoded by ingest (``_reference_range``) once per distinct
+    # range: an item's range repeats from one Observation to the next.
+    referenceRange: tuple[msgspec.Raw, ...] = ()
 
 
 class Observation(
@@ -182,7 +188,9 @@ class Observation(
     valuePeriod: Period | None = None
     dataAbsentReason: CodeableConcept | None = None
     interpretation: tuple[CodeableConcept, ...] = ()
-    referenceRange: tuple[ReferenceRange, ...] = ()
+    # Each a ReferenceRange, decoded by ingest (``_reference_range``) once per distinct
+    # range: an item's range repeats from one Observation to the next.
+    referenceRange: tuple[msgspec.Raw, ...] = ()
     hasMember: tuple[Reference, ...] = ()
     component: tuple[ObservationComponent, ...] = ()
     note: tuple[Annotation, ...] = ()  # R4 Observation.note: the value's comment

@@ -11,7 +11,10 @@ import base64
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
+
+import msgspec
 
 from huren.adapters.fhir import systems as sid
 from huren.domain.errors import Problem
@@ -29,6 +32,16 @@ _OBS_STATUS = {
 }
 _SECTION = {Category.LAB: "LAB", Category.IMAGING: "RAD", Category.OTHER: "OTH"}
 _SECTION_DISPLAY = {Category.LAB: "检验", Category.IMAGING: "影像检查", Category.OTHER: "其他检查"}
+
+
+# R4 decimals are rendered as Decimal holding the numerals reported ("7.40"), written as
+# JSON numbers with their digits (datatypes.html#decimal), not as strings.
+_JSON = msgspec.json.Encoder(decimal_format="number")
+
+
+def to_json(body: Any) -> bytes:
+    """A rendered resource (or any FHIR JSON body) as JSON."""
+    return _JSON.encode(body)
 
 
 def instant(at: datetime) -> str:
@@ -50,7 +63,16 @@ def _meta(version: int, updated: datetime) -> dict[str, Any]:
     return {"versionId": str(version), "lastUpdated": instant(updated)}
 
 
-def _qty(value: float | int, unit: str) -> dict[str, Any]:
+def _decimal(numerals: str) -> Decimal | None:
+    """An R4 decimal with the precision reported (datatypes.html#decimal: "the precision
+    of the decimal value has significance"): the numerals as a Decimal, which ``to_json``
+    writes as the JSON number 7.40; None (null, as a float's infinity was written) for
+    what no JSON number can hold."""
+    exact = Decimal(numerals)
+    return exact if exact.is_finite() else None
+
+
+def _qty(value: Decimal | None, unit: str) -> dict[str, Any]:
     q: dict[str, Any] = {"value": value}
     if unit:
         q.update(unit=unit, system=sid.UCUM, code=unit)
@@ -61,11 +83,6 @@ _SN_RANGE = re.compile(r"^(-?\d+(?:\.\d+)?)-(-?\d+(?:\.\d+)?)$")
 _SN_RATIO = re.compile(r"^(-?\d+(?:\.\d+)?):(-?\d+(?:\.\d+)?)$")
 
 
-def _number(text: str) -> int | float:
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text else value
-
-
 def _structured(text: str, unit: str) -> dict[str, Any] | None:
     """A structured numeric without a single number (HL7 v2 SN ``^3^-^5``, ``^1^:^40``;
     FHIR valueRange, valueRatio) as the FHIR value it is (R4 observation.html, Observation.value[x]):
@@ -73,15 +90,15 @@ def _structured(text: str, unit: str) -> dict[str, Any] | None:
     if m := _SN_RANGE.match(text):
         return {
             "valueRange": {
-                "low": _qty(_number(m[1]), unit),
-                "high": _qty(_number(m[2]), unit),
+                "low": _qty(_decimal(m[1]), unit),
+                "high": _qty(_decimal(m[2]), unit),
             }
         }
     if m := _SN_RATIO.match(text):
-        numerator: dict[str, Any] = {"value": _number(m[1])}
+        numerator: dict[str, Any] = {"value": _decimal(m[1])}
         if unit:
             numerator["unit"] = unit
-        return {"valueRatio": {"numerator": numerator, "denominator": {"value": _number(m[2])}}}
+        return {"valueRatio": {"numerator": numerator, "denominator": {"value": _decimal(m[2])}}}
     return None
 
 
@@ -198,12 +215,11 @@ def observations(r: StoredResult, updated: datetime) -> list[dict[str, Any]]:
                 {"coding": [{"system": sid.OBSERVATION_CATEGORY, "code": "laboratory"}]}
             ]
         if o.value_type is ValueType.NM and o.value_num is not None:
-            res["valueQuantity"] = _qty(o.value_num, o.unit)
+            res["valueQuantity"] = _qty(_decimal(o.shown_value()), o.unit)
         elif o.value_type is ValueType.SN and o.value_num is not None:
-            q = _qty(o.value_num, o.unit)
-            comparator = next(
-                (c for c in ("<=", ">=", "<", ">") if o.value_text.startswith(c)), None
-            )
+            shown = o.shown_value()  # "<0.50": the comparator, then the numerals
+            comparator = next((c for c in ("<=", ">=", "<", ">") if shown.startswith(c)), "")
+            q = _qty(_decimal(shown.removeprefix(comparator)), o.unit)
             if comparator:
                 q["comparator"] = comparator
             res["valueQuantity"] = q
@@ -215,10 +231,11 @@ def observations(r: StoredResult, updated: datetime) -> list[dict[str, Any]]:
             res["valueString"] = o.value_text
         if o.ref_low is not None or o.ref_high is not None or o.ref_text:
             rr: dict[str, Any] = {}
-            if o.ref_low is not None:
-                rr["low"] = _qty(o.ref_low, o.unit)
-            if o.ref_high is not None:
-                rr["high"] = _qty(o.ref_high, o.unit)
+            low, high = o.reference_numerals()  # as reported: "3.50", "5.30"
+            if low:
+                rr["low"] = _qty(_decimal(low), o.unit)
+            if high:
+                rr["high"] = _qty(_decimal(high), o.unit)
             if o.ref_text:
                 rr["text"] = o.ref_text
             res["referenceRange"] = [rr]

@@ -17,8 +17,9 @@ from huren.api.routes.page_errors import PageRoute
 from huren.api.routes.retrieval import local, report_out
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
-from huren.domain.corrections import FILING_ROLES, CorrectionStatus
+from huren.domain.corrections import FILING_ROLES, CorrectionStatus, corrected_comment
 from huren.domain.errors import DomainError, Problem, ProblemCollector, ValidationFailed
+from huren.domain.results import MAX_OBSERVATION_COMMENT, MAX_REPORT_COMMENT
 from huren.domain.text import is_digits
 from huren.services.corrections import CorrectionEdit, CorrectionRecord, ObservationEdit
 
@@ -41,9 +42,21 @@ MAX_REASON = 2000
 
 class ObservationEditIn(BaseModel):
     code: str
-    value_num: float | None = None
-    value_text: str | None = None
+    value_num: float | None = Field(
+        default=None,
+        allow_inf_nan=False,
+        description="更正后的数值；与 value_text 同时给出时须一致",
+    )
+    value_text: str | None = Field(
+        default=None,
+        description="更正后的结果文字；数值按所填写的数字显示（如 8.10），也可只填数字",
+    )
     flag: str | None = Field(default=None, max_length=MAX_FLAG)
+    comment: str | None = Field(
+        default=None,
+        max_length=MAX_OBSERVATION_COMMENT,
+        description="该结果的备注（如“标本溶血”）；空字符串为删除备注，不填为不变",
+    )
 
 
 class AcceptIn(BaseModel):
@@ -51,6 +64,11 @@ class AcceptIn(BaseModel):
     findings: str | None = None
     conclusion: str | None = None
     observations: list[ObservationEditIn] = Field(default_factory=list)
+    comment: str | None = Field(
+        default=None,
+        max_length=MAX_REPORT_COMMENT,
+        description="整份报告的备注；空字符串为删除备注，不填为不变",
+    )
 
 
 class RejectIn(BaseModel):
@@ -112,8 +130,10 @@ def _edit(body: AcceptIn) -> CorrectionEdit:
         findings=body.findings,
         conclusion=body.conclusion,
         observations=tuple(
-            ObservationEdit(o.code, o.value_num, o.value_text, o.flag) for o in body.observations
+            ObservationEdit(o.code, o.value_num, o.value_text, o.flag, o.comment)
+            for o in body.observations
         ),
+        comment=body.comment,
     )
 
 
@@ -274,6 +294,8 @@ def review_page(
             "r": report_out(c, request, rep, "correction") if rep else None,
             "can_review": user.role is Role.INSTITUTION_ADMIN
             and rec.status is CorrectionStatus.OPEN,
+            "max_obs_comment": MAX_OBSERVATION_COMMENT,
+            "max_report_comment": MAX_REPORT_COMMENT,
         },
     )
 
@@ -293,12 +315,19 @@ async def accept_page(
         too_long = ProblemCollector()
         for key, value in form.multi_items():
             if key.startswith("obs:") and str(value).strip():
-                code = key[4:]
-                text = str(value).strip()
-                try:
-                    edits.append(ObservationEditIn(code=code, value_num=float(text)))
-                except ValueError:
-                    edits.append(ObservationEditIn(code=code, value_text=text))
+                # As typed: numerals are the number they write, shown as typed ("8.10");
+                # other text is the value's text (domain.corrections.corrected_value).
+                edits.append(ObservationEditIn(code=key[4:], value_text=str(value).strip()))
+            elif key.startswith("comment:"):
+                code = key[8:]
+                comment = corrected_comment(str(value)) or ""
+                if len(comment) > MAX_OBSERVATION_COMMENT:
+                    too_long.add(
+                        key,
+                        f"检验项目 {code[:32]} 的备注过长：最多 {MAX_OBSERVATION_COMMENT} 个字符",
+                    )
+                    continue
+                edits.append(ObservationEditIn(code=code, comment=comment))
             elif key.startswith("flag:"):
                 code = key[5:]
                 flag = str(value).strip()
@@ -310,6 +339,9 @@ async def accept_page(
                 edits.append(ObservationEditIn(code=code, flag=flag))
         if len(str(form.get("reason", ""))) > MAX_REASON:
             too_long.add("reason", f"更正理由过长：最多 {MAX_REASON} 个字符")
+        report_comment = corrected_comment(str(form["comment"])) if "comment" in form else None
+        if report_comment is not None and len(report_comment) > MAX_REPORT_COMMENT:
+            too_long.add("comment", f"报告备注过长：最多 {MAX_REPORT_COMMENT} 个字符")
         too_long.raise_if_any(
             too_long.problems[0].message if len(too_long.problems) == 1 else "更正内容过长"
         )
@@ -326,6 +358,7 @@ async def accept_page(
             findings=str(form["findings"]) if "findings" in form else None,
             conclusion=str(form["conclusion"]) if "conclusion" in form else None,
             observations=list(merged.values()),
+            comment=report_comment,
         )
         c.sharing.corrections.accept(user, correction_id, _edit(body), body.reason)
     except DomainError as exc:

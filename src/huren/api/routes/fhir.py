@@ -11,7 +11,6 @@ from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-import msgspec
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -48,7 +47,7 @@ _ISSUE_CODE = {
 
 def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(
-        msgspec.json.encode(body), status_code=status, media_type=render.FHIR_JSON, headers=headers
+        render.to_json(body), status_code=status, media_type=render.FHIR_JSON, headers=headers
     )
 
 

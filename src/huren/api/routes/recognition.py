@@ -80,7 +80,7 @@ def prior_out(a: Assessment, institutions: dict[str, Institution], base: str) ->
             ObservationOut(
                 code=o.code,
                 name=o.name,
-                value=f"{o.value_num:g}" if o.value_num is not None else o.value_text,
+                value=o.shown_value(),
                 unit=o.unit,
                 ref_low=o.ref_low,
                 ref_high=o.ref_high,

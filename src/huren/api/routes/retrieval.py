@@ -162,7 +162,8 @@ def local(at: datetime) -> datetime:
 
 
 def obs_value(o: ObservationValue) -> str:
-    return f"{o.value_num:g}" if o.value_num is not None else o.value_text
+    """The value as the laboratory reported it ("7.40")."""
+    return o.shown_value()
 
 
 def summary(
