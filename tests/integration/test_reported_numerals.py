@@ -227,3 +227,28 @@ def test_a_bundle_whose_numerals_were_dropped_before_is_a_new_version_when_resen
     assert (now.observations[0].value_text, now.observations[0].ref_text) == ("7.40", "3.50-5.30")
     post(_fhir_bundle())
     assert world.results.get_result(rid).version == 2
+
+
+def test_a_range_kept_only_as_numbers_is_written_without_a_trailing_point_zero(
+    world: Container, login: Login
+) -> None:
+    """A range without text (a correction, older rows) is written from its limits: "9–50",
+    not the floats' "9.0–50.0"; 0.1234567 in full."""
+    from dataclasses import replace
+
+    from tests.fixtures.results import lab_panel, liver_panel_observations, store
+
+    alt, ast, *rest = liver_panel_observations()
+    observations = (
+        replace(alt, ref_text="", ref_low=9.0, ref_high=50.0),
+        replace(ast, ref_text="", ref_low=0.1234567, ref_high=None),
+        *rest,
+    )
+    rid = store(world, lab_panel(observations=observations)).results[0].result_id
+    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
+    with TestClient(create_app(world)) as tc:
+        page = tc.get(f"/retrieval/results/{rid}?purpose=treatment", headers=doctor)
+    assert page.status_code == 200, page.text
+    assert "9–50" in page.text
+    assert "0.1234567–" in page.text
+    assert "9.0" not in page.text

@@ -7,8 +7,11 @@ from fastapi.templating import Jinja2Templates
 
 from huren.api.app_paths import TEMPLATES_DIR
 from huren.bootstrap import Container
+from huren.domain.results import number_text
 
 templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+# A limit kept only as a number, written without loss ("9", not "9.0"; "0.1234567").
+templates.env.filters["numerals"] = lambda v: "" if v is None else number_text(v)
 
 
 def container(request: Request) -> Container:

@@ -23,7 +23,7 @@ from huren.domain.accounts import ROLE_LABELS, Principal, Role
 from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
 from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
-from huren.domain.results import STATUS_LABELS, ObservationValue, ResultStatus, StoredResult
+from huren.domain.results import STATUS_LABELS, ResultStatus, StoredResult
 from huren.domain.sharing import (
     RETRIEVAL_ROLES,
     may_read_audit_of_institution,
@@ -161,11 +161,6 @@ def local(at: datetime) -> datetime:
     return at.astimezone(CHINA_TZ)
 
 
-def obs_value(o: ObservationValue) -> str:
-    """The value as the laboratory reported it ("7.40")."""
-    return o.shown_value()
-
-
 def summary(
     c: Container, r: StoredResult, purpose: str, *, url_prefix: str = "/retrieval/results"
 ) -> ResultSummaryOut:
@@ -230,7 +225,7 @@ def report_out(
                 code=o.code,
                 name=o.name,
                 loinc=o.loinc,
-                value=obs_value(o),
+                value=o.shown_value(),
                 value_num=o.value_num,
                 unit=o.unit,
                 ref_low=o.ref_low,
