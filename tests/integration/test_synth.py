@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import UTC
 
@@ -15,6 +16,10 @@ from huren.cli.synth import fill_demo_database
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.results import ResultStatus
 from huren.services import synth
+
+# The values and flags of seed 42's first 400 results, computed by the code before
+# comments were synthesized (4d9eefb).
+SEED_42_VALUES = "a2e59f8276b5360b2ddfbef070450ea4feb4d3f90144a7db5bb2df098ed000d7"
 
 
 def _run(container: Container, seed: int = 42, results: int = 600) -> synth.SynthReport:
@@ -152,3 +157,45 @@ def test_version_snapshots_keep_chinese_text_as_itself(container: Container) -> 
     assert stored is not None
     assert "\\u" not in stored
     assert any("\u4e00" <= ch <= "\u9fff" for ch in stored)
+
+
+def test_laboratories_comments_are_synthesized_and_read_back(container: Container) -> None:
+    """Haemolysis on the analytes it raises, re-tests of far-out values, a remark on a
+    report now and then: stored as intake stores comments and read back with the result."""
+    _run(container, results=3000)
+    with container.engine.connect() as c:
+        by_comment = dict(
+            c.execute(
+                select(t.observation.c.comment, func.count())
+                .where(t.observation.c.comment != "")
+                .group_by(t.observation.c.comment)
+            ).all()
+        )
+        haemolysed = c.execute(
+            select(t.observation.c.result_id, t.observation.c.code).where(
+                t.observation.c.comment == synth.HAEMOLYSIS_COMMENT
+            )
+        ).first()
+        remarks = c.scalar(select(func.count()).where(t.result.c.comment != ""))
+    assert set(by_comment) == {synth.HAEMOLYSIS_COMMENT, synth.RETEST_COMMENT}
+    assert remarks is not None
+    assert remarks >= 1
+    assert haemolysed is not None
+    assert haemolysed.code in synth.HAEMOLYSIS_SENSITIVE
+    stored = container.results.get_result(haemolysed.result_id)
+    assert any(o.comment == synth.HAEMOLYSIS_COMMENT for o in stored.observations)
+
+
+def test_comments_leave_the_world_of_a_seed_as_it_was(container: Container) -> None:
+    """Comments draw from their own random stream: the results, values and flags of a
+    seed are those it gave before they were added."""
+    _run(container, results=400)
+    with container.engine.connect() as c:
+        rows = c.execute(
+            select(t.observation.c.value_num, t.observation.c.flag).order_by(
+                t.observation.c.result_id, t.observation.c.seq
+            )
+        ).all()
+    assert len(rows) == 1395
+    digest = hashlib.sha256(repr(rows).encode()).hexdigest()
+    assert digest == SEED_42_VALUES, digest

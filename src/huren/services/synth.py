@@ -907,12 +907,12 @@ RESULT_COLUMNS = (
     "id", "patient_id", "institution_code", "department", "report_no", "local_code", "local_name",
     "item_code", "category", "status", "performed_at", "issued_at", "performer", "signer",
     "findings", "conclusion", "accession_number", "study_uid", "mark_scope", "mark_symbol",
-    "version", "content_hash", "source_message_id", "updated_at",
+    "version", "content_hash", "source_message_id", "updated_at", "comment",
 )  # fmt: skip
 VERSION_COLUMNS = ("result_id", "version", "status", "recorded_at", "reason", "snapshot")
 OBSERVATION_COLUMNS = (
     "result_id", "seq", "code", "loinc", "name", "value_type", "value_num", "value_text",
-    "unit", "ref_low", "ref_high", "ref_text", "flag",
+    "unit", "ref_low", "ref_high", "ref_text", "flag", "comment",
 )  # fmt: skip
 # Point-of-care activity, column for column as services/recognition.py records it.
 REMINDER_COLUMNS = (
@@ -994,9 +994,10 @@ class _Obs:
     ref_high: float | None
     ref_text: str
     flag: str
+    comment: str = ""
 
     def json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "code": self.code,
             "name": self.name,
             "value_type": self.value_type,
@@ -1009,6 +1010,42 @@ class _Obs:
             "flag": self.flag,
             "loinc": self.loinc,
         }
+        if self.comment:  # as intake stores it: an empty comment left out
+            out["comment"] = self.comment
+        return out
+
+
+# The comments (备注) laboratories attach, at rates of the order seen in Chinese LIS
+# exports: haemolysis on the analytes it raises (potassium, LDH, AST, CK, iron), a
+# re-test on a value far outside its range, and now and then a remark on the specimen
+# for the whole report. They decide whether a prior value may be accepted, so the
+# synthetic world carries some (the points of care and the benchmarks show them).
+HAEMOLYSIS_SENSITIVE = frozenset({"K", "LDH", "AST", "CK", "FE"})
+HAEMOLYSIS_RATE, RETEST_RATE, REPORT_REMARK_RATE = 0.03, 0.3, 0.005
+HAEMOLYSIS_COMMENT = "标本轻度溶血，可能影响结果，请结合临床"
+RETEST_COMMENT = "结果已复查"
+REPORT_REMARKS = (
+    "标本采集至送检超过2小时",
+    "标本量偏少，已优先检测主要项目",
+    "患者采血前未空腹",
+)
+
+
+def _commented(r: random.Random, obs: list[_Obs]) -> tuple[list[_Obs], str]:
+    """``obs`` with the comments a laboratory would attach, and the report's remark."""
+    out = []
+    for o in obs:
+        comment = ""
+        if o.code in HAEMOLYSIS_SENSITIVE and r.random() < HAEMOLYSIS_RATE:
+            comment = HAEMOLYSIS_COMMENT
+        elif o.value_num is not None and o.ref_low is not None and o.ref_high is not None:
+            span = o.ref_high - o.ref_low
+            far = o.value_num > o.ref_high + span / 2 or o.value_num < o.ref_low - span / 4
+            if far and r.random() < RETEST_RATE:
+                comment = RETEST_COMMENT
+        out.append(replace(o, comment=comment) if comment else o)
+    remark = r.choice(REPORT_REMARKS) if obs and r.random() < REPORT_REMARK_RATE else ""
+    return out, remark
 
 
 def _lab_value(r: random.Random, a: AnalyteSpec) -> _Obs:
@@ -1078,6 +1115,8 @@ class ResultGenerator:
             for prov, codes in world.institutions_by_province.items()
         }
         self._all = sorted(self.inst)
+        # Comments draw from their own stream: the world of a seed is the same with them.
+        self._comments = random.Random(f"comments:{cfg.seed}")
         rng = random.Random(f"doctors:{cfg.seed}")
         self._doctors = {
             code: [chinese_name(rng, "M") for _ in range(DOCTOR_NAMES_PER_INSTITUTION)]
@@ -1193,8 +1232,11 @@ class ResultGenerator:
         performer, signer = r.choice(doctors), r.choice(doctors)
         findings = conclusion = ""
         obs: list[_Obs] = []
+        remark = ""
         if cat is Category.LAB:
-            obs = [_lab_value(r, a) for a in self.ref.analytes.get(code, ())]
+            obs, remark = _commented(
+                self._comments, [_lab_value(r, a) for a in self.ref.analytes.get(code, ())]
+            )
             abnormal = [o for o in obs if o.flag not in ("", "N")]
             findings = "；".join(
                 f"{o.name} {o.value_text if o.value_num is None else number_text(o.value_num)}{o.unit}"
@@ -1235,7 +1277,7 @@ class ResultGenerator:
         row: Row = (
             rid, pid, inst, dept, report_no, local_code, local_name, item_code, cat.value, status.value,
             performed, issued, performer, signer, findings, conclusion, accession, study_uid,
-            mark_scope, mark_symbol, version, content_hash, None, updated,
+            mark_scope, mark_symbol, version, content_hash, None, updated, remark,
         )  # fmt: skip
         versions: list[Row] = []
         for v, st in enumerate(statuses, start=1):
@@ -1275,6 +1317,8 @@ class ResultGenerator:
                 "mark_symbol": mark_symbol,
                 "observations": [o.json() for o in v_obs],
             }
+            if remark:
+                snapshot["comment"] = remark
             versions.append(
                 (
                     rid,
@@ -1300,6 +1344,7 @@ class ResultGenerator:
                 o.ref_high,
                 o.ref_text,
                 o.flag,
+                o.comment,
             )
             for seq, o in enumerate(obs, start=1)
         ]
