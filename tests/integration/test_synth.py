@@ -164,7 +164,7 @@ def test_laboratories_comments_are_synthesized_and_read_back(container: Containe
     report now and then: stored as intake stores comments and read back with the result."""
     _run(container, results=3000)
     with container.engine.connect() as c:
-        by_comment = dict(
+        by_comment: dict[str, int] = dict(
             c.execute(
                 select(t.observation.c.comment, func.count())
                 .where(t.observation.c.comment != "")
