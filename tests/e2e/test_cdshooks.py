@@ -248,6 +248,28 @@ def test_order_sign_considers_every_draft_order(hebei: tuple[str, dict[str, str]
     assert len(post(base, headers, SIGN, body).json()["cards"]) == 2
 
 
+def test_order_sign_offers_no_delete_for_an_order_that_is_not_a_draft(
+    hebei: tuple[str, dict[str, str]],
+) -> None:
+    """An HIS re-signing an order sends it ``active``: a delete is no undo for a signed
+    order, so its card informs without the suggestion; the draft beside it keeps its."""
+    base, headers = hebei
+    ct, lft = (
+        service_request("sr-ct", "B-CT-CHEST", "胸部平扫CT"),
+        service_request("sr-lft", "B-LFT", "肝功十项"),
+    )
+    lft["resource"]["status"] = "active"
+    body = hook_request("order-sign", orders=[ct, lft], prefetch={"patient": patient_resource()})
+    cards = {c["summary"][:2]: c for c in post(base, headers, SIGN, body).json()["cards"]}
+    assert set(cards) == {"胸部", "肝功"}, cards
+    assert cards["胸部"]["suggestions"][0]["actions"][0]["resourceId"] == "ServiceRequest/sr-ct"
+    liver = cards["肝功"]
+    assert "suggestions" not in liver
+    assert "selectionBehavior" not in liver
+    assert "该医嘱状态为 active（非草稿）" in liver["detail"]
+    assert liver["overrideReasons"]
+
+
 @pytest.mark.parametrize("threads", [1, 3])
 def test_concurrent_calls_each_get_their_own_committed_cards(
     world: Container,

@@ -14,7 +14,7 @@ One card per ordered item that has something to say:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -219,8 +219,11 @@ def build_cards(
     orders: Sequence[tuple[str, str]],  # (draft ServiceRequest reference, requested code)
     institutions: dict[str, Institution],
     ctx: CardContext,
+    not_drafts: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[CardRecord]]:
-    """The response cards and the records that let feedback find them again."""
+    """The response cards and the records that let feedback find them again.
+    ``not_drafts``: the orders of ``orders`` that are not drafts, with their status."""
+    signed = not_drafts or {}
     cards: list[dict[str, Any]] = []
     records: list[CardRecord] = []
     codes = [code for _, code in orders]
@@ -256,7 +259,8 @@ def build_cards(
             if best is not None:
                 r = best.result
                 best_id, best_version = r.id, r.version
-                suggestion_uuid = str(uuid.uuid4())
+                status = signed.get(draft)
+                suggestion_uuid = None if status else str(uuid.uuid4())
                 summary = (
                     f"{rec.item.name}：{_names(institutions, r.institution)}"
                     f"{format_span(best.age)}前已做（{r.mark_symbol or ''}），可互认，建议不再重复检查"
@@ -267,7 +271,18 @@ def build_cards(
                     "indicator": "warning",
                     "detail": _detail(answer, rec, institutions, ctx),
                     "source": source,
-                    "suggestions": [
+                }
+                if status:
+                    # order-sign's draftOrders are drafts ("orders that aren't yet
+                    # signed"); an HIS re-signing an active order sends it too. A delete
+                    # of a signed order is not the clinician's undo: no suggestion, the
+                    # card says why.
+                    card["detail"] += (
+                        f"\n\n该医嘱状态为 {_md(status)}（非草稿），卡片不提供撤销建议；"
+                        "如需互认，请在互认工作台中接受，并按本院流程撤销医嘱。"
+                    )
+                else:
+                    card["suggestions"] = [
                         {
                             "label": f"互认该结果，撤销本次{rec.item.name}医嘱",
                             "uuid": suggestion_uuid,
@@ -283,10 +298,9 @@ def build_cards(
                                 }
                             ],
                         }
-                    ],
-                    "selectionBehavior": "at-most-one",
-                    "links": [link, *_viewer_link(ctx, best)],
-                }
+                    ]
+                    card["selectionBehavior"] = "at-most-one"
+                card["links"] = [link, *_viewer_link(ctx, best)]
                 # CDS Hooks 2.0 §Null and empty JSON elements: an OPTIONAL attribute without
                 # a value is omitted, never [] (no negative list in force: none to offer).
                 if reasons := _override_reasons(outcome.reasons, rec.item.category):

@@ -252,6 +252,13 @@ class DraftOrder:
     codings: tuple[tuple[str, str], ...]  # (system, code)
     text: str
     where: str = ""  # its entry: context.draftOrders.entry[n]
+    # ServiceRequest.status: "draft" as the hooks define draftOrders; a client re-signing
+    # an order sends it "active" (no status given counts as a draft).
+    status: str = "draft"
+
+    @property
+    def draft(self) -> bool:
+        return self.status == "draft"
 
 
 def draft_orders(req: HookRequest) -> list[DraftOrder]:
@@ -302,7 +309,12 @@ def draft_orders(req: HookRequest) -> list[DraftOrder]:
             # looked up for it: it is left out like the other non-lab orders, rather than
             # refusing the whole hook (and the cards of the coded orders beside it).
             continue
-        out.append(DraftOrder(ref, tuple(codings), text, where))
+        status = resource.get("status")
+        out.append(
+            DraftOrder(
+                ref, tuple(codings), text, where, status if isinstance(status, str) else "draft"
+            )
+        )
     return out
 
 

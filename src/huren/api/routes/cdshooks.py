@@ -241,7 +241,13 @@ def _call(
     def make_cards(
         outcome: CheckOutcome,
     ) -> tuple[list[dict[str, Any]], list[CardRecord]]:
-        return card_builder.build_cards(outcome, drafts, c.recognition.catalog().institutions, ctx)
+        return card_builder.build_cards(
+            outcome,
+            drafts,
+            c.recognition.catalog().institutions,
+            ctx,
+            {o.reference: o.status[:20] for o in orders if not o.draft},
+        )
 
     _, cards = c.recognition.check_with_cards(check, make_cards)
     return _json({"cards": cards})
