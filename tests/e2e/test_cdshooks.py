@@ -434,6 +434,37 @@ def post_raw(base: str, headers: dict[str, str], service: str, body: Any) -> htt
     )
 
 
+@pytest.mark.parametrize("bad", ["\u0000", "\udfff"])
+def test_a_character_in_a_medication_order_does_not_refuse_the_lab_orders(
+    hebei: tuple[str, dict[str, str]], bad: str
+) -> None:
+    """Orders that are no ServiceRequest are never read or stored: a NUL or a lone
+    surrogate in one is no reason to refuse the hook; in a ServiceRequest it still is."""
+    base, headers = hebei
+    medication = {
+        "resource": {
+            "resourceType": "MedicationRequest",
+            "id": "mr-1",
+            "status": "draft",
+            "intent": "order",
+            "medicationCodeableConcept": {"text": f"阿司匹林{bad}肠溶片"},
+        }
+    }
+    lft = service_request("sr-lft", "B-LFT", "肝功十项")
+    body = hook_request(
+        orders=[medication, lft],
+        selections=["ServiceRequest/sr-lft", "MedicationRequest/mr-1"],
+        prefetch={"patient": patient_resource()},
+    )
+    r = post_raw(base, headers, SELECT, body)
+    assert r.status_code == 200, r.text
+    assert any("肝功" in c["summary"] for c in r.json()["cards"])
+    lft["resource"]["code"]["text"] = f"肝功{bad}十项"
+    r = post_raw(base, headers, SELECT, body)
+    assert r.status_code == 400, r.text
+    assert "context.draftOrders.entry[1].resource.code.text" in r.text
+
+
 @pytest.mark.parametrize(
     "identifier",
     [

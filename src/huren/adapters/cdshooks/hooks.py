@@ -153,9 +153,29 @@ def _reject_unstorable(data: Any, what: str) -> None:
     resources are not walked: only their identifiers are read, and ``patient_identifiers``
     skips (and names) one it cannot match on, so that the answer is an info card."""
     problems = json_text_problems(data, skip=("prefetch",))
+    if problems and (others := _other_orders(data)):
+        # An order that is no ServiceRequest (a medication, a diet) is never read or
+        # stored: a character in it is no reason to refuse the lab and imaging orders.
+        problems = [p for p in problems if not any(p.field.startswith(o) for o in others)]
     if problems:
         fields = "、".join(dict.fromkeys(p.field for p in problems))
         raise MalformedHook(f"{what}含有无法处理的字符：{fields}", problems=problems)
+
+
+def _other_orders(data: Any) -> tuple[str, ...]:
+    """The paths (with a trailing "." or "[") of the draft orders that are not
+    ServiceRequests: ``context.draftOrders.entry[n].``."""
+    context = data.get("context") if isinstance(data, dict) else None
+    bundle = context.get("draftOrders") if isinstance(context, dict) else None
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    if not isinstance(entries, list):
+        return ()
+    out: list[str] = []
+    for n, entry in enumerate(entries):
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") != "ServiceRequest":
+            out += (f"context.draftOrders.entry[{n}].", f"context.draftOrders.entry[{n}][")
+    return tuple(out)
 
 
 def _needs_scan(body: bytes) -> bool:
