@@ -238,7 +238,7 @@ def test_an_his_signing_each_call_gets_cards_as_its_institution(
     assert rows
     assert {r.institution_code for r in rows} == {HOSP_B}
     assert spent == 1
-    # aud as an array (RFC 7519 §4.1.3), and RS384 from a second key of a rotated set.
+    # aud as an array (RFC 7519 §4.1.3).
     r = _call(base, signer.token([f"{base}/cds-services/{SELECT}"], now))
     assert r.status_code == 200, r.text
 

@@ -13,7 +13,6 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -23,8 +22,7 @@ from sqlalchemy.engine import make_url
 
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.recognition import SqlRecognitionStore
-from huren.adapters.db.tables import audit_event, reminder, result
-from huren.adapters.db.tables import patient as patient_table
+from huren.adapters.db.tables import audit_event, reminder
 from huren.adapters.db.tables_recognition import cds_card
 from huren.bootstrap import Container
 from huren.domain.identity import IdentifierKind, PatientIdentifier
@@ -35,9 +33,10 @@ from huren.services.recognition import (
     CheckWrites,
     PatientRef,
 )
-from tests.fixtures.results import LI_SI_ID, TEST_NOW, lab_panel, patient, store
+from tests.fixtures.results import TEST_NOW, lab_panel, store
 from tests.fixtures.world import HOSP_A
 from tests.integration.test_recognition_group_commit import CLINICIAN_B, _writes
+from tests.integration.test_recognition_service import merged_panels
 
 BY_NATIONAL_ID = PatientRef(
     identifiers=(
@@ -270,22 +269,7 @@ def test_a_check_by_the_platform_id_of_a_merged_record_reads_the_whole_family(
     # 李四's record was merged into 张三's: by either platform id the check reads both
     # records' results (on PostgreSQL the statement that reads the patient with its
     # priors leaves a merged family to the family's own statements).
-    older = store(
-        world,
-        lab_panel(
-            HOSP_A,
-            patient_demographics=patient(LI_SI_ID, "李四"),
-            issued_at=TEST_NOW - timedelta(days=5),
-        ),
-    ).results[0]
-    newer = store(world, lab_panel(HOSP_A)).results[0]
-    with world.engine.begin() as conn:
-        ids = dict(conn.execute(select(result.c.id, result.c.patient_id)).all())
-        conn.execute(
-            update(patient_table)
-            .where(patient_table.c.id == ids[older.result_id])
-            .values(merged_into=ids[newer.result_id])
-        )
+    older, newer, ids = merged_panels(world)
     for pid in (ids[older.result_id], ids[newer.result_id]):
         out = world.recognition.check(
             CheckRequest(CLINICIAN_B, PatientRef(patient_id=pid), ("B-LFT",), "rest")

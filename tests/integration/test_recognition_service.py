@@ -18,6 +18,7 @@ from huren.domain.errors import Conflict, NotFound, ValidationFailed
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.recognition import ReasonCode, Standing
 from huren.domain.results import ResultStatus
+from huren.services.intake import StoredRef
 from huren.services.recognition import (
     CheckRequest,
     DecisionRequest,
@@ -447,11 +448,9 @@ def test_observations_come_in_seq_order_whatever_order_they_were_written_in(
     assert item.recognition.best.result.observations == tuple(reversed(sent.observations))
 
 
-def test_results_of_a_patient_merged_into_another_are_found_under_the_survivor(
-    world: Container,
-) -> None:
-    # 李四's record was merged into 张三's (the same person registered twice): a check
-    # under either identity finds the results of both records, newest first.
+def merged_panels(world: Container) -> tuple[StoredRef, StoredRef, dict[int, int]]:
+    """李四's record merged into 张三's (the same person registered twice), each with a
+    liver panel: (李四's older panel, 张三's newer one, result id → patient id)."""
     older = store(
         world,
         lab_panel(
@@ -468,6 +467,14 @@ def test_results_of_a_patient_merged_into_another_are_found_under_the_survivor(
             .where(patient_table.c.id == ids[older.result_id])
             .values(merged_into=ids[newer.result_id])
         )
+    return older, newer, ids
+
+
+def test_results_of_a_patient_merged_into_another_are_found_under_the_survivor(
+    world: Container,
+) -> None:
+    # A check under either identity finds the results of both records, newest first.
+    older, newer, ids = merged_panels(world)
     by_li_si = PatientRef(identifiers=(PatientIdentifier(IdentifierKind.NATIONAL_ID, LI_SI_ID),))
     for ref in (BY_NATIONAL_ID, by_li_si):
         out = check(world, "B-LFT", ref=ref)
