@@ -21,7 +21,8 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.decisions import result_text
 from huren.services.intake import Channel
-from tests.fixtures.fhir.builders import NATIONAL_ID, lab_bundle
+from tests.e2e.test_cdshooks import hook_request, patient_resource, service_request
+from tests.fixtures.fhir.builders import lab_bundle
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_field
 from tests.fixtures.results import ZHANG_SAN_ID
 from tests.fixtures.world import HOSP_B
@@ -33,46 +34,10 @@ HL7_PATIENT = "110105197203051620"  # 王秀英 of the HL7 sample
 
 def _card_request(national_id: str) -> dict[str, Any]:
     """Hospital B's HIS ordering 肝功能 (B-LFT) for the patient: an order-select call."""
-    return {
-        "hook": "order-select",
-        "hookInstance": "6c1f0e1a-2f4e-4c53-9a0e-7b2f1d0c7a11",
-        "context": {
-            "userId": "Practitioner/dr-wang",
-            "patientId": "pat-1",
-            "selections": ["ServiceRequest/sr-lft"],
-            "draftOrders": {
-                "resourceType": "Bundle",
-                "type": "collection",
-                "entry": [
-                    {
-                        "resource": {
-                            "resourceType": "ServiceRequest",
-                            "id": "sr-lft",
-                            "status": "draft",
-                            "intent": "order",
-                            "code": {
-                                "coding": [
-                                    {
-                                        "system": "https://huren.example/fhir/CodeSystem/local/"
-                                        + HOSP_B,
-                                        "code": "B-LFT",
-                                    }
-                                ]
-                            },
-                            "subject": {"reference": "Patient/pat-1"},
-                        }
-                    }
-                ],
-            },
-        },
-        "prefetch": {
-            "patient": {
-                "resourceType": "Patient",
-                "id": "pat-1",
-                "identifier": [{"system": NATIONAL_ID, "value": national_id}],
-            }
-        },
-    }
+    return hook_request(
+        orders=[service_request("sr-lft", "B-LFT", "肝功十项")],
+        prefetch={"patient": patient_resource(national_id)},
+    )
 
 
 def _views(world: Container, login: Login, rid: int, national_id: str) -> dict[str, str]:
