@@ -515,12 +515,57 @@ def _range_applies(
 
 _RANGE_DECODER = msgspec.json.Decoder(m.ReferenceRange)
 # A reference range read: (low, high, text — sent, or made of the limits as sent —, the
-# range, its age range in years when it has one). Ranges repeat from one Observation of
-# an item to the next: each distinct one is read once.
+# range, its age range in years when it has one, the distinct UCUM codes of its limits —
+# none when no limit has one —, its text naming its unit(s) — used when that is not the
+# value's, ``_other_unit``). Ranges repeat from one Observation of an item to the next:
+# each distinct one is read once.
 _ReadRange = tuple[
-    float | None, float | None, str, m.ReferenceRange, tuple[float | None, float | None] | None
+    float | None,
+    float | None,
+    str,
+    m.ReferenceRange,
+    tuple[float | None, float | None] | None,
+    tuple[str, ...],
+    str,
 ]
 _RANGES: dict[bytes, _ReadRange] = {}
+
+
+def _ucum_code(q: m.Quantity | None) -> str:
+    """The UCUM code of a Quantity (R4 datatypes.html#Quantity: ``system``
+    http://unitsofmeasure.org, ``code``), "" when it has none."""
+    return q.code if q is not None and q.system == _UCUM else ""
+
+
+@functools.lru_cache(maxsize=1024)
+def _ucum_key(code: str) -> str:
+    """A UCUM code in the form its common spellings share: ``10^9/L`` is ``10*9/L``
+    (UCUM writes a power of ten 10*9; LIS often write 10^9), case does not count (mmol/l,
+    mmol/L; UCUM's case-insensitive form), the micro sign µ or μ is u."""
+    return code.strip().replace("^", "*").casefold().replace("μ", "u")
+
+
+def _with_units(rr: m.ReferenceRange, low: _Number | None, high: _Number | None) -> str:
+    """A reference range as text naming its unit ("70-110 mg/dL"): the text sent, with
+    its unit added when the text does not name it, else the limits as sent."""
+    units = [
+        q.unit.strip() or q.code.strip()
+        for q in (rr.low, rr.high)
+        if q is not None and (q.unit.strip() or q.code.strip())
+    ]
+    if rr.text:
+        missing = [u for u in dict.fromkeys(units) if u not in rr.text]
+        return " ".join([rr.text, *missing])
+    if len(set(units)) > 1:  # each limit in its own unit (not seen sent, but allowed)
+        lo = "" if low is None or rr.low is None else f"{low[1]} {rr.low.unit or rr.low.code}"
+        hi = "" if high is None or rr.high is None else f"{high[1]} {rr.high.unit or rr.high.code}"
+        return f"{lo}-{hi}"
+    unit = f" {units[0]}" if units else ""
+    if low is not None and high is not None:
+        return f"{low[1]}-{high[1]}{unit}"
+    if low is not None:
+        return f">={low[1]}{unit}"
+    return f"<={high[1]}{unit}" if high is not None else rr.text
 
 
 def _read_range(
@@ -554,7 +599,9 @@ def _read_range(
     text = rr.text
     if not text and (low is not None or high is not None):
         text = _range_text(low, high)
-    read = (_value_of(low), _value_of(high), text, rr, ages)
+    codes = tuple(dict.fromkeys(c for c in (_ucum_code(rr.low), _ucum_code(rr.high)) if c))
+    with_units = _with_units(rr, low, high) if codes else ""
+    read = (_value_of(low), _value_of(high), text, rr, ages, codes, with_units)
     if len(_RANGES) >= 4096:
         _RANGES.clear()
     _RANGES[literal] = read
@@ -563,21 +610,22 @@ def _read_range(
 
 def _reference_range(
     ranges: Sequence[msgspec.Raw], where: str, errors: ProblemCollector, subject: _Subject
-) -> tuple[float | None, float | None, str, int]:
-    """(low, high, text, index) of the one reference range that is the patient's.
+) -> tuple[float | None, float | None, str, int, _ReadRange | None]:
+    """(low, high, text, index, the range read) of the one reference range that is the
+    patient's.
     Several ranges (R4 Observation.referenceRange 0..*: by age, by sex, normal and
     therapeutic) are narrowed to the normal ones that apply to the patient; when that
     still leaves different ranges, the Observation is refused rather than stored with
     another patient group's range (the platform keeps one range per value)."""
     if not ranges:
-        return None, None, "", 0
+        return None, None, "", 0, None
     known = _RANGES.get
     maybe_read = [
         known(bytes(raw)) or _read_range(raw, errors, where, i) for i, raw in enumerate(ranges)
     ]
     read = [r for r in maybe_read if r is not None]
     if len(read) < len(ranges):  # each range refused is named
-        return None, None, "", 0
+        return None, None, "", 0, None
     chosen = list(enumerate(read))
     if len(read) > 1:
         normal = [
@@ -597,11 +645,11 @@ def _reference_range(
                 "有多个参考范围，无法按患者的年龄、性别确定适用的一个"
                 "（请提供患者出生日期与性别，或只发送适用于该患者的参考范围）",
             )
-            return None, None, "", 0
+            return None, None, "", 0, None
         if not chosen:  # none applies to this patient: keep none rather than another's
-            return None, None, "", 0
-    index, (low, high, text, _, _) = chosen[0]
-    return low, high, text, index
+            return None, None, "", 0, None
+    index, chosen_range = chosen[0]
+    return chosen_range[0], chosen_range[1], chosen_range[2], index, chosen_range
 
 
 def _limits(
@@ -684,9 +732,11 @@ def _value(
     where: str,
     errors: ProblemCollector,
     subject: _Subject,
+    notes: list[str],
 ) -> ObservationValue:
     """One value: an Observation's own value[x], or one of its components (R4 observation.html,
-    Observation.value[x] and Observation.component share the same value types)."""
+    Observation.value[x] and Observation.component share the same value types). What is
+    kept otherwise than sent (a reference range in another unit) is named in ``notes``."""
     code, name, loinc = _codes(v.code)
     if not code:
         errors.add(f"{where}.code.coding", "检验项目缺少编码（本院编码或 LOINC）")
@@ -770,7 +820,24 @@ def _value(
     if read is not None:  # the usual single range, read before
         low, high, ref_text, range_index = read[0], read[1], read[2], 0
     else:
-        low, high, ref_text, range_index = _reference_range(ranges, where, errors, subject)
+        low, high, ref_text, range_index, read = _reference_range(ranges, where, errors, subject)
+    if read is not None and read[5]:  # the range's limits have UCUM codes
+        codes, q = read[5], v.valueQuantity
+        value_code = _value_ucum_code(v) if q is None else q.code if q.system == _UCUM else ""
+        if (
+            value_code
+            and (len(codes) > 1 or codes[0] != value_code)  # the usual case: the same code
+            and _other_unit(value_code, codes)
+        ):
+            # R4 observation.html, Observation.referenceRange.low/high: Quantities, each
+            # in its own unit. Numbers in mg/dL beside a value in mmol/L would be shown,
+            # and compared, as if in mmol/L: the range is kept as text naming its unit.
+            low = high = None
+            ref_text = read[6]
+            notes.append(
+                f"{where}.referenceRange[{range_index}] 的单位与结果的单位（{value_code}）不同，"
+                f"参考范围按文本「{ref_text}」保存，不作为数值范围比较高低"
+            )
     interps, flag, interp_index = v.interpretation, "", 0
     if interps:
         first_coding = interps[0].coding
@@ -799,6 +866,26 @@ def _value(
     return value
 
 
+def _value_ucum_code(v: m.Observation | m.ObservationComponent) -> str:
+    """The UCUM code of a value's unit (``_value``: of its valueQuantity, or of the first
+    limit of its valueRange that has a unit), "" when it has none."""
+    if v.valueQuantity is not None:
+        return _ucum_code(v.valueQuantity)
+    if v.valueRange is not None:
+        for q in (v.valueRange.low, v.valueRange.high):
+            if q is not None and (q.code or q.unit):
+                return _ucum_code(q)
+    return ""
+
+
+def _other_unit(value_code: str, range_codes: tuple[str, ...]) -> bool:
+    """Whether a limit of a reference range is in another UCUM unit than the value: a
+    code that differs, also as ``_ucum_key`` writes it (10^9/L is 10*9/L)."""
+    return any(
+        code != value_code and _ucum_key(code) != _ucum_key(value_code) for code in range_codes
+    )
+
+
 def _has_value(obs: m.Observation) -> bool:
     return (
         obs.valueQuantity is not None
@@ -817,21 +904,63 @@ def _has_value(obs: m.Observation) -> bool:
 
 
 def _observation_values(
-    obs: m.Observation, where: str, errors: ProblemCollector, subject: _Subject
+    obs: m.Observation,
+    where: str,
+    errors: ProblemCollector,
+    subject: _Subject,
+    notes: list[str],
+    before: Sequence[ObservationValue],
 ) -> list[ObservationValue]:
     """The values an Observation holds: its own value[x] (or dataAbsentReason), then one
     per component (R4 observation.html#component: components are values of their own, e.g. systolic and
-    diastolic blood pressure, the panel code itself having no value). A panel that only
-    groups other Observations (hasMember) has none of its own."""
+    diastolic blood pressure, the panel code itself having no value), their codes naming
+    the Observation (``_as_components``; ``before``: the report's values so far). A panel
+    that only groups other Observations (hasMember) has none of its own."""
     out: list[ObservationValue] = []
     if _has_value(obs) or not (obs.component or obs.hasMember):
-        out.append(_value(obs, where, errors, subject))
+        out.append(_value(obs, where, errors, subject, notes))
     for k, comp in enumerate(obs.component):
-        out.append(_value(comp, f"{where}.component[{k}]", errors, subject))
+        out.append(_value(comp, f"{where}.component[{k}]", errors, subject, notes))
+    if obs.component:
+        out = _as_components(obs, out, before)
     if obs.note and out:
         # The Observation's notes go with its first value (its own, or its first
         # component's: R4 Observation.component has no note of its own).
         out[0] = _noted(out[0], obs, where, errors)
+    return out
+
+
+def _as_components(
+    obs: m.Observation, values: list[ObservationValue], before: Sequence[ObservationValue]
+) -> list[ObservationValue]:
+    """``values`` (the Observation's own value, if any, then its components) with each
+    component's code stored as ``model.component_code`` of the Observation's, so that it
+    is read back as one Observation with its components (``model.component_groups``).
+    Where the codes cannot say it — a code holding the separator, or too long together,
+    components of one code twice, or the rows read back joining the Observation before
+    (of the same code, sent without a value of its own) — the components keep their own
+    codes and are read back as Observations of their own, as all components were before."""
+    parent = _codes(obs.code)[0]
+    n = len(obs.component)
+    own = values[: len(values) - n]
+    codes = [v.code for v in values[len(values) - n :]]
+    if (
+        not parent
+        or m.COMPONENT_SEPARATOR in parent
+        or len(set(codes)) < n
+        or any(
+            not c
+            or m.COMPONENT_SEPARATOR in c
+            or len(parent) + len(m.COMPONENT_SEPARATOR) + len(c) > _CODE_MAX
+            for c in codes
+        )
+    ):
+        return values
+    out = [*own, *(replace(v, code=m.component_code(parent, v.code)) for v in values[len(own) :])]
+    groups = m.component_groups([*(v.code for v in before), *(v.code for v in out)])
+    last = groups[-1]
+    if last.start != len(before) or len(last.components) != n:
+        return values
     return out
 
 
@@ -1039,6 +1168,7 @@ def _report_submission(
 
     observations: list[ObservationValue] = []
     findings: list[str] = []
+    range_notes: list[str] = []  # reference ranges kept as text (``_value``)
     by_ref, plans = ctx.by_ref, ctx.observation_plans
     # Observations already taken (a panel's member listed twice), by identity: contained
     # resources share the entry index -1.
@@ -1057,7 +1187,7 @@ def _report_submission(
                 findings.append(obs.valueString)
                 plans[index] = EntryPlan("findings", sub_index, note="已作为报告的检查所见保存")
                 continue
-            values = _observation_values(obs, owhere, errors, subject)
+            values = _observation_values(obs, owhere, errors, subject, range_notes, observations)
             if values:
                 observations.extend(values)
                 plans[index] = _observation_entry(sub_index, len(observations) - len(values) + 1)
@@ -1096,12 +1226,13 @@ def _report_submission(
         if obs.component or obs.hasMember or obs.valueString is not None:
             take(obs, owhere, index)
             continue
-        value = _value(obs, owhere, errors, subject)
+        value = _value(obs, owhere, errors, subject, range_notes)
         observations.append(_noted(value, obs, owhere, errors) if obs.note else value)
         plans[index] = _observation_entry(sub_index, len(observations))
     accession, study_uid = _study_links(ctx, r, base)
     accession, study_uid = accession_own or accession, study_own or study_uid
     presented, notes = _presented_form(r, where, errors)
+    notes = range_notes + notes
     if notes:
         ctx.report_notes[sub_index] = notes
     if patient is None or performed is None or issued is None:

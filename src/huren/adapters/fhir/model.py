@@ -11,6 +11,7 @@ thousand tracked objects, each young-generation pass walking them again."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -286,6 +287,64 @@ class BundleEntry(Struct, frozen=True, omit_defaults=True, gc=False):
     fullUrl: str = ""
     resource: msgspec.Raw = msgspec.Raw()  # empty: no resource
     request: BundleRequest | None = None
+
+
+# ---------------------------------------------------------------- stored components
+# An Observation with components (R4 observation.html, Observation.component: e.g. the
+# systolic and diastolic values of the vital-signs blood pressure, LOINC 85354-9) is
+# stored as one observation row per value — its own value[x] first when it has one, then
+# one row per component — so that every point of care shows each value as a row. Which
+# rows were the components of which Observation is kept in their codes: a component's
+# code is stored as ``{Observation code}::{component code}`` (``component_code``), so that
+# the FHIR read-back (render.py) gives one Observation with its ``component`` array, as
+# sent. A row whose code has no separator is an Observation of its own; a component
+# joins the Observation of the row before it when that one has the same code and does
+# not hold a component of the same code yet (``component_groups``), and ingest keeps a
+# component's plain code where that rule would not give back the Observation sent.
+COMPONENT_SEPARATOR = "::"
+
+
+def component_code(parent: str, code: str) -> str:
+    """The stored code of component ``code`` of an Observation of code ``parent``."""
+    return f"{parent}{COMPONENT_SEPARATOR}{code}"
+
+
+def split_component_code(code: str) -> tuple[str, str] | None:
+    """(Observation code, component code) of a stored component code, else None."""
+    if COMPONENT_SEPARATOR not in code:  # the usual row, decided without a split
+        return None
+    parent, _, own = code.partition(COMPONENT_SEPARATOR)
+    if parent and own and COMPONENT_SEPARATOR not in own:
+        return parent, own
+    return None
+
+
+class CodeGroup(Struct, frozen=True, gc=False):
+    """The stored rows of one Observation: ``start`` the index of its first row, ``code``
+    its code, ``own`` whether that row is its own value[x], ``components`` (index of the
+    row, component code) of each component row."""
+
+    start: int
+    code: str
+    own: bool
+    components: tuple[tuple[int, str], ...] = ()
+
+
+def component_groups(codes: Sequence[str]) -> list[CodeGroup]:
+    """The Observations the stored rows of these codes came from, in order."""
+    groups: list[CodeGroup] = []
+    for i, code in enumerate(codes):
+        split = split_component_code(code)
+        if split is None:
+            groups.append(CodeGroup(i, code, True))
+            continue
+        parent, own = split
+        last = groups[-1] if groups else None
+        if last is not None and last.code == parent and all(c != own for _, c in last.components):
+            groups[-1] = CodeGroup(last.start, parent, last.own, (*last.components, (i, own)))
+        else:
+            groups.append(CodeGroup(i, parent, False, ((i, own),)))
+    return groups
 
 
 class Bundle(Struct, frozen=True, omit_defaults=True, gc=False):

@@ -3,7 +3,11 @@ CapabilityStatement and OperationOutcome (checked against fhir.resources' R4B mo
 tests/unit/test_fhir_mapping.py).
 
 Logical ids: DiagnosticReport/{result id}; Observation/{result id}-{position}, stable
-across versions (versionId is the report's version); Patient/{patient id}."""
+across versions (versionId is the report's version); Patient/{patient id}. An Observation
+sent with components (R4 observation.html, Observation.component) is stored as a row per
+value (model.py, ``component_code``) and read back as one Observation with its
+``component`` array, as sent: its id is the position of its first row, and the positions
+of its other rows name no Observation (``observation_holding`` says which holds them)."""
 
 from __future__ import annotations
 
@@ -16,11 +20,12 @@ from typing import Any
 
 import msgspec
 
+from huren.adapters.fhir import model as m
 from huren.adapters.fhir import systems as sid
 from huren.domain.errors import Problem
 from huren.domain.identity import PatientIdentifier
 from huren.domain.masterdata import Category
-from huren.domain.results import ResultStatus, StoredResult, ValueType
+from huren.domain.results import ObservationValue, ResultStatus, StoredResult, ValueType
 from huren.domain.text import is_digits
 
 FHIR_JSON = "application/fhir+json"
@@ -172,8 +177,8 @@ def diagnostic_report(r: StoredResult, updated: datetime) -> dict[str, Any]:
         res["resultsInterpreter"] = [{"display": r.signer}]
     if r.observations:
         res["result"] = [
-            {"reference": f"Observation/{observation_id(r.id, k)}"}
-            for k in range(1, len(r.observations) + 1)
+            {"reference": f"Observation/{observation_id(r.id, g.start + 1)}"}
+            for g in observation_groups(r)
         ]
     if r.conclusion:
         res["conclusion"] = r.conclusion
@@ -189,22 +194,87 @@ def diagnostic_report(r: StoredResult, updated: datetime) -> dict[str, Any]:
     return res
 
 
+def observation_groups(r: StoredResult) -> list[m.CodeGroup]:
+    """The Observations a result's rows were sent as (``model.component_groups``)."""
+    return m.component_groups([o.code for o in r.observations])
+
+
+def observation_holding(r: StoredResult, seq: int) -> tuple[str, int] | None:
+    """(id of the Observation, index of the component) holding the row at position
+    ``seq`` when that row is a component, else None."""
+    for g in observation_groups(r):
+        for k, (i, _code) in enumerate(g.components):
+            if i + 1 == seq and i != g.start:  # not the first row of an Observation
+                return observation_id(r.id, g.start + 1), k
+    return None
+
+
+def _code(r: StoredResult, code: str, o: ObservationValue | None) -> dict[str, Any]:
+    """A CodeableConcept: the local code (and the LOINC code, the name, of its row)."""
+    coding: list[dict[str, Any]] = [
+        {"system": sid.LOCAL_CODE_PREFIX + r.institution, "code": code}
+        | ({"display": o.name} if o is not None and o.name else {})
+    ]
+    if o is not None and o.loinc:
+        coding.append({"system": sid.LOINC, "code": o.loinc})
+    return {"coding": coding, "text": (o.name if o is not None else "") or code}
+
+
+def _value_elements(o: ObservationValue) -> dict[str, Any]:
+    """value[x], referenceRange and interpretation of one row: an Observation's or a
+    component's (R4 Observation.component has the same value[x], interpretation and
+    referenceRange)."""
+    res: dict[str, Any] = {}
+    if o.value_type is ValueType.NM and o.value_num is not None:
+        res["valueQuantity"] = _qty(_decimal(o.shown_value()), o.unit)
+    elif o.value_type is ValueType.SN and o.value_num is not None:
+        shown = o.shown_value()  # "<0.50": the comparator, then the numerals
+        comparator = next((c for c in ("<=", ">=", "<", ">") if shown.startswith(c)), "")
+        q = _qty(_decimal(shown.removeprefix(comparator)), o.unit)
+        if comparator:
+            q["comparator"] = comparator
+        res["valueQuantity"] = q
+    elif o.value_type is ValueType.SN and (structured := _structured(o.value_text, o.unit)):
+        res.update(structured)
+    elif o.value_type is ValueType.CE:
+        res["valueCodeableConcept"] = {"text": o.value_text}
+    elif o.value_text:
+        res["valueString"] = o.value_text
+    if o.ref_low is not None or o.ref_high is not None or o.ref_text:
+        rr: dict[str, Any] = {}
+        low, high = o.reference_numerals()  # as reported: "3.50", "5.30"
+        if low:
+            rr["low"] = _qty(_decimal(low), o.unit)
+        if high:
+            rr["high"] = _qty(_decimal(high), o.unit)
+        if o.ref_text:
+            rr["text"] = o.ref_text
+        res["referenceRange"] = [rr]
+    if o.flag:
+        res["interpretation"] = [{"coding": [{"system": sid.INTERPRETATION, "code": o.flag}]}]
+    return res
+
+
 def observations(r: StoredResult, updated: datetime) -> list[dict[str, Any]]:
+    """The result's Observations, one per Observation sent (its components in it)."""
+    return [res for _, res in observation_resources(r, updated)]
+
+
+def observation_resources(
+    r: StoredResult, updated: datetime
+) -> list[tuple[m.CodeGroup, dict[str, Any]]]:
+    """(the stored rows, the Observation) of each of the result's Observations."""
     status = _OBS_STATUS.get(r.status, str(r.status))
-    out: list[dict[str, Any]] = []
-    for seq, o in enumerate(r.observations, start=1):
-        coding: list[dict[str, Any]] = [
-            {"system": sid.LOCAL_CODE_PREFIX + r.institution, "code": o.code}
-            | ({"display": o.name} if o.name else {})
-        ]
-        if o.loinc:
-            coding.append({"system": sid.LOINC, "code": o.loinc})
+    rows = r.observations
+    out: list[tuple[m.CodeGroup, dict[str, Any]]] = []
+    for g in observation_groups(r):
+        own = rows[g.start] if g.own else None
         res: dict[str, Any] = {
             "resourceType": "Observation",
-            "id": observation_id(r.id, seq),
+            "id": observation_id(r.id, g.start + 1),
             "meta": _meta(r.version, updated),
             "status": status,
-            "code": {"coding": coding, "text": o.name or o.code},
+            "code": _code(r, g.code, own),
             "subject": {"reference": f"Patient/{r.patient_id}"},
             "effectiveDateTime": instant(r.performed_at),
             "issued": instant(r.issued_at),
@@ -214,36 +284,19 @@ def observations(r: StoredResult, updated: datetime) -> list[dict[str, Any]]:
             res["category"] = [
                 {"coding": [{"system": sid.OBSERVATION_CATEGORY, "code": "laboratory"}]}
             ]
-        if o.value_type is ValueType.NM and o.value_num is not None:
-            res["valueQuantity"] = _qty(_decimal(o.shown_value()), o.unit)
-        elif o.value_type is ValueType.SN and o.value_num is not None:
-            shown = o.shown_value()  # "<0.50": the comparator, then the numerals
-            comparator = next((c for c in ("<=", ">=", "<", ">") if shown.startswith(c)), "")
-            q = _qty(_decimal(shown.removeprefix(comparator)), o.unit)
-            if comparator:
-                q["comparator"] = comparator
-            res["valueQuantity"] = q
-        elif o.value_type is ValueType.SN and (structured := _structured(o.value_text, o.unit)):
-            res.update(structured)
-        elif o.value_type is ValueType.CE:
-            res["valueCodeableConcept"] = {"text": o.value_text}
-        elif o.value_text:
-            res["valueString"] = o.value_text
-        if o.ref_low is not None or o.ref_high is not None or o.ref_text:
-            rr: dict[str, Any] = {}
-            low, high = o.reference_numerals()  # as reported: "3.50", "5.30"
-            if low:
-                rr["low"] = _qty(_decimal(low), o.unit)
-            if high:
-                rr["high"] = _qty(_decimal(high), o.unit)
-            if o.ref_text:
-                rr["text"] = o.ref_text
-            res["referenceRange"] = [rr]
-        if o.flag:
-            res["interpretation"] = [{"coding": [{"system": sid.INTERPRETATION, "code": o.flag}]}]
-        if o.comment:
-            res["note"] = [{"text": o.comment}]  # R4 Observation.note (Annotation.text)
-        out.append(res)
+        if own is not None:
+            res.update(_value_elements(own))
+        if g.components:
+            res["component"] = [
+                {"code": _code(r, code, rows[i])} | _value_elements(rows[i])
+                for i, code in g.components
+            ]
+        # R4 Observation.note (Annotation.text); a component has none: the notes of the
+        # Observation sent were stored with its first value.
+        comments = [c for c in (own, *(rows[i] for i, _ in g.components)) if c and c.comment]
+        if comments:
+            res["note"] = [{"text": c.comment} for c in comments]
+        out.append((g, res))
     return out
 
 
@@ -331,6 +384,11 @@ _SEARCH = [
     ("_lastUpdated", "date", "最后更新时间"),
     ("identifier", "token", "报告单编号（DiagnosticReport）"),
 ]
+# R4 observation.html#search: a component's code, and either code.
+_COMPONENT_SEARCH = [
+    ("component-code", "token", "组分（component）的编码（system|code）"),
+    ("combo-code", "token", "Observation 或其组分的编码（system|code）"),
+]
 
 
 def capability_statement(base_url: str, now: datetime, software_version: str) -> dict[str, Any]:
@@ -342,7 +400,7 @@ def capability_statement(base_url: str, now: datetime, software_version: str) ->
             "readHistory": kind != "Patient",
         }
         if search:
-            params = _SEARCH if kind == "DiagnosticReport" else _SEARCH[:5]
+            params = _SEARCH if kind == "DiagnosticReport" else [*_SEARCH[:5], *_COMPONENT_SEARCH]
             r["searchParam"] = [{"name": n, "type": t, "documentation": d} for n, t, d in params]
             if kind == "DiagnosticReport":
                 r["searchInclude"] = ["DiagnosticReport:result"]

@@ -21,6 +21,7 @@ from huren.adapters.db.results import ResultQuery
 from huren.adapters.fhir import render
 from huren.adapters.fhir import systems as sid
 from huren.adapters.fhir.ingest import ParsedBundle, parse_report, parse_transaction
+from huren.adapters.fhir.model import CodeGroup
 from huren.api.auth import require_roles
 from huren.api.deps import container as get_container
 from huren.bootstrap import Container
@@ -382,13 +383,13 @@ def _token_identifier(value: str, name: str) -> PatientIdentifier:
     return validate_identifier(PatientIdentifier(kind, code, assigner), name)
 
 
-def _query(c: Container, request: Request) -> tuple[ResultQuery, int]:
-    params = request.query_params
-    codes = params.getlist("code")
+def _code_tokens(values: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """(local codes, item codes, LOINC codes) of token parameters (system|code; a code
+    without its system may be any of the three)."""
     local: list[str] = []
     items: list[str] = []
     loinc: list[str] = []
-    for token in ",".join(codes).split(",") if codes else []:
+    for token in ",".join(values).split(",") if values else []:
         system, bar, code = token.partition("|")
         if not bar:
             code, system = system, ""
@@ -402,6 +403,19 @@ def _query(c: Container, request: Request) -> tuple[ResultQuery, int]:
             local.append(code)
             items.append(code)
             loinc.append(code)
+    return local, items, loinc
+
+
+# R4 Observation search parameters on codes (observation.html#search): ``code`` the
+# Observation's, ``component-code`` its components', ``combo-code`` either.
+_OBSERVATION_CODES = ("code", "component-code", "combo-code")
+
+
+def _query(
+    c: Container, request: Request, code_params: Sequence[str] = ("code",)
+) -> tuple[ResultQuery, int]:
+    params = request.query_params
+    local, items, loinc = _code_tokens([v for name in code_params for v in params.getlist(name)])
     performed_from, performed_to = _date_bounds(params.getlist("date"), "date")
     updated_from, updated_to = _date_bounds(params.getlist("_lastUpdated"), "_lastUpdated")
     try:
@@ -459,24 +473,42 @@ async def search_reports(request: Request, c: CONTAINER, principal: READER) -> R
     )
 
 
+def _codes_match(
+    rows: Sequence[tuple[str, str]], wanted: tuple[list[str], list[str], list[str]]
+) -> bool:
+    """Whether one of (local code, LOINC code) of ``rows`` is among the wanted codes."""
+    local, _items, loinc = wanted
+    return any(code in local or (code_loinc and code_loinc in loinc) for code, code_loinc in rows)
+
+
+def _observation_matches(
+    r: StoredResult, group: CodeGroup, params: Any, item_codes: Sequence[str] | None
+) -> bool:
+    """Whether an Observation (``render.observation_resources``) answers the code
+    parameters: ``code`` on Observation.code, ``component-code`` on a component's code,
+    ``combo-code`` on either (R4 observation.html#search); an item code on the report's."""
+    if item_codes is not None and r.item_code in item_codes:
+        return True
+    rows = r.observations
+    own = [(group.code, rows[group.start].loinc if group.own else "")]
+    parts = [(code, rows[i].loinc) for i, code in group.components]
+    for name, candidates in (("code", own), ("component-code", parts), ("combo-code", own + parts)):
+        values = params.getlist(name)
+        if values and not _codes_match(candidates, _code_tokens(values)):
+            return False
+    return True
+
+
 @router.get("/Observation", summary="检索 Observation")
 async def search_observations(request: Request, c: CONTAINER, principal: READER) -> Response:
-    query, _count = _query(c, request)
+    query, _count = _query(c, request, _OBSERVATION_CODES)
     found = await run_in_threadpool(_search, c, query)
-    wanted_loinc = set(query.loinc or ())
-    wanted_local = set(query.local_codes or ())
+    params = request.query_params
     entries = []
     for r, updated in found:
-        for o, obs in zip(render.observations(r, updated), r.observations, strict=True):
-            by_item = query.item_codes is not None and r.item_code in query.item_codes
-            if (
-                (wanted_loinc or wanted_local)
-                and not by_item
-                and obs.loinc not in wanted_loinc
-                and obs.code not in wanted_local
-            ):
-                continue
-            entries.append(_entry(request, o))
+        for group, o in render.observation_resources(r, updated):
+            if _observation_matches(r, group, params, query.item_codes):
+                entries.append(_entry(request, o))
     await run_in_threadpool(
         c.results.record_access, principal, "fhir.search", [r for r, _ in found]
     )
@@ -526,10 +558,14 @@ def _history_bundle(
         if kind == "DiagnosticReport":
             res = render.diagnostic_report(r, v.recorded_at)
         else:
-            obs = render.observations(r, v.recorded_at)
-            if seq > len(obs):
+            # The versions in which that id is an Observation (not a component's row).
+            wanted = render.observation_id(rid, seq)
+            found = next(
+                (o for o in render.observations(r, v.recorded_at) if o["id"] == wanted), None
+            )
+            if found is None:
                 continue
-            res = obs[seq - 1]
+            res = found
         method = "POST" if v.version == 1 else "PUT"
         entries.append(
             {
@@ -559,6 +595,21 @@ def _obs_ids(text: str) -> tuple[int, int]:
     return parsed
 
 
+def _not_an_observation(result: StoredResult, oid: str, seq: int) -> NotFound:
+    """Observation/{oid} is not there: a 404 naming the Observation that holds it when it
+    is the row of a component (read before components were read back in their
+    Observation, Observation/{id}-2 was the diastolic value of Observation/{id}-1)."""
+    holding = render.observation_holding(result, seq)
+    if holding is None:
+        return NotFound(f"Observation/{oid} 不存在")
+    hid, k = holding
+    message = (
+        f"Observation/{oid} 不是一个 Observation：该值是 Observation/{hid} 的 component[{k}]，"
+        f"请读取 Observation/{hid}（与发送时一样，组分在其 Observation 之中返回）"
+    )
+    return NotFound(message, problems=[Problem("Observation.id", message)])
+
+
 def _read_observation(
     c: Container, principal: Principal, oid: str, version: int | None
 ) -> Response:
@@ -569,11 +620,12 @@ def _read_observation(
         if version is None
         else c.results.version_recorded_at(rid, result.version)
     )
-    obs = render.observations(result, updated)
-    if not 1 <= seq <= len(obs):
-        raise NotFound(f"Observation/{oid} 不存在")
+    wanted = render.observation_id(rid, seq)
+    obs = next((o for o in render.observations(result, updated) if o["id"] == wanted), None)
+    if obs is None:
+        raise _not_an_observation(result, oid, seq)
     c.results.record_access(principal, "fhir.read", [result])
-    return fhir_response(obs[seq - 1], headers={"ETag": f'W/"{result.version}"'})
+    return fhir_response(obs, headers={"ETag": f'W/"{result.version}"'})
 
 
 @router.get("/Observation/{oid}", summary="read")
@@ -593,8 +645,14 @@ async def observation_history(
     oid: str, request: Request, c: CONTAINER, principal: READER
 ) -> Response:
     rid, seq = _obs_ids(oid)
-    body = await run_in_threadpool(_history_bundle, c, request, rid, "Observation", seq)
-    return fhir_response(body)
+
+    def load() -> dict[str, Any]:
+        body = _history_bundle(c, request, rid, "Observation", seq)
+        if not body["entry"]:
+            raise _not_an_observation(c.results.get_result(rid), oid, seq)
+        return body
+
+    return fhir_response(await run_in_threadpool(load))
 
 
 @router.get("/Patient/{pid}", summary="read")
