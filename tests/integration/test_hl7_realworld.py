@@ -216,37 +216,37 @@ def test_obx_after_another_patients_pid_without_its_obr_is_refused(
     assert reply.outcome is None
 
 
-def test_comments_are_kept_and_embedded_pdf_is_acknowledged_as_not_kept(
+def test_comments_are_kept_and_embedded_pdf_is_kept_with_the_report(
     receiver: Hl7Receiver, world: Container
 ) -> None:
-    """Was: NTE comments and an ED (PDF) report were dropped with a bare AA; then the
-    comments were acknowledged as not kept. Now: NTE after OBR is the report's comment
-    and NTE after OBX that value's (v2.5.1 §7.3.1); AA, and MSA-3 and ERR (code 0,
-    severity W) name only what was not kept, the PDF."""
+    """Was: NTE comments and an ED (PDF) report were dropped with a bare AA; then both
+    were acknowledged as not kept. Now: NTE after OBR is the report's comment and NTE
+    after OBX that value's (v2.5.1 §7.3.1), and the PDF (OBX-2 ED, §2.A.24) is kept as
+    the report's original document: AA without any ERR."""
     reply = receiver.handle(realworld_bytes(PANEL_CULTURE_V251))
     assert reply.code is AckCode.AA
     code, control, text = msa(reply)
     assert (code, control) == ("AA", "LIS20260614RW0001")
-    assert "未保存" in text
-    assert "NTE" not in text
-    errs = ack_segments(reply).segments("ERR")
-    assert [(str(e[2]), str(e[3][0][0]), str(e[4])) for e in errs] == [
-        ("OBX^6^5^1", "0", "W"),
-    ]
-    assert "ED" in str(errs[0][8])
-    assert "PDF" in str(errs[0][8])
+    assert "未保存" not in text
+    assert "ERR" not in [str(seg[0]) for seg in ack_segments(reply)]
     panel, culture = stored(world, reply)
     assert panel.comment == "标本轻度溶血，结果仅供参考"
     assert observation(panel, "HBSAG").comment == "复查后确认"
     assert [o.comment for o in panel.observations if o.code != "HBSAG"] == [""] * 4
     assert culture.comment == ""
+    (doc,) = world.results.documents(panel.id, panel.version)
+    assert (doc.content_type, doc.title) == ("application/pdf", "检验报告单")
+    assert world.results.documents(culture.id, culture.version) == []
 
 
-def test_report_that_is_only_an_embedded_pdf_is_refused(
+def test_report_that_is_only_a_document_reference_is_refused(
     receiver: Hl7Receiver, world: Container
 ) -> None:
-    """Was: AA, and a result stored with nothing in it."""
-    reply = receiver.handle(lab("OBX|1|ED|PDF^报告^L||LIS^AP^PDF^Base64^JVBERi0xLjQK||||||F"))
+    """Was: AA, and a result stored with nothing in it. A reference pointer (RP,
+    v2.5.1 §2.A.65) is not fetched, so such a report has nothing to keep."""
+    reply = receiver.handle(
+        lab("OBX|1|RP|PDF^报告^L||http://lis.example/r/1.pdf^LIS^AP^PDF||||||F")
+    )
     assert reply.code is AckCode.AE
     assert msa(reply)[2].startswith("OBX[1]-2:")
     assert reply.outcome is None

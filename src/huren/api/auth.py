@@ -38,7 +38,9 @@ from huren.services.catalog import Catalog
 
 SESSION_COOKIE = "huren_session"
 VIEWER_COOKIE = "huren_viewer"
-VIEWER_COOKIE_PATHS = ("/imaging/", "/dicomweb/")
+# The image viewer, its images, and the original report documents the workbench links
+# (routes/retrieval.py): what a HIS frame opened with ``?token=`` reads.
+VIEWER_COOKIE_PATHS = ("/imaging/", "/dicomweb/", "/api/v1/results/")
 # Where a CDS client's own JWT is accepted (CDS Hooks 2.0 §Trusting CDS Clients).
 CDS_PATH = "/cds-services"
 FEEDBACK_SUFFIX = "/feedback"

@@ -209,6 +209,22 @@ class PatientDemographics:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportDocument:
+    """The laboratory's original report as a document (the signed, printed 报告单 as a
+    PDF or an image): HL7 v2 OBX of value type ED (encapsulated data, v2.5.1 §2.A.24),
+    FHIR R4 DiagnosticReport.presentedForm (an Attachment). Kept with the version of the
+    result it came with, served as sent."""
+
+    content_type: str  # application/pdf, image/jpeg or image/png
+    data: bytes  # decoded
+    title: str = ""
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
 class ResultSubmission:
     """One report of one item as sent by a producing institution (检查检验机构).
 
@@ -234,16 +250,22 @@ class ResultSubmission:
     accession_number: str = ""
     study_uid: str = ""
     # The sender's comment on the whole report (HL7 v2 NTE after the OBR, v2.5.1
-    # §7.3.1). The LAST field: ``new_submission`` builds the submission positionally.
+    # §7.3.1). ``new_submission`` builds the submission positionally.
     comment: str = ""
+    # The original report document(s) sent with it (``ReportDocument``). The LAST field.
+    documents: tuple[ReportDocument, ...] = ()
 
     def content_hash(self) -> str:
         """Stable hash of the clinical content: a resend with the same content is a no-op."""
         data = asdict(self)
-        # Comments count only when given: a report without any hashes as it did before
-        # comments were kept (a resend after the upgrade stays a no-op).
+        # Comments and documents count only when given: a report without any hashes as it
+        # did before they were kept (a resend after the upgrade stays a no-op). A document
+        # counts by its type, title and digest.
         if not data["comment"]:
             del data["comment"]
+        del data["documents"]
+        if self.documents:
+            data["documents"] = [[d.content_type, d.title, d.sha256] for d in self.documents]
         for o in data["observations"]:
             if not o["comment"]:
                 del o["comment"]

@@ -400,6 +400,35 @@ class TransientConflict(Exception):
     """A concurrent writer stored the same row first; the transaction is retried."""
 
 
+# The original report documents kept (``ReportDocument``): types that can be served
+# inline without risk (no HTML, SVG or script-carrying formats), and at most this size
+# decoded. Others are named in the acknowledgement as not kept, larger ones refused.
+DOCUMENT_TYPES = frozenset({"application/pdf", "image/jpeg", "image/png"})
+MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
+MAX_DOCUMENT_TITLE = 200
+# What each type's bytes begin with (PDF 1.7 / ISO 32000-1 §7.5.2 header, JPEG SOI,
+# PNG signature): a document that does not is not what it claims to be.
+DOCUMENT_MAGIC = {
+    "application/pdf": b"%PDF-",
+    "image/jpeg": b"\xff\xd8\xff",
+    "image/png": b"\x89PNG\r\n\x1a\n",
+}
+
+
+def document_problem(content_type: str, data: bytes) -> str | None:
+    """Why a document cannot be kept (Chinese), or None."""
+    if content_type not in DOCUMENT_TYPES:
+        return f"不支持的文档类型 {content_type!r}（支持 PDF、JPEG、PNG）"
+    if not data:
+        return "文档内容为空"
+    if len(data) > MAX_DOCUMENT_BYTES:
+        return f"文档过大：{len(data)} 字节，超过上限 {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB"
+    if not data.startswith(DOCUMENT_MAGIC[content_type]):
+        kind = content_type.split("/")[1].upper()
+        return f"文档内容不是 {kind}（开头不是 {DOCUMENT_MAGIC[content_type]!r}）"
+    return None
+
+
 # Column widths of result / observation (adapters/db/tables.py): longer input is refused
 # naming the field rather than truncated.
 _LIMITS = (
@@ -858,6 +887,14 @@ class IntakeService:
                     errors.add(
                         f"submissions[{i}].observations[{k}].value_num", "数值型结果缺少数值"
                     )
+            for k, doc in enumerate(sub.documents):
+                if (why := document_problem(doc.content_type, doc.data)) is not None:
+                    errors.add(f"submissions[{i}].documents[{k}]", why)
+                if len(doc.title) > MAX_DOCUMENT_TITLE:
+                    errors.add(
+                        f"submissions[{i}].documents[{k}].title",
+                        f"长度超过 {MAX_DOCUMENT_TITLE} 个字符",
+                    )
             if (
                 len(idents) == len(identifiers)
                 and any(a is not b for a, b in zip(idents, identifiers, strict=True))
@@ -1020,8 +1057,10 @@ def submission_hash(sub: ResultSubmission) -> str:
 # of the content only when given: without them a submission is encoded — and hashed —
 # byte for byte as before comments were kept, so that a message sent again after the
 # upgrade is still answered "unchanged" rather than stored as a new version.
-_SUBMISSION_FIELDS = tuple(f.name for f in fields(ResultSubmission) if f.name != "comment")
-assert fields(ResultSubmission)[-1].name == "comment"
+_SUBMISSION_FIELDS = tuple(
+    f.name for f in fields(ResultSubmission) if f.name not in ("comment", "documents")
+)
+assert [f.name for f in fields(ResultSubmission)][-2:] == ["comment", "documents"]
 assert fields(ObservationValue)[-1].name == "comment"
 # An observation without a comment ends so, and only so: inside a JSON string a quote is
 # always escaped (``\"``), so `,"` never occurs there and nothing else is cut.
@@ -1044,6 +1083,10 @@ def encode_submission(sub: ResultSubmission) -> tuple[str, bytes]:
     content["observations"] = msgspec.Raw(observations)
     if sub.comment:
         content["comment"] = sub.comment
+    if sub.documents:
+        # Documents (the last field) likewise only when given, each by its type, title
+        # and digest: the same PDF sent again is the same content.
+        content["documents"] = [[d.content_type, d.title, d.sha256] for d in sub.documents]
     return hashlib.sha256(_CANONICAL.encode(content)).hexdigest(), observations
 
 

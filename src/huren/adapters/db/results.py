@@ -43,6 +43,7 @@ from huren.adapters.db.tables import (
     patient_identifier,
     patient_link_event,
     result,
+    result_document,
     result_version,
 )
 from huren.domain.accounts import Principal
@@ -176,6 +177,11 @@ _OBS_COLUMNS = (
     "flag",
     "comment",
 )
+_SQ_DOCUMENT_INSERT = (
+    "INSERT INTO result_document (result_id, version, seq, content_type, title, sha256, "
+    "size, data) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_PG_DOCUMENT_INSERT = _SQ_DOCUMENT_INSERT.replace("?", "%s")
 _VERSION_COLUMNS = ("result_id", "version", "status", "recorded_at", "reason", "snapshot")
 assert _VERSION_COLUMNS[-1] == "snapshot"  # bound as bytes on SQLite (_DriverSql.version)
 _IDENTIFIER_COLUMNS = ("patient_id", "kind", "assigner", "value_hash", "value_enc", "value_masked")
@@ -918,6 +924,26 @@ class SqlIntakeTx:
                 for seq, o in enumerate(w.submission.observations, start=1)
             ],
         )
+        if any(w.submission.documents for w in writes):
+            self._write_documents(writes)
+
+    def _write_documents(self, writes: Sequence[ResultWrite]) -> None:
+        """The original report documents of the versions written (``result_document``),
+        after the queued rows they refer to. Rarely any: one statement, bytes bound as
+        they are (not through the JSON of the queued writes)."""
+        rows = [
+            (w.result_id, w.version, seq, d.content_type, d.title, d.sha256, len(d.data), d.data)
+            for w in writes
+            for seq, d in enumerate(w.submission.documents, start=1)
+        ]
+        if not rows:
+            return
+        self.flush()
+        if self._sqlite:
+            self._cur.executemany(_SQ_DOCUMENT_INSERT, rows)
+        else:
+            with self._dbapi.cursor() as cur:
+                cur.executemany(_PG_DOCUMENT_INSERT, rows)
 
     def _insert_results(self, new: Sequence[ResultWrite], at: datetime) -> None:
         """New results with their ids: one INSERT … RETURNING for all of them (PostgreSQL:
@@ -1283,6 +1309,21 @@ def _stored(r: Any, observations: Iterable[ObservationValue]) -> StoredResult:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class StoredDocument:
+    """An original report document of a result version (``result_document``); ``data``
+    is empty when only the list was read."""
+
+    result_id: int
+    version: int
+    seq: int
+    content_type: str
+    title: str
+    sha256: str
+    size: int
+    data: bytes = b""
+
+
 class SqlResultReader:
     """Read access to stored results and patients (``container.results``).
 
@@ -1293,6 +1334,30 @@ class SqlResultReader:
         self._engine = engine
         self._vault = vault
         self._clock = clock
+
+    def documents(self, result_id: int, version: int) -> list[StoredDocument]:
+        """The original report documents of one version, in the order sent (no bytes)."""
+        d = result_document.c
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(d.seq, d.content_type, d.title, d.sha256, d.size)
+                .where(d.result_id == result_id, d.version == version)
+                .order_by(d.seq)
+            ).all()
+        return [StoredDocument(result_id, version, *row) for row in rows]
+
+    def document(self, result_id: int, version: int, seq: int) -> StoredDocument | None:
+        """One document with its bytes, or None."""
+        d = result_document.c
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(d.content_type, d.title, d.sha256, d.size, d.data).where(
+                    d.result_id == result_id, d.version == version, d.seq == seq
+                )
+            ).first()
+        if row is None:
+            return None
+        return StoredDocument(result_id, version, seq, *row[:4], bytes(row[4]))
 
     def record_access(
         self,

@@ -21,6 +21,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -428,6 +429,25 @@ observation = Table(
     # The sender's comment on the value (HL7 v2 NTE after OBX, FHIR Observation.note);
     # migration 0004.
     Column("comment", Text, nullable=False, default="", server_default=""),
+)
+
+# The laboratory's original report documents of a result version (HL7 v2 OBX of type ED,
+# v2.5.1 §2.A.24; FHIR R4 DiagnosticReport.presentedForm), as sent, decoded; migration
+# 0007. Written in the transaction of the version; each version keeps its own.
+result_document = Table(
+    "result_document",
+    metadata,
+    Column("result_id", Id, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("seq", Integer, primary_key=True),  # 1, 2 … in the order sent
+    Column("content_type", String(64), nullable=False),  # application/pdf, image/jpeg|png
+    Column("title", String(200), nullable=False, default=""),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    ForeignKeyConstraint(
+        ["result_id", "version"], ["result_version.result_id", "result_version.version"]
+    ),
 )
 
 # ---------------------------------------------------------------- point of care (R5)

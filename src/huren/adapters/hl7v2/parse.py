@@ -12,6 +12,8 @@ is wrong raise it with ``AckCode.AE``. Nothing of a rejected message is stored."
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import re
 from collections.abc import Iterable, Sequence
@@ -29,14 +31,18 @@ from huren.domain.masterdata import Category
 from huren.domain.results import (
     ObservationValue,
     PatientDemographics,
+    ReportDocument,
     ResultStatus,
     ResultSubmission,
     ValueType,
 )
 from huren.services.intake import (
+    MAX_DOCUMENT_BYTES,
+    MAX_DOCUMENT_TITLE,
     Channel,
     InboundMessage,
     checked_identifier,
+    document_problem,
     new_observation,
     new_submission,
 )
@@ -683,6 +689,9 @@ class _Report:
     # OBX's sequence number in the message).
     notes: list[Segment] = field(default_factory=list)
     obx_notes: dict[int, list[Segment]] = field(default_factory=dict)
+    # ADD-1 of ADD segments after an OBX (v2.5.1 §2.10.2 continuation of a segment's
+    # last field: an encapsulated document too long for one segment), by OBX sequence.
+    obx_addenda: dict[int, list[str]] = field(default_factory=dict)
 
     statuses: list[str] | None = None
 
@@ -768,6 +777,14 @@ class _Translator:
             if seg.id == "NTE":
                 notes.append(seg)
                 continue
+            if seg.id == "ADD" and not notes and reports and reports[-1].obx:
+                last = reports[-1].obx[-1]
+                if parent is last:
+                    # Continues the OBX's last field (v2.5.1 §2.10.2); the OBX stays the
+                    # segment that NTE comments after it belong to.
+                    addendum = seg.fields[1] if len(seg.fields) > 1 else ""
+                    reports[-1].obx_addenda.setdefault(last.sequence, []).append(addendum)
+                    continue
             if notes:
                 self._file_notes(parent, notes, reports)
                 notes = []
@@ -958,7 +975,7 @@ class _Translator:
         category = codes.SERVICE_SECTIONS.get(section.upper()) or codes.SERVICE_SECTIONS.get(
             section
         )
-        observations, obs_locations, note_locations, findings, conclusion, notes = (
+        observations, obs_locations, note_locations, findings, conclusion, notes, documents = (
             self._observations(report)
         )
         comment = "\n".join(t for t in (note_text(report.notes), *notes) if t)
@@ -1017,6 +1034,7 @@ class _Translator:
             accession_number=accession,
             study_uid=study_uid,
             comment=comment,
+            documents=tuple(documents),
         )
 
     def _message_time(self) -> datetime | None:
@@ -1073,10 +1091,18 @@ class _Translator:
     # -------------------------------------------------------------- OBX
     def _observations(
         self, report: _Report
-    ) -> tuple[list[ObservationValue], list[Location], list[Location | None], str, str, list[str]]:
-        """The report's values, their OBX and first NTE, its findings and conclusion, and
-        the comments of OBX that are report text or attachments (they go with the
-        report's)."""
+    ) -> tuple[
+        list[ObservationValue],
+        list[Location],
+        list[Location | None],
+        str,
+        str,
+        list[str],
+        list[ReportDocument],
+    ]:
+        """The report's values, their OBX and first NTE, its findings and conclusion, the
+        comments of OBX that are report text or attachments (they go with the report's),
+        and its original report documents (ED)."""
         observations: list[ObservationValue] = []
         note_locations: list[Location | None] = []
         report_notes: list[str] = []
@@ -1084,6 +1110,7 @@ class _Translator:
         locations: list[Location] = []
         sections: dict[ReportSection, list[str]] = {}
         attachments: list[Segment] = []
+        documents: list[ReportDocument] = []
         obx_status = report.obx_status()
         all_wrong = bool(obx_status) and all(
             s in codes.OBSERVATION_STATUS_OVERRIDE for s in obx_status
@@ -1109,7 +1136,13 @@ class _Translator:
                 )
                 continue
             if kind is ValueKind.ATTACHMENT:
-                attachments.append(obx)  # embedded PDFs / references: no place to keep them
+                kept = self._documents(obx, report.obx_addenda.get(obx.sequence, ()))
+                if kept is None or not kept:
+                    # A reference (RP), or a document of a type not kept; None: refused.
+                    if kept is not None:
+                        attachments.append(obx)
+                    continue
+                documents.extend(kept)
                 if notes:
                     report_notes.append(note_text(notes))
                 continue
@@ -1131,8 +1164,67 @@ class _Translator:
         findings = "\n".join(t for t in sections.get(ReportSection.FINDINGS, ()) if t)
         conclusion = "\n".join(t for t in sections.get(ReportSection.CONCLUSION, ()) if t)
         if attachments:
-            self._unkept_attachments(attachments, bool(observations or findings or conclusion))
-        return observations, locations, note_locations, findings, conclusion, report_notes
+            self._unkept_attachments(
+                attachments, bool(observations or findings or conclusion or documents)
+            )
+        return (
+            observations,
+            locations,
+            note_locations,
+            findings,
+            conclusion,
+            report_notes,
+            documents,
+        )
+
+    def _documents(self, obx: Segment, addenda: Sequence[str]) -> list[ReportDocument] | None:
+        """The documents of an ED OBX (encapsulated data, v2.5.1 §2.A.24: OBX-5 =
+        source application ^ type of data (Table 0191) ^ data subtype (Table 0291) ^
+        encoding (Table 0299: A, Hex, Base64) ^ data). Each repetition of OBX-5 is a
+        document (v2-to-FHIR: each repeat a DocumentReference.content); a repetition with
+        only data continues the one before, as does ADD-1 after the OBX (§2.10.2). Kept:
+        PDF, JPEG and PNG; [] for an RP or another type (the ACK names it as not kept);
+        None when the data is wrong or too large (AE naming OBX-5 and OBX-1)."""
+        if obx.f(2).component(1).upper() != "ED":
+            return []
+        d = obx.delimiters
+        set_id = obx.f(1).component(1) or str(obx.sequence)
+        parts: list[tuple[int, str, str, list[str]]] = []  # (rep, type, encoding, data)
+        for n, rep in enumerate(obx.f(5).reps(), start=1):
+            head = [rep.component(i) for i in (1, 2, 3, 4)]
+            data = rep.component_text(5)
+            if not any(head) and parts:
+                parts[-1][3].append(data)
+                continue
+            if not any(head) and not data:
+                continue
+            content_type = _ed_content_type(head[1], head[2])
+            parts.append((n, content_type, head[3], [data]))
+        if parts:
+            parts[-1][3].extend(addenda)
+        if not parts or any(not p[1] for p in parts):
+            return []
+        title = obx.f(3).component(2)[:MAX_DOCUMENT_TITLE]
+        out: list[ReportDocument] = []
+        for n, content_type, encoding, chunks in parts:
+            where = obx.loc(5, n)
+            raw = "".join(chunks)
+            if d.escape in raw:
+                raw = d.unescape_text(raw)
+            decoded, why = _ed_decode(encoding, raw)
+            if why is None:
+                assert decoded is not None
+                why = document_problem(content_type, decoded)
+            if why is not None:
+                self.problem(
+                    where,
+                    ErrorCode.DATA_TYPE,
+                    f"OBX-1 设置号 {set_id} 的封装文档（ED，OBX-5）无法保存：{why}",
+                )
+                return None
+            assert decoded is not None
+            out.append(ReportDocument(content_type, decoded, title))
+        return out
 
     def _unkept_attachments(self, attachments: list[Segment], has_content: bool) -> None:
         """ED (encapsulated data, v2.5.1 §2.A.24) and RP (reference pointer, §2.A.65)
@@ -1271,6 +1363,55 @@ class _Translator:
             flag,
             loinc,
         )
+
+
+# Data subtypes (Table 0291, and the MIME subtypes later versions and many senders use)
+# of the documents kept; a subtype in the type-of-data component is read as well.
+_ED_SUBTYPES = {
+    "PDF": "application/pdf",
+    "APPLICATION/PDF": "application/pdf",
+    "X-PDF": "application/pdf",
+    "JPEG": "image/jpeg",
+    "JPG": "image/jpeg",
+    "IMAGE/JPEG": "image/jpeg",
+    "PNG": "image/png",
+    "IMAGE/PNG": "image/png",
+}
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+_HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
+_WHITESPACE = str.maketrans("", "", " \t\r\n")
+
+
+def _ed_content_type(type_of_data: str, subtype: str) -> str:
+    """The content type of an ED document kept, or "" (a type not kept)."""
+    return _ED_SUBTYPES.get(subtype.upper()) or _ED_SUBTYPES.get(type_of_data.upper(), "")
+
+
+def _ed_decode(encoding: str, text: str) -> tuple[bytes | None, str | None]:
+    """ED-4 encoding (Table 0299) applied to ED-5: (bytes, None) or (None, why).
+    Base64 (RFC 4648 §4, line breaks allowed, nothing else) and Hex strictly; A (no
+    encoding) is ASCII text as it stands."""
+    enc = encoding.upper()
+    if enc in ("BASE64", "HEX"):
+        text = text.translate(_WHITESPACE)
+    if len(text) > 2 * MAX_DOCUMENT_BYTES + 64:
+        return None, f"文档过大，超过上限 {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB"
+    if enc == "BASE64":
+        if not text or len(text) % 4 or not _BASE64.fullmatch(text):
+            return None, "数据不是有效的 Base64 编码（ED-4 = Base64）"
+        try:
+            return base64.b64decode(text, validate=True), None
+        except binascii.Error:
+            return None, "数据不是有效的 Base64 编码（ED-4 = Base64）"
+    if enc == "HEX":
+        if not text or not _HEX.fullmatch(text):
+            return None, "数据不是有效的十六进制编码（ED-4 = Hex）"
+        return bytes.fromhex(text), None
+    if enc == "A":
+        if not text.isascii():
+            return None, "ED-4 = A（无编码）的数据含有非 ASCII 字符"
+        return text.encode("ascii"), None
+    return None, f"编码方式 {encoding or '（空）'} 无效（ED-4 应为 Base64、Hex 或 A）"
 
 
 def note_text(notes: Sequence[Segment]) -> str:

@@ -8,20 +8,35 @@ from __future__ import annotations
 
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
-from huren.api.auth import optional_principal, require_roles
+from huren.adapters.db.results import StoredDocument
+from huren.api.auth import (
+    NotAuthenticated,
+    current_principal,
+    optional_principal,
+    require_roles,
+    set_viewer_cookie,
+)
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
 from huren.domain.china_time import CHINA_TZ
-from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
+from huren.domain.errors import (
+    DomainError,
+    Forbidden,
+    NotFound,
+    Problem,
+    Unauthorized,
+    ValidationFailed,
+)
 from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
 from huren.domain.results import STATUS_LABELS, ResultStatus, StoredResult
 from huren.domain.sharing import (
@@ -109,6 +124,15 @@ class VersionOut(BaseModel):
     reason: str
 
 
+class DocumentOut(BaseModel):
+    seq: int
+    content_type: str
+    title: str
+    size: int = Field(description="字节数")
+    sha256: str
+    url: str = Field(description="GET 取回文档本身（与调阅报告同样授权并审计）")
+
+
 class ReportOut(ResultSummaryOut):
     patient: PatientOut
     performer: str
@@ -123,6 +147,9 @@ class ReportOut(ResultSummaryOut):
     shown_version: int
     open_corrections: int
     image_url: str | None
+    documents: list[DocumentOut] = Field(
+        default_factory=list, description="所示版本的原始报告文档（PDF/图片，HL7 OBX ED）"
+    )
 
 
 class AuditOut(BaseModel):
@@ -249,7 +276,35 @@ def report_out(
         shown_version=rep.shown_version,
         open_corrections=rep.open_corrections,
         image_url=image_url(request, r.study_uid),
+        documents=documents_out(c, r.id, rep.shown_version, purpose),
     )
+
+
+DOCUMENT_LABELS = {"application/pdf": "PDF", "image/jpeg": "JPEG", "image/png": "PNG"}
+
+
+def document_url(result_id: int, seq: int, version: int, purpose: str, token: str = "") -> str:
+    """The document of a version: the version and the read's purpose go along (the
+    document is read — and audited — like the report); in token mode the token too."""
+    query = {"version": str(version), "purpose": purpose, "token": token}
+    rest = urlencode([(k, v) for k, v in query.items() if v])
+    return f"/api/v1/results/{result_id}/documents/{seq}?{rest}"
+
+
+def documents_out(
+    c: Container, result_id: int, version: int, purpose: str, token: str = ""
+) -> list[DocumentOut]:
+    return [
+        DocumentOut(
+            seq=d.seq,
+            content_type=d.content_type,
+            title=d.title,
+            size=d.size,
+            sha256=d.sha256,
+            url=document_url(result_id, d.seq, version, purpose, token),
+        )
+        for d in c.results.documents(result_id, version)
+    ]
 
 
 def audit_out(rows: list[AuditRow]) -> list[AuditOut]:
@@ -313,6 +368,79 @@ def report(
 ) -> ReportOut:
     rep = c.sharing.retrieval.open_report(principal, result_id, purpose or None, version)
     return report_out(c, request, rep, purpose, url_prefix="/api/v1/retrieval/results")
+
+
+@router.get(
+    "/api/v1/results/{result_id}/documents/{seq}",
+    response_class=Response,
+    summary="原始报告文档（检查检验机构发送的 PDF/图片报告单）",
+    responses={200: {"content": {"application/pdf": {}, "image/jpeg": {}, "image/png": {}}}},
+)
+def result_document(
+    result_id: int,
+    seq: int,
+    request: Request,
+    c: Services,
+    purpose: Annotated[str, Query(max_length=64, description="调阅目的代码")] = "",
+    version: Annotated[int | None, Query(ge=1, description="历史版本号（默认最新版）")] = None,
+    token: Annotated[str, Query(max_length=4000, description="HIS 框架中的访问令牌")] = "",
+) -> Response:
+    """The document as the laboratory sent it, authorised and audited like opening the
+    report (``open_report``: who may read the result, the purpose, an audit record of
+    the read, refusals included). Served inline with its own type, ``nosniff`` and a CSP
+    that allows nothing to run or load: only PDF, JPEG and PNG are ever stored."""
+    if token:
+        return _document_session_from_token(request, c, token)
+    # In a HIS frame the viewer cookie that ``?token=`` set authenticates this GET
+    # (api/auth.py ``VIEWER_COOKIE_PATHS``), as it does the image viewer.
+    principal = current_principal(request)
+    rep = c.sharing.retrieval.open_report(principal, result_id, purpose or None, version)
+    doc = c.results.document(result_id, rep.shown_version, seq)
+    if doc is None:
+        message = f"结果 {result_id} 第 {rep.shown_version} 版没有第 {seq} 份原始报告文档"
+        raise NotFound(message, problems=[Problem("seq", message)])
+    return _document_response(c, doc)
+
+
+def _document_session_from_token(request: Request, c: Container, token: str) -> Response:
+    """Opened from the workbench in token mode (a HIS frame has no session cookie): as
+    the image viewer does (``routes/viewer.py``), the token becomes the viewer cookie and
+    the document reloads without the token in its address (history, Referer)."""
+    try:
+        c.accounts.principal_from_token(token)
+    except Unauthorized as exc:
+        raise NotAuthenticated(exc.message) from exc
+    claims = c.accounts.tokens.decode(token)
+    remaining = int((claims.expires_at - c.clock.now()).total_seconds()) if claims else 0
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+    response = RedirectResponse(target, status_code=303)
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    set_viewer_cookie(response, token, max(1, remaining), https=request.url.scheme == "https")
+    return response
+
+
+def _document_response(c: Container, doc: StoredDocument) -> Response:
+    ext = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}[doc.content_type]
+    filename = f"result-{doc.result_id}-v{doc.version}-{doc.seq}.{ext}"
+    return Response(
+        content=doc.data,
+        media_type=doc.content_type,
+        headers={
+            "Content-Disposition": f'inline; filename="{filename}"',
+            "X-Content-Type-Options": "nosniff",
+            # Nothing inside may run, load or submit anything; it may be shown in the
+            # HIS frames the workbench is allowed in.
+            "Content-Security-Policy": (
+                "default-src 'none'; base-uri 'none'; form-action 'none'; "
+                f"frame-ancestors {c.settings.workbench_frame_ancestors}"
+            ),
+            "Referrer-Policy": "no-referrer",
+            "Cache-Control": "private, no-store",
+            "ETag": f'"{doc.sha256}"',
+        },
+    )
 
 
 @router.get(

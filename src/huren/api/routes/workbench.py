@@ -23,6 +23,7 @@ from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.recognition import prior_out
+from huren.api.routes.retrieval import documents_out
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.decisions import ACTION_LABELS, Action, local_time
@@ -268,6 +269,8 @@ def full_report(
             "performed": local_time(r.performed_at),
             "issued": local_time(r.issued_at),
             "images": viewer_url(r, token),
+            # The laboratory's own report documents, read for recognition (互认核对).
+            "documents": documents_out(c, r.id, r.version, "recognition", token),
         },
         headers=_headers(c),
     )
