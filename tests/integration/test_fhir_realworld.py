@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from sqlalchemy import func, select
 
 from huren.adapters.db.tables import result
 from huren.bootstrap import Container
+from huren.domain.accounts import Role
 from huren.domain.results import ValueType
 from tests.fixtures.fhir.builders import (
     LOINC,
@@ -31,7 +33,8 @@ from tests.fixtures.fhir.builders import (
     patient_resource,
 )
 from tests.fixtures.results import ZHANG_SAN_ID
-from tests.fixtures.world import HOSP_A
+from tests.fixtures.world import HOSP_A, HOSP_B
+from tests.integration.test_result_documents import b64, minimal_pdf
 
 FHIR = "application/fhir+json"
 REALWORLD = Path(__file__).parent.parent / "fixtures" / "fhir" / "realworld"
@@ -582,19 +585,63 @@ def test_conclusion_code_is_kept_when_no_conclusion_text_is_sent(
     assert client.get(f"/fhir/DiagnosticReport/{rid}").json()["conclusion"] == "脂肪肝"
 
 
-def test_a_pdf_presented_form_is_named_in_the_response(client: TestClient) -> None:
-    """The signed PDF in presentedForm is not kept apart: the sender is told so, instead
-    of the form vanishing without a word."""
+def test_a_pdf_presented_form_is_kept_and_served_as_sent(
+    client: TestClient, world: Container, login: Callable[..., dict[str, str]]
+) -> None:
+    """The signed PDF in presentedForm is the laboratory's original report: kept with the
+    result version (as an HL7 OBX ED is) and served byte for byte; a form given only by
+    url is named in the response (nothing is fetched)."""
     obs = {"urn:uuid:a": lab("ALT", "丙氨酸氨基转移酶", valueQuantity=qty(56, "U/L"))}
-    pdf = base64.b64encode(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj\n<<>>\nendobj\n").decode()
+    pdf = minimal_pdf("FHIR presentedForm")
     bundle = transaction(
         obs,
-        presentedForm=[{"contentType": "application/pdf", "data": pdf, "title": "检验报告单"}],
+        presentedForm=[
+            {"contentType": "application/pdf", "data": b64(pdf), "title": "检验报告单"},
+            {"contentType": "application/pdf", "url": "https://lis.example/r/1.pdf"},
+        ],
     )
-    body = post(client, bundle).json()
-    report_response = body["entry"][-1]["response"]
+    response = post(client, bundle)
+    rid = stored_report_id(response)
+    report_response = response.json()["entry"][-1]["response"]
     notes = [i["diagnostics"] for i in report_response["outcome"]["issue"]]
-    assert any("presentedForm[0]" in n and "application/pdf" in n for n in notes)
+    assert [n for n in notes if "presentedForm" in n] == [
+        next(n for n in notes if "presentedForm[1]" in n and "url" in n)
+    ]
+    doctor = login(Role.CLINICIAN, institution=HOSP_B)
+    r = client.get(
+        f"/api/v1/results/{rid}/documents/1", params={"purpose": "treatment"}, headers=doctor
+    )
+    assert r.status_code == 200, r.text
+    assert r.content == pdf
+    assert r.headers["content-type"] == "application/pdf"
+    (doc,) = world.results.documents(rid, 1)
+    assert doc.title == "检验报告单"
+    # The same Bundle again: unchanged, no second document.
+    assert stored_report_id(post(client, bundle)) == rid
+    assert len(world.results.documents(rid, 1)) == 1
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        ("not base64!", "base64"),
+        (b64(b"<html>not a pdf</html>"), "不是 PDF"),
+    ],
+)
+def test_a_presented_form_that_is_no_pdf_is_refused_naming_it(
+    client: TestClient, world: Container, data: str, why: str
+) -> None:
+    obs = {"urn:uuid:a": lab("ALT", "丙氨酸氨基转移酶", valueQuantity=qty(56, "U/L"))}
+    bundle = transaction(obs, presentedForm=[{"contentType": "application/pdf", "data": data}])
+    r = post(client, bundle)
+    assert r.status_code in (400, 422), r.text
+    issues = r.json()["issue"]
+    assert any(
+        i["expression"][0].endswith("].resource.presentedForm[0].data") and why in i["diagnostics"]
+        for i in issues
+    ), issues
+    with world.engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(result)).scalar_one() == 0
 
 
 def test_a_gb18030_text_presented_form_is_decoded_by_its_charset(

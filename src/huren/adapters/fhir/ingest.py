@@ -37,6 +37,7 @@ from huren.domain.results import (
     MAX_REPORT_COMMENT,
     ObservationValue,
     PatientDemographics,
+    ReportDocument,
     ResultStatus,
     ResultSubmission,
     ValueType,
@@ -44,10 +45,13 @@ from huren.domain.results import (
 )
 from huren.domain.text import json_text_problems
 from huren.services.intake import (
+    DOCUMENT_TYPES,
+    MAX_DOCUMENT_TITLE,
     OBSERVATION_LIMITS,
     Channel,
     InboundMessage,
     checked_identifier,
+    document_problem,
     new_observation,
     new_submission,
 )
@@ -974,16 +978,20 @@ def _category(report: m.DiagnosticReport) -> Category | None:
 
 def _presented_form(
     report: m.DiagnosticReport, where: str, errors: ProblemCollector
-) -> tuple[str, list[str]]:
-    """(the text of the first text/plain presentedForm, notes on the forms not kept).
+) -> tuple[str, list[str], tuple[ReportDocument, ...]]:
+    """(the text of the first text/plain presentedForm, notes on the forms not kept, the
+    documents kept).
 
     R4 diagnosticreport.html, DiagnosticReport.presentedForm is an Attachment: ``data`` base64 in the
     charset of its ``contentType`` (Attachment.contentType: 'text/plain;
     charset=GB18030'), or a ``url``. A text the platform cannot decode is refused naming
-    it; a PDF or image form, which the platform does not keep apart, is named in a note
-    (the message as received, which holds it, is kept)."""
+    it. A PDF, JPEG or PNG with its ``data`` is kept as the report's original document
+    (``ReportDocument``, as an HL7 OBX ED is), refused naming it when its data is no such
+    document; a form of another type, or given only by ``url`` (nothing is fetched), is
+    named in a note (the message as received, which holds it, is kept)."""
     text = ""
     notes: list[str] = []
+    documents: list[ReportDocument] = []
     for i, att in enumerate(report.presentedForm):
         ctype, _, params = att.contentType.partition(";")
         ctype = ctype.strip().lower()
@@ -1007,13 +1015,26 @@ def _presented_form(
             continue
         if ctype == "text/plain" and att.data:
             continue  # a second text form: the first is kept as the findings
+        if ctype in DOCUMENT_TYPES and att.data:
+            at = f"{where}.presentedForm[{i}].data"
+            try:
+                data = base64.b64decode(att.data, validate=True)
+            except (binascii.Error, ValueError):
+                errors.add(at, "不是有效的 base64 编码")
+                continue
+            if (why := document_problem(ctype, data)) is not None:
+                errors.add(at, why)
+                continue
+            documents.append(ReportDocument(ctype, data, att.title[:MAX_DOCUMENT_TITLE]))
+            continue
         kind = att.contentType or "未注明类型"
         title = f"「{att.title}」" if att.title else ""
         notes.append(
             f"presentedForm[{i}]{title}（{kind}）未单独保存：平台保存结果、检查所见与结论，"
             "报告原件保留在接收的原始消息中"
+            + ("（只给出 url，平台不取回）" if att.url and not att.data else "")
         )
-    return text, notes
+    return text, notes, tuple(documents)
 
 
 def _conclusion_codes(report: m.DiagnosticReport) -> str:
@@ -1231,7 +1252,7 @@ def _report_submission(
         plans[index] = _observation_entry(sub_index, len(observations))
     accession, study_uid = _study_links(ctx, r, base)
     accession, study_uid = accession_own or accession, study_own or study_uid
-    presented, notes = _presented_form(r, where, errors)
+    presented, notes, documents = _presented_form(r, where, errors)
     notes = range_notes + notes
     if notes:
         ctx.report_notes[sub_index] = notes
@@ -1256,6 +1277,7 @@ def _report_submission(
         accession_number=accession,
         study_uid=study_uid,
         comment=_report_comment(r, where, errors) if r.extension else "",
+        documents=documents,
     )
     return sub, institution, patient_key
 
