@@ -16,7 +16,6 @@ from hl7.client import MLLPClient
 from sqlalchemy import Table, func, select
 
 from huren.adapters.db.tables import result, result_document
-from huren.adapters.hl7v2.mllp import MllpServer
 from huren.adapters.hl7v2.parse import AckCode
 from huren.adapters.hl7v2.receiver import Hl7Receiver
 from huren.adapters.hl7v2.responses import SqlResponseLog
@@ -29,10 +28,12 @@ from huren.services.intake import Channel, Disposition, encode_submission
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
 from tests.fixtures.results import lab_panel
 from tests.fixtures.world import GS1, HOSP_A, HOSP_B
+from tests.integration import test_hl7_mllp
 from tests.integration.sharing_helpers import audit_rows
 from tests.integration.test_hl7_mllp import RunningServer
 
 Login = Callable[..., dict[str, str]]
+mllp = test_hl7_mllp.mllp  # the fixture: a listener on a free port
 ER7 = "x-application/hl7-v2+er7"
 
 
@@ -103,16 +104,6 @@ def receiver(world: Container) -> Hl7Receiver:
 def client(world: Container) -> Iterator[TestClient]:
     with TestClient(create_app(world)) as c:
         yield c
-
-
-@pytest.fixture
-def mllp(world: Container) -> Iterator[RunningServer]:
-    receiver = Hl7Receiver(
-        world.intake, world.clock, Channel.HL7V2_MLLP, SqlResponseLog(world.engine)
-    )
-    server = MllpServer(lambda raw: receiver.handle(raw).payload, "127.0.0.1", 0, workers=2)
-    with RunningServer(server) as running:
-        yield running
 
 
 def stored_id(receiver: Hl7Receiver, text: str) -> int:
