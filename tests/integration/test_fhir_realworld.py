@@ -621,6 +621,45 @@ def test_a_pdf_presented_form_is_kept_and_served_as_sent(
     assert len(world.results.documents(rid, 1)) == 1
 
 
+def test_the_kept_document_reads_back_as_a_presented_form_and_binary(
+    client: TestClient, world: Container
+) -> None:
+    """R4 DiagnosticReport.presentedForm points at the document's Binary (binary.html):
+    read as sent, or as a Binary resource when application/fhir+json is asked for."""
+    obs = {"urn:uuid:a": lab("ALT", "丙氨酸氨基转移酶", valueQuantity=qty(56, "U/L"))}
+    pdf = minimal_pdf("FHIR read-back")
+    bundle = transaction(
+        obs, presentedForm=[{"contentType": "application/pdf", "data": b64(pdf), "title": "报告单"}]
+    )
+    rid = stored_report_id(post(client, bundle))
+    expected = {
+        "contentType": "application/pdf",
+        "url": f"Binary/{rid}-1-1",
+        "size": len(pdf),
+        "title": "报告单",
+    }
+    read = client.get(f"/fhir/DiagnosticReport/{rid}").json()
+    assert read["presentedForm"][-1] == expected
+    (found,) = client.get(f"/fhir/DiagnosticReport?_id={rid}").json()["entry"]
+    assert found["resource"]["presentedForm"][-1] == expected
+    history = client.get(f"/fhir/DiagnosticReport/{rid}/_history").json()["entry"]
+    assert history[0]["resource"]["presentedForm"][-1] == expected
+    raw = client.get(f"/fhir/{expected['url']}", headers={"Accept": "application/pdf"})
+    assert raw.status_code == 200, raw.text
+    assert raw.content == pdf
+    assert raw.headers["x-content-type-options"] == "nosniff"
+    binary = client.get(f"/fhir/{expected['url']}", headers={"Accept": FHIR}).json()
+    assert binary["resourceType"] == "Binary"
+    assert base64.b64decode(binary["data"]) == pdf
+    for missing in (f"{rid}-1-2", f"{rid}-2-1", "x-1-1", f"{rid}-1"):
+        r = client.get(f"/fhir/Binary/{missing}")
+        assert r.status_code == 404, (missing, r.text)
+        assert r.json()["resourceType"] == "OperationOutcome"
+    capability = client.get("/fhir/metadata").json()
+    kinds = {r["type"] for r in capability["rest"][0]["resource"]}
+    assert "Binary" in kinds
+
+
 @pytest.mark.parametrize(
     ("data", "why"),
     [

@@ -1346,6 +1346,27 @@ class SqlResultReader:
             ).all()
         return [StoredDocument(result_id, version, *row) for row in rows]
 
+    def documents_of(
+        self, versions: Sequence[tuple[int, int]]
+    ) -> dict[tuple[int, int], list[StoredDocument]]:
+        """``documents`` of several (result id, version) at once: one statement (a FHIR
+        search page renders each report's documents)."""
+        if not versions:
+            return {}
+        d = result_document.c
+        wanted = set(versions)
+        out: dict[tuple[int, int], list[StoredDocument]] = {}
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(d.result_id, d.version, d.seq, d.content_type, d.title, d.sha256, d.size)
+                .where(d.result_id.in_({rid for rid, _ in versions}))
+                .order_by(d.result_id, d.version, d.seq)
+            ).all()
+        for row in rows:
+            if (row[0], row[1]) in wanted:
+                out.setdefault((row[0], row[1]), []).append(StoredDocument(*row))
+        return out
+
     def document(self, result_id: int, version: int, seq: int) -> StoredDocument | None:
         """One document with its bytes, or None."""
         d = result_document.c

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from huren.adapters.db.results import StoredDocument
 from huren.adapters.fhir import model as m
 from huren.adapters.fhir import systems as sid
 from huren.domain.errors import Problem
@@ -107,7 +108,17 @@ def _structured(text: str, unit: str) -> dict[str, Any] | None:
     return None
 
 
-def diagnostic_report(r: StoredResult, updated: datetime) -> dict[str, Any]:
+def binary_id(result_id: int, version: int, seq: int) -> str:
+    """The FHIR Binary id of a version's original report document."""
+    return f"{result_id}-{version}-{seq}"
+
+
+def diagnostic_report(
+    r: StoredResult, updated: datetime, documents: Sequence[StoredDocument] = ()
+) -> dict[str, Any]:
+    """``documents``: the version's original report documents (PDF, images), given as
+    presentedForm Attachments pointing at their Binary (R4 diagnosticreport.html,
+    DiagnosticReport.presentedForm; binary.html), after the findings' text form."""
     coding: list[dict[str, Any]] = [
         {"system": sid.LOCAL_CODE_PREFIX + r.institution, "code": r.local_code}
         | ({"display": r.local_name} if r.local_name else {})
@@ -182,15 +193,27 @@ def diagnostic_report(r: StoredResult, updated: datetime) -> dict[str, Any]:
         ]
     if r.conclusion:
         res["conclusion"] = r.conclusion
+    forms: list[dict[str, Any]] = []
     if r.findings:
-        res["presentedForm"] = [
+        forms.append(
             {
                 "contentType": "text/plain; charset=utf-8",
                 "language": "zh-CN",
                 "data": base64.b64encode(r.findings.encode()).decode(),
                 "title": "检查所见",
             }
-        ]
+        )
+    forms.extend(
+        {
+            "contentType": d.content_type,
+            "url": f"Binary/{binary_id(r.id, d.version, d.seq)}",
+            "size": d.size,
+            "title": d.title or "原始报告",
+        }
+        for d in documents
+    )
+    if forms:
+        res["presentedForm"] = forms
     return res
 
 
@@ -441,6 +464,9 @@ def capability_statement(base_url: str, now: datetime, software_version: str) ->
                         "Observation", ["read", "vread", "history-instance", "search-type"], True
                     ),
                     resource("Patient", ["read"], False),
+                    # A report's original document (presentedForm.url): the bytes as
+                    # sent, or a Binary resource when application/fhir+json is asked for.
+                    resource("Binary", ["read"], False),
                 ],
                 "interaction": [{"code": "transaction"}, {"code": "history-system"}],
                 "operation": [

@@ -6,6 +6,7 @@ the route class below catches them locally so the rest of the API keeps problem+
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from huren.adapters.fhir.ingest import ParsedBundle, parse_report, parse_transac
 from huren.adapters.fhir.model import CodeGroup
 from huren.api.auth import require_roles
 from huren.api.deps import container as get_container
+from huren.api.routes.retrieval import document_response
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.china_time import CHINA_TZ, in_china_time
@@ -241,7 +243,7 @@ async def create_report(request: Request, c: CONTAINER, principal: WRITER) -> Re
     status = 201 if ref.disposition is Disposition.CREATED else 200
     loc = f"DiagnosticReport/{ref.result_id}/_history/{ref.version}"
     return fhir_response(
-        render.diagnostic_report(result, updated),
+        render.diagnostic_report(result, updated, c.results.documents(result.id, result.version)),
         status,
         {"Location": loc, "ETag": f'W/"{ref.version}"'},
     )
@@ -461,8 +463,12 @@ async def search_reports(request: Request, c: CONTAINER, principal: READER) -> R
     found = await run_in_threadpool(_search, c, query)
     include = "DiagnosticReport:result" in request.query_params.getlist("_include")
     entries = []
+    documents = await run_in_threadpool(
+        c.results.documents_of, [(r.id, r.version) for r, _ in found]
+    )
     for r, updated in found:
-        entries.append(_entry(request, render.diagnostic_report(r, updated)))
+        docs = documents.get((r.id, r.version), ())
+        entries.append(_entry(request, render.diagnostic_report(r, updated, docs)))
         if include:
             entries.extend(_entry(request, o, "include") for o in render.observations(r, updated))
     await run_in_threadpool(
@@ -533,8 +539,42 @@ def _read_report(c: Container, principal: Principal, rid: int, version: int | No
     )
     c.results.record_access(principal, "fhir.read", [result])
     return fhir_response(
-        render.diagnostic_report(result, updated), headers={"ETag": f'W/"{result.version}"'}
+        render.diagnostic_report(result, updated, c.results.documents(rid, result.version)),
+        headers={"ETag": f'W/"{result.version}"'},
     )
+
+
+def _read_binary(c: Container, principal: Principal, bid: str, fhir_json: bool) -> Response:
+    """A report's original document (``render.binary_id``: result-version-seq), read as
+    the report is (``fhir.read`` recorded): its bytes as sent, or — asked for
+    application/fhir+json — a Binary resource (R4 binary.html)."""
+    parts = bid.split("-")
+    if len(parts) != 3 or not all(is_digits(p) for p in parts):
+        raise NotFound(f"Binary/{bid} 不存在")
+    rid, version, seq = (int(p) for p in parts)
+    result = c.results.get_result(rid, version)
+    doc = c.results.document(rid, result.version, seq)
+    if doc is None:
+        raise NotFound(f"Binary/{bid} 不存在：结果 {rid} 第 {version} 版没有第 {seq} 份文档")
+    c.results.record_access(principal, "fhir.read", [result])
+    if fhir_json:
+        return fhir_response(
+            {
+                "resourceType": "Binary",
+                "id": bid,
+                "contentType": doc.content_type,
+                "data": base64.b64encode(doc.data).decode(),
+            }
+        )
+    return document_response(c, doc)
+
+
+@router.get("/Binary/{bid}", summary="read（报告原件）")
+async def read_binary(bid: str, request: Request, c: CONTAINER, principal: READER) -> Response:
+    fhir_json = "fhir+json" in request.headers.get("accept", "") or (
+        request.query_params.get("_format", "") in ("json", "application/fhir+json")
+    )
+    return await run_in_threadpool(_read_binary, c, principal, bid, fhir_json)
 
 
 @router.get("/DiagnosticReport/{rid}", summary="read")
@@ -556,7 +596,7 @@ def _history_bundle(
     for v in reversed(c.results.versions(rid)):
         r = c.results.get_result(rid, v.version)
         if kind == "DiagnosticReport":
-            res = render.diagnostic_report(r, v.recorded_at)
+            res = render.diagnostic_report(r, v.recorded_at, c.results.documents(rid, v.version))
         else:
             # The versions in which that id is an Observation (not a component's row).
             wanted = render.observation_id(rid, seq)
@@ -682,12 +722,14 @@ async def system_history(request: Request, c: CONTAINER, principal: READER) -> R
 
     def load() -> dict[str, Any]:
         entries = []
-        for rid, version, at in c.results.history(since, count):
+        changes = c.results.history(since, count)
+        documents = c.results.documents_of([(rid, version) for rid, version, _ in changes])
+        for rid, version, at in changes:
             r = c.results.get_result(rid, version)
             entries.append(
                 {
                     "fullUrl": f"{str(request.base_url).rstrip('/')}/fhir/DiagnosticReport/{rid}",
-                    "resource": render.diagnostic_report(r, at),
+                    "resource": render.diagnostic_report(r, at, documents.get((rid, version), ())),
                     "request": {
                         "method": "POST" if version == 1 else "PUT",
                         "url": f"DiagnosticReport/{rid}",

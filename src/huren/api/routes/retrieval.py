@@ -399,7 +399,7 @@ def result_document(
     if doc is None:
         message = f"结果 {result_id} 第 {rep.shown_version} 版没有第 {seq} 份原始报告文档"
         raise NotFound(message, problems=[Problem("seq", message)])
-    return _document_response(c, doc)
+    return document_response(c, doc)
 
 
 def _document_session_from_token(request: Request, c: Container, token: str) -> Response:
@@ -421,7 +421,8 @@ def _document_session_from_token(request: Request, c: Container, token: str) -> 
     return response
 
 
-def _document_response(c: Container, doc: StoredDocument) -> Response:
+def document_response(c: Container, doc: StoredDocument) -> Response:
+    """A document's bytes as sent, inline, allowed to run and load nothing."""
     ext = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}[doc.content_type]
     filename = f"result-{doc.result_id}-v{doc.version}-{doc.seq}.{ext}"
     return Response(
