@@ -418,3 +418,18 @@ def test_cli_registers_lists_rotates_and_revokes(
     assert r.exit_code == 0, r.output
     r = runner.invoke(cli.app, ["cds-client", "list"])
     assert "已吊销" in r.output
+
+
+def test_behind_a_proxy_the_aud_is_the_configured_public_url(
+    world: Container, his: tuple[str, Signer]
+) -> None:
+    """An HIS signs for the URL it calls; behind a reverse proxy that is the public one
+    (HUREN_BASE_URL), not the address the server sees."""
+    base, signer = his
+    public = "https://huren.hebei.example"
+    aud = f"{public}/cds-services/{SELECT}"
+    r = _call(base, signer.token(aud, world.clock.now()))
+    assert r.status_code == 401
+    assert "HUREN_BASE_URL" in r.json()["detail"]
+    world.settings.base_url = public
+    assert _call(base, signer.token(aud, world.clock.now())).status_code == 200

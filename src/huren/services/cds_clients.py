@@ -296,6 +296,7 @@ class CdsClientService:
         if not any(a.rstrip("/") in wanted for a in aud):
             raise Unauthorized(
                 f"CDS 客户端 JWT 的 aud {aud[0][:200]!r} 不是所调用的服务地址 {audiences[0]}"
+                "（经反向代理访问时，请将 HUREN_BASE_URL 设为 HIS 所用的公开地址）"
             )
         expires = _time(claims, "exp")
         issued = _time(claims, "iat")
