@@ -141,6 +141,8 @@ def test_pdf_over_mllp_is_stored_and_served_byte_identical_and_audited(
     assert r.headers["content-security-policy"].startswith("default-src 'none';")
     assert "frame-ancestors" in r.headers["content-security-policy"]
     assert audit_rows(world, result_id=result_id, outcome="ok") == before + 1
+    # Recorded as the original document read, apart from opening the report.
+    assert audit_rows(world, result_id=result_id, action="document", outcome="ok") == 1
 
 
 def test_pdf_over_http_is_stored_and_listed_with_the_report(
@@ -177,7 +179,7 @@ def test_a_clinician_who_may_not_see_the_result_gets_404_and_the_refusal_is_audi
     assert r.status_code == 404
     assert r.headers["content-type"].startswith("application/problem+json")
     assert PDF_V1 not in r.content
-    assert audit_rows(world, result_id=result_id, outcome="denied") == 1
+    assert audit_rows(world, result_id=result_id, outcome="denied", action="document") == 1
     assert client.get(document_url(result_id)).status_code == 401
 
 
@@ -201,6 +203,12 @@ def test_the_patient_reads_their_own_document(
     r = client.get(document_url(result_id), headers=me)
     assert r.status_code == 200
     assert r.content == PDF_V1
+    # A clinician's read of the document is shown to the patient under its own name.
+    doctor = login(Role.CLINICIAN, institution=HOSP_B)
+    client.get(document_url(result_id), params={"purpose": "treatment"}, headers=doctor)
+    audit = client.get("/patient/audit", headers=me)
+    assert audit.status_code == 200
+    assert "查看原始报告（PDF）" in audit.text
 
 
 # ------------------------------------------------------------------ bad data

@@ -34,6 +34,7 @@ class AuditAction(StrEnum):
     VIEW = "view"  # a full report opened
     VERSION = "version"  # an earlier version opened
     DOWNLOAD = "download"  # a report downloaded (patient portal)
+    DOCUMENT = "document"  # the laboratory's original report document (PDF) opened
     VERIFY = "verify"  # a result consulted for an insurer claim line
     AUDIT_QUERY = "audit_query"  # someone read the audit trail of a patient
     BIND = "bind"  # a patient's portal account opened or re-bound at a counter (or tried)

@@ -221,6 +221,7 @@ _ACTION_LABELS = {
     "view": "查看报告",
     "version": "查看历史版本",
     "download": "下载报告",
+    "document": "查看原始报告（PDF）",
     "verify": "医保核查",
     "audit_query": "查看调阅记录",
     "bind": "开通或改绑患者端账号",

@@ -363,11 +363,20 @@ class RetrievalService:
         result_id: int,
         purpose: str | None,
         version: int | None = None,
+        *,
+        document: bool = False,
     ) -> Report:
         """The full report (findings and conclusion apart, observations with units,
-        ranges and flags, status, mark, versions); ``version`` opens an earlier one."""
+        ranges and flags, status, mark, versions); ``version`` opens an earlier one;
+        ``document``: opened for its original report document, recorded as such."""
         now = self._clock.now()
-        action = AuditAction.VIEW if version is None else AuditAction.VERSION
+        action = (
+            AuditAction.DOCUMENT
+            if document
+            else AuditAction.VIEW
+            if version is None
+            else AuditAction.VERSION
+        )
         if principal.role is not Role.PATIENT:
             self._require_retrieval_role(principal, action, purpose or "", result_id=result_id)
             p = self.purposes.require(purpose, principal.role)

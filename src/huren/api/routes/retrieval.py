@@ -394,7 +394,9 @@ def result_document(
     # In a HIS frame the viewer cookie that ``?token=`` set authenticates this GET
     # (api/auth.py ``VIEWER_COOKIE_PATHS``), as it does the image viewer.
     principal = current_principal(request)
-    rep = c.sharing.retrieval.open_report(principal, result_id, purpose or None, version)
+    rep = c.sharing.retrieval.open_report(
+        principal, result_id, purpose or None, version, document=True
+    )
     doc = c.results.document(result_id, rep.shown_version, seq)
     if doc is None:
         message = f"结果 {result_id} 第 {rep.shown_version} 版没有第 {seq} 份原始报告文档"
