@@ -433,3 +433,38 @@ def test_behind_a_proxy_the_aud_is_the_configured_public_url(
     assert "HUREN_BASE_URL" in r.json()["detail"]
     world.settings.base_url = public
     assert _call(base, signer.token(aud, world.clock.now())).status_code == 200
+
+
+def _raw_jwt(header: Any, payload: Any, signature: bytes = b"sig") -> str:
+    def part(value: Any) -> str:
+        data = value if isinstance(value, bytes) else json.dumps(value).encode()
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    return f"{part(header)}.{part(payload)}.{part(signature)}"
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "a.b.c",
+        "...",
+        "x" * 5000,
+        _raw_jwt([1, 2], {"iss": HIS}),
+        _raw_jwt({"alg": "ES384", "kid": "k"}, [1, 2]),
+        _raw_jwt({"alg": "ES384", "kid": "k"}, b"not json"),
+        _raw_jwt({"alg": "ES384", "kid": "k"}, {"iss": "https://his\u0000.example/"}),
+        _raw_jwt({"alg": "ES384", "kid": "k"}, {"iss": "h" * 100_000}),
+        _raw_jwt({"alg": "ES384", "kid": "k"}, {"iss": 7}),
+        _raw_jwt({"alg": 7, "kid": "k"}, {"iss": HIS}),
+        _raw_jwt({"alg": "ES384", "kid": ["k"]}, {"iss": HIS}),
+        _raw_jwt({"alg": "ES384", "kid": "his-key-1", "jku": 5}, {"iss": HIS}),
+        _raw_jwt({"alg": "ES384", "kid": "his-key-1"}, {"iss": HIS}, b"\x00" * 96),
+    ],
+)
+def test_a_malformed_client_jwt_is_a_401_naming_it_never_a_500(
+    world: Container, his: tuple[str, Signer], token: str
+) -> None:
+    base, _ = his
+    r = _call(base, token)
+    assert r.status_code == 401, r.text
+    assert r.json()["detail"]

@@ -270,6 +270,8 @@ class CdsClientService:
         if typ is not None and (not isinstance(typ, str) or typ.upper() != "JWT"):
             raise Unauthorized(f"CDS 客户端 JWT 头的 typ 应为 JWT，收到 {typ!r}")
         issuer = self.verifier.unverified_issuer(token)
+        if problem := _text_problem(issuer, MAX_ISSUER):
+            raise Unauthorized(f"CDS 客户端 JWT 的 iss {problem}")
         record = self.store.cds_client(issuer)
         if record is None:
             raise Unauthorized(f"未登记的 CDS 客户端：iss={issuer[:MAX_ISSUER]!r}")
