@@ -33,6 +33,7 @@ from tests.integration.sharing_helpers import audit_rows
 from tests.integration.test_hl7_mllp import RunningServer
 
 Login = Callable[..., dict[str, str]]
+HL7_PATIENT = "110105197203051620"  # 王秀英 of the HL7 sample
 mllp = test_hl7_mllp.mllp  # the fixture: a listener on a free port
 ER7 = "x-application/hl7-v2+er7"
 
@@ -351,6 +352,31 @@ def test_workbench_report_links_the_document_and_the_link_works_in_token_mode(
         assert served.status_code == 200
         assert served.content == PDF_V1
         assert audit_rows(world, result_id=result_id, purpose="recognition") >= 1
+
+
+def test_the_workbench_page_links_each_priors_document(
+    receiver: Hl7Receiver, world: Container, login: Login
+) -> None:
+    """In the order screen's frame, next to 完整报告: the prior's original report."""
+    result_id = stored_id(receiver, oru(ed_obx(b64(PDF_V1))))
+    token = login(Role.CLINICIAN, institution=HOSP_B)["Authorization"].removeprefix("Bearer ")
+    with TestClient(create_app(world)) as frame:
+        page = frame.get(
+            "/workbench",
+            params={
+                "patient": f"national_id:{HL7_PATIENT}",
+                "items": "B-LFT",
+                "institution": HOSP_B,
+                "token": token,
+            },
+        )
+        assert page.status_code == 200, page.text
+        assert "原始报告（PDF）" in page.text
+        href = page.text.split('class="wb-document" href="', 1)[1].split('"', 1)[0]
+        href = href.replace("&amp;", "&")
+        assert href.startswith(f"/api/v1/results/{result_id}/documents/1?version=1")
+        hop = frame.get(href, follow_redirects=False)
+        assert frame.get(hop.headers["location"]).content == PDF_V1
 
 
 def test_retrieval_and_patient_pages_link_the_document(

@@ -23,7 +23,7 @@ from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.recognition import prior_out
-from huren.api.routes.retrieval import documents_out
+from huren.api.routes.retrieval import DOCUMENT_LABELS, document_url, documents_out
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.decisions import ACTION_LABELS, Action, local_time
@@ -144,6 +144,14 @@ def workbench(
     catalog = c.recognition.catalog()
     base = ""
     views: list[dict[str, Any]] = []
+    # The laboratory's own report documents of every prior shown, in one statement.
+    documents = c.results.documents_of(
+        [
+            (a.result.id, a.result.version)
+            for ans in outcome.items
+            for a in (ans.recognition.all() if ans.recognition else ())
+        ]
+    )
     for ans in outcome.items:
         rec = ans.recognition
         reasons = [
@@ -163,6 +171,13 @@ def workbench(
                         "age": format_span(a.age),
                         "limit": format_span(a.time_limit),
                         "images": viewer_url(a.result, token),
+                        "documents": [
+                            (
+                                DOCUMENT_LABELS.get(d.content_type, d.content_type),
+                                document_url(d.result_id, d.seq, d.version, "recognition", token),
+                            )
+                            for d in documents.get((a.result.id, a.result.version), ())
+                        ],
                     }
                     for a in (rec.all() if rec else ())
                 ],
