@@ -180,34 +180,30 @@ class JwsClientVerifier:
         return iss
 
     @staticmethod
-    def _parse(jwks: str) -> dict[str, tuple[jwt.PyJWK, str | None]]:
-        """Every key of the set, with the ``alg`` it declares, by its kid; ``ValueError``
-        naming the key that cannot be used (PyJWKSet would skip it without a word)."""
+    def _keys(jwks: str) -> list[tuple[str, jwt.PyJWK, str | None]]:
+        """Every key of the set as (kid, key, the ``alg`` it declares), in order;
+        ``ValueError`` naming the key that cannot be used (PyJWKSet would skip it without
+        a word)."""
         try:
             keys = json.loads(jwks)["keys"]
         except (ValueError, KeyError, TypeError) as exc:
             raise ValueError('JWK Set 应为 {"keys": [...]}（RFC 7517 §5）') from exc
-        parsed: dict[str, tuple[jwt.PyJWK, str | None]] = {}
+        parsed: list[tuple[str, jwt.PyJWK, str | None]] = []
         for n, key in enumerate(keys):
             try:
-                parsed[str(key.get("kid", ""))] = (jwt.PyJWK(key), key.get("alg"))
+                parsed.append((str(key.get("kid", "")), jwt.PyJWK(key), key.get("alg")))
             except (jwt.PyJWTError, ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise ValueError(f"jwks.keys[{n}] 不是可用的公钥：{exc}") from exc
         return parsed
 
     def key_ids(self, jwks: str) -> list[str]:
-        try:
-            keys = json.loads(jwks)["keys"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ValueError('JWK Set 应为 {"keys": [...]}（RFC 7517 §5）') from exc
-        self._parse(jwks)
-        return [str(k.get("kid", "")) for k in keys]
+        return [kid for kid, _, _ in self._keys(jwks)]
 
     def verify(self, token: str, jwks: str, kid: str, alg: str) -> dict[str, Any]:
         keys = self._sets.get(jwks)
         if keys is None:
             try:
-                keys = self._parse(jwks)
+                keys = {kid: (key, alg) for kid, key, alg in self._keys(jwks)}
             except ValueError as exc:
                 raise Unauthorized(f"该 CDS 客户端登记的 JWK Set 不可用：{exc}") from exc
             if len(self._sets) >= PARSED_KEY_SETS_KEPT:

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Annotated, ClassVar
+from urllib.parse import urlencode
 
 from fastapi import Depends, Request, Response
+from fastapi.responses import RedirectResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from huren.bootstrap import Container
@@ -107,6 +109,21 @@ def cds_audiences(request: Request, configured_base: str) -> list[str]:
     return [base + p for base in bases for p in paths]
 
 
+def viewer_cookie_redirect(request: Request, c: Container, token: str) -> RedirectResponse:
+    """A page opened with ``?token=`` (a HIS frame: no session cookie), the token already
+    checked: reload it without the token in its address (history, Referer), the token
+    now in the viewer cookie, which lives no longer than the token."""
+    claims = c.accounts.tokens.decode(token)
+    remaining = int((claims.expires_at - c.clock.now()).total_seconds()) if claims else 0
+    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
+    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+    response = RedirectResponse(target, status_code=303)
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    set_viewer_cookie(response, token, max(1, remaining), https=request.url.scheme == "https")
+    return response
+
+
 def _viewer_cookie(request: Request) -> str:
     if request.method not in ("GET", "HEAD"):
         return ""
@@ -131,11 +148,13 @@ def _resolve(request: Request) -> Principal | None:
             scheme, value = scheme.lower(), value.strip()
             if scheme == "bearer" and value:
                 container = _container(request)
-                if request.url.path.startswith(CDS_PATH) and container.cds_clients.is_client_jwt(
-                    value
-                ):
-                    principal = container.cds_clients.principal_from_jwt(
-                        value, cds_audiences(request, container.settings.base_url)
+                clients = container.cds_clients
+                jose = (
+                    clients.client_header(value) if request.url.path.startswith(CDS_PATH) else None
+                )
+                if jose is not None:
+                    principal = clients.principal_from_jwt(
+                        value, cds_audiences(request, container.settings.base_url), jose
                     )
                 else:
                     principal = accounts.principal_from_token(value)

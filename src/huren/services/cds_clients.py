@@ -238,21 +238,28 @@ class CdsClientService:
             raise NotFound(f"CDS 客户端 {issuer} 未登记或已吊销")
 
     # -- authentication (every call)
-    def is_client_jwt(self, token: str) -> bool:
-        """Is a bearer token a client's own JWT rather than the platform's (HS256, no
-        ``kid``)? A JOSE header with a ``kid`` or not signed with HMAC is taken for one,
-        so that a refused client JWT is told why rather than "令牌无效"."""
+    def client_header(self, token: str) -> Mapping[str, Any] | None:
+        """The JOSE header of a bearer token that is a client's own JWT rather than the
+        platform's (HS256, no ``kid``), else None: one with a ``kid`` or not signed with
+        HMAC is taken for one, so that a refused client JWT is told why rather than
+        "令牌无效". Given to ``principal_from_jwt``, which need not parse it again."""
         try:
             header = self.verifier.header(token)
         except Unauthorized:
-            return False
+            return None
         alg = header.get("alg")
-        return "kid" in header or not (isinstance(alg, str) and alg.startswith("HS"))
+        if "kid" in header or not (isinstance(alg, str) and alg.startswith("HS")):
+            return header
+        return None
 
-    def principal_from_jwt(self, token: str, audiences: Sequence[str]) -> Principal:
+    def principal_from_jwt(
+        self, token: str, audiences: Sequence[str], header: Mapping[str, Any] | None = None
+    ) -> Principal:
         """The interface account a client JWT speaks for, once every check above
-        passed; ``audiences``: the URLs by which this endpoint is known."""
-        header = self.verifier.header(token)
+        passed; ``audiences``: the URLs by which this endpoint is known; ``header``: its
+        JOSE header when already read (``client_header``)."""
+        if header is None:
+            header = self.verifier.header(token)
         alg = header.get("alg")
         if alg == "none" or not isinstance(alg, str):
             raise Unauthorized("CDS 客户端 JWT 未签名（alg 为 none 或缺失）")
