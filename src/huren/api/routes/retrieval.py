@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Form, Query, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, Field
 from pydantic import ValidationError as PydanticValidationError
 
@@ -21,7 +21,7 @@ from huren.api.auth import (
     current_principal,
     optional_principal,
     require_roles,
-    set_viewer_cookie,
+    viewer_cookie_redirect,
 )
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
@@ -412,15 +412,7 @@ def _document_session_from_token(request: Request, c: Container, token: str) -> 
         c.accounts.principal_from_token(token)
     except Unauthorized as exc:
         raise NotAuthenticated(exc.message) from exc
-    claims = c.accounts.tokens.decode(token)
-    remaining = int((claims.expires_at - c.clock.now()).total_seconds()) if claims else 0
-    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
-    response = RedirectResponse(target, status_code=303)
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Cache-Control"] = "no-store"
-    set_viewer_cookie(response, token, max(1, remaining), https=request.url.scheme == "https")
-    return response
+    return viewer_cookie_redirect(request, c, token)
 
 
 def document_response(c: Container, doc: StoredDocument) -> Response:

@@ -6,12 +6,12 @@ this node's WADO-RS ``/rendered`` — no CDN."""
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from huren.api.auth import optional_principal, set_viewer_cookie
+from huren.api.auth import optional_principal, viewer_cookie_redirect
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
@@ -79,12 +79,6 @@ def _frame_headers(c: Container) -> dict[str, str]:
     return {"Content-Security-Policy": f"frame-ancestors {c.settings.workbench_frame_ancestors}"}
 
 
-def _without_token(request: Request) -> str:
-    """This page's own path and query, less ``token`` (a relative URL: never elsewhere)."""
-    rest = [(k, v) for k, v in request.query_params.multi_items() if k != "token"]
-    return request.url.path + (f"?{urlencode(rest)}" if rest else "")
-
-
 def _session_from_token(request: Request, c: Container, token: str) -> Response:
     """The viewer opened from the workbench in token mode (a HIS frame carries the
     clinician's access token in the URL and has no session cookie): the token becomes the
@@ -101,13 +95,7 @@ def _session_from_token(request: Request, c: Container, token: str) -> Response:
     except Unauthorized:
         return RedirectResponse(f"/login?next={quote(request.url.path, safe='')}", status_code=303)
     _check(principal)
-    claims = c.accounts.tokens.decode(token)
-    remaining = int((claims.expires_at - c.clock.now()).total_seconds()) if claims else 0
-    response = RedirectResponse(_without_token(request), status_code=303)
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["Cache-Control"] = "no-store"
-    set_viewer_cookie(response, token, max(1, remaining), https=request.url.scheme == "https")
-    return response
+    return viewer_cookie_redirect(request, c, token)
 
 
 @router.get("/results/{result_id}", response_class=HTMLResponse)
