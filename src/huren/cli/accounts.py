@@ -112,6 +112,17 @@ def set_password(
         typer.echo(f"已重设 {username} 的密码")
 
 
+def _interface_account(c: Container, institution: str, username: str | None) -> tuple[str, bool]:
+    """The institution's interface account name (``<机构代码>-integration`` unless given)
+    and whether it exists; exits when that account belongs to another institution."""
+    user = username or f"{institution}-integration"
+    existing = next((a for a in c.accounts.list_accounts() if a.username == user), None)
+    if existing is not None and existing.institution != institution:
+        typer.echo(f"错误: 账号 {user} 属于机构 {existing.institution or '（无）'}", err=True)
+        raise typer.Exit(1)
+    return user, existing is not None
+
+
 @keys_app.command("create")
 def create_key(
     institution: Annotated[str, typer.Option(help="机构代码")],
@@ -122,14 +133,10 @@ def create_key(
     label: Annotated[str, typer.Option(help="密钥用途说明，如 LIS 生产环境")] = "",
 ) -> None:
     """为机构的接口系统创建 API 密钥；密钥只打印这一次。"""
-    user = username or f"{institution}-integration"
     with _container() as c:
         # Checked before a key is made: a key of another institution's account, even
         # revoked at once, would stay on record.
-        existing = next((a for a in c.accounts.list_accounts() if a.username == user), None)
-        if existing is not None and existing.institution != institution:
-            typer.echo(f"错误: 账号 {user} 属于机构 {existing.institution or '（无）'}", err=True)
-            raise typer.Exit(1)
+        user, _ = _interface_account(c, institution, username)
         created = c.accounts.create_integration(
             institution, user, name or f"{institution} 接口系统", label
         )
@@ -189,17 +196,13 @@ def add_cds_client(
     label: Annotated[str, typer.Option(help="用途说明，如 HIS 医嘱系统生产环境")] = "",
 ) -> None:
     """登记以自有 JWT 认证的 CDS 客户端（CDS Hooks 2.0 Trusting CDS Clients）。"""
-    user = username or f"{institution}-integration"
     text = read_text_file(jwks, "--jwks")
     with _container() as c:
-        existing = next((a for a in c.accounts.list_accounts() if a.username == user), None)
-        if existing is not None and existing.institution != institution:
-            typer.echo(f"错误: 账号 {user} 属于机构 {existing.institution or '（无）'}", err=True)
-            raise typer.Exit(1)
+        user, exists = _interface_account(c, institution, username)
         if any(r.issuer == issuer.strip() for r in c.cds_clients.list_clients()):
             typer.echo(f"错误: CDS 客户端 {issuer} 已登记；更换密钥请用 set-keys", err=True)
             raise typer.Exit(1)
-        if existing is None:
+        if not exists:
             c.accounts.create_account(
                 NewAccount(
                     user, f"{institution} 接口系统", Role.INTEGRATION, institution=institution

@@ -1337,14 +1337,7 @@ class SqlResultReader:
 
     def documents(self, result_id: int, version: int) -> list[StoredDocument]:
         """The original report documents of one version, in the order sent (no bytes)."""
-        d = result_document.c
-        with self._engine.connect() as conn:
-            rows = conn.execute(
-                select(d.seq, d.content_type, d.title, d.sha256, d.size)
-                .where(d.result_id == result_id, d.version == version)
-                .order_by(d.seq)
-            ).all()
-        return [StoredDocument(result_id, version, *row) for row in rows]
+        return self.documents_of([(result_id, version)]).get((result_id, version), [])
 
     def documents_of(
         self, versions: Sequence[tuple[int, int]]
