@@ -403,16 +403,23 @@ class TransientConflict(Exception):
 # The original report documents kept (``ReportDocument``): types that can be served
 # inline without risk (no HTML, SVG or script-carrying formats), and at most this size
 # decoded. Others are named in the acknowledgement as not kept, larger ones refused.
-DOCUMENT_TYPES = frozenset({"application/pdf", "image/jpeg", "image/png"})
+@dataclass(frozen=True, slots=True)
+class DocumentKind:
+    label: str  # as pages name it: 原始报告（PDF）
+    extension: str  # of the file name it is served under
+    # What its bytes begin with (PDF 1.7 / ISO 32000-1 §7.5.2 header, JPEG SOI, PNG
+    # signature): a document that does not is not what it claims to be.
+    magic: bytes
+
+
+DOCUMENT_KINDS = {
+    "application/pdf": DocumentKind("PDF", "pdf", b"%PDF-"),
+    "image/jpeg": DocumentKind("JPEG", "jpg", b"\xff\xd8\xff"),
+    "image/png": DocumentKind("PNG", "png", b"\x89PNG\r\n\x1a\n"),
+}
+DOCUMENT_TYPES = frozenset(DOCUMENT_KINDS)
 MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
 MAX_DOCUMENT_TITLE = 200
-# What each type's bytes begin with (PDF 1.7 / ISO 32000-1 §7.5.2 header, JPEG SOI,
-# PNG signature): a document that does not is not what it claims to be.
-DOCUMENT_MAGIC = {
-    "application/pdf": b"%PDF-",
-    "image/jpeg": b"\xff\xd8\xff",
-    "image/png": b"\x89PNG\r\n\x1a\n",
-}
 
 
 def document_problem(content_type: str, data: bytes) -> str | None:
@@ -423,9 +430,10 @@ def document_problem(content_type: str, data: bytes) -> str | None:
         return "文档内容为空"
     if len(data) > MAX_DOCUMENT_BYTES:
         return f"文档过大：{len(data)} 字节，超过上限 {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB"
-    if not data.startswith(DOCUMENT_MAGIC[content_type]):
+    magic = DOCUMENT_KINDS[content_type].magic
+    if not data.startswith(magic):
         kind = content_type.split("/")[1].upper()
-        return f"文档内容不是 {kind}（开头不是 {DOCUMENT_MAGIC[content_type]!r}）"
+        return f"文档内容不是 {kind}（开头不是 {magic!r}）"
     return None
 
 

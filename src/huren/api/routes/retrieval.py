@@ -44,6 +44,7 @@ from huren.domain.sharing import (
     may_read_audit_of_institution,
     may_read_audit_of_jurisdiction,
 )
+from huren.services.intake import DOCUMENT_KINDS
 from huren.services.retrieval import AuditQuery, AuditRow, Report, ResultFilter
 
 router = APIRouter(tags=["调阅"], route_class=PageRoute)
@@ -280,9 +281,6 @@ def report_out(
     )
 
 
-DOCUMENT_LABELS = {"application/pdf": "PDF", "image/jpeg": "JPEG", "image/png": "PNG"}
-
-
 def document_url(result_id: int, seq: int, version: int, purpose: str, token: str = "") -> str:
     """The document of a version: the version and the read's purpose go along (the
     document is read — and audited — like the report); in token mode the token too."""
@@ -374,7 +372,7 @@ def report(
     "/api/v1/results/{result_id}/documents/{seq}",
     response_class=Response,
     summary="原始报告文档（检查检验机构发送的 PDF/图片报告单）",
-    responses={200: {"content": {"application/pdf": {}, "image/jpeg": {}, "image/png": {}}}},
+    responses={200: {"content": {kind: {} for kind in DOCUMENT_KINDS}}},
 )
 def result_document(
     result_id: int,
@@ -417,7 +415,7 @@ def _document_session_from_token(request: Request, c: Container, token: str) -> 
 
 def document_response(c: Container, doc: StoredDocument) -> Response:
     """A document's bytes as sent, inline, allowed to run and load nothing."""
-    ext = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}[doc.content_type]
+    ext = DOCUMENT_KINDS[doc.content_type].extension
     filename = f"result-{doc.result_id}-v{doc.version}-{doc.seq}.{ext}"
     return Response(
         content=doc.data,

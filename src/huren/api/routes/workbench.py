@@ -23,7 +23,7 @@ from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.recognition import prior_out
-from huren.api.routes.retrieval import DOCUMENT_LABELS, document_url, documents_out
+from huren.api.routes.retrieval import document_url, documents_out
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.decisions import ACTION_LABELS, Action, local_time
@@ -33,6 +33,7 @@ from huren.domain.masterdata import Category
 from huren.domain.recognition import format_span
 from huren.domain.results import StoredResult
 from huren.domain.text import id_problem, is_digits
+from huren.services.intake import DOCUMENT_KINDS
 from huren.services.recognition import CheckRequest, DecisionRequest, PatientRef
 
 router = APIRouter(tags=["互认工作台"], include_in_schema=False)
@@ -173,7 +174,7 @@ def workbench(
                         "images": viewer_url(a.result, token),
                         "documents": [
                             (
-                                DOCUMENT_LABELS.get(d.content_type, d.content_type),
+                                DOCUMENT_KINDS[d.content_type].label,
                                 document_url(d.result_id, d.seq, d.version, "recognition", token),
                             )
                             for d in documents.get((a.result.id, a.result.version), ())
