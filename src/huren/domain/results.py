@@ -5,11 +5,10 @@ message into a ``ResultSubmission``; the intake service stores it."""
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -218,10 +217,12 @@ class ReportDocument:
     content_type: str  # application/pdf, image/jpeg or image/png
     data: bytes  # decoded
     title: str = ""
+    # Its digest, computed once: the submission hash and the stored row both need it, and
+    # a document may be 20 MB.
+    sha256: str = field(init=False)
 
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.data).hexdigest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha256", hashlib.sha256(self.data).hexdigest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,23 +255,6 @@ class ResultSubmission:
     comment: str = ""
     # The original report document(s) sent with it (``ReportDocument``). The LAST field.
     documents: tuple[ReportDocument, ...] = ()
-
-    def content_hash(self) -> str:
-        """Stable hash of the clinical content: a resend with the same content is a no-op."""
-        data = asdict(self)
-        # Comments and documents count only when given: a report without any hashes as it
-        # did before they were kept (a resend after the upgrade stays a no-op). A document
-        # counts by its type, title and digest.
-        if not data["comment"]:
-            del data["comment"]
-        del data["documents"]
-        if self.documents:
-            data["documents"] = [[d.content_type, d.title, d.sha256] for d in self.documents]
-        for o in data["observations"]:
-            if not o["comment"]:
-                del o["comment"]
-        blob = json.dumps(data, sort_keys=True, default=str, ensure_ascii=False)
-        return hashlib.sha256(blob.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

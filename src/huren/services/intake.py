@@ -1057,7 +1057,7 @@ _CANONICAL = msgspec.json.Encoder()
 
 def submission_hash(sub: ResultSubmission) -> str:
     """Stable hash of a submission's clinical content: a resend with the same content is a
-    no-op (same role as ``ResultSubmission.content_hash``, computed once per result)."""
+    no-op, computed once per result."""
     return encode_submission(sub)[0]
 
 
