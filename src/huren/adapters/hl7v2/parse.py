@@ -1137,10 +1137,10 @@ class _Translator:
                 continue
             if kind is ValueKind.ATTACHMENT:
                 kept = self._documents(obx, report.obx_addenda.get(obx.sequence, ()))
-                if kept is None or not kept:
-                    # A reference (RP), or a document of a type not kept; None: refused.
-                    if kept is not None:
-                        attachments.append(obx)
+                if kept is None:  # refused (a problem named OBX-5)
+                    continue
+                if not kept:  # a reference (RP), or a document of a type not kept
+                    attachments.append(obx)
                     continue
                 documents.extend(kept)
                 if notes:
@@ -1377,7 +1377,6 @@ _ED_SUBTYPES = {
     "PNG": "image/png",
     "IMAGE/PNG": "image/png",
 }
-_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")
 _HEX = re.compile(r"(?:[0-9A-Fa-f]{2})*")
 _WHITESPACE = str.maketrans("", "", " \t\r\n")
 
@@ -1397,12 +1396,12 @@ def _ed_decode(encoding: str, text: str) -> tuple[bytes | None, str | None]:
     if len(text) > 2 * MAX_DOCUMENT_BYTES + 64:
         return None, f"文档过大，超过上限 {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB"
     if enc == "BASE64":
-        if not text or len(text) % 4 or not _BASE64.fullmatch(text):
-            return None, "数据不是有效的 Base64 编码（ED-4 = Base64）"
-        try:
-            return base64.b64decode(text, validate=True), None
+        try:  # validate: the alphabet and its padding, nothing else
+            if text:
+                return base64.b64decode(text, validate=True), None
         except binascii.Error:
-            return None, "数据不是有效的 Base64 编码（ED-4 = Base64）"
+            pass
+        return None, "数据不是有效的 Base64 编码（ED-4 = Base64）"
     if enc == "HEX":
         if not text or not _HEX.fullmatch(text):
             return None, "数据不是有效的十六进制编码（ED-4 = Hex）"
