@@ -14,7 +14,7 @@ One card per ordered item that has something to say:
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -216,24 +216,23 @@ def _override_reasons(
 
 def build_cards(
     outcome: CheckOutcome,
-    orders: Sequence[tuple[str, str]],  # (draft ServiceRequest reference, requested code)
+    # (draft ServiceRequest reference, requested code, its status: "draft" as the hooks
+    # define draftOrders, or what an HIS re-signing an order sends, "active")
+    orders: Sequence[tuple[str, str, str]],
     institutions: dict[str, Institution],
     ctx: CardContext,
-    not_drafts: Mapping[str, str] | None = None,
 ) -> tuple[list[dict[str, Any]], list[CardRecord]]:
-    """The response cards and the records that let feedback find them again.
-    ``not_drafts``: the orders of ``orders`` that are not drafts, with their status."""
-    signed = not_drafts or {}
+    """The response cards and the records that let feedback find them again."""
     cards: list[dict[str, Any]] = []
     records: list[CardRecord] = []
-    codes = [code for _, code in orders]
+    codes = [code for _, code, _ in orders]
     link = {
         "label": "查看完整报告及影像（互认工作台）",
         "url": workbench_url(ctx, outcome, codes),
         "type": "absolute",
     }
     source = {"label": SOURCE_LABEL, "url": f"{ctx.base_url}/"}
-    for (draft, _), answer in zip(orders, outcome.items, strict=True):
+    for (draft, _, order_status), answer in zip(orders, outcome.items, strict=True):
         card_uuid = str(uuid.uuid4())
         suggestion_uuid: str | None = None
         best_id: int | None = None
@@ -259,7 +258,7 @@ def build_cards(
             if best is not None:
                 r = best.result
                 best_id, best_version = r.id, r.version
-                status = signed.get(draft)
+                status = "" if order_status == "draft" else order_status
                 suggestion_uuid = None if status else str(uuid.uuid4())
                 summary = (
                     f"{rec.item.name}：{_names(institutions, r.institution)}"

@@ -276,10 +276,6 @@ class DraftOrder:
     # an order sends it "active" (no status given counts as a draft).
     status: str = "draft"
 
-    @property
-    def draft(self) -> bool:
-        return self.status == "draft"
-
 
 def draft_orders(req: HookRequest) -> list[DraftOrder]:
     """The ServiceRequests the hook is about: the selected ones for order-select, all for

@@ -236,18 +236,12 @@ def _call(
         clinician=clinician,
         at=c.clock.now(),
     )
-    drafts = list(zip((o.reference for o in orders), codes, strict=True))
+    drafts = [(o.reference, code, o.status[:20]) for o, code in zip(orders, codes, strict=True)]
 
     def make_cards(
         outcome: CheckOutcome,
     ) -> tuple[list[dict[str, Any]], list[CardRecord]]:
-        return card_builder.build_cards(
-            outcome,
-            drafts,
-            c.recognition.catalog().institutions,
-            ctx,
-            {o.reference: o.status[:20] for o in orders if not o.draft},
-        )
+        return card_builder.build_cards(outcome, drafts, c.recognition.catalog().institutions, ctx)
 
     _, cards = c.recognition.check_with_cards(check, make_cards)
     return _json({"cards": cards})
