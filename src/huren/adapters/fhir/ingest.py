@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -518,20 +518,22 @@ def _range_applies(
 
 
 _RANGE_DECODER = msgspec.json.Decoder(m.ReferenceRange)
-# A reference range read: (low, high, text — sent, or made of the limits as sent —, the
-# range, its age range in years when it has one, the distinct UCUM codes of its limits —
-# none when no limit has one —, its text naming its unit(s) — used when that is not the
-# value's, ``_other_unit``). Ranges repeat from one Observation of an item to the next:
-# each distinct one is read once.
-_ReadRange = tuple[
-    float | None,
-    float | None,
-    str,
-    m.ReferenceRange,
-    tuple[float | None, float | None] | None,
-    tuple[str, ...],
-    str,
-]
+
+
+class _ReadRange(NamedTuple):
+    """A reference range read. Ranges repeat from one Observation of an item to the
+    next: each distinct one is read once."""
+
+    low: float | None
+    high: float | None
+    text: str  # sent, or made of the limits as sent
+    range: m.ReferenceRange
+    ages: tuple[float | None, float | None] | None  # its age range in years
+    codes: tuple[str, ...]  # the distinct UCUM codes of its limits (none: no limit has one)
+    # Its text naming its unit(s), used when that is not the value's (``_other_unit``).
+    with_units: str
+
+
 _RANGES: dict[bytes, _ReadRange] = {}
 
 
@@ -605,7 +607,7 @@ def _read_range(
         text = _range_text(low, high)
     codes = tuple(dict.fromkeys(c for c in (_ucum_code(rr.low), _ucum_code(rr.high)) if c))
     with_units = _with_units(rr, low, high) if codes else ""
-    read = (_value_of(low), _value_of(high), text, rr, ages, codes, with_units)
+    read = _ReadRange(_value_of(low), _value_of(high), text, rr, ages, codes, with_units)
     if len(_RANGES) >= 4096:
         _RANGES.clear()
     _RANGES[literal] = read
@@ -635,14 +637,14 @@ def _reference_range(
         normal = [
             (i, r)
             for i, r in chosen
-            if r[3].type is None or any(c.code == "normal" for c in r[3].type.coding)
+            if r.range.type is None or any(c.code == "normal" for c in r.range.type.coding)
         ]
         chosen = normal or chosen
-        applies = [(i, r, _range_applies(r[3], r[4], subject)) for i, r in chosen]
+        applies = [(i, r, _range_applies(r.range, r.ages, subject)) for i, r in chosen]
         sure = [(i, r) for i, r, ok in applies if ok is True]
         maybe = [(i, r) for i, r, ok in applies if ok is None]
         chosen = sure or maybe
-        kinds = {(r[0], r[1], r[3].text) for _, r in chosen}
+        kinds = {(r.low, r.high, r.range.text) for _, r in chosen}
         if len(kinds) > 1:
             errors.add(
                 f"{where}.referenceRange",
@@ -653,7 +655,7 @@ def _reference_range(
         if not chosen:  # none applies to this patient: keep none rather than another's
             return None, None, "", 0, None
     index, chosen_range = chosen[0]
-    return chosen_range[0], chosen_range[1], chosen_range[2], index, chosen_range
+    return chosen_range.low, chosen_range.high, chosen_range.text, index, chosen_range
 
 
 def _limits(
@@ -822,11 +824,11 @@ def _value(
     ranges = v.referenceRange
     read = _RANGES.get(bytes(ranges[0])) if len(ranges) == 1 else None
     if read is not None:  # the usual single range, read before
-        low, high, ref_text, range_index = read[0], read[1], read[2], 0
+        low, high, ref_text, range_index = read.low, read.high, read.text, 0
     else:
         low, high, ref_text, range_index, read = _reference_range(ranges, where, errors, subject)
-    if read is not None and read[5]:  # the range's limits have UCUM codes
-        codes, q = read[5], v.valueQuantity
+    if read is not None and read.codes:  # the range's limits have UCUM codes
+        codes, q = read.codes, v.valueQuantity
         value_code = _value_ucum_code(v) if q is None else q.code if q.system == _UCUM else ""
         if (
             value_code
@@ -837,7 +839,7 @@ def _value(
             # in its own unit. Numbers in mg/dL beside a value in mmol/L would be shown,
             # and compared, as if in mmol/L: the range is kept as text naming its unit.
             low = high = None
-            ref_text = read[6]
+            ref_text = read.with_units
             notes.append(
                 f"{where}.referenceRange[{range_index}] 的单位与结果的单位（{value_code}）不同，"
                 f"参考范围按文本「{ref_text}」保存，不作为数值范围比较高低"
