@@ -82,7 +82,7 @@ MAX_REPORT_COMMENT = 4000
 # not significant for the VALUE, which is unchanged: ``value_num`` is the number, the
 # numerals are kept beside it as ``value_text``.
 _NUMERALS = re.compile(r"([+-]?)(\d*)(?:\.(\d*))?", re.ASCII)
-_COMPARATORS = ("<=", ">=", "<", ">")
+COMPARATORS = ("<=", ">=", "<", ">")  # longest first: "<=" is not "<" then "="
 # Magnitudes written out in positional notation (lab values are far inside); beyond them
 # the shortest round-trip repr, exponent and all, is still exact.
 _POSITIONAL_MIN, _POSITIONAL_MAX = 1e-15, 1e21
@@ -108,7 +108,7 @@ def reported_numerals(text: str, value: float) -> str | None:
     an optional comparator "<", "<=", ">", ">="), else None. The digits are kept as sent,
     trailing zeros too ("7.40"); only what carries nothing is dropped: a "+" sign, leading
     zeros ("007.4" → "7.4", ".5" → "0.5"), a bare point ("7." → "7")."""
-    comparator = next((c for c in _COMPARATORS if text.startswith(c)), "")
+    comparator = next((c for c in COMPARATORS if text.startswith(c)), "")
     m = _NUMERALS.fullmatch(text, len(comparator))
     if m is None:
         return None

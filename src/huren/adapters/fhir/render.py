@@ -26,7 +26,13 @@ from huren.adapters.fhir import systems as sid
 from huren.domain.errors import Problem
 from huren.domain.identity import PatientIdentifier
 from huren.domain.masterdata import Category
-from huren.domain.results import ObservationValue, ResultStatus, StoredResult, ValueType
+from huren.domain.results import (
+    COMPARATORS,
+    ObservationValue,
+    ResultStatus,
+    StoredResult,
+    ValueType,
+)
 from huren.domain.text import is_digits
 
 FHIR_JSON = "application/fhir+json"
@@ -252,7 +258,7 @@ def _value_elements(o: ObservationValue) -> dict[str, Any]:
         res["valueQuantity"] = _qty(_decimal(o.shown_value()), o.unit)
     elif o.value_type is ValueType.SN and o.value_num is not None:
         shown = o.shown_value()  # "<0.50": the comparator, then the numerals
-        comparator = next((c for c in ("<=", ">=", "<", ">") if shown.startswith(c)), "")
+        comparator = next((c for c in COMPARATORS if shown.startswith(c)), "")
         q = _qty(_decimal(shown.removeprefix(comparator)), o.unit)
         if comparator:
             q["comparator"] = comparator
