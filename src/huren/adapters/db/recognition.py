@@ -22,6 +22,7 @@ answer comes back, so neither a BEGIN nor a COMMIT travels on its own."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -343,6 +344,8 @@ _ROWS_PER_INSERT = 200
 _WRITE_SHAPES = 512
 
 _SQL: dict[str, _Sql] = {}
+
+log = logging.getLogger("huren.db")
 
 
 def _sql_for(conn: Connection) -> _Sql:
@@ -859,15 +862,33 @@ class SqlRecognitionStore:
         (a round trip of its own), and the reads lose nothing by it — at READ COMMITTED,
         PostgreSQL's default, every statement of a transaction takes its own snapshot
         anyway, and the patient and its priors are read by one statement; the writes are
-        one transaction each (``SqlRecognitionTx._write_checks``)."""
+        one transaction each (``SqlRecognitionTx._write_checks``). The mode is set back
+        before the connection returns to the pool, or the connection is discarded."""
         with self._engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                # SQLAlchemy sets it back when the connection returns to the pool, and
-                # discards a connection it cannot set back (broken, or left in a
-                # transaction).
-                conn.execution_options(isolation_level="AUTOCOMMIT")
+            autocommit = conn.dialect.name == "postgresql"
+            if autocommit:
+                dbapi: Any = conn.connection.dbapi_connection
+                dbapi.autocommit = True
             tx = SqlRecognitionTx(conn, self._group)
             try:
                 yield tx
             finally:
                 tx.close()
+                if autocommit:
+                    _end_autocommit(conn)
+
+
+def _end_autocommit(conn: Connection) -> None:
+    """Back to transactions, as every other user of the pool expects; a connection that
+    cannot be (broken, or left inside a transaction) is closed instead of pooled.
+
+    By hand rather than SQLAlchemy's ``isolation_level="AUTOCOMMIT"``, which does the same:
+    its setting and resetting of the connection's characteristics cost 10–40 µs of a
+    check's 0.5 ms of CPU (three alternating pairs on 200,000 results: thread CPU p50
+    0.49–0.52 against 0.48–0.49 ms, p99 0.69–0.73 against 0.67–0.69 ms)."""
+    try:
+        dbapi: Any = conn.connection.dbapi_connection
+        dbapi.autocommit = False
+    except Exception:
+        log.warning("连接无法退出自动提交模式，已丢弃", exc_info=True)
+        conn.invalidate()
