@@ -25,6 +25,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.results import ValueType
 from tests.fixtures.fhir.builders import (
+    INSTITUTION,
     LOINC,
     NATIONAL_ID,
     UCUM,
@@ -769,6 +770,44 @@ def test_a_conditional_patient_reference_is_resolved(client: TestClient, world: 
         "/fhir/DiagnosticReport", params={"patient.identifier": f"{NATIONAL_ID}|{ZHANG_SAN_ID}"}
     ).json()
     assert [e["resource"]["id"] for e in found["entry"]] == [str(rid)]
+
+
+def test_conditional_performer_references_are_resolved(
+    client: TestClient, world: Container
+) -> None:
+    """Interface engines name the performing laboratory and the signing practitioner by a
+    search too (R4 §3.1.0.11.2): ``Organization?identifier=…`` was refused as '引用无法解析'.
+    Resolved to the Organization of the Bundle, or taken as the institution's code."""
+    obs = {"urn:uuid:a": lab("ALT", "丙氨酸氨基转移酶", valueQuantity=qty(56, "U/L"))}
+    in_bundle = transaction(obs, report_no="JY-COND-1")
+    in_bundle["entry"][-1]["resource"]["performer"] = [
+        {"reference": f"Organization?identifier={INSTITUTION}|{HOSP_A}"},
+        {
+            "reference": "Practitioner?identifier=urn:oid:2.16.156.10011.1.4|110101",
+            "display": "王检验",
+        },
+    ]
+    first = world.results.get_result(stored_report_id(post(client, in_bundle)))
+    assert (first.institution, first.performer) == (HOSP_A, "王检验")
+
+    logical = transaction(obs, report_no="JY-COND-2")
+    del logical["entry"][1]  # no Organization in the Bundle: the identifier is the code
+    logical["entry"][-1]["resource"]["performer"] = [
+        {"reference": f"Organization?identifier={INSTITUTION}|{HOSP_A}"}
+    ]
+    assert world.results.get_result(stored_report_id(post(client, logical))).institution == HOSP_A
+
+
+def test_a_conditional_performer_by_another_search_is_refused_by_name(
+    client: TestClient, world: Container
+) -> None:
+    obs = {"urn:uuid:a": lab("ALT", "丙氨酸氨基转移酶", valueQuantity=qty(56, "U/L"))}
+    bundle = transaction(obs)
+    bundle["entry"][-1]["resource"]["performer"] = [{"reference": "Organization?name=二院"}]
+    issues = refused(post(client, bundle))
+    assert issues[0]["expression"] == ["Bundle.entry[3].resource.performer[0].reference"]
+    assert "Organization?identifier=system|value" in issues[0]["diagnostics"]
+    assert _count(world) == 0
 
 
 def test_a_practitioner_role_performer_in_the_bundle_is_not_unresolvable(

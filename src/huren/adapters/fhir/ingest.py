@@ -293,26 +293,30 @@ def _patient_identifiers(
     return tuple(out)
 
 
-def _conditional_patient(ctx: _Ctx, subject: m.Reference, where: str) -> m.Reference | None:
-    """A conditional reference (R4 http.html#trules, conditional references: in a transaction a reference may be a
-    search, ``Patient?identifier=system|value``, as HAPI clients send it): the Patient
-    of this Bundle that has that identifier, else the identifier itself (a logical
-    reference). Other searches are refused naming the reference."""
-    query = urllib.parse.parse_qs(subject.reference.partition("?")[2])
+def _conditional(
+    ctx: _Ctx, ref: m.Reference, where: str, kind: type[m.Resource]
+) -> m.Reference | None:
+    """A conditional reference (R4 http.html#trules, conditional references: in a
+    transaction a reference may be a search, ``Patient?identifier=system|value``, as HAPI
+    clients and interface engines send it for the Patient, the performing Organization or
+    Practitioner): the resource of this Bundle of that type with that identifier, else the
+    identifier itself (a logical reference). Other searches are refused naming the
+    reference."""
+    query = urllib.parse.parse_qs(ref.reference.partition("?")[2])
     tokens = query.get("identifier", [])
     system, bar, value = tokens[0].partition("|") if len(tokens) == 1 else ("", "", "")
     if len(query) != 1 or not bar or not value:
         ctx.errors.add(
             where,
-            "条件引用仅支持 Patient?identifier=system|value（一个标识）: " + subject.reference,
+            f"条件引用仅支持 {kind.__name__}?identifier=system|value（一个标识）: " + ref.reference,
         )
         return None
     for key, (_, res, _index) in ctx.by_ref.items():
-        if isinstance(res, m.Patient) and any(
-            i.system == system and i.value == value for i in res.identifier
+        if isinstance(res, kind) and any(
+            i.system == system and i.value == value for i in getattr(res, "identifier", ())
         ):
-            return m.Reference(reference=key, display=subject.display)
-    return m.Reference(identifier=m.Identifier(system=system, value=value), display=subject.display)
+            return m.Reference(reference=key, display=ref.display)
+    return m.Reference(identifier=m.Identifier(system=system, value=value), display=ref.display)
 
 
 def _patient(
@@ -322,7 +326,7 @@ def _patient(
         ctx.errors.add(f"{where}.subject", "缺少患者（subject）")
         return None, ""
     if subject.reference.startswith("Patient?"):
-        conditional = _conditional_patient(ctx, subject, f"{where}.subject.reference")
+        conditional = _conditional(ctx, subject, f"{where}.subject.reference", m.Patient)
         if conditional is None:
             return None, ""
         subject = conditional
@@ -1107,6 +1111,13 @@ class _Report:
     resource: m.DiagnosticReport
 
 
+# DiagnosticReport.performer (R4): Practitioner | PractitionerRole | Organization | CareTeam.
+_CONDITIONAL_PERFORMERS: dict[str, type[m.Resource]] = {
+    "Organization": m.Organization,
+    "Practitioner": m.Practitioner,
+}
+
+
 def _report_submission(
     ctx: _Ctx, rep: _Report, default_institution: str, sub_index: int
 ) -> tuple[ResultSubmission | None, str, str]:
@@ -1115,6 +1126,16 @@ def _report_submission(
     errors = ctx.errors
     institution = department = performer = ""
     for k, ref in enumerate(r.performer):
+        if "?" in ref.reference and (
+            kind := _CONDITIONAL_PERFORMERS.get(ref.reference.partition("?")[0])
+        ):
+            resolved = _conditional(ctx, ref, f"{where}.performer[{k}].reference", kind)
+            if resolved is None:
+                continue
+            if kind is m.Practitioner and not resolved.reference:
+                performer = performer or ref.display  # named only by its identifier
+                continue
+            ref = resolved
         found = ctx.by_ref.get(_ref_key(ref.reference, base))
         res = found[1] if found else None
         if isinstance(res, m.Organization):
