@@ -41,6 +41,11 @@ def _text_problem(value: str, maximum: int) -> str | None:
     return None
 
 
+def label_problem(label: str) -> str | None:
+    """What is wrong with an API key's label (用途说明), or None."""
+    return _text_problem(label, MAX_LABEL)
+
+
 def _code_ok(code: str) -> bool:
     return len(code) <= MAX_CODE and not CONTROL_CHARS.search(code)
 

@@ -1,0 +1,423 @@
+"""接口凭据: the page where an institution manages how its interface systems authenticate
+— the API keys of its interface accounts, and the CDS clients that sign their own JWT
+(CDS Hooks 2.0 §Trusting CDS Clients, https://cds-hooks.hl7.org/2.0/#trusting-cds-clients)
+— what ``huren accounts api-key …`` and ``huren accounts cds-client …`` do on the server.
+
+Reach (``services.credentials``): the 机构管理员 their own institution; the operator any,
+chosen on the page. A new key is shown once, in the answer to the form that made it
+(``Cache-Control: no-store``), and never again.
+
+Every form carries a token bound to the session (an HMAC of the session credential under
+the platform's token key), checked before anything changes; a form a browser says came
+from another site (``Sec-Fetch-Site``) is refused as well. The session cookie's
+SameSite=Lax already keeps cross-site POSTs from carrying it; the token also covers
+a same-site attacker (another application under the same registrable domain)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import HTMLResponse, Response
+
+from huren.api.auth import SESSION_COOKIE, optional_principal
+from huren.api.deps import container, templates
+from huren.api.routes.auth import login_redirect
+from huren.api.routes.page_errors import PageRoute
+from huren.bootstrap import Container
+from huren.domain.accounts import ROLE_LABELS, Principal, Role
+from huren.domain.china_time import CHINA_TZ
+from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
+from huren.services.accounts import CreatedApiKey
+from huren.services.cds_clients import MAX_JWKS, CdsClientRecord
+from huren.services.credentials import InterfaceCredentials, key_ids
+
+router = APIRouter(tags=["接口凭据"], route_class=PageRoute)
+
+PAGE = "/integration/credentials"
+PageUser = Annotated[Principal | None, Depends(optional_principal)]
+Services = Annotated[Container, Depends(container)]
+FormText = Annotated[str, Form()]
+NO_STORE = {"Cache-Control": "no-store", "Referrer-Policy": "no-referrer"}
+# What a browser may say about where a form came from and still be let through
+# (Fetch Metadata, https://www.w3.org/TR/fetch-metadata/): the page itself, or typed.
+SAME_ORIGIN = ("same-origin", "none")
+
+
+def _service(c: Container) -> InterfaceCredentials:
+    return InterfaceCredentials(c.accounts, c.cds_clients)
+
+
+# ---------------------------------------------------------------- CSRF
+def csrf_token(c: Container, request: Request) -> str:
+    """The form token of this session: an HMAC of its credential (the session cookie,
+    else the Authorization header), so it changes with each login and cannot be made
+    without the platform's key."""
+    credential = request.cookies.get(SESSION_COOKIE) or request.headers.get("authorization", "")
+    key = c.settings.token_signing_key.get_secret_value().encode()
+    return hmac.new(key, b"huren-form\x00" + credential.encode(), hashlib.sha256).hexdigest()
+
+
+def check_csrf(c: Container, request: Request, token: str) -> None:
+    site = request.headers.get("sec-fetch-site", "")
+    if site and site not in SAME_ORIGIN:
+        raise Forbidden("拒绝来自其他站点的表单提交（CSRF 防护），请在本平台页面上操作")
+    if not hmac.compare_digest(token.encode(), csrf_token(c, request).encode()):
+        raise Forbidden("表单已失效或来源不明（CSRF 校验未通过），请刷新接口凭据页面后重试")
+
+
+# ---------------------------------------------------------------- rendering
+def _local(at: Any) -> str:
+    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M") if at else "—"
+
+
+def _base(request: Request, c: Container, user: Principal) -> dict[str, Any]:
+    return {
+        "user": user,
+        "local": _local,
+        "csrf": csrf_token(c, request),
+        "role_label": ROLE_LABELS[user.role],
+    }
+
+
+def _render(
+    request: Request,
+    c: Container,
+    user: Principal,
+    institution: str | None,
+    *,
+    status: int = 200,
+    created: CreatedApiKey | None = None,
+    notice: str = "",
+    error: DomainError | None = None,
+    form: dict[str, str] | None = None,
+) -> Response:
+    service = _service(c)
+    code = service.institution(user, institution)
+    catalog = c.catalog.get()
+    context = _base(request, c, user) | {
+        "code": code or "",
+        "institution_name": catalog.institutions[code].name
+        if code in catalog.institutions
+        else (code or ""),
+        "institutions": sorted(catalog.institutions.values(), key=lambda i: i.code)
+        if user.role is Role.OPERATOR
+        else [],
+        "accounts": service.overview(user, code) if code else [],
+        "created": created,
+        "notice": notice,
+        "error": error,
+        "form": form or {},
+    }
+    return templates.TemplateResponse(
+        request, "credentials/page.html", context, status_code=status, headers=NO_STORE
+    )
+
+
+def _page_for(
+    request: Request, c: Container, user: Principal, name: str, context: dict[str, Any]
+) -> Response:
+    return templates.TemplateResponse(
+        request, name, _base(request, c, user) | context, headers=NO_STORE
+    )
+
+
+def _jwks_text(text: str, upload: UploadFile | None) -> str:
+    """The JWK Set from the uploaded file when one was chosen, else as pasted."""
+    if upload is not None and upload.filename:
+        raw = upload.file.read(MAX_JWKS * 4 + 1)
+        if len(raw) > MAX_JWKS * 4:
+            raise ValidationFailed(
+                "JWK Set 文件过大",
+                problems=[Problem("jwks_file", f"JWK Set 文件不超过 {MAX_JWKS} 个字符")],
+            )
+        try:
+            return raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise ValidationFailed(
+                "JWK Set 文件不是 UTF-8 文本",
+                problems=[Problem("jwks_file", "JWK Set 文件应为 UTF-8 编码的 JSON")],
+            ) from exc
+    if not text.strip():
+        raise ValidationFailed(
+            "未提供 JWK Set",
+            problems=[Problem("jwks", "请粘贴客户端的公钥 JWK Set（JSON），或上传其文件")],
+        )
+    return text
+
+
+# ---------------------------------------------------------------- the page
+@router.get(PAGE, response_class=HTMLResponse, include_in_schema=False)
+def credentials_page(
+    request: Request, user: PageUser, c: Services, institution: str | None = None
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    return _render(request, c, user, institution)
+
+
+@router.post(f"{PAGE}/accounts", response_class=HTMLResponse, include_in_schema=False)
+def create_account(
+    request: Request,
+    user: PageUser,
+    c: Services,
+    csrf: FormText = "",
+    institution: FormText = "",
+    username: FormText = "",
+    display_name: FormText = "",
+    label: FormText = "",
+) -> Response:
+    """A new interface account with its first key (shown once)."""
+    if user is None:
+        return login_redirect(request)
+    service = _service(c)
+    service.institution(user, institution)
+    check_csrf(c, request, csrf)
+    try:
+        created = service.create_account(user, institution, username, display_name, label)
+    except DomainError as exc:
+        form = {"new_username": username, "new_display_name": display_name, "new_label": label}
+        return _render(request, c, user, institution, status=exc.status, error=exc, form=form)
+    return _render(request, c, user, institution, status=201, created=created)
+
+
+@router.post(f"{PAGE}/keys", response_class=HTMLResponse, include_in_schema=False)
+def create_key(
+    request: Request,
+    user: PageUser,
+    c: Services,
+    csrf: FormText = "",
+    institution: FormText = "",
+    username: FormText = "",
+    label: FormText = "",
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    service = _service(c)
+    service.institution(user, institution)
+    check_csrf(c, request, csrf)
+    try:
+        created = service.create_key(user, institution, username, label)
+    except DomainError as exc:
+        return _render(request, c, user, institution, status=exc.status, error=exc)
+    return _render(request, c, user, institution, status=201, created=created)
+
+
+@router.get(f"{PAGE}/keys/{{prefix}}/revoke", response_class=HTMLResponse, include_in_schema=False)
+def revoke_key_confirm(
+    prefix: str, request: Request, user: PageUser, c: Services, institution: str | None = None
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    key = _service(c).key(user, institution, prefix)
+    owner = c.accounts.store.account_by_id(key.account_id)
+    return _page_for(
+        request,
+        c,
+        user,
+        "credentials/confirm.html",
+        {
+            "code": institution or "",
+            "kind": "key",
+            "title": f"吊销 API 密钥 {key.prefix}",
+            "action": f"{PAGE}/keys/{key.prefix}/revoke",
+            "facts": [
+                ("密钥前缀", key.prefix),
+                ("接口系统账号", owner.username if owner else "—"),
+                ("用途说明", key.label or "—"),
+                ("创建时间", _local(key.created_at)),
+            ],
+            "revoked": key.revoked_at is not None,
+            "consequence": "吊销后，使用该密钥的接口系统的请求将立即被拒绝（401），且无法恢复；"
+            "如需继续对接，请先创建新密钥并在接口引擎中替换。",
+            "issuer": "",
+        },
+    )
+
+
+@router.post(f"{PAGE}/keys/{{prefix}}/revoke", response_class=HTMLResponse, include_in_schema=False)
+def revoke_key(
+    prefix: str,
+    request: Request,
+    user: PageUser,
+    c: Services,
+    csrf: FormText = "",
+    institution: FormText = "",
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    service = _service(c)
+    service.institution(user, institution)
+    check_csrf(c, request, csrf)
+    try:
+        key = service.revoke_key(user, institution, prefix)
+    except DomainError as exc:
+        return _render(request, c, user, institution, status=exc.status, error=exc)
+    return _render(request, c, user, institution, notice=f"已吊销 API 密钥 {key.prefix}")
+
+
+@router.post(f"{PAGE}/cds-clients", response_class=HTMLResponse, include_in_schema=False)
+def register_client(
+    request: Request,
+    user: PageUser,
+    c: Services,
+    csrf: FormText = "",
+    institution: FormText = "",
+    username: FormText = "",
+    issuer: FormText = "",
+    jwks: FormText = "",
+    jku: FormText = "",
+    label: FormText = "",
+    jwks_file: Annotated[UploadFile | None, File()] = None,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    service = _service(c)
+    service.institution(user, institution)
+    check_csrf(c, request, csrf)
+    form = {"username": username, "issuer": issuer, "jwks": jwks, "jku": jku, "label": label}
+    try:
+        text = _jwks_text(jwks, jwks_file)
+        record = service.register_client(user, institution, username, issuer, text, jku, label)
+    except DomainError as exc:
+        return _render(request, c, user, institution, status=exc.status, error=exc, form=form)
+    kids = "、".join(key_ids(record.jwks))
+    return _render(
+        request,
+        c,
+        user,
+        institution,
+        status=201,
+        notice=f"已登记 CDS 客户端 {record.issuer}（公钥 kid：{kids}）",
+    )
+
+
+def _client_context(
+    c: Container, record: CdsClientRecord, institution: str | None
+) -> dict[str, Any]:
+    owner = c.accounts.store.account_by_id(record.account_id)
+    return {
+        "code": institution or "",
+        "client": record,
+        "kids": key_ids(record.jwks),
+        "owner": owner.username if owner else "—",
+    }
+
+
+@router.get(f"{PAGE}/cds-clients/keys", response_class=HTMLResponse, include_in_schema=False)
+def client_keys_form(
+    request: Request,
+    user: PageUser,
+    c: Services,
+    issuer: str = "",
+    institution: str | None = None,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    record = _service(c).client(user, institution, issuer)
+    context = _client_context(c, record, institution) | {"form": {"jku": record.jku}}
+    return _page_for(request, c, user, "credentials/set_keys.html", context)
+
+
+@router.post(f"{PAGE}/cds-clients/keys", response_class=HTMLResponse, include_in_schema=False)
+def set_client_keys(
+    request: Request,
+    user: PageUser,
+    c: Services,
+    csrf: FormText = "",
+    institution: FormText = "",
+    issuer: FormText = "",
+    jwks: FormText = "",
+    jku: FormText = "",
+    jwks_file: Annotated[UploadFile | None, File()] = None,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    service = _service(c)
+    service.institution(user, institution)
+    check_csrf(c, request, csrf)
+    try:
+        text = _jwks_text(jwks, jwks_file)
+        record = service.set_client_keys(user, institution, issuer, text, jku)
+    except DomainError as exc:
+        # The form again, with what was entered and why it was refused.
+        current = service.client(user, institution, issuer)
+        context = _client_context(c, current, institution) | {
+            "form": {"jku": jku, "jwks": jwks},
+            "error": exc,
+        }
+        return templates.TemplateResponse(
+            request,
+            "credentials/set_keys.html",
+            _base(request, c, user) | context,
+            status_code=exc.status,
+            headers=NO_STORE,
+        )
+    kids = "、".join(key_ids(record.jwks))
+    return _render(
+        request,
+        c,
+        user,
+        institution,
+        notice=f"已更换 CDS 客户端 {record.issuer} 的公钥（kid：{kids}）",
+    )
+
+
+@router.get(f"{PAGE}/cds-clients/revoke", response_class=HTMLResponse, include_in_schema=False)
+def revoke_client_confirm(
+    request: Request,
+    user: PageUser,
+    c: Services,
+    issuer: str = "",
+    institution: str | None = None,
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    record = _service(c).client(user, institution, issuer)
+    owner = c.accounts.store.account_by_id(record.account_id)
+    return _page_for(
+        request,
+        c,
+        user,
+        "credentials/confirm.html",
+        {
+            "code": institution or "",
+            "kind": "client",
+            "title": f"吊销 CDS 客户端 {record.issuer}",
+            "action": f"{PAGE}/cds-clients/revoke",
+            "issuer": record.issuer,
+            "facts": [
+                ("iss", record.issuer),
+                ("接口系统账号", owner.username if owner else "—"),
+                ("公钥 kid", "、".join(key_ids(record.jwks)) or "—"),
+                ("用途说明", record.label or "—"),
+                ("登记时间", _local(record.created_at)),
+            ],
+            "revoked": record.revoked_at is not None,
+            "consequence": "吊销后，该客户端以自有 JWT 发起的 CDS Hooks 调用将立即被拒绝（401），"
+            "且该 iss 不能再次登记；如需继续对接，请以新的 iss 重新登记。",
+        },
+    )
+
+
+@router.post(f"{PAGE}/cds-clients/revoke", response_class=HTMLResponse, include_in_schema=False)
+def revoke_client(
+    request: Request,
+    user: PageUser,
+    c: Services,
+    csrf: FormText = "",
+    institution: FormText = "",
+    issuer: FormText = "",
+) -> Response:
+    if user is None:
+        return login_redirect(request)
+    service = _service(c)
+    service.institution(user, institution)
+    check_csrf(c, request, csrf)
+    try:
+        record = service.revoke_client(user, institution, issuer)
+    except DomainError as exc:
+        return _render(request, c, user, institution, status=exc.status, error=exc)
+    return _render(request, c, user, institution, notice=f"已吊销 CDS 客户端 {record.issuer}")

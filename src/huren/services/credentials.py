@@ -1,0 +1,274 @@
+"""An institution's interface credentials managed by people, not only from the server's
+command line: the API keys of its interface accounts (HIS/LIS/RIS/PACS engines) and the
+CDS clients that sign their own JWT (CDS Hooks 2.0 §Trusting CDS Clients, see
+``services.cds_clients``).
+
+Who may: the institution's 机构管理员 for their own institution's interface accounts;
+the platform operator for any institution's. Every other role is refused. An account, key
+or client of another institution is answered as not found, so that one hospital cannot
+learn another's key prefixes or client issuers by trying them.
+
+Every check of a key or a JWK Set is the one the command line makes
+(``AccountService.create_api_key``, ``CdsClientService.register`` / ``set_keys``), with
+its messages naming the field; nothing is stored when one fails.
+
+There is no audit table for account administration (``audit_event`` records reads of
+patients' results); each change is written to the ``huren.credentials`` log with who made
+it and when, and the key and client rows keep when they were created and revoked."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from huren.domain.accounts import ROLE_LABELS, Principal, Role
+from huren.domain.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    Problem,
+    ProblemCollector,
+    ValidationFailed,
+)
+from huren.domain.text import text_problem
+from huren.services.accounts import (
+    AccountRecord,
+    AccountService,
+    ApiKeyRecord,
+    CreatedApiKey,
+    NewAccount,
+    label_problem,
+)
+from huren.services.cds_clients import MAX_ISSUER, CdsClientRecord, CdsClientService
+
+log = logging.getLogger("huren.credentials")
+
+MANAGER_ROLES = frozenset({Role.INSTITUTION_ADMIN, Role.OPERATOR})
+MAX_PREFIX = 16  # the width of api_key.prefix
+
+
+@dataclass(frozen=True, slots=True)
+class CdsClientView:
+    record: CdsClientRecord
+    key_ids: list[str]  # the kid of each key of its JWK Set, as registered
+
+
+@dataclass(frozen=True, slots=True)
+class InterfaceAccount:
+    account: AccountRecord
+    keys: list[ApiKeyRecord]
+    clients: list[CdsClientView]
+
+
+def key_ids(jwks: str) -> list[str]:
+    """The ``kid`` of each key of a registered JWK Set (registration checked them)."""
+    try:
+        data = json.loads(jwks)
+    except ValueError:
+        return []
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list):
+        return []
+    return [str(k["kid"]) for k in keys if isinstance(k, dict) and k.get("kid")]
+
+
+def may_manage(principal: Principal) -> bool:
+    return principal.role is Role.OPERATOR or (
+        principal.role is Role.INSTITUTION_ADMIN and bool(principal.institution)
+    )
+
+
+class InterfaceCredentials:
+    def __init__(self, accounts: AccountService, cds_clients: CdsClientService) -> None:
+        self.accounts = accounts
+        self.cds_clients = cds_clients
+
+    # -- reach
+    def institution(self, principal: Principal, requested: str | None) -> str | None:
+        """The institution whose credentials ``principal`` manages: a 机构管理员's own
+        (asking for another is refused), the one an operator chose (None until chosen)."""
+        if not may_manage(principal):
+            raise Forbidden("当前角色无权管理接口凭据（仅机构管理员与平台运维可用）")
+        requested = (requested or "").strip()
+        if principal.role is Role.INSTITUTION_ADMIN:
+            if requested and requested != principal.institution:
+                raise Forbidden("机构管理员只能管理本机构的接口凭据")
+            return principal.institution
+        if not requested:
+            return None
+        if text_problem(requested, 32) or not self.accounts.store.institution_exists(requested):
+            raise NotFound(f"未知的机构编码: {requested[:32]}")
+        return requested
+
+    def _institution(self, principal: Principal, requested: str | None) -> str:
+        code = self.institution(principal, requested)
+        if code is None:
+            raise ValidationFailed("请先选择机构（institution）")
+        return code
+
+    def _accounts(self, institution: str) -> list[AccountRecord]:
+        return [
+            a
+            for a in self.accounts.list_accounts()
+            if a.role is Role.INTEGRATION and a.institution == institution
+        ]
+
+    def _account(self, institution: str, username: str) -> AccountRecord:
+        found = next((a for a in self._accounts(institution) if a.username == username), None)
+        if found is None:
+            problem = Problem("username", f"本机构没有接口系统账号 {username[:64]}")
+            raise ValidationFailed("接口系统账号不存在", problems=[problem])
+        return found
+
+    def _key(self, institution: str, prefix: str) -> ApiKeyRecord:
+        stored = (
+            None
+            if text_problem(prefix, MAX_PREFIX)
+            else self.accounts.store.api_key_by_prefix(prefix)
+        )
+        owner = self.accounts.store.account_by_id(stored.account_id) if stored else None
+        if stored is None or owner is None or owner.institution != institution:
+            raise NotFound(f"本机构没有 API 密钥 {prefix[:MAX_PREFIX]}")
+        return stored
+
+    def _client(self, institution: str, issuer: str) -> CdsClientRecord:
+        record = (
+            None if text_problem(issuer, MAX_ISSUER) else self.cds_clients.store.cds_client(issuer)
+        )
+        owner = self.accounts.store.account_by_id(record.account_id) if record else None
+        if record is None or owner is None or owner.institution != institution:
+            raise NotFound(f"本机构没有登记 CDS 客户端 {issuer[:MAX_ISSUER]}")
+        return record
+
+    # -- reading
+    def overview(self, principal: Principal, institution: str | None) -> list[InterfaceAccount]:
+        """The institution's interface accounts, each with its keys and CDS clients."""
+        code = self._institution(principal, institution)
+        accounts = self._accounts(code)
+        ids = {a.id for a in accounts}
+        clients: dict[int, list[CdsClientView]] = {i: [] for i in ids}
+        for r in self.cds_clients.list_clients():
+            if r.account_id in ids:
+                clients[r.account_id].append(CdsClientView(r, key_ids(r.jwks)))
+        return [
+            InterfaceAccount(a, self.accounts.store.list_api_keys(a.id), clients[a.id])
+            for a in accounts
+        ]
+
+    def key(self, principal: Principal, institution: str | None, prefix: str) -> ApiKeyRecord:
+        return self._key(self._institution(principal, institution), prefix)
+
+    def client(self, principal: Principal, institution: str | None, issuer: str) -> CdsClientRecord:
+        return self._client(self._institution(principal, institution), issuer)
+
+    # -- changes
+    def _record(self, principal: Principal, institution: str, what: str) -> None:
+        log.info(
+            "接口凭据变更 机构=%s %s 操作人=%s（%s，账号 #%s）时间=%s",
+            institution,
+            what,
+            principal.username,
+            ROLE_LABELS[principal.role],
+            principal.account_id,
+            self.accounts.clock.now().isoformat(),
+        )
+
+    def create_account(
+        self,
+        principal: Principal,
+        institution: str | None,
+        username: str,
+        display_name: str,
+        label: str = "",
+    ) -> CreatedApiKey:
+        """A new interface account of the institution with its first API key (what
+        ``huren accounts api-key create`` does for a name not yet taken)."""
+        code = self._institution(principal, institution)
+        username = username.strip()
+        errors = ProblemCollector()
+        if problem := label_problem(label):
+            errors.add("label", f"密钥用途说明{problem}")
+        if not text_problem(username) and self.accounts.store.account_by_username(username):
+            errors.add("username", f"用户名 {username} 已存在")
+        errors.raise_if_any("无法创建接口系统账号")
+        self.accounts.create_account(
+            NewAccount(username, display_name.strip(), Role.INTEGRATION, institution=code)
+        )
+        created = self.accounts.create_api_key(username, label)
+        self._record(
+            principal,
+            code,
+            f"新建接口系统账号 {username} 及 API 密钥 {created.record.prefix}",
+        )
+        return created
+
+    def create_key(
+        self, principal: Principal, institution: str | None, username: str, label: str = ""
+    ) -> CreatedApiKey:
+        code = self._institution(principal, institution)
+        account = self._account(code, username)
+        created = self.accounts.create_api_key(account.username, label)
+        self._record(
+            principal, code, f"为 {account.username} 创建 API 密钥 {created.record.prefix}"
+        )
+        return created
+
+    def revoke_key(
+        self, principal: Principal, institution: str | None, prefix: str
+    ) -> ApiKeyRecord:
+        code = self._institution(principal, institution)
+        key = self._key(code, prefix)
+        if key.revoked_at is not None:
+            raise Conflict(f"API 密钥 {key.prefix} 已吊销")
+        self.accounts.revoke_api_key(key.prefix)
+        self._record(principal, code, f"吊销 API 密钥 {key.prefix}")
+        return self._key(code, prefix)
+
+    def register_client(
+        self,
+        principal: Principal,
+        institution: str | None,
+        username: str,
+        issuer: str,
+        jwks: str,
+        jku: str = "",
+        label: str = "",
+    ) -> CdsClientRecord:
+        code = self._institution(principal, institution)
+        account = self._account(code, username)
+        record = self.cds_clients.register(account.username, issuer, jwks, jku, label)
+        self._record(
+            principal,
+            code,
+            f"登记 CDS 客户端 {record.issuer}（{account.username}，kid {', '.join(key_ids(jwks))}）",
+        )
+        return record
+
+    def set_client_keys(
+        self, principal: Principal, institution: str | None, issuer: str, jwks: str, jku: str = ""
+    ) -> CdsClientRecord:
+        code = self._institution(principal, institution)
+        record = self._client(code, issuer)
+        if record.revoked_at is not None:
+            raise Conflict(
+                f"CDS 客户端 {record.issuer} 已吊销，不能更换公钥；请以新的 iss 重新登记"
+            )
+        updated = self.cds_clients.set_keys(record.issuer, jwks, jku)
+        self._record(
+            principal,
+            code,
+            f"更换 CDS 客户端 {record.issuer} 的公钥（kid {', '.join(key_ids(jwks))}）",
+        )
+        return updated
+
+    def revoke_client(
+        self, principal: Principal, institution: str | None, issuer: str
+    ) -> CdsClientRecord:
+        code = self._institution(principal, institution)
+        record = self._client(code, issuer)
+        if record.revoked_at is not None:
+            raise Conflict(f"CDS 客户端 {record.issuer} 已吊销")
+        self.cds_clients.revoke(record.issuer)
+        self._record(principal, code, f"吊销 CDS 客户端 {record.issuer}")
+        return self._client(code, issuer)
