@@ -365,3 +365,38 @@ def test_clinician_sees_what_an_incomplete_ct_lacks_in_the_workbench_and_the_vie
             expect(viewer.locator(".series-btn")).to_have_count(1)
         finally:
             browser.close()
+
+
+@pytest.mark.browser
+def test_a_refused_decline_shows_why_and_keeps_the_form_to_correct_in_the_browser(
+    world: Container, workbench: tuple[str, str]
+) -> None:
+    """“其他情形” without its text is refused: the message appears under the prior and the
+    decline form — reason still chosen — stays, so the clinician adds the text and submits
+    again (the refusal used to replace both forms, leaving only a reload)."""
+    from playwright.sync_api import expect, sync_playwright
+
+    base, token = workbench
+    with sync_playwright() as p:
+        browser = launch(p)
+        try:
+            page = browser.new_page(viewport={"width": 900, "height": 1400})  # a HIS frame
+            page.goto(page_url(base, token))
+            lab = page.locator("section[data-item='JY-SH-001']")
+            lab.locator("summary", has_text="不予互认").click()
+            lab.locator("select[name=reason_code]").select_option("HB-6")
+            lab.get_by_role("button", name="确认重新检查").click()
+            error = lab.locator(".wb-error")
+            expect(error).to_contain_text("须填写具体原因")
+            expect(lab.locator("select[name=reason_code]")).to_have_value("HB-6")
+            expect(lab.get_by_role("button", name="接受互认")).to_be_visible()
+
+            lab.locator("textarea[name=free_text]").fill("患者近日大量饮酒")
+            lab.get_by_role("button", name="确认重新检查").click()
+            expect(lab.locator(".patient-explanation")).to_contain_text("患者近日大量饮酒")
+            expect(error).to_be_empty()
+        finally:
+            browser.close()
+    with world.engine.connect() as conn:
+        rows = conn.execute(select(decision.c.action, decision.c.reason_code)).all()
+    assert [tuple(r) for r in rows] == [("declined", "HB-6")]

@@ -5,6 +5,8 @@ and a printable monthly report."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from datetime import datetime
 from html import escape
 from typing import Annotated, Any
 
@@ -15,13 +17,13 @@ from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
 from huren.api.routes.monitoring import MONITOR_ROLES, pct, yuan
-from huren.api.routes.page_errors import PageRoute
+from huren.api.routes.page_errors import PageRoute, error_page
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
 from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden
 from huren.domain.masterdata import ScopeKind
-from huren.domain.monitoring import Metric, month_label
+from huren.domain.monitoring import Metric, Progress, month_label
 from huren.domain.qc import EXPIRY_LABELS, PROPOSAL_STATUS_LABELS, SUSPENSION_REASON_LABELS
 from huren.services.monitoring import LEVEL_NAMES, Level, Period, StatTable
 
@@ -36,14 +38,33 @@ def _allowed(user: Principal) -> None:
 
 
 def _error(request: Request, user: Principal | None, exc: DomainError) -> Response:
-    """The message (and each problem) escaped: they may repeat what the request said."""
+    """A whole page (the site's error page, with its header and way back) for a page the
+    browser opened; for an htmx request (the drill-down panel) the message alone, with
+    status 200, since htmx swaps no error response and the click would seem to do nothing.
+    The message (and each problem) escaped: they may repeat what the request said."""
+    if request.headers.get("hx-request") != "true":
+        return error_page(request, exc)
     problems = "".join(f"<li>{escape(p.message)}</li>" for p in exc.problems)
     return HTMLResponse(
-        f"<main><h1>无法显示</h1><p class='bad'>{escape(exc.message)}</p>"
+        f"<div role='alert'><p class='bad'>无法显示：{escape(exc.message)}</p>"
         + (f"<ul class='bad'>{problems}</ul>" if problems else "")
-        + "<p><a href='/dashboard'>返回</a></p></main>",
-        status_code=exc.status,
+        + "</div>"
     )
+
+
+def _local_date(at: datetime) -> str:
+    """A stored (UTC) time as its China-time date."""
+    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d")
+
+
+PERCENT_METRICS = frozenset({"alliances_all_items", "connected_share", "items_per_scope"})
+
+
+def _target_value(p: Progress) -> str:
+    """What a target's measure came to: a share in percent, or a count."""
+    if p.value is None:
+        return ""
+    return pct(p.value) if p.target.metric.value in PERCENT_METRICS else str(int(p.value))
 
 
 def _crumbs(
@@ -170,6 +191,7 @@ def dashboard(
             "expiry_labels": EXPIRY_LABELS,
             "reason_labels": SUSPENSION_REASON_LABELS,
             "status_labels": PROPOSAL_STATUS_LABELS,
+            "local_date": _local_date,
             "can_decide": user.role in (Role.REGULATOR, Role.OPERATOR),
             "report_month": f"{period.end:%Y-%m}",
         },
@@ -198,6 +220,11 @@ def drill(
         )
     except DomainError as exc:
         return _error(request, user, exc)
+    if level is Level.CLINICIAN:
+        table = replace(
+            table,
+            rows=[replace(r, label=_clinician_label(c, institution, r.key)) for r in table.rows],
+        )
     return templates.TemplateResponse(
         request,
         "dashboard/_drill.html",
@@ -214,6 +241,23 @@ def drill(
             "export_query": _export_query(level, scope, institution, department, period),
         },
     )
+
+
+def _clinician_label(c: Container, institution: str, key: str) -> str:
+    """A clinician as a regulator knows them: the name of the platform account of that
+    institution (the workbench records its username), else the HIS's practitioner id
+    without the FHIR resource type (CDS Hooks ``userId`` "Practitioner/HXK001")."""
+    try:
+        account = c.accounts.account(key)
+    except DomainError:
+        account = None
+    if (
+        account is not None
+        and account.role is Role.CLINICIAN
+        and account.institution == institution
+    ):
+        return account.display_name
+    return key.removeprefix("Practitioner/")
 
 
 def _export_query(
@@ -272,9 +316,14 @@ def monthly_report(
         mon = c.monitoring
         period = mon.period(month, month)
         previous = Period(_prev(period.start), _prev(period.start))
-        level = Level.CITY if scope else Level.PROVINCE
-        regions = mon.drill(user, level, period, scope=scope)
-        before = mon.drill(user, level, previous, scope=scope)
+        # By city for a provincial account (its one province alone says nothing).
+        region_scope = scope
+        own = c.catalog.get().graph.scopes.get(user.jurisdiction or "")
+        if not region_scope and own is not None and own.kind is ScopeKind.PROVINCE:
+            region_scope = own.code
+        level = Level.CITY if region_scope else Level.PROVINCE
+        regions = mon.drill(user, level, period, scope=region_scope)
+        before = mon.drill(user, level, previous, scope=region_scope)
         institutions = mon.drill(user, Level.INSTITUTION, period, scope=scope)
         items = mon.by_item(user, period, scope)[:15]
         declines = mon.declines(user, period, scope)
@@ -301,6 +350,7 @@ def monthly_report(
             "pct": pct,
             "yuan": yuan,
             "generated": c.clock.now().astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
+            "target_value": _target_value,
             "reason_labels": SUSPENSION_REASON_LABELS,
             "inst_names": {k: v.name for k, v in c.catalog.get().institutions.items()},
         },

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import HTMLResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from huren.api.auth import optional_principal
 from huren.api.deps import container, templates
@@ -24,7 +24,6 @@ from huren.domain.masterdata import (
     InstitutionLevel,
     ScopeKind,
 )
-from huren.services.accounts import describe_binding
 
 router = APIRouter(include_in_schema=False, route_class=PageRoute)
 
@@ -55,10 +54,26 @@ def _provinces(c: Container) -> list[tuple[str, str]]:
     return sorted((s.code, s.name) for s in scopes if s.kind is ScopeKind.PROVINCE)
 
 
+def _bound_to(c: Container, user: Principal) -> str:
+    """The institution or jurisdiction an account acts for, by name (not its code)."""
+    cat = c.catalog.get()
+    if user.institution:
+        inst = cat.institutions.get(user.institution)
+        return inst.name if inst else user.institution
+    if user.jurisdiction:
+        scope = cat.graph.scopes.get(user.jurisdiction)
+        return scope.name if scope else user.jurisdiction
+    return ""
+
+
 @router.get("/", response_class=HTMLResponse)
-def index(request: Request, user: Viewer) -> Response:
+def index(request: Request, user: Viewer, c: Ctr) -> Response:
     if user is None:
         return login_redirect(request)
+    if user.role is Role.PATIENT:
+        # A patient who signed in with a password lands on their own results, not on the
+        # staff's lists.
+        return RedirectResponse("/patient", status_code=303)
     areas = [
         {"href": "/catalog/items", "title": "互认项目", "text": "项目目录、清单版本与参考时限"},
         {
@@ -83,7 +98,8 @@ def index(request: Request, user: Viewer) -> Response:
         {
             "user": user,
             "role_label": ROLE_LABELS[user.role],
-            "binding": describe_binding(user) if user.role is not Role.OPERATOR else "",
+            "binding": _bound_to(c, user) if user.role is not Role.OPERATOR else "",
+            "role": user.role.value,
             "areas": areas,
         },
     )

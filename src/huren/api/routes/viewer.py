@@ -17,6 +17,7 @@ from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
+from huren.domain.decisions import local_time
 from huren.domain.errors import Forbidden, Unauthorized
 from huren.domain.imaging import WINDOW_PRESETS
 from huren.services.imaging import AuditRecord, StudyView
@@ -51,6 +52,7 @@ def _page(
             purpose="影像调阅",
         )
     )
+    inst = c.catalog.get().institutions.get(view.study.institution)
     return templates.TemplateResponse(
         request,
         "viewer/viewer.html",
@@ -61,6 +63,9 @@ def _page(
             "report": view.report,
             "status": view.status,
             "presets": WINDOW_PRESETS,
+            # The institution by name, and the report's time in China time (stored in UTC).
+            "institution_name": inst.name if inst else view.study.institution,
+            "issued": local_time(view.report.issued_at) if view.report else "",
         },
         headers=_frame_headers(c),
     )

@@ -31,7 +31,7 @@ from huren.domain.errors import DomainError, Forbidden, Problem, Unauthorized, V
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.recognition import format_span
-from huren.domain.results import StoredResult
+from huren.domain.results import STATUS_LABELS, StoredResult
 from huren.domain.text import id_problem, is_digits
 from huren.services.intake import DOCUMENT_KINDS
 from huren.services.recognition import CheckRequest, DecisionRequest, PatientRef
@@ -243,11 +243,17 @@ def decide(
             )
         )
     except DomainError as exc:
+        headers = _headers(c)
+        if result_id is not None:
+            # Into the prior's error slot, not over its forms: the clinician corrects the
+            # reason (or the text) and submits again instead of reloading the page.
+            headers["HX-Retarget"] = f"#decision-error-{result_id}"
+            headers["HX-Reswap"] = "innerHTML"
         return templates.TemplateResponse(
             request,
             "workbench/_error.html",
             {"message": exc.message, "problems": exc.problems},
-            headers=_headers(c),
+            headers=headers,
         )
     return templates.TemplateResponse(
         request,
@@ -284,6 +290,7 @@ def full_report(
             "item": item,
             "performed": local_time(r.performed_at),
             "issued": local_time(r.issued_at),
+            "status_label": STATUS_LABELS.get(r.status, r.status.value),
             "images": viewer_url(r, token),
             # The laboratory's own report documents, read for recognition (互认核对).
             "documents": documents_out(c, r.id, r.version, "recognition", token),

@@ -1,0 +1,281 @@
+"""What a walk through the demo as its users turned up, kept fixed (over HTTP): raw codes
+and enum values where a label belongs, times in UTC instead of China time, a reason
+written twice, a refused decision that wiped its form, bare error pages, and a home page
+that led nowhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import insert, select
+
+from huren.adapters.clock import FixedClock
+from huren.adapters.db.tables import decision, reminder
+from huren.api.app import create_app
+from huren.bootstrap import Container
+from huren.domain.accounts import Role
+from tests.fixtures.imaging import ct_report, store_complete_ct_study
+from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
+from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B, LFT
+
+Login = Callable[..., dict[str, str]]
+
+
+@pytest.fixture
+def client(world: Container) -> Iterator[TestClient]:
+    with TestClient(create_app(world)) as c:
+        yield c
+
+
+@pytest.fixture
+def priors(world: Container) -> dict[str, int]:
+    """张三's chest CT (with its complete study) and liver panel at hospital A."""
+    ct = ct_report(HOSP_A)
+    ct_id = store(world, ct).results[0].result_id
+    store_complete_ct_study(world, ct)
+    return {"ct": ct_id, "lft": store(world, lab_panel(HOSP_A)).results[0].result_id}
+
+
+def _workbench(client: TestClient, headers: dict[str, str]) -> str:
+    r = client.get(
+        "/workbench",
+        params={
+            "patient": f"national_id:{ZHANG_SAN_ID}",
+            "items": "B-CT-CHEST,B-LFT",
+            "institution": HOSP_B,
+        },
+        headers=headers,
+    )
+    assert r.status_code == 200, r.text
+    text: str = r.text
+    return text
+
+
+def test_a_refused_decision_goes_beside_the_forms_not_over_them(
+    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+) -> None:
+    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
+    lft = priors["lft"]
+    assert f'id="decision-error-{lft}"' in _workbench(client, doctor)
+    form = {"item": LFT, "action": "declined", "result_id": str(lft), "reason_code": "HB-6"}
+    refused = client.post("/workbench/decisions", data=form, headers=doctor)
+    assert refused.status_code == 200  # htmx swaps only a 2xx answer
+    assert refused.headers["hx-retarget"] == f"#decision-error-{lft}"
+    assert refused.headers["hx-reswap"] == "innerHTML"
+    assert "须填写具体原因" in refused.text
+    with world.engine.connect() as conn:
+        assert conn.execute(select(decision)).all() == []
+
+    done = client.post(
+        "/workbench/decisions", data=form | {"free_text": "病情变化"}, headers=doctor
+    )
+    assert "hx-retarget" not in done.headers
+    assert "已记录：重新检查" in done.text
+    # The earlier message is cleared out of band.
+    assert re.search(rf'id="decision-error-{lft}"[^>]*hx-swap-oob="true"', done.text)
+
+
+def test_the_full_report_names_its_status_and_the_retest_interval_cites_its_source(
+    client: TestClient, login: Login, priors: dict[str, int]
+) -> None:
+    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
+    report = client.get(f"/workbench/results/{priors['lft']}", headers=doctor).text
+    assert "最终报告（第 1 版）" in report
+    assert "final（" not in report
+    page = _workbench(client, doctor)
+    assert "<cite" in page
+    # The English guideline's own wording ("… liver function tests 1 天") only on hover.
+    assert "liver function tests 1 天；" not in page
+    assert "（报告单复印入病案）" in page
+
+
+def test_the_viewer_names_the_institution_and_gives_china_time(
+    client: TestClient, login: Login, priors: dict[str, int]
+) -> None:
+    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
+    page = client.get(f"/imaging/results/{priors['ct']}", headers=doctor).text
+    assert "机构 河北医科大学第二医院" in page
+    assert f"机构 {HOSP_A}" not in page
+    # Issued 2026-06-13 09:30 UTC (tests.fixtures.results): 17:30 in China.
+    assert "签发 2026-06-13 17:30" in page
+
+
+def _patient(world: Container, login: Login, result_id: int) -> dict[str, str]:
+    patient_id = world.results.get_result(result_id).patient_id
+    return login(Role.PATIENT, patient_id=patient_id)
+
+
+def test_the_patient_reads_the_decline_reason_once_and_the_reads_in_words(
+    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+) -> None:
+    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
+    _workbench(client, doctor)  # a recognition check: read by the clinician
+    form = {"item": LFT, "action": "declined", "result_id": str(priors["lft"])}
+    client.post("/workbench/decisions", data=form | {"reason_code": "HB-3"}, headers=doctor)
+    client.get(f"/imaging/results/{priors['ct']}", headers=doctor)
+    patient = _patient(world, login, priors["lft"])
+
+    home = client.get("/patient", headers=patient).text
+    reason = "检查检验项目对于疾病诊疗意义重大的（如手术、输血等重大医疗措施前）"
+    assert home.count(reason) == 1
+    assert client.get(f"/patient/results/{priors['lft']}", headers=patient).text.count(reason) == 1
+
+    audit = client.get("/patient/audit", headers=patient).text
+    for raw in ("recognition_check", "recognition_declined", "imaging_view"):
+        assert raw not in audit
+    assert "开具医嘱时查看既往结果（互认提醒）" in audit
+    assert "不予互认（重新检查）" in audit
+    assert "查看影像" in audit
+
+
+def test_report_pages_show_an_absent_performer_as_nothing(
+    client: TestClient, world: Container, login: Login
+) -> None:
+    result_id = store(world, dataclasses.replace(lab_panel(HOSP_A), performer="")).results[0]
+    patient = _patient(world, login, result_id.result_id)
+    page = client.get(f"/patient/results/{result_id.result_id}", headers=patient).text
+    assert "/ 李审核" not in page
+    assert "审核 / 签发</dt><dd>李审核" in page
+
+
+def test_the_printed_report_is_stamped_in_china_time(
+    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+) -> None:
+    patient = _patient(world, login, priors["lft"])
+    text = client.get(f"/patient/results/{priors['lft']}/download", headers=patient).text
+    # The test clock stands at 2026-06-15 09:30 UTC.
+    assert "下载自 HuRen 互认平台 · 2026-06-15 17:30（北京时间）" in text
+    assert "UTC" not in text
+
+
+def test_home_page_leads_each_role_to_its_work_and_names_its_institution(
+    client: TestClient, login: Login
+) -> None:
+    doctor = client.get("/", headers=login(Role.CLINICIAN, institution=HOSP_B)).text
+    assert "接诊医师 · 保定市第一中心医院" in doctor
+    assert f"· {HOSP_B}）" not in doctor
+    assert "互认工作台" in doctor
+    assert 'class="card area" href="/retrieval"' in doctor
+    regulator = client.get("/", headers=login(Role.REGULATOR, jurisdiction="HE")).text
+    assert "卫生健康行政部门 · 河北省" in regulator
+    assert 'class="card area" href="/dashboard"' in regulator
+    admin = client.get("/", headers=login(Role.INSTITUTION_ADMIN, institution=HOSP_A)).text
+    assert 'class="card area" href="/integration/messages"' in admin
+
+
+def test_a_patient_signed_in_with_a_password_lands_on_their_results(
+    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+) -> None:
+    r = client.get("/", headers=_patient(world, login, priors["lft"]), follow_redirects=False)
+    assert r.status_code == 303
+    assert r.headers["location"] == "/patient"
+
+
+def test_pages_ask_for_no_favicon(client: TestClient) -> None:
+    assert '<link rel="icon" href="data:,">' in client.get("/login").text
+
+
+def test_dashboard_errors_are_whole_pages_and_drill_errors_show_in_the_panel(
+    client: TestClient, login: Login
+) -> None:
+    regulator = login(Role.REGULATOR, jurisdiction="HE")
+    r = client.get("/dashboard?month_from=2026-13", headers=regulator)
+    assert r.status_code == 422
+    assert 'class="topbar"' in r.text  # the site's page, with its way back
+    assert "起始月份格式应为 YYYY-MM" in r.text
+    drill = client.get(
+        "/dashboard/drill?level=city&month_from=2026-13",
+        headers=regulator | {"HX-Request": "true"},
+    )
+    assert drill.status_code == 200  # swapped into the panel by htmx
+    assert "无法显示：起始月份格式应为 YYYY-MM" in drill.text
+
+
+def _decision(world: Container, clinician: str, result_id: int) -> None:
+    """A reminder for the chest CT at hospital B's 呼吸内科 and its acceptance by
+    ``clinician``, as a CDS client's ``userId`` or the workbench's username records it."""
+    at = world.clock.now() - timedelta(days=1)  # settled: the aggregates count it
+    patient_id = world.results.get_result(result_id).patient_id
+    with world.engine.begin() as conn:
+        key = conn.execute(
+            insert(reminder).values(
+                at=at,
+                channel="cds-hooks",
+                institution_code=HOSP_B,
+                department="呼吸内科",
+                clinician=clinician,
+                patient_id=patient_id,
+                item_code=CT_CHEST,
+                local_code="B-CT-CHEST",
+                candidates=1,
+                recognizable=1,
+                request_id=f"req-{clinician}",
+            )
+        ).inserted_primary_key
+        assert key is not None
+        conn.execute(
+            insert(decision).values(
+                reminder_id=key[0],
+                at=at,
+                institution_code=HOSP_B,
+                department="呼吸内科",
+                clinician=clinician,
+                patient_id=patient_id,
+                item_code=CT_CHEST,
+                result_id=result_id,
+                result_version=1,
+                action="accepted",
+            )
+        )
+
+
+def test_drill_down_names_clinicians_not_their_ids(
+    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+) -> None:
+    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
+    me = client.get("/api/v1/auth/me", headers=doctor).json()
+    _decision(world, me["username"], priors["ct"])
+    _decision(world, "Practitioner/HXK001", priors["ct"])
+    world.monitoring.refresh()
+    html = client.get(
+        "/dashboard/drill",
+        params={
+            "level": "clinician",
+            "institution": HOSP_B,
+            "department": "呼吸内科",
+            "month_from": "2026-06",
+            "month_to": "2026-06",
+        },
+        headers=login(Role.REGULATOR, jurisdiction="HE"),
+    ).text
+    assert f">{me['display_name']}<" in html  # the workbench records the username
+    assert f">{me['username']}<" not in html
+    assert ">HXK001<" in html
+    assert "Practitioner/" not in html
+
+
+def test_expiring_qualifications_say_how_long_is_left_in_words(
+    client: TestClient, world: Container, login: Login
+) -> None:
+    assert isinstance(world.clock, FixedClock)
+    world.clock.at = datetime(2026, 12, 31, 2, 0, tzinfo=UTC)  # 10:00 on the last valid day
+    html = client.get("/dashboard", headers=login(Role.REGULATOR, jurisdiction="HE")).text
+    assert "今天是最后一天" in html
+    assert "（0 天）" not in html
+
+
+def test_monthly_report_gives_target_values_cities_and_counts_idle_institutions(
+    client: TestClient, world: Container, login: Login
+) -> None:
+    html = client.get(
+        "/dashboard/report?month=2026-06", headers=login(Role.REGULATOR, jurisdiction="HE")
+    ).text
+    regions = html.split("二、分地区情况", 1)[1].split("三、", 1)[0]
+    assert "保定市" in regions  # the province's cities, not the province alone
+    assert re.search(r"占比（\d+/\d+）：\d+\.\d%", html)
+    assert "家机构本月无互认提醒" in html
