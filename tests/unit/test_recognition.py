@@ -129,6 +129,14 @@ def test_result_beyond_reference_time_limit_is_a_near_miss_with_the_overrun_in_d
     assert not a.within_time_limit
 
 
+def test_the_overrun_adds_up_with_the_age_and_the_limit_shown_beside_it() -> None:
+    """10 days and 2 hours old against 7 days: 3 days over, as 10 − 7. The overrun was
+    rounded up (4) while the age was rounded down (10)."""
+    a = assess(lft(performed_at=NOW - timedelta(days=10, hours=2)))
+    beyond = next(r for r in a.reasons if r.code is ReasonCode.BEYOND_TIME_LIMIT)
+    assert beyond.text == "超过参考时限 3 天（距今 10 天，参考时限 7 天）"
+
+
 def test_mark_whose_scope_does_not_contain_the_ordering_institution_is_a_near_miss() -> None:
     # 沪卫医〔2024〕135号 四(四): the mark names the scope the result is recognized in.
     a = assess(lft(institution=SH1, mark_scope="SH", mark_symbol="上海HR"))

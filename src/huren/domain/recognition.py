@@ -181,10 +181,13 @@ def format_span(span: timedelta) -> str:
 
 
 def _overrun(span: timedelta) -> str:
+    """By how much a result is past its time limit, in the units ``format_span`` shows the
+    age and the limit in: whole days counted down, as the age is, so that "超过参考时限 6 天
+    （距今 9 天，参考时限 3 天）" adds up (rounded up it read 7, as if 7 were the limit)."""
     hours = span.total_seconds() / 3600
     if hours < 48:
         return f"{max(math.ceil(hours), 1)} 小时"
-    return f"{math.ceil(hours / 24)} 天"
+    return f"{math.floor(hours / 24)} 天"
 
 
 def exclusions_in_force(
