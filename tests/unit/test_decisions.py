@@ -78,7 +78,8 @@ def test_emr_text_carries_every_element_hebei_requires() -> None:
     text = emr_text(lft_record(), inpatient=False)
     lines = text.splitlines()
     assert lines[0].startswith(f"【{EMR_HEADING}】肝功能")
-    assert "检查检验结果：丙氨酸氨基转移酶 56 U/L (H)；总胆红素 12.3 umol/L" in lines
+    # The unit as reports print it: UCUM's "umol/L" is "μmol/L".
+    assert "检查检验结果：丙氨酸氨基转移酶 56 U/L (H)；总胆红素 12.3 μmol/L" in lines
     assert "检查检验单位：河北医科大学第二医院" in lines
     assert "检查检验时间：2026-06-13 09:15" in lines
     assert "报告单编号：JY20260613-1102" in lines

@@ -27,6 +27,8 @@ from huren.domain.results import (
     ResultStatus,
     StoredResult,
     ValueType,
+    display_unit,
+    flag_mark,
     number_text,
     reported_numerals,
 )
@@ -304,3 +306,35 @@ def test_fhir_output_carries_the_numerals_reported() -> None:
     assert json.loads(crp)["valueQuantity"]["comparator"] == "<"
     # read as a decimal, as a FHIR client keeping the precision does
     assert str(json.loads(k, parse_float=Decimal)["valueQuantity"]["value"]) == "7.40"
+
+
+@pytest.mark.parametrize(
+    ("sent", "shown"),
+    [
+        ("10*9/L", "10^9/L"),
+        ("10*12/L", "10^12/L"),
+        ("umol/L", "μmol/L"),
+        ("ug/L", "μg/L"),
+        ("uIU/mL", "μIU/mL"),
+        ("/uL", "/μL"),
+        ("[IU]/L", "IU/L"),
+        ("m[IU]/L", "mIU/L"),
+        ("{cells}/uL", "cells/μL"),
+        # already written for people, or no UCUM in it: as sent
+        ("10^9/L", "10^9/L"),
+        ("μmol/L", "μmol/L"),
+        ("U/L", "U/L"),
+        ("mg/L FEU", "mg/L FEU"),
+        ("个/HP", "个/HP"),
+        ("%", "%"),
+        ("", ""),
+    ],
+)
+def test_units_are_shown_as_reports_print_them(sent: str, shown: str) -> None:
+    assert display_unit(sent) == shown
+
+
+def test_abnormal_flags_are_shown_as_arrows_and_others_as_sent() -> None:
+    assert [flag_mark(f) for f in ("H", "HH", "L", "LL", "N", "A", "")] == [
+        "↑", "↑↑", "↓", "↓↓", "", "A", ""
+    ]  # fmt: skip

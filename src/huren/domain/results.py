@@ -182,9 +182,35 @@ class ObservationValue:
     def display(self) -> str:
         """The value as a line, without its comment: the form the EMR text takes
         (domain/decisions.py), which the policy fixes."""
-        return f"{self.name} {self.shown_value()}{(' ' + self.unit) if self.unit else ''}" + (
+        unit = display_unit(self.unit)
+        return f"{self.name} {self.shown_value()}{(' ' + unit) if unit else ''}" + (
             f" ({self.flag})" if self.flag and self.flag != "N" else ""
         )
+
+
+# UCUM (https://ucum.org/ucum) is how FHIR senders code a unit: "10*9/L", "umol/L",
+# "[IU]/L". Kept as sent; shown as Chinese laboratory reports print it ("10^9/L",
+# "μmol/L", "IU/L"), which is also how HL7 senders and the item list write it.
+_UCUM_POWER = re.compile(r"10\*([+-]?\d+)")
+_UCUM_MICRO = re.compile(r"(?<![A-Za-z0-9])u(?=[A-Za-z\[])")
+_UCUM_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def display_unit(unit: str) -> str:
+    """A unit as a clinician reads it: UCUM's ``10*9`` as ``10^9``, its ``u`` prefix as
+    ``μ``, its brackets dropped; a unit already written for people is left alone."""
+    if not unit or unit.isalpha():
+        return unit
+    return _UCUM_BRACKETS.sub("", _UCUM_MICRO.sub("μ", _UCUM_POWER.sub(r"10^\1", unit)))
+
+
+# An abnormal flag (HL7 table 0078 / FHIR v3 ObservationInterpretation) as Chinese
+# reports mark it beside the value; other flags are shown as sent.
+FLAG_MARKS: Mapping[str, str] = {"H": "↑", "HH": "↑↑", "L": "↓", "LL": "↓↓", "N": ""}
+
+
+def flag_mark(flag: str) -> str:
+    return FLAG_MARKS.get(flag, flag)
 
 
 def _limit_numerals(limit: float | None, tokens: list[str]) -> str:
