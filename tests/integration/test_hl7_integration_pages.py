@@ -175,13 +175,20 @@ def test_rejected_messages_page_lists_reasons(client: TestClient, login: Login) 
 
 
 @pytest.mark.usefixtures("traffic")
-def test_message_page_shows_raw_text_and_response(client: TestClient, login: Login) -> None:
+def test_message_page_shows_raw_text_and_response(
+    client: TestClient, login: Login, world: Container
+) -> None:
     headers = login(Role.INTEGRATION, institution=HOSP_B)
     (row,) = client.get("/api/v1/integration/messages", headers=headers).json()
     r = client.get(f"/integration/messages/{row['id']}", headers=headers)
     assert r.status_code == 200
     assert "PID|1||0098231^^^^MR~310104199001011233^^^身份证||张三" in r.text
     assert "平台应答" in r.text
+    # The sending institution by its name, the code beside it (was the code alone).
+    name = world.catalog.get().institutions[HOSP_B].name
+    assert f"{name}（{HOSP_B}）" in r.text
+    listed = client.get("/integration/messages", headers=headers).text
+    assert f"{name}（{HOSP_B}）" in listed
 
 
 @pytest.mark.usefixtures("traffic")

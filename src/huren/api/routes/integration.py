@@ -304,8 +304,16 @@ def _readable(text: str) -> str:
 def _page(
     request: Request, name: str, user: Principal, context: dict[str, Any], status: int = 200
 ) -> Response:
+    institutions = container(request).catalog.get().institutions
+
+    def institution_name(code: str | None) -> str:
+        """An institution by its name, as the engineer knows it (the code beside it)."""
+        found = institutions.get(code) if code else None
+        return f"{found.name}（{code}）" if found is not None else (code or "")
+
     base = {
         "user": user,
+        "institution_name": institution_name,
         "local": _local,
         "percent": _percent,
         "status_labels": STATUS_LABELS,
