@@ -69,7 +69,7 @@ from huren.adapters.dicom.scp import DicomNetworkService
 from huren.api.app import create_app
 from huren.bootstrap import Container, build
 from huren.config import Settings
-from huren.domain.accounts import Role
+from huren.domain.accounts import Actor, Role
 from huren.domain.masterdata import Institution, InstitutionLevel, Scope, ScopeKind
 from huren.services.accounts import NewAccount
 from huren.services.imaging import StudyQuery
@@ -530,6 +530,7 @@ def qido_latency(c: Container, t: Targets, repeats: int) -> None:
     account = c.accounts.create_account(
         NewAccount(f"bench-qido-{random.randrange(10**6)}", "基准", Role.CLINICIAN, INST),
         generate_password=False,
+        actor=Actor.system("基准测试"),
     )
     # A real bearer token, checked on every request as in production.
     token = c.accounts.issue_token(account.account.principal()).access_token

@@ -59,7 +59,7 @@ from huren.adapters.fhir.ingest import parse_transaction  # noqa: E402
 from huren.bootstrap import Container, build  # noqa: E402
 from huren.cli.ingest import BulkLoader  # noqa: E402
 from huren.config import Settings  # noqa: E402
-from huren.domain.accounts import Role  # noqa: E402
+from huren.domain.accounts import Actor, Role  # noqa: E402
 from huren.services.accounts import NewAccount  # noqa: E402
 
 PATIENTS = [
@@ -192,8 +192,11 @@ def bulk(c: Container, path: Path, lines: int, obs: int, tag: str) -> Timing:
 def over_http(
     url: str, k: dict[str, str], c: Container, payloads: list[bytes], workdir: Path
 ) -> Timing:
-    c.accounts.create_account(NewAccount("bench-lis", "LIS", Role.INTEGRATION, institution=HOSP_A))
-    key = c.accounts.create_api_key("bench-lis").key
+    c.accounts.create_account(
+        NewAccount("bench-lis", "LIS", Role.INTEGRATION, institution=HOSP_A),
+        actor=Actor.system("基准测试"),
+    )
+    key = c.accounts.create_api_key("bench-lis", actor=Actor.system("基准测试")).key
     port = free_port()
     env = {
         **os.environ,

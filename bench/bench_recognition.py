@@ -85,7 +85,7 @@ from huren.adapters.db.recognition import SqlRecognitionTx
 from huren.adapters.db.tables import result
 from huren.bootstrap import Container, build
 from huren.config import Settings
-from huren.domain.accounts import Principal, Role
+from huren.domain.accounts import Actor, Principal, Role
 from huren.domain.identity import IdentifierKind
 from huren.domain.recognition import StudyCompleteness, StudyState
 from huren.domain.results import StoredResult
@@ -575,6 +575,7 @@ def main() -> None:
                 institution=institution,
             ),
             generate_password=False,
+            actor=Actor.system("基准测试"),
         )
         token = c.accounts.issue_token(account.account.principal()).access_token
         ids: list[tuple[str, tuple[str, ...]]] = []

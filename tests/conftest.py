@@ -25,6 +25,7 @@ from huren.adapters.db import engine as db_engine
 from huren.adapters.db.schema import metadata
 from huren.bootstrap import Container, build
 from huren.config import Settings
+from tests.fixtures.actors import SEED
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -158,6 +159,7 @@ def login(container: Container) -> Callable[..., dict[str, str]]:
                 patient_id=patient_id,
             ),
             generate_password=False,
+            actor=SEED,
         )
         token = container.accounts.issue_token(created.account.principal())
         return {"Authorization": f"Bearer {token.access_token}"}
@@ -176,8 +178,8 @@ def lis_client(world: Container) -> Iterator[TestClient]:
     from tests.fixtures.world import HOSP_A
 
     world.accounts.create_account(
-        NewAccount("lis-a", "医院A LIS 接口", Role.INTEGRATION, institution=HOSP_A)
+        NewAccount("lis-a", "医院A LIS 接口", Role.INTEGRATION, institution=HOSP_A), actor=SEED
     )
-    key = world.accounts.create_api_key("lis-a", "LIS").key
+    key = world.accounts.create_api_key("lis-a", "LIS", actor=SEED).key
     with TestClient(create_app(world), headers={"Authorization": f"ApiKey {key}"}) as tc:
         yield tc

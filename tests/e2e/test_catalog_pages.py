@@ -14,6 +14,7 @@ from huren.domain.accounts import Role
 from huren.services.accounts import NewAccount
 from tests.e2e.browser import launch
 from tests.e2e.live import serve
+from tests.fixtures.actors import SEED
 from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B, HOSP_C
 
 PASSWORD = "qc-centre-pass-2026"
@@ -22,7 +23,9 @@ PASSWORD = "qc-centre-pass-2026"
 @pytest.fixture
 def browser_user(world: Container) -> str:
     world.accounts.create_account(
-        NewAccount("he.qc", "河北省质控中心 李老师", Role.QC_CENTRE, jurisdiction="HE"), PASSWORD
+        NewAccount("he.qc", "河北省质控中心 李老师", Role.QC_CENTRE, jurisdiction="HE"),
+        PASSWORD,
+        actor=SEED,
     )
     return "he.qc"
 

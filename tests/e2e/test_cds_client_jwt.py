@@ -28,6 +28,7 @@ from huren.domain.errors import DomainError, Unauthorized
 from huren.services.accounts import NewAccount
 from tests.e2e.live import serve
 from tests.e2e.test_cdshooks import SELECT, hook_request, patient_resource
+from tests.fixtures.actors import SEED
 from tests.fixtures.results import lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
 
@@ -64,6 +65,7 @@ def integration_account(c: Container, username: str, institution: str = HOSP_B) 
     c.accounts.create_account(
         NewAccount(username, "HIS 接口", Role.INTEGRATION, institution=institution),
         generate_password=False,
+        actor=SEED,
     )
     return username
 
@@ -109,7 +111,7 @@ def example_client(world: Container, before_exp: timedelta, jku: str = SPEC_JKU)
     assert isinstance(world.clock, FixedClock)
     world.clock.at = SPEC_EXP - before_exp
     user = integration_account(world, "ehr-example")
-    world.cds_clients.register(user, SPEC_ISS, json.dumps(SPEC_JWKS), jku=jku)
+    world.cds_clients.register(user, SPEC_ISS, json.dumps(SPEC_JWKS), jku=jku, actor=SEED)
     return user
 
 
@@ -179,7 +181,7 @@ def test_registration_refuses_an_unusable_key_set_by_name(
 ) -> None:
     user = integration_account(world, "his-b")
     with pytest.raises(DomainError) as caught:
-        world.cds_clients.register(user, HIS, jwks)
+        world.cds_clients.register(user, HIS, jwks, actor=SEED)
     assert any(p.field == field and why in p.message for p in caught.value.problems), (
         caught.value.problems
     )
@@ -192,9 +194,10 @@ def test_registration_needs_an_institutions_interface_account(
     world.accounts.create_account(
         NewAccount("dr-li", "李医生", Role.CLINICIAN, institution=HOSP_B),
         generate_password=False,
+        actor=SEED,
     )
     with pytest.raises(DomainError) as caught:
-        world.cds_clients.register("dr-li", HIS, Signer().jwks())
+        world.cds_clients.register("dr-li", HIS, Signer().jwks(), actor=SEED)
     assert [p.field for p in caught.value.problems] == ["username"]
 
 
@@ -208,7 +211,7 @@ def his(world: Container) -> Iterator[tuple[str, Signer]]:
     store(world, lab_panel(HOSP_A))
     signer = Signer("ES384")
     user = integration_account(world, f"{HOSP_B}-integration")
-    world.cds_clients.register(user, HIS, signer.jwks(), label="HIS 医嘱系统")
+    world.cds_clients.register(user, HIS, signer.jwks(), label="HIS 医嘱系统", actor=SEED)
     with serve(world) as base:
         yield base, signer
 
@@ -349,9 +352,9 @@ def test_revoking_or_deactivating_stops_the_client(
 ) -> None:
     base, signer = his
     aud = f"{base}/cds-services/{SELECT}"
-    world.accounts.deactivate(f"{HOSP_B}-integration")
+    world.accounts.deactivate(f"{HOSP_B}-integration", actor=SEED)
     _refused(_call(base, signer.token(aud, world.clock.now())), "已停用")
-    world.cds_clients.revoke(HIS)
+    world.cds_clients.revoke(HIS, actor=SEED)
     _refused(_call(base, signer.token(aud, world.clock.now())), "已吊销")
 
 
@@ -359,11 +362,11 @@ def test_key_rotation_through_set_keys(world: Container, his: tuple[str, Signer]
     base, old = his
     new = Signer("RS384", kid="his-key-2")
     both = {"keys": json.loads(old.jwks())["keys"] + json.loads(new.jwks())["keys"]}
-    world.cds_clients.set_keys(HIS, json.dumps(both))
+    world.cds_clients.set_keys(HIS, json.dumps(both), actor=SEED)
     aud = f"{base}/cds-services/{SELECT}"
     assert _call(base, new.token(aud, world.clock.now())).status_code == 200
     assert _call(base, old.token(aud, world.clock.now())).status_code == 200
-    world.cds_clients.set_keys(HIS, new.jwks())
+    world.cds_clients.set_keys(HIS, new.jwks(), actor=SEED)
     _refused(_call(base, old.token(aud, world.clock.now())), "kid 'his-key-1' 不在")
 
 

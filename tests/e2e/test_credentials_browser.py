@@ -1,7 +1,8 @@
 """The 接口凭据 page in a real browser (Debian chromium through Playwright): a hospital's
 机构管理员 logs in with a password, creates an API key for its LIS interface account and
 sees it once, registers the HIS's CDS client from a JWK Set file, and revokes the key
-after a confirmation — each checked against the platform over HTTP. Screenshots go to
+after a confirmation — each checked against the platform over HTTP — and finds each
+change in 变更记录 with their name. Screenshots go to
 tests/e2e/artifacts/."""
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from huren.services.accounts import NewAccount
 from tests.e2e.browser import ARTIFACTS, launch
 from tests.e2e.live import serve
 from tests.e2e.test_cds_client_jwt import Signer
+from tests.fixtures.actors import SEED
 from tests.fixtures.world import HOSP_A
 
 pytestmark = pytest.mark.browser
@@ -29,10 +31,12 @@ HIS = "https://his.hosp-a.example/"
 @pytest.fixture
 def site(world: Container) -> Iterator[str]:
     world.accounts.create_account(
-        NewAccount(ADMIN, "医院A 信息科", Role.INSTITUTION_ADMIN, institution=HOSP_A), PASSWORD
+        NewAccount(ADMIN, "医院A 信息科", Role.INSTITUTION_ADMIN, institution=HOSP_A),
+        PASSWORD,
+        actor=SEED,
     )
     world.accounts.create_account(
-        NewAccount("lis-a", "检验科 LIS 接口", Role.INTEGRATION, institution=HOSP_A)
+        NewAccount("lis-a", "检验科 LIS 接口", Role.INTEGRATION, institution=HOSP_A), actor=SEED
     )
     with serve(world) as base:
         yield base
@@ -113,5 +117,20 @@ def test_an_admin_creates_a_key_registers_a_cds_client_and_revokes_the_key(
             assert "已吊销" in page.locator(f"tr[data-prefix='{prefix}']").inner_text()
             assert _me(base, key) == 401
             page.screenshot(path=str(ARTIFACTS / "credentials-revoked.png"), full_page=True)
+
+            # 变更记录: each change with who made it, newest first.
+            history = page.locator("#history tr[data-action]")
+            actions = [history.nth(i).get_attribute("data-action") for i in range(4)]
+            assert actions == [
+                "api_key_revoked",
+                "cds_client_registered",
+                "api_key_created",
+                "account_created",  # lis-a, by the test's set-up
+            ]
+            newest = history.first.inner_text()
+            assert "医院A 信息科（admin-a，机构管理员）" in newest
+            assert "吊销 API 密钥" in newest
+            assert prefix in newest
+            page.locator("#history").screenshot(path=str(ARTIFACTS / "credentials-history.png"))
         finally:
             browser.close()

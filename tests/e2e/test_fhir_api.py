@@ -16,6 +16,7 @@ from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.services.accounts import NewAccount
+from tests.fixtures.actors import SEED
 from tests.fixtures.fhir.builders import (
     NATIONAL_ID,
     contained_report,
@@ -30,9 +31,10 @@ FHIR = "application/fhir+json"
 
 def api_key(c: Container, username: str, institution: str) -> str:
     c.accounts.create_account(
-        NewAccount(username, f"{institution} LIS 接口", Role.INTEGRATION, institution=institution)
+        NewAccount(username, f"{institution} LIS 接口", Role.INTEGRATION, institution=institution),
+        actor=SEED,
     )
-    return c.accounts.create_api_key(username, "LIS").key
+    return c.accounts.create_api_key(username, "LIS", actor=SEED).key
 
 
 @pytest.fixture

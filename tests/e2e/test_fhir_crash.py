@@ -28,6 +28,7 @@ from huren.config import Settings
 from huren.domain.accounts import Role
 from huren.services.accounts import NewAccount
 from tests.e2e.live import free_port
+from tests.fixtures.actors import SEED
 from tests.fixtures.fhir.builders import lab_bundle
 from tests.fixtures.world import HOSP_A, seed_world
 
@@ -89,8 +90,10 @@ def test_every_acknowledged_bundle_survives_sigkill_and_resend_stores_nothing_tw
     )
     c = build(settings)
     seed_world(c.engine, datetime.now(UTC))
-    c.accounts.create_account(NewAccount("lis-a", "LIS", Role.INTEGRATION, institution=HOSP_A))
-    key = c.accounts.create_api_key("lis-a").key
+    c.accounts.create_account(
+        NewAccount("lis-a", "LIS", Role.INTEGRATION, institution=HOSP_A), actor=SEED
+    )
+    key = c.accounts.create_api_key("lis-a", actor=SEED).key
     headers = {"Authorization": f"ApiKey {key}", "Content-Type": "application/fhir+json"}
 
     bundles = [

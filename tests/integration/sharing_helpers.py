@@ -11,6 +11,7 @@ from huren.adapters.db.tables import audit_event
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.services.accounts import NewAccount
+from tests.fixtures.actors import SEED
 
 _n = count(1)
 
@@ -36,6 +37,7 @@ def principal(
             patient_id=patient_id,
         ),
         generate_password=False,
+        actor=SEED,
     )
     return created.account.principal()
 

@@ -15,6 +15,7 @@ from huren.api.auth import SESSION_COOKIE
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.services.accounts import NewAccount
+from tests.fixtures.actors import SEED
 from tests.fixtures.world import HOSP_A
 
 Login = Callable[..., dict[str, str]]
@@ -30,6 +31,7 @@ def _clinician(world: Container, password: str = "correct-horse-42") -> str:
     world.accounts.create_account(
         NewAccount("dr.wang", "王医生", Role.CLINICIAN, institution=HOSP_A, department="呼吸内科"),
         password,
+        actor=SEED,
     )
     return password
 
@@ -70,7 +72,7 @@ def test_token_of_deactivated_account_is_401(
 ) -> None:
     headers = login(Role.REGULATOR, jurisdiction="HE")
     username = client.get("/api/v1/auth/me", headers=headers).json()["username"]
-    world.accounts.deactivate(username)
+    world.accounts.deactivate(username, actor=SEED)
     assert client.get("/api/v1/auth/me", headers=headers).status_code == 401
 
 
@@ -111,7 +113,9 @@ def test_repeated_failed_logins_are_throttled(client: TestClient, world: Contain
 
 
 def test_client_credentials_grant_with_api_key(client: TestClient, world: Container) -> None:
-    created = world.accounts.create_integration(HOSP_A, "hosp-a-lis", "河北医大二院 LIS")
+    created = world.accounts.create_integration(
+        HOSP_A, "hosp-a-lis", "河北医大二院 LIS", actor=SEED
+    )
     r = client.post(
         "/api/v1/auth/token",
         data={
@@ -129,7 +133,9 @@ def test_client_credentials_grant_with_api_key(client: TestClient, world: Contai
 def test_client_credentials_with_wrong_client_id_is_invalid_client(
     client: TestClient, world: Container
 ) -> None:
-    created = world.accounts.create_integration(HOSP_A, "hosp-a-lis", "河北医大二院 LIS")
+    created = world.accounts.create_integration(
+        HOSP_A, "hosp-a-lis", "河北医大二院 LIS", actor=SEED
+    )
     r = client.post(
         "/api/v1/auth/token",
         data={
@@ -144,7 +150,9 @@ def test_client_credentials_with_wrong_client_id_is_invalid_client(
 
 @pytest.mark.parametrize("style", ["authorization", "x-api-key"])
 def test_api_key_authenticates_directly(client: TestClient, world: Container, style: str) -> None:
-    created = world.accounts.create_integration(HOSP_A, "hosp-a-ris", "河北医大二院 RIS")
+    created = world.accounts.create_integration(
+        HOSP_A, "hosp-a-ris", "河北医大二院 RIS", actor=SEED
+    )
     headers = (
         {"Authorization": f"ApiKey {created.key}"}
         if style == "authorization"
@@ -156,8 +164,10 @@ def test_api_key_authenticates_directly(client: TestClient, world: Container, st
 
 
 def test_revoked_api_key_is_401(client: TestClient, world: Container) -> None:
-    created = world.accounts.create_integration(HOSP_A, "hosp-a-ris", "河北医大二院 RIS")
-    world.accounts.revoke_api_key(created.record.prefix)
+    created = world.accounts.create_integration(
+        HOSP_A, "hosp-a-ris", "河北医大二院 RIS", actor=SEED
+    )
+    world.accounts.revoke_api_key(created.record.prefix, actor=SEED)
     r = client.get("/api/v1/auth/me", headers={"X-API-Key": created.key})
     assert r.status_code == 401
 

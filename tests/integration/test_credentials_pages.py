@@ -8,7 +8,6 @@ without this session's token (CSRF)."""
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -17,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Table, func, select
 
+from huren.adapters.clock import FixedClock
 from huren.adapters.db.tables import account, api_key, cds_client
 from huren.api.app import create_app
 from huren.api.auth import SESSION_COOKIE
@@ -24,8 +24,10 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.errors import Unauthorized
 from huren.services.accounts import NewAccount
+from huren.services.credentials import HISTORY_LIMIT
 from tests.e2e.test_cds_client_jwt import SPEC_JWKS, Signer
-from tests.fixtures.world import HOSP_A, HOSP_B
+from tests.fixtures.actors import SEED
+from tests.fixtures.world import HOSP_A, HOSP_B, HOSP_C
 
 Login = Callable[..., dict[str, str]]
 PAGE = "/integration/credentials"
@@ -57,10 +59,12 @@ def accounts(world: Container) -> dict[str, str]:
     keys = {}
     for name, inst in (("lis-a", HOSP_A), ("his-b", HOSP_B)):
         world.accounts.create_account(
-            NewAccount(name, f"{inst} 接口", Role.INTEGRATION, institution=inst)
+            NewAccount(name, f"{inst} 接口", Role.INTEGRATION, institution=inst), actor=SEED
         )
-        keys[name] = world.accounts.create_api_key(name, "生产").key
-    world.cds_clients.register("his-b", "https://his.hosp-b.example/", json.dumps(SPEC_JWKS))
+        keys[name] = world.accounts.create_api_key(name, "生产", actor=SEED).key
+    world.cds_clients.register(
+        "his-b", "https://his.hosp-b.example/", json.dumps(SPEC_JWKS), actor=SEED
+    )
     return keys
 
 
@@ -109,7 +113,9 @@ def register(
 def test_an_admin_sees_the_own_institutions_accounts_keys_and_clients_only(
     client: TestClient, admin: dict[str, str], accounts: dict[str, str], world: Container
 ) -> None:
-    world.cds_clients.register("lis-a", HIS_A, json.dumps(SPEC_JWKS), jku="https://x.example/j")
+    world.cds_clients.register(
+        "lis-a", HIS_A, json.dumps(SPEC_JWKS), jku="https://x.example/j", actor=SEED
+    )
     page = client.get(PAGE, headers=admin)
     assert page.status_code == 200
     assert page.headers["cache-control"] == "no-store"
@@ -243,15 +249,13 @@ def test_a_new_key_is_shown_once_and_works(
     admin: dict[str, str],
     accounts: dict[str, str],
     world: Container,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     token = form_token(client, admin)
-    with caplog.at_level(logging.INFO, logger="huren.credentials"):
-        r = client.post(
-            f"{PAGE}/keys",
-            data={"csrf": token, "username": "lis-a", "label": "LIS 测试环境"},
-            headers=admin,
-        )
+    r = client.post(
+        f"{PAGE}/keys",
+        data={"csrf": token, "username": "lis-a", "label": "LIS 测试环境"},
+        headers=admin,
+    )
     assert r.status_code == 201, r.text
     assert r.headers["cache-control"] == "no-store"
     key = re.search(r'id="new-key-value">([^<]+)<', r.text)
@@ -269,12 +273,16 @@ def test_a_new_key_is_shown_once_and_works(
     assert new_key not in again
     assert prefix_of(new_key) in again
     assert "LIS 测试环境" in again
-    # Who did it and when.
-    (entry,) = [r for r in caplog.records if r.name == "huren.credentials"]
-    message = entry.getMessage()
-    assert prefix_of(new_key) in message
-    assert "institution_admin-1" in message
-    assert "2026-06-15T09:30:00+00:00" in message
+    # Who did it and when: recorded with the key, shown in 变更记录.
+    (event,) = world.accounts.history(HOSP_A, limit=1)
+    assert (event.action.value, event.subject, event.actor.username) == (
+        "api_key_created",
+        prefix_of(new_key),
+        "institution_admin-1",
+    )
+    assert event.at == world.clock.now()
+    assert event.actor.account_id == world.accounts.account("institution_admin-1").id
+    assert new_key not in again.split('id="history"', 1)[1]
 
 
 def test_a_key_is_revoked_after_a_confirmation(
@@ -521,6 +529,90 @@ def test_a_form_without_this_sessions_token_changes_nothing(
         headers=admin | {"Sec-Fetch-Site": "same-origin"},
     )
     assert r.status_code == 201
+
+
+# ---------------------------------------------------------------- 变更记录
+
+
+def history_rows(page: str) -> list[str]:
+    """The rows of the page's 变更记录 table, each as its cells' text, newest first."""
+    section = page.split('id="history"', 1)[1].split("</section>", 1)[0]
+    rows = re.findall(r"<tr data-action=.*?</tr>", section, flags=re.S)
+    return [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", row)).strip() for row in rows]
+
+
+def history_actions(page: str) -> list[str]:
+    section = page.split('id="history"', 1)[1].split("</section>", 1)[0]
+    return re.findall(r'<tr data-action="([a-z_]+)"', section)
+
+
+def test_the_page_lists_the_institutions_changes_newest_first_with_who_made_them(
+    client: TestClient,
+    admin: dict[str, str],
+    accounts: dict[str, str],
+    world: Container,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A change from the server's command line is listed as such, with its OS user.
+    from huren.cli import accounts as cli
+
+    monkeypatch.setattr(cli, "os_user", lambda: "ops-zhang")
+    world.accounts.create_api_key("lis-a", "命令行建的", actor=cli.command_line())
+    assert isinstance(world.clock, FixedClock)
+    world.clock.at += timedelta(minutes=5)
+    token = form_token(client, admin)
+    r = client.post(f"{PAGE}/keys/{prefix_of(accounts['lis-a'])}/revoke",
+                    data={"csrf": token}, headers=admin)  # fmt: skip
+    assert r.status_code == 200
+    rows = history_rows(r.text)
+    # Newest first: the revocation on the page, then the command line's key, then the
+    # fixtures' accounts and key (hospital B's never).
+    assert rows[0] == (
+        f"2026-06-15 17:35:00 测试institution_admin（institution_admin-1，机构管理员）"
+        f" 吊销 API 密钥 {prefix_of(accounts['lis-a'])} lis-a 用途说明：生产"
+    )
+    assert rows[1].startswith("2026-06-15 17:30:00 命令行（OS 用户 ops-zhang） 创建 API 密钥")
+    assert rows[1].endswith("lis-a 用途说明：命令行建的")
+    assert history_actions(r.text) == [
+        "api_key_revoked",
+        "api_key_created",
+        "api_key_created",
+        "account_created",
+        "account_created",
+    ]
+    assert "lis-a" in rows[2]
+    assert rows[4].endswith("机构管理员，" + HOSP_A)  # the admin's own account
+    assert "his-b" not in r.text.split('id="history"', 1)[1]
+    assert prefix_of(accounts["his-b"]) not in r.text
+
+
+def test_the_history_is_limited_to_the_most_recent_changes(
+    client: TestClient, admin: dict[str, str], accounts: dict[str, str], world: Container
+) -> None:
+    for n in range(HISTORY_LIMIT + 5):
+        world.accounts.create_api_key("lis-a", f"第{n}把", actor=SEED)
+    rows = history_rows(client.get(PAGE, headers=admin).text)
+    assert len(rows) == HISTORY_LIMIT
+    assert rows[0].endswith(f"第{HISTORY_LIMIT + 4}把")
+
+
+def test_the_operator_sees_the_chosen_institutions_history_only(
+    client: TestClient, login: Login, accounts: dict[str, str]
+) -> None:
+    operator = session(login(Role.OPERATOR))
+    assert 'id="history"' not in client.get(PAGE, headers=operator).text  # none chosen
+    page = client.get(PAGE, params={"institution": HOSP_B}, headers=operator).text
+    rows = history_rows(page)
+    assert history_actions(page) == ["cds_client_registered", "api_key_created", "account_created"]
+    assert all("his-b" in row or "his.hosp-b.example" in row for row in rows)
+    assert "lis-a" not in page
+
+
+def test_without_changes_the_history_says_so(client: TestClient, login: Login) -> None:
+    operator = session(login(Role.OPERATOR))
+    page = client.get(PAGE, params={"institution": HOSP_C}, headers=operator).text
+    assert 'id="no-history"' in page
+    assert history_rows(page) == []
 
 
 # ---------------------------------------------------------------- the operator

@@ -26,6 +26,7 @@ from huren.domain.sharing import RateLimit, RateLimited
 from huren.services.accounts import NewAccount, TooManyAttempts
 from huren.services.retrieval import RetrievalService
 from tests.conftest import TEST_NOW
+from tests.fixtures.actors import SEED
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
 from tests.integration.sharing_helpers import principal
@@ -153,7 +154,9 @@ def test_failed_logins_in_one_process_lock_the_user_out_of_the_other(
     world: Container, other_process: Container
 ) -> None:
     world.accounts.create_account(
-        NewAccount("dr.wang", "王医生", Role.CLINICIAN, institution=HOSP_A), "Correct-Horse-9"
+        NewAccount("dr.wang", "王医生", Role.CLINICIAN, institution=HOSP_A),
+        "Correct-Horse-9",
+        actor=SEED,
     )
     one, two = world.accounts, other_process.accounts
     for accounts in (one, two, one, two, one):  # five failures, spread over two processes

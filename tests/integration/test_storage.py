@@ -13,6 +13,7 @@ from huren.adapters.db.schema import metadata
 from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.services.accounts import NewAccount
+from tests.fixtures.actors import SEED
 
 
 def test_migrations_create_every_table_in_the_metadata(container: Container) -> None:
@@ -128,7 +129,7 @@ def test_a_value_the_database_cannot_store_is_a_422_not_a_500(container: Contain
     with TestClient(create_app(container)) as client:
         token = container.accounts.issue_token(
             container.accounts.create_account(
-                NewAccount("ops", "运维", Role.OPERATOR)
+                NewAccount("ops", "运维", Role.OPERATOR), actor=SEED
             ).account.principal()
         ).access_token
         headers = {"Authorization": f"Bearer {token}"}

@@ -13,6 +13,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.errors import Unauthorized
 from huren.services.accounts import NewAccount
+from tests.fixtures.actors import SEED
 from tests.fixtures.world import HOSP_B
 
 
@@ -20,6 +21,7 @@ def _token(world: Container) -> str:
     created = world.accounts.create_account(
         NewAccount("his-b", "乙医院接口", Role.INTEGRATION, institution=HOSP_B),
         generate_password=False,
+        actor=SEED,
     )
     return world.accounts.issue_token(created.account.principal()).access_token
 
@@ -45,6 +47,6 @@ def test_a_token_altered_after_a_verified_one_is_refused(world: Container) -> No
 def test_the_account_is_rechecked_for_a_remembered_token(world: Container) -> None:
     token = _token(world)
     world.accounts.principal_from_token(token)
-    world.accounts.deactivate("his-b")
+    world.accounts.deactivate("his-b", actor=SEED)
     with pytest.raises(Unauthorized, match="停用"):
         world.accounts.principal_from_token(token)

@@ -1,10 +1,15 @@
 """``huren accounts``: an operator creates users and integration API keys from the command
 line (e.g. for a new hospital's interface engine), and registers the public keys of CDS
 clients that sign their own JWTs. Passwords and keys are printed once and stored only as
-hashes; there is no default password."""
+hashes; there is no default password.
+
+Every change is recorded in ``account_event`` with the command line as its actor (命令行,
+with the OS user running the command); ``huren accounts history`` lists them."""
 
 from __future__ import annotations
 
+import os
+import pwd
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,9 +20,10 @@ import typer
 from huren.bootstrap import Container, build
 from huren.cli.files import input_file_problem
 from huren.config import get_settings
-from huren.domain.accounts import ROLE_LABELS, Role
+from huren.domain.accounts import ROLE_LABELS, Actor, Role
+from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError
-from huren.services.accounts import NewAccount, describe_binding
+from huren.services.accounts import MAX_HISTORY, NewAccount, describe_binding
 
 app = typer.Typer(help="账号与 API 密钥: 创建、列出、停用、吊销", no_args_is_help=True)
 keys_app = typer.Typer(help="接口系统 API 密钥", no_args_is_help=True)
@@ -26,6 +32,22 @@ cds_app = typer.Typer(
     help="以自有签名 JWT 认证的 CDS 客户端（HIS）：登记公钥、轮换、吊销", no_args_is_help=True
 )
 app.add_typer(cds_app, name="cds-client")
+
+
+def os_user() -> str:
+    """The OS user running the command: the effective user's name from the password
+    database (not $USER, which anyone can set), and the user who ran sudo, if any."""
+    uid = os.geteuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = f"uid {uid}"
+    sudo = os.environ.get("SUDO_USER", "")
+    return f"{name}（sudo 自 {sudo}）" if sudo and sudo != name else name
+
+
+def command_line() -> Actor:
+    return Actor.command_line(os_user())
 
 
 @contextmanager
@@ -73,6 +95,7 @@ def create(
                 patient_id=patient_id,
             ),
             password,
+            actor=command_line(),
         )
         a = created.account
         typer.echo(f"已创建账号 {a.username}（{ROLE_LABELS[a.role]}，{describe_binding(a)}）")
@@ -95,8 +118,9 @@ def list_accounts() -> None:
 def deactivate(username: Annotated[str, typer.Argument(help="登录名")]) -> None:
     """停用账号：其令牌与 API 密钥立即失效。"""
     with _container() as c:
-        c.accounts.deactivate(username)
-        typer.echo(f"已停用账号 {username}")
+        before = c.accounts.account(username)
+        c.accounts.deactivate(username, actor=command_line())
+        typer.echo(f"账号 {username} 原已停用" if not before.active else f"已停用账号 {username}")
 
 
 @app.command("set-password")
@@ -108,7 +132,7 @@ def set_password(
 ) -> None:
     """重设密码。"""
     with _container() as c:
-        c.accounts.set_password(username, password)
+        c.accounts.set_password(username, password, actor=command_line())
         typer.echo(f"已重设 {username} 的密码")
 
 
@@ -138,7 +162,7 @@ def create_key(
         # revoked at once, would stay on record.
         user, _ = _interface_account(c, institution, username)
         created = c.accounts.create_integration(
-            institution, user, name or f"{institution} 接口系统", label
+            institution, user, name or f"{institution} 接口系统", label, actor=command_line()
         )
         typer.echo(f"已为 {user}（{institution}）创建 API 密钥 {created.record.prefix}")
         typer.echo(f"API 密钥（只显示这一次）: {created.key}")
@@ -163,7 +187,7 @@ def list_keys(
 def revoke_key(prefix: Annotated[str, typer.Argument(help="密钥前缀，如 hr_1a2b3c4d5e")]) -> None:
     """吊销 API 密钥，立即生效。"""
     with _container() as c:
-        c.accounts.revoke_api_key(prefix)
+        c.accounts.revoke_api_key(prefix, actor=command_line())
         typer.echo(f"已吊销 API 密钥 {prefix}")
 
 
@@ -202,13 +226,15 @@ def add_cds_client(
         if any(r.issuer == issuer.strip() for r in c.cds_clients.list_clients()):
             typer.echo(f"错误: CDS 客户端 {issuer} 已登记；更换密钥请用 set-keys", err=True)
             raise typer.Exit(1)
+        actor = command_line()
         if not exists:
             c.accounts.create_account(
                 NewAccount(
                     user, f"{institution} 接口系统", Role.INTEGRATION, institution=institution
-                )
+                ),
+                actor=actor,
             )
-        record = c.cds_clients.register(user, issuer, text, jku, label)
+        record = c.cds_clients.register(user, issuer, text, jku, label, actor=actor)
         typer.echo(f"已登记 CDS 客户端 {record.issuer}，以 {user}（{institution}）的身份调用")
         typer.echo(
             "用法: 客户端每次调用以私钥签发 JWT（aud 为所调用的服务地址，exp 不超过 5 分钟，"
@@ -237,7 +263,7 @@ def set_cds_client_keys(
     """更换 CDS 客户端的公钥（密钥轮换）：新 JWK Set 宜同时含新旧两把公钥。"""
     text = read_text_file(jwks, "--jwks")
     with _container() as c:
-        c.cds_clients.set_keys(issuer, text, jku)
+        c.cds_clients.set_keys(issuer, text, jku, actor=command_line())
         typer.echo(f"已更换 CDS 客户端 {issuer} 的公钥")
 
 
@@ -245,5 +271,32 @@ def set_cds_client_keys(
 def revoke_cds_client(issuer: Annotated[str, typer.Argument(help="CDS 客户端的 iss")]) -> None:
     """吊销 CDS 客户端，立即生效。"""
     with _container() as c:
-        c.cds_clients.revoke(issuer)
+        c.cds_clients.revoke(issuer, actor=command_line())
         typer.echo(f"已吊销 CDS 客户端 {issuer}")
+
+
+@app.command("history")
+def history(
+    institution: Annotated[
+        str | None, typer.Option(help="只列该机构账号的变更；省略则列全部")
+    ] = None,
+    limit: Annotated[int, typer.Option(help=f"最多列出条数（1–{MAX_HISTORY}）")] = 50,
+) -> None:
+    """账号与接口凭据的变更记录（谁、何时、做了什么），最新的在前。"""
+    with _container() as c:
+        events = c.accounts.history(institution, limit)
+        if not events:
+            typer.echo("尚无变更记录")
+        for e in events:
+            typer.echo(
+                "\t".join(
+                    (
+                        f"{e.at.astimezone(CHINA_TZ):%Y-%m-%d %H:%M:%S}",
+                        e.actor.describe(),
+                        e.action_label,
+                        e.subject,
+                        f"{e.account_username}（{e.institution or '—'}）",
+                        e.detail or "—",
+                    )
+                )
+            )

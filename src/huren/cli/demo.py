@@ -19,7 +19,7 @@ from huren.bootstrap import Container, build
 from huren.cli.demo_story import PATIENT_NAME, STORY_ITEMS, Story, send_story
 from huren.cli.synth import fill_demo_database
 from huren.config import Settings
-from huren.domain.accounts import ROLE_LABELS, Role
+from huren.domain.accounts import ROLE_LABELS, Actor, Role
 from huren.domain.identity import IdentifierKind, PatientIdentifier, mask_id
 from huren.services.accounts import NewAccount
 
@@ -86,9 +86,11 @@ def create_demo_accounts(c: Container, story: Story) -> list[tuple[str, str, str
         NewAccount("patient-li", PATIENT_NAME, Role.PATIENT, patient_id=patient_ids[0]),
         NewAccount("operator", "平台运维", Role.OPERATOR),
     ]
+    # The demo's seed accounts: no person creates them (account_event names 演示数据).
+    seed = Actor.system("演示数据")
     rows = []
     for new in wanted:
-        created = c.accounts.create_account(new)
+        created = c.accounts.create_account(new, actor=seed)
         catalog = c.catalog.get()
         if new.institution:
             bound = catalog.institutions[new.institution].name
@@ -97,7 +99,9 @@ def create_demo_accounts(c: Container, story: Story) -> list[tuple[str, str, str
         else:
             bound = "本人" if new.patient_id else "全平台"
         rows.append((new.username, created.password or "", ROLE_LABELS[new.role], bound))
-    key = c.accounts.create_integration(story.producer, "his-a", f"{story.producer_name}接口引擎")
+    key = c.accounts.create_integration(
+        story.producer, "his-a", f"{story.producer_name}接口引擎", actor=seed
+    )
     rows.append(("his-a", key.key, ROLE_LABELS[Role.INTEGRATION], story.producer_name))
     return rows
 

@@ -1,9 +1,15 @@
 """Accounts and access (issue 3 §6): creating accounts bound to an institution, a
 jurisdiction or a patient; password login; signed access tokens; API keys for
-integration systems (HIS/LIS/RIS/PACS interface engines)."""
+integration systems (HIS/LIS/RIS/PACS interface engines).
+
+Every change of an account or a key names who made it (``actor``, a keyword of each
+method that changes something) and is recorded as an ``AccountEvent`` that the store
+writes in the transaction of the change (``account_event``): "who issued the key that
+submitted this?" has an answer. A change refused by a check records nothing."""
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import time
@@ -12,7 +18,17 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from huren.domain.accounts import INSTITUTION_ROLES, JURISDICTION_ROLES, Principal, Role
+from huren.domain.accounts import (
+    ACCOUNT_ACTION_LABELS,
+    INSTITUTION_ROLES,
+    JURISDICTION_ROLES,
+    ROLE_LABELS,
+    AccountAction,
+    AccountEvent,
+    Actor,
+    Principal,
+    Role,
+)
 from huren.domain.errors import (
     Conflict,
     DomainError,
@@ -21,9 +37,11 @@ from huren.domain.errors import (
     Unauthorized,
 )
 from huren.domain.sharing import RateLimit
-from huren.domain.text import MAX_ID
+from huren.domain.text import MAX_ID, text_problem
 from huren.services.ports import Clock
 from huren.services.ratelimit import MemoryRateCounters, RateCounters
+
+log = logging.getLogger("huren.accounts")
 
 USERNAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{2,63}")  # whole string (fullmatch)
 MIN_PASSWORD_LENGTH = 10
@@ -31,6 +49,7 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # The widths of the account and api_key columns; a code longer than its column (32)
 # cannot name an institution or a jurisdiction.
 MAX_DISPLAY_NAME, MAX_DEPARTMENT, MAX_LABEL, MAX_CODE = 100, 32, 100, 32
+MAX_HISTORY = 1000  # the most events one listing of account_event shows
 
 
 def _text_problem(value: str, maximum: int) -> str | None:
@@ -106,6 +125,25 @@ class ApiKeyRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AccountEventRecord:
+    """A recorded account-administration change (``account_event``)."""
+
+    id: int
+    at: datetime
+    action: AccountAction
+    actor: Actor
+    account_id: int  # the account changed
+    account_username: str
+    institution: str | None  # the changed account's institution
+    subject: str  # key prefix, client issuer or username
+    detail: str
+
+    @property
+    def action_label(self) -> str:
+        return ACCOUNT_ACTION_LABELS[self.action]
+
+
+@dataclass(frozen=True, slots=True)
 class TokenClaims:
     account_id: int
     username: str
@@ -117,7 +155,12 @@ class TokenClaims:
 
 
 class AccountStore(Protocol):
-    def add_account(self, new: NewAccount, password_hash: str | None, now: datetime) -> int: ...
+    """Each method that changes something takes the ``AccountEvent`` recording it and
+    writes it in the same transaction, only when something was changed."""
+
+    def add_account(
+        self, new: NewAccount, password_hash: str | None, now: datetime, event: AccountEvent
+    ) -> int: ...
 
     def account_by_id(self, account_id: int) -> AccountRecord | None: ...
 
@@ -125,9 +168,13 @@ class AccountStore(Protocol):
 
     def list_accounts(self) -> list[AccountRecord]: ...
 
-    def set_active(self, account_id: int, active: bool) -> None: ...
+    def set_active(self, account_id: int, active: bool, event: AccountEvent) -> bool:
+        """False, and nothing recorded, when the account is already so."""
+        ...
 
-    def set_password_hash(self, account_id: int, password_hash: str) -> None: ...
+    def set_password_hash(
+        self, account_id: int, password_hash: str, event: AccountEvent
+    ) -> bool: ...
 
     def institution_exists(self, code: str) -> bool: ...
 
@@ -136,14 +183,28 @@ class AccountStore(Protocol):
     def patient_exists(self, patient_id: int) -> bool: ...
 
     def add_api_key(
-        self, account_id: int, prefix: str, key_hash: str, label: str, now: datetime
+        self,
+        account_id: int,
+        prefix: str,
+        key_hash: str,
+        label: str,
+        now: datetime,
+        event: AccountEvent,
     ) -> int: ...
 
     def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None: ...
 
     def list_api_keys(self, account_id: int | None = None) -> list[ApiKeyRecord]: ...
 
-    def revoke_api_key(self, prefix: str, now: datetime) -> bool: ...
+    def revoke_api_key(self, prefix: str, now: datetime, event: AccountEvent) -> bool:
+        """False, and nothing recorded, when there is no such unrevoked key."""
+        ...
+
+    def account_events(
+        self, institution: str | None = None, limit: int = 50
+    ) -> list[AccountEventRecord]:
+        """The most recent events, newest first; of one institution's accounts if given."""
+        ...
 
 
 class PasswordHasher(Protocol):
@@ -253,9 +314,35 @@ class AccountService:
         # this process changes the account; another process's change shows within that.
         self._recent_accounts: dict[int, tuple[float, AccountRecord]] = {}
 
+    # -- the record of changes
+    def _event(
+        self, action: AccountAction, actor: Actor, subject: str, detail: str = ""
+    ) -> AccountEvent:
+        return AccountEvent.of(self.clock.now(), action, actor, subject, detail)
+
+    def history(self, institution: str | None = None, limit: int = 50) -> list[AccountEventRecord]:
+        """Who changed which account or credential, newest first: of ``institution``'s
+        accounts, or all when None."""
+        errors = ProblemCollector()
+        if not 1 <= limit <= MAX_HISTORY:
+            errors.add("limit", f"条数应为 1–{MAX_HISTORY} 之间的整数")
+        if institution is not None and (
+            not _code_ok(institution)
+            or text_problem(institution)
+            or not self.store.institution_exists(institution)
+        ):
+            errors.add("institution", f"医疗机构 {institution[:MAX_CODE]!r} 不存在")
+        errors.raise_if_any("无法列出变更记录")
+        return self.store.account_events(institution, limit)
+
     # -- accounts
     def create_account(
-        self, new: NewAccount, password: str | None = None, *, generate_password: bool = True
+        self,
+        new: NewAccount,
+        password: str | None = None,
+        *,
+        actor: Actor,
+        generate_password: bool = True,
     ) -> CreatedAccount:
         """Create an account bound per its role: institution roles to an institution,
         jurisdiction roles to a jurisdiction (the operator may be platform-wide), patients
@@ -311,10 +398,17 @@ class AccountService:
             password = generate_password_text()
             generated = True
         pw_hash = self.passwords.hash(password) if password else None
-        account_id = self.store.add_account(new, pw_hash, self.clock.now())
+        event = self._event(
+            AccountAction.ACCOUNT_CREATED,
+            actor,
+            new.username,
+            f"{ROLE_LABELS[new.role]}，{describe_binding(new)}",
+        )
+        account_id = self.store.add_account(new, pw_hash, self.clock.now(), event)
         record = self.store.account_by_id(account_id)
         if record is None:
             raise RuntimeError(f"account {account_id} was not stored")
+        _log(event, record)
         return CreatedAccount(record, password if generated else None)
 
     def list_accounts(self) -> list[AccountRecord]:
@@ -333,9 +427,12 @@ class AccountService:
             raise NotFound(f"账号 {username} 不存在")
         return record
 
-    def deactivate(self, username: str) -> AccountRecord:
+    def deactivate(self, username: str, *, actor: Actor) -> AccountRecord:
+        """Deactivate an account; one already deactivated is left as it is, unrecorded."""
         record = self.account(username)
-        self.store.set_active(record.id, False)
+        event = self._event(AccountAction.ACCOUNT_DEACTIVATED, actor, record.username)
+        if self.store.set_active(record.id, False, event):
+            _log(event, record)
         self._recent_accounts.pop(record.id, None)
         return self.account(username)
 
@@ -356,13 +453,16 @@ class AccountService:
         record = self._account_by_id(account_id)
         return record.principal() if record is not None and record.active else None
 
-    def set_password(self, username: str, password: str) -> None:
+    def set_password(self, username: str, password: str, *, actor: Actor) -> None:
         if len(password) < MIN_PASSWORD_LENGTH:
             errors = ProblemCollector()
             errors.add("password", f"密码至少 {MIN_PASSWORD_LENGTH} 位")
             errors.raise_if_any("密码未通过校验")
         record = self.account(username)
-        self.store.set_password_hash(record.id, self.passwords.hash(password))
+        event = self._event(AccountAction.PASSWORD_SET, actor, record.username)
+        if not self.store.set_password_hash(record.id, self.passwords.hash(password), event):
+            raise NotFound(f"账号 {username} 不存在")
+        _log(event, record)
         self._recent_accounts.pop(record.id, None)
 
     # -- login and tokens
@@ -415,7 +515,7 @@ class AccountService:
         return record.principal()
 
     # -- API keys
-    def create_api_key(self, username: str, label: str = "") -> CreatedApiKey:
+    def create_api_key(self, username: str, label: str = "", *, actor: Actor) -> CreatedApiKey:
         """A new API key for an integration account; the key is returned once and only its
         keyed hash is stored."""
         record = self.account(username)
@@ -430,16 +530,24 @@ class AccountService:
             errors.add("label", f"密钥用途说明{problem}")
             errors.raise_if_any("无法创建 API 密钥")
         key, prefix = self.api_keys.new_key()
+        event = self._event(AccountAction.API_KEY_CREATED, actor, prefix, _label_detail(label))
         key_id = self.store.add_api_key(
-            record.id, prefix, self.api_keys.hash(key), label, self.clock.now()
+            record.id, prefix, self.api_keys.hash(key), label, self.clock.now(), event
         )
         stored = self.store.api_key_by_prefix(prefix)
         if stored is None or stored.id != key_id:
             raise RuntimeError(f"API key {prefix} was not stored")
+        _log(event, record)
         return CreatedApiKey(key, stored, record)
 
     def create_integration(
-        self, institution: str, username: str, display_name: str, label: str = ""
+        self,
+        institution: str,
+        username: str,
+        display_name: str,
+        label: str = "",
+        *,
+        actor: Actor,
     ) -> CreatedApiKey:
         """An integration account for an institution's interface engine with its first
         key, in one step (what ``huren accounts api-key create`` does)."""
@@ -449,21 +557,30 @@ class AccountService:
             errors.raise_if_any("无法创建 API 密钥")
         if self._by_username(username) is None:
             self.create_account(
-                NewAccount(username, display_name, Role.INTEGRATION, institution=institution)
+                NewAccount(username, display_name, Role.INTEGRATION, institution=institution),
+                actor=actor,
             )
-        return self.create_api_key(username, label)
+        return self.create_api_key(username, label, actor=actor)
 
     def list_api_keys(self, username: str | None = None) -> list[ApiKeyRecord]:
         account_id = self.account(username).id if username else None
         return self.store.list_api_keys(account_id)
 
-    def revoke_api_key(self, prefix: str) -> None:
-        if (
-            len(prefix) > 16
-            or "\x00" in prefix
-            or not self.store.revoke_api_key(prefix, self.clock.now())
-        ):
+    def revoke_api_key(self, prefix: str, *, actor: Actor) -> None:
+        stored = (
+            None if len(prefix) > 16 or "\x00" in prefix else self.store.api_key_by_prefix(prefix)
+        )
+        event = self._event(
+            AccountAction.API_KEY_REVOKED,
+            actor,
+            prefix,
+            _label_detail(stored.label) if stored is not None else "",
+        )
+        if stored is None or not self.store.revoke_api_key(prefix, self.clock.now(), event):
             raise NotFound(f"API 密钥 {prefix} 不存在或已吊销")
+        owner = self.store.account_by_id(stored.account_id)
+        if owner is not None:
+            _log(event, owner)
 
     def principal_from_api_key(self, key: str) -> Principal:
         prefix = self.api_keys.prefix_of(key)
@@ -495,12 +612,30 @@ class AccountService:
         return principal
 
 
+def _label_detail(label: str) -> str:
+    return f"用途说明：{label}" if label else ""
+
+
+def _log(event: AccountEvent, changed: AccountRecord) -> None:
+    """A log line beside the record (``account_event`` is the record)."""
+    log.info(
+        "账号变更 %s %s 账号=%s（#%s，%s）操作人=%s 时间=%s",
+        ACCOUNT_ACTION_LABELS[event.action],
+        event.subject,
+        changed.username,
+        changed.id,
+        changed.institution or describe_binding(changed),
+        event.actor.describe(),
+        event.at.isoformat(),
+    )
+
+
 def generate_password_text() -> str:
     """A random password of 16 URL-safe characters (~96 bits), shown to the operator once."""
     return secrets.token_urlsafe(12)
 
 
-def describe_binding(record: AccountRecord | Principal) -> str:
+def describe_binding(record: AccountRecord | Principal | NewAccount) -> str:
     parts: Sequence[str | None] = (
         record.institution,
         record.jurisdiction,

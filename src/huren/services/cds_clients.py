@@ -19,21 +19,34 @@ What is checked, each with a message naming what is wrong:
   ``MAX_LIFETIME`` ahead (a token is made per call; a long-lived one would be a bearer
   secret). ``LEEWAY`` allows for clocks a little apart.
 - ``jti``: not seen before from this issuer while unexpired (replay).
+
+Registering, rotating and revoking a client name who does it (``actor``) and are recorded
+in ``account_event`` in the transaction of the change, against the client's account.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from huren.domain.accounts import Principal, Role
+from huren.domain.accounts import (
+    ACCOUNT_ACTION_LABELS,
+    AccountAction,
+    AccountEvent,
+    Actor,
+    Principal,
+    Role,
+)
 from huren.domain.errors import Conflict, NotFound, ProblemCollector, Unauthorized
 from huren.services.accounts import AccountService
 from huren.services.ports import Clock
+
+log = logging.getLogger("huren.accounts")
 
 # The specification names ES384 and RS384 as recommended; the other asymmetric JWS
 # algorithms of RFC 7518 §3.1 (and EdDSA, RFC 8037) are as sound.
@@ -66,17 +79,31 @@ class CdsClientRecord:
 
 
 class CdsClientStore(Protocol):
+    """The methods that change a client write its ``AccountEvent`` in their transaction,
+    only when something was changed."""
+
     def add_cds_client(
-        self, account_id: int, issuer: str, jwks: str, jku: str, label: str, now: datetime
+        self,
+        account_id: int,
+        issuer: str,
+        jwks: str,
+        jku: str,
+        label: str,
+        now: datetime,
+        event: AccountEvent,
     ) -> int: ...
 
     def cds_client(self, issuer: str) -> CdsClientRecord | None: ...
 
     def list_cds_clients(self) -> list[CdsClientRecord]: ...
 
-    def set_cds_client_keys(self, issuer: str, jwks: str, jku: str) -> bool: ...
+    def set_cds_client_keys(self, issuer: str, jwks: str, jku: str, event: AccountEvent) -> bool:
+        """False, and nothing recorded, when there is no such unrevoked client."""
+        ...
 
-    def revoke_cds_client(self, issuer: str, now: datetime) -> bool: ...
+    def revoke_cds_client(self, issuer: str, now: datetime, event: AccountEvent) -> bool:
+        """False, and nothing recorded, when there is no such unrevoked client."""
+        ...
 
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
         """Record ``jti`` of ``issuer`` until ``expires_at``; False when it is already
@@ -113,6 +140,23 @@ def _text_problem(value: str, maximum: int) -> str | None:
     return None
 
 
+def jwks_key_ids(jwks: str) -> list[str]:
+    """The ``kid`` of each key of a JWK Set that registration accepted (checked there)."""
+    try:
+        data = json.loads(jwks)
+    except ValueError:
+        return []
+    keys = data.get("keys") if isinstance(data, dict) else None
+    if not isinstance(keys, list):
+        return []
+    return [str(k["kid"]) for k in keys if isinstance(k, dict) and k.get("kid")]
+
+
+def _keys_detail(jwks: str, jku: str) -> str:
+    detail = f"kid {', '.join(jwks_key_ids(jwks)) or '—'}"
+    return f"{detail}；jku {jku}" if jku else detail
+
+
 def _aud_values(aud: object) -> list[str] | None:
     if isinstance(aud, str):
         return [aud]
@@ -144,9 +188,34 @@ class CdsClientService:
         self.verifier = verifier
         self.clock = clock
 
+    def _event(
+        self, action: AccountAction, actor: Actor, issuer: str, detail: str = ""
+    ) -> AccountEvent:
+        return AccountEvent.of(self.clock.now(), action, actor, issuer, detail)
+
+    def _log(self, event: AccountEvent, account_id: int) -> None:
+        owner = self.accounts.store.account_by_id(account_id)
+        log.info(
+            "账号变更 %s %s 账号=%s（#%s，%s）操作人=%s 时间=%s",
+            ACCOUNT_ACTION_LABELS[event.action],
+            event.subject,
+            owner.username if owner else "?",
+            account_id,
+            owner.institution if owner else "?",
+            event.actor.describe(),
+            event.at.isoformat(),
+        )
+
     # -- registration (operator)
     def register(
-        self, username: str, issuer: str, jwks: str, jku: str = "", label: str = ""
+        self,
+        username: str,
+        issuer: str,
+        jwks: str,
+        jku: str = "",
+        label: str = "",
+        *,
+        actor: Actor,
     ) -> CdsClientRecord:
         """Register the client ``issuer`` with its public JWK Set, acting as the interface
         account ``username`` (of the ordering institution)."""
@@ -167,7 +236,11 @@ class CdsClientService:
         errors.raise_if_any("无法登记 CDS 客户端")
         if self.store.cds_client(issuer) is not None:
             raise Conflict(f"CDS 客户端 {issuer} 已登记；更换密钥请用 set-keys")
-        self.store.add_cds_client(account.id, issuer, jwks, jku.strip(), label, self.clock.now())
+        jku = jku.strip()
+        detail = _keys_detail(jwks, jku) + (f"；用途说明：{label}" if label else "")
+        event = self._event(AccountAction.CDS_CLIENT_REGISTERED, actor, issuer, detail)
+        self.store.add_cds_client(account.id, issuer, jwks, jku, label, self.clock.now(), event)
+        self._log(event, account.id)
         return self.client(issuer)
 
     def _check_keys(self, errors: ProblemCollector, jwks: str, jku: str) -> None:
@@ -215,14 +288,22 @@ class CdsClientService:
             elif not jku.startswith(("https://", "http://")):
                 errors.add("jku", "jku 应为 JWK Set 的 URL")
 
-    def set_keys(self, issuer: str, jwks: str, jku: str = "") -> CdsClientRecord:
+    def set_keys(self, issuer: str, jwks: str, jku: str = "", *, actor: Actor) -> CdsClientRecord:
         """Replace a client's JWK Set (key rotation)."""
         errors = ProblemCollector()
         self._check_keys(errors, jwks, jku)
         errors.raise_if_any("无法更换 CDS 客户端密钥")
-        if not self.store.set_cds_client_keys(issuer, jwks, jku.strip()):
-            raise NotFound(f"CDS 客户端 {issuer} 未登记")
-        return self.client(issuer)
+        jku = jku.strip()
+        event = self._event(
+            AccountAction.CDS_CLIENT_KEYS_REPLACED, actor, issuer, _keys_detail(jwks, jku)
+        )
+        if _text_problem(issuer, MAX_ISSUER) or not self.store.set_cds_client_keys(
+            issuer, jwks, jku, event
+        ):
+            raise NotFound(f"CDS 客户端 {issuer} 未登记或已吊销")
+        record = self.client(issuer)
+        self._log(event, record.account_id)
+        return record
 
     def client(self, issuer: str) -> CdsClientRecord:
         record = self.store.cds_client(issuer)
@@ -233,9 +314,13 @@ class CdsClientService:
     def list_clients(self) -> list[CdsClientRecord]:
         return self.store.list_cds_clients()
 
-    def revoke(self, issuer: str) -> None:
-        if not self.store.revoke_cds_client(issuer, self.clock.now()):
+    def revoke(self, issuer: str, *, actor: Actor) -> None:
+        event = self._event(AccountAction.CDS_CLIENT_REVOKED, actor, issuer)
+        if _text_problem(issuer, MAX_ISSUER) or not self.store.revoke_cds_client(
+            issuer, self.clock.now(), event
+        ):
             raise NotFound(f"CDS 客户端 {issuer} 未登记或已吊销")
+        self._log(event, self.client(issuer).account_id)
 
     # -- authentication (every call)
     def client_header(self, token: str) -> Mapping[str, Any] | None:

@@ -12,17 +12,16 @@ Every check of a key or a JWK Set is the one the command line makes
 (``AccountService.create_api_key``, ``CdsClientService.register`` / ``set_keys``), with
 its messages naming the field; nothing is stored when one fails.
 
-There is no audit table for account administration (``audit_event`` records reads of
-patients' results); each change is written to the ``huren.credentials`` log with who made
-it and when, and the key and client rows keep when they were created and revoked."""
+Each change is recorded in ``account_event`` with the signed-in principal as its actor,
+in the transaction of the change (``services.accounts``), as the command line's changes
+are with the command line as theirs; the page lists the institution's recent ones
+(``history``). ``audit_event`` is not the place: it records reads of patients' results."""
 
 from __future__ import annotations
 
-import json
-import logging
 from dataclasses import dataclass
 
-from huren.domain.accounts import ROLE_LABELS, Principal, Role
+from huren.domain.accounts import Actor, Principal, Role
 from huren.domain.errors import (
     Conflict,
     Forbidden,
@@ -33,6 +32,7 @@ from huren.domain.errors import (
 )
 from huren.domain.text import text_problem
 from huren.services.accounts import (
+    AccountEventRecord,
     AccountRecord,
     AccountService,
     ApiKeyRecord,
@@ -40,12 +40,16 @@ from huren.services.accounts import (
     NewAccount,
     label_problem,
 )
-from huren.services.cds_clients import MAX_ISSUER, CdsClientRecord, CdsClientService
-
-log = logging.getLogger("huren.credentials")
+from huren.services.cds_clients import (
+    MAX_ISSUER,
+    CdsClientRecord,
+    CdsClientService,
+    jwks_key_ids,
+)
 
 MANAGER_ROLES = frozenset({Role.INSTITUTION_ADMIN, Role.OPERATOR})
 MAX_PREFIX = 16  # the width of api_key.prefix
+HISTORY_LIMIT = 50  # the changes the page lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,16 +65,7 @@ class InterfaceAccount:
     clients: list[CdsClientView]
 
 
-def key_ids(jwks: str) -> list[str]:
-    """The ``kid`` of each key of a registered JWK Set (registration checked them)."""
-    try:
-        data = json.loads(jwks)
-    except ValueError:
-        return []
-    keys = data.get("keys") if isinstance(data, dict) else None
-    if not isinstance(keys, list):
-        return []
-    return [str(k["kid"]) for k in keys if isinstance(k, dict) and k.get("kid")]
+key_ids = jwks_key_ids
 
 
 def may_manage(principal: Principal) -> bool:
@@ -162,17 +157,14 @@ class InterfaceCredentials:
     def client(self, principal: Principal, institution: str | None, issuer: str) -> CdsClientRecord:
         return self._client(self._institution(principal, institution), issuer)
 
+    def history(
+        self, principal: Principal, institution: str | None, limit: int = HISTORY_LIMIT
+    ) -> list[AccountEventRecord]:
+        """The recent changes of the institution's accounts and credentials, newest
+        first: who made them (an account, or the server's command line) and what."""
+        return self.accounts.history(self._institution(principal, institution), limit)
+
     # -- changes
-    def _record(self, principal: Principal, institution: str, what: str) -> None:
-        log.info(
-            "接口凭据变更 机构=%s %s 操作人=%s（%s，账号 #%s）时间=%s",
-            institution,
-            what,
-            principal.username,
-            ROLE_LABELS[principal.role],
-            principal.account_id,
-            self.accounts.clock.now().isoformat(),
-        )
 
     def create_account(
         self,
@@ -192,27 +184,19 @@ class InterfaceCredentials:
         if not text_problem(username) and self.accounts.store.account_by_username(username):
             errors.add("username", f"用户名 {username} 已存在")
         errors.raise_if_any("无法创建接口系统账号")
+        actor = Actor.of(principal)
         self.accounts.create_account(
-            NewAccount(username, display_name.strip(), Role.INTEGRATION, institution=code)
+            NewAccount(username, display_name.strip(), Role.INTEGRATION, institution=code),
+            actor=actor,
         )
-        created = self.accounts.create_api_key(username, label)
-        self._record(
-            principal,
-            code,
-            f"新建接口系统账号 {username} 及 API 密钥 {created.record.prefix}",
-        )
-        return created
+        return self.accounts.create_api_key(username, label, actor=actor)
 
     def create_key(
         self, principal: Principal, institution: str | None, username: str, label: str = ""
     ) -> CreatedApiKey:
         code = self._institution(principal, institution)
         account = self._account(code, username)
-        created = self.accounts.create_api_key(account.username, label)
-        self._record(
-            principal, code, f"为 {account.username} 创建 API 密钥 {created.record.prefix}"
-        )
-        return created
+        return self.accounts.create_api_key(account.username, label, actor=Actor.of(principal))
 
     def revoke_key(
         self, principal: Principal, institution: str | None, prefix: str
@@ -221,8 +205,7 @@ class InterfaceCredentials:
         key = self._key(code, prefix)
         if key.revoked_at is not None:
             raise Conflict(f"API 密钥 {key.prefix} 已吊销")
-        self.accounts.revoke_api_key(key.prefix)
-        self._record(principal, code, f"吊销 API 密钥 {key.prefix}")
+        self.accounts.revoke_api_key(key.prefix, actor=Actor.of(principal))
         return self._key(code, prefix)
 
     def register_client(
@@ -237,13 +220,9 @@ class InterfaceCredentials:
     ) -> CdsClientRecord:
         code = self._institution(principal, institution)
         account = self._account(code, username)
-        record = self.cds_clients.register(account.username, issuer, jwks, jku, label)
-        self._record(
-            principal,
-            code,
-            f"登记 CDS 客户端 {record.issuer}（{account.username}，kid {', '.join(key_ids(jwks))}）",
+        return self.cds_clients.register(
+            account.username, issuer, jwks, jku, label, actor=Actor.of(principal)
         )
-        return record
 
     def set_client_keys(
         self, principal: Principal, institution: str | None, issuer: str, jwks: str, jku: str = ""
@@ -254,13 +233,7 @@ class InterfaceCredentials:
             raise Conflict(
                 f"CDS 客户端 {record.issuer} 已吊销，不能更换公钥；请以新的 iss 重新登记"
             )
-        updated = self.cds_clients.set_keys(record.issuer, jwks, jku)
-        self._record(
-            principal,
-            code,
-            f"更换 CDS 客户端 {record.issuer} 的公钥（kid {', '.join(key_ids(jwks))}）",
-        )
-        return updated
+        return self.cds_clients.set_keys(record.issuer, jwks, jku, actor=Actor.of(principal))
 
     def revoke_client(
         self, principal: Principal, institution: str | None, issuer: str
@@ -269,6 +242,5 @@ class InterfaceCredentials:
         record = self._client(code, issuer)
         if record.revoked_at is not None:
             raise Conflict(f"CDS 客户端 {record.issuer} 已吊销")
-        self.cds_clients.revoke(record.issuer)
-        self._record(principal, code, f"吊销 CDS 客户端 {record.issuer}")
+        self.cds_clients.revoke(record.issuer, actor=Actor.of(principal))
         return self._client(code, issuer)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from huren.domain.accounts import Principal, Role
+from huren.domain.accounts import Actor, Principal, Role
 from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import Forbidden, NotFound, Problem, Unauthorized, ValidationFailed
 from huren.domain.identity import (
@@ -165,7 +165,9 @@ class PortalStore(Protocol):
 class PatientAccounts(Protocol):
     """What the portal needs of the accounts service."""
 
-    def create_patient_account(self, patient_id: int, display_name: str) -> int: ...
+    def create_patient_account(self, patient_id: int, display_name: str, by: Principal) -> int:
+        """A new patient account, recorded as created by ``by`` (the administrator)."""
+        ...
 
     def principal(self, account_id: int) -> Principal: ...
 
@@ -301,7 +303,7 @@ class PortalService:
         account_id = (
             existing.account_id
             if existing is not None
-            else self._accounts.create_patient_account(patient_id, name_masked or "患者")
+            else self._accounts.create_patient_account(patient_id, name_masked or "患者", admin)
         )
         with self._store.transaction() as tx:
             tx.upsert_binding(
@@ -522,7 +524,7 @@ class AccountsForPortal:
     def __init__(self, accounts: Any) -> None:
         self._accounts = accounts
 
-    def create_patient_account(self, patient_id: int, display_name: str) -> int:
+    def create_patient_account(self, patient_id: int, display_name: str, by: Principal) -> int:
         from huren.services.accounts import NewAccount
 
         created = self._accounts.create_account(
@@ -533,6 +535,7 @@ class AccountsForPortal:
                 patient_id=patient_id,
             ),
             generate_password=False,
+            actor=Actor.of(by),
         )
         return int(created.account.id)
 

@@ -1,15 +1,24 @@
-"""Accounts and API keys in the database; implements ``services.accounts.AccountStore``."""
+"""Accounts and API keys in the database; implements ``services.accounts.AccountStore``.
+
+Every method that changes an account or a key writes its ``account_event`` in the same
+transaction (``insert_event``), after the change and only when something changed: a
+change is never kept without its record, nor a record without its change."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Engine, insert, select, update
+from sqlalchemy import Column, Connection, Engine, insert, select, update
 
 from huren.adapters.db import tables as t
-from huren.domain.accounts import Role
-from huren.services.accounts import AccountRecord, ApiKeyRecord, NewAccount
+from huren.domain.accounts import AccountAction, AccountEvent, Actor, Role
+from huren.services.accounts import (
+    AccountEventRecord,
+    AccountRecord,
+    ApiKeyRecord,
+    NewAccount,
+)
 
 
 def _account(r: Any) -> AccountRecord:
@@ -40,6 +49,44 @@ def _api_key(r: Any) -> ApiKeyRecord:
     )
 
 
+def _event(r: Any) -> AccountEventRecord:
+    return AccountEventRecord(
+        id=r.id,
+        at=as_utc(r.at),
+        action=AccountAction(r.action),
+        actor=Actor(r.actor_account_id, r.actor, r.actor_name, r.actor_role, r.actor_os_user or ""),
+        account_id=r.account_id,
+        account_username=r.username or "",
+        institution=r.institution_code,
+        subject=r.subject,
+        detail=r.detail or "",
+    )
+
+
+def insert_event(c: Connection, event: AccountEvent, account_id: int) -> None:
+    """Write ``event`` about the account ``account_id`` on ``c``, inside the transaction
+    of the change it records; the account's institution is read there too."""
+    institution = c.execute(
+        select(t.account.c.institution_code).where(t.account.c.id == account_id)
+    ).scalar_one()
+    a = event.actor
+    c.execute(
+        insert(t.account_event).values(
+            at=event.at,
+            actor_account_id=a.account_id,
+            actor=a.username,
+            actor_name=a.display_name,
+            actor_role=a.role,
+            actor_os_user=a.os_user,
+            account_id=account_id,
+            institution_code=institution,
+            action=event.action.value,
+            subject=event.subject,
+            detail=event.detail,
+        )
+    )
+
+
 def as_utc(at: datetime) -> datetime:
     """SQLite hands back naive datetimes for ``DateTime(timezone=True)``; they were
     written as UTC."""
@@ -50,7 +97,12 @@ class SqlAccounts:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def add_account(self, new: NewAccount, password_hash: str | None, now: datetime) -> int:
+    def _record(self, c: Connection, event: AccountEvent, account_id: int) -> None:
+        insert_event(c, event, account_id)
+
+    def add_account(
+        self, new: NewAccount, password_hash: str | None, now: datetime, event: AccountEvent
+    ) -> int:
         with self.engine.begin() as c:
             result = c.execute(
                 insert(t.account).values(
@@ -66,7 +118,9 @@ class SqlAccounts:
                     created_at=now,
                 )
             )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+            account_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            self._record(c, event, account_id)
+            return account_id
 
     def account_by_id(self, account_id: int) -> AccountRecord | None:
         with self.engine.connect() as c:
@@ -82,17 +136,30 @@ class SqlAccounts:
         with self.engine.connect() as c:
             return [_account(r) for r in c.execute(select(t.account).order_by(t.account.c.id))]
 
-    def set_active(self, account_id: int, active: bool) -> None:
+    def set_active(self, account_id: int, active: bool, event: AccountEvent) -> bool:
+        """False, and nothing recorded, when the account is already so (or absent)."""
         with self.engine.begin() as c:
-            c.execute(update(t.account).where(t.account.c.id == account_id).values(active=active))
+            result = c.execute(
+                update(t.account)
+                .where(t.account.c.id == account_id, t.account.c.active.isnot(active))
+                .values(active=active)
+            )
+            if result.rowcount == 0:
+                return False
+            self._record(c, event, account_id)
+            return True
 
-    def set_password_hash(self, account_id: int, password_hash: str) -> None:
+    def set_password_hash(self, account_id: int, password_hash: str, event: AccountEvent) -> bool:
         with self.engine.begin() as c:
-            c.execute(
+            result = c.execute(
                 update(t.account)
                 .where(t.account.c.id == account_id)
                 .values(password_hash=password_hash)
             )
+            if result.rowcount == 0:
+                return False
+            self._record(c, event, account_id)
+            return True
 
     def _exists(self, key: Column[Any], value: object) -> bool:
         with self.engine.connect() as c:
@@ -108,7 +175,13 @@ class SqlAccounts:
         return self._exists(t.patient.c.id, patient_id)
 
     def add_api_key(
-        self, account_id: int, prefix: str, key_hash: str, label: str, now: datetime
+        self,
+        account_id: int,
+        prefix: str,
+        key_hash: str,
+        label: str,
+        now: datetime,
+        event: AccountEvent,
     ) -> int:
         with self.engine.begin() as c:
             result = c.execute(
@@ -120,7 +193,9 @@ class SqlAccounts:
                     created_at=now,
                 )
             )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+            key_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            self._record(c, event, account_id)
+            return key_id
 
     def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None:
         with self.engine.connect() as c:
@@ -134,11 +209,31 @@ class SqlAccounts:
         with self.engine.connect() as c:
             return [_api_key(r) for r in c.execute(q)]
 
-    def revoke_api_key(self, prefix: str, now: datetime) -> bool:
+    def revoke_api_key(self, prefix: str, now: datetime, event: AccountEvent) -> bool:
         with self.engine.begin() as c:
-            result = c.execute(
+            account_id = c.execute(
                 update(t.api_key)
                 .where(t.api_key.c.prefix == prefix, t.api_key.c.revoked_at.is_(None))
                 .values(revoked_at=now)
-            )
-            return result.rowcount > 0
+                .returning(t.api_key.c.account_id)
+            ).scalar_one_or_none()
+            if account_id is None:
+                return False
+            self._record(c, event, int(account_id))
+            return True
+
+    def account_events(
+        self, institution: str | None = None, limit: int = 50
+    ) -> list[AccountEventRecord]:
+        """The most recent events, newest first; of one institution's accounts if given."""
+        e = t.account_event
+        q = (
+            select(e, t.account.c.username)
+            .select_from(e.outerjoin(t.account, t.account.c.id == e.c.account_id))
+            .order_by(e.c.id.desc())
+            .limit(limit)
+        )
+        if institution is not None:
+            q = q.where(e.c.institution_code == institution)
+        with self.engine.connect() as c:
+            return [_event(r) for r in c.execute(q)]

@@ -1,16 +1,18 @@
 """Registered CDS clients and the ``jti`` of their accepted JWTs; implements
-``services.cds_clients.CdsClientStore``."""
+``services.cds_clients.CdsClientStore``. Registering, rotating and revoking write their
+``account_event`` in the transaction of the change (``accounts.insert_event``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from huren.adapters.db import tables as t
-from huren.adapters.db.accounts import as_utc
+from huren.adapters.db.accounts import as_utc, insert_event
+from huren.domain.accounts import AccountEvent
 from huren.services.cds_clients import CdsClientRecord
 
 # Expired ``jti`` rows are deleted by every this many claims of a process (a client makes
@@ -36,8 +38,18 @@ class SqlCdsClients:
         self.engine = engine
         self._claims = 0
 
+    def _record(self, c: Connection, event: AccountEvent, account_id: int) -> None:
+        insert_event(c, event, account_id)
+
     def add_cds_client(
-        self, account_id: int, issuer: str, jwks: str, jku: str, label: str, now: datetime
+        self,
+        account_id: int,
+        issuer: str,
+        jwks: str,
+        jku: str,
+        label: str,
+        now: datetime,
+        event: AccountEvent,
     ) -> int:
         with self.engine.begin() as c:
             result = c.execute(
@@ -50,7 +62,9 @@ class SqlCdsClients:
                     created_at=now,
                 )
             )
-            return int(result.inserted_primary_key[0])  # type: ignore[index]
+            client_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+            self._record(c, event, account_id)
+            return client_id
 
     def cds_client(self, issuer: str) -> CdsClientRecord | None:
         with self.engine.connect() as c:
@@ -61,23 +75,31 @@ class SqlCdsClients:
         with self.engine.connect() as c:
             return [_client(r) for r in c.execute(select(t.cds_client).order_by(t.cds_client.c.id))]
 
-    def set_cds_client_keys(self, issuer: str, jwks: str, jku: str) -> bool:
+    def set_cds_client_keys(self, issuer: str, jwks: str, jku: str, event: AccountEvent) -> bool:
         with self.engine.begin() as c:
-            result = c.execute(
+            account_id = c.execute(
                 update(t.cds_client)
                 .where(t.cds_client.c.issuer == issuer, t.cds_client.c.revoked_at.is_(None))
                 .values(jwks=jwks, jku=jku)
-            )
-            return result.rowcount > 0
+                .returning(t.cds_client.c.account_id)
+            ).scalar_one_or_none()
+            if account_id is None:
+                return False
+            self._record(c, event, int(account_id))
+            return True
 
-    def revoke_cds_client(self, issuer: str, now: datetime) -> bool:
+    def revoke_cds_client(self, issuer: str, now: datetime, event: AccountEvent) -> bool:
         with self.engine.begin() as c:
-            result = c.execute(
+            account_id = c.execute(
                 update(t.cds_client)
                 .where(t.cds_client.c.issuer == issuer, t.cds_client.c.revoked_at.is_(None))
                 .values(revoked_at=now)
-            )
-            return result.rowcount > 0
+                .returning(t.cds_client.c.account_id)
+            ).scalar_one_or_none()
+            if account_id is None:
+                return False
+            self._record(c, event, int(account_id))
+            return True
 
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
         self._claims += 1

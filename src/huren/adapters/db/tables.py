@@ -278,6 +278,30 @@ cds_client = Table(
     _ts("revoked_at"),
 )
 
+# Who created, deactivated or changed an account, an API key or a CDS client, and when
+# (migration 0008): written in the transaction of the change itself, so that neither is
+# kept without the other. ``account_id`` and ``institution_code`` are the account changed
+# (its institution when the change was made); ``actor_*`` who changed it — an account, the
+# server's command line (``actor`` 命令行, with the OS user), or a named system part. The
+# subject is a key's prefix, a client's issuer or a username; never a key or a hash.
+account_event = Table(
+    "account_event",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    _ts("at", nullable=False),
+    Column("actor_account_id", Id, nullable=True),
+    Column("actor", String(64), nullable=False),
+    Column("actor_name", String(100), nullable=False),
+    Column("actor_role", String(32), nullable=False),
+    Column("actor_os_user", String(64), nullable=False, default=""),
+    Column("account_id", Id, ForeignKey("account.id"), nullable=False),
+    Column("institution_code", String(32), nullable=True),
+    Column("action", String(32), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("detail", String(500), nullable=False, default=""),
+    Index("ix_account_event_inst_id", "institution_code", "id"),
+)
+
 # The ``jti`` of every client JWT accepted, kept until its ``exp``: a second use is a
 # replay (CDS Hooks 2.0: "jti … used to protect against replay attacks").
 cds_client_jti = Table(

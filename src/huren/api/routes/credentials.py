@@ -4,7 +4,9 @@
 — what ``huren accounts api-key …`` and ``huren accounts cds-client …`` do on the server.
 
 Reach (``services.credentials``): the 机构管理员 their own institution; the operator any,
-chosen on the page. A new key is shown once, in the answer to the form that made it
+chosen on the page. Every change is recorded (``account_event``) with the signed-in
+account as its actor; the page lists the institution's recent changes (变更记录), those
+made from the server's command line included. A new key is shown once, in the answer to the form that made it
 (``Cache-Control: no-store``), and never again.
 
 Every form carries a token bound to the session (an HMAC of the session credential under
@@ -32,7 +34,7 @@ from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
 from huren.services.accounts import CreatedApiKey
 from huren.services.cds_clients import MAX_JWKS, CdsClientRecord
-from huren.services.credentials import InterfaceCredentials, key_ids
+from huren.services.credentials import HISTORY_LIMIT, InterfaceCredentials, key_ids
 
 router = APIRouter(tags=["接口凭据"], route_class=PageRoute)
 
@@ -73,6 +75,10 @@ def _local(at: Any) -> str:
     return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M") if at else "—"
 
 
+def _local_seconds(at: Any) -> str:
+    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S") if at else "—"
+
+
 def _base(request: Request, c: Container, user: Principal) -> dict[str, Any]:
     return {
         "user": user,
@@ -106,6 +112,9 @@ def _render(
         if user.role is Role.OPERATOR
         else [],
         "accounts": service.overview(user, code) if code else [],
+        "history": service.history(user, code) if code else [],
+        "history_limit": HISTORY_LIMIT,
+        "local_seconds": _local_seconds,
         "created": created,
         "notice": notice,
         "error": error,
