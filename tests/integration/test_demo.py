@@ -6,7 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from huren.adapters.db.tables import inbound_message
 from huren.bootstrap import build
 from huren.cli.demo import build_demo, story_text
 from huren.cli.demo_story import CBC, CT_CHEST, LFT
@@ -73,3 +75,37 @@ def test_printout_names_accounts_and_links(demo) -> None:  # type: ignore[no-unt
     assert "regulator-he" in text
     assert all(password for _, password, _, _ in accounts)
     assert (Path(settings.data_dir).parent / "demo.env").stat().st_mode & 0o077 == 0
+
+
+def test_the_integration_engineer_has_a_refused_message_and_an_unmapped_code(demo) -> None:  # type: ignore[no-untyped-def]
+    """Step 4 of the story: hospital A's engineer finds the message its LIS sent without a
+    patient identifier, with the field named, and the local code it has not mapped."""
+    settings, story, accounts = demo
+    c = build(settings)
+    try:
+        unmapped = c.intake.unmapped_codes(story.producer)
+        with c.engine.connect() as conn:
+            rows = conn.execute(
+                select(inbound_message.c.status, inbound_message.c.error).where(
+                    inbound_message.c.institution_code == story.producer,
+                    inbound_message.c.channel == "hl7v2-mllp",
+                )
+            ).all()
+    finally:
+        c.close()
+    assert [u.local_code for u in unmapped] == ["LIS-HCY-2026"]
+    assert sorted(r.status for r in rows) == ["accepted", "rejected"]
+    refusal = next(r.error for r in rows if r.status == "rejected")
+    assert "PID" in refusal
+    text = story_text(settings, story, accounts)
+    assert "/integration/messages?status=rejected" in text
+    assert "/integration/unmapped" in text
+
+
+def test_the_printout_names_only_the_listeners_that_run(demo) -> None:  # type: ignore[no-untyped-def]
+    settings, story, accounts = demo
+    assert "HL7 MLLP" in story_text(settings, story, accounts)
+    quiet = settings.model_copy(update={"start_mllp": False, "start_dicom": False})
+    text = story_text(quiet, story, accounts)
+    assert "HL7 MLLP" not in text
+    assert "DICOM " not in text

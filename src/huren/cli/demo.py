@@ -16,7 +16,13 @@ from pydantic import SecretStr
 from huren.adapters.crypto import new_key
 from huren.adapters.db import engine as db_engine
 from huren.bootstrap import Container, build
-from huren.cli.demo_story import PATIENT_NAME, STORY_ITEMS, Story, send_story
+from huren.cli.demo_story import (
+    PATIENT_NAME,
+    STORY_ITEMS,
+    Story,
+    send_interface_traffic,
+    send_story,
+)
 from huren.cli.synth import fill_demo_database
 from huren.config import Settings
 from huren.domain.accounts import ROLE_LABELS, Actor, Role
@@ -120,6 +126,9 @@ def build_demo(
         fill_demo_database(container, seed=seed, institutions=institutions, results=results)
         typer.echo(f"  完成，用时 {time.perf_counter() - t0:.1f} 秒")
         story = send_story(container)
+        acks = send_interface_traffic(container, story)
+        if acks != ["AA", "AE"]:
+            raise RuntimeError(f"演示接口消息的应答不符合预期: {acks}")
         accounts = create_demo_accounts(container, story)
         container.monitoring.refresh()
     finally:
@@ -136,6 +145,14 @@ def story_text(settings: Settings, story: Story, accounts: list[tuple[str, str, 
         f"&items={quote(items)}&institution={story.orderer}"
     )
     width = max(len(u) for u, *_ in accounts)
+    listeners = [f"CDS Hooks {base}/cds-services", f"FHIR {base}/fhir/metadata"]
+    if settings.start_mllp:
+        listeners.append(f"HL7 MLLP {settings.mllp_host}:{settings.mllp_port}")
+    if settings.start_dicom:
+        listeners.append(
+            f"DICOM {settings.dicom_ae_title}@{settings.dicom_host}:{settings.dicom_port}"
+        )
+    services = " · ".join(listeners)
     table = "\n".join(
         f"  {u.ljust(width)}  {p}  {role}（{bound}）" for u, p, role, bound in accounts
     )
@@ -148,8 +165,10 @@ HuRen 互认 演示已就绪: {base}
      {workbench}
      胸部CT与肝功能可互认（接受 → 得到电子病历文本）；血常规已超过参考时限，仅供参考。
   3. 监管视图: 以 regulator-he 登录后打开 {base}/dashboard
+  4. 接口工程师: 以 admin-a 登录后打开 {base}/integration/messages?status=rejected（一条因缺少患者标识被拒收）、
+     {base}/integration/unmapped（一个尚未对码的本地项目）与 {base}/integration/credentials（接口凭据）
   其他: 互认项目 {base}/catalog/items · 公开机构清单 {base}/public/institutions · API 文档 {base}/docs
-        CDS Hooks {base}/cds-services · FHIR {base}/fhir/metadata · HL7 MLLP {settings.mllp_host}:{settings.mllp_port} · DICOM {settings.dicom_ae_title}@{settings.dicom_host}:{settings.dicom_port}
+        {services}
 
 演示账号（本次生成，仅显示一次）:
 {table}

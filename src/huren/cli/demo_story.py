@@ -22,12 +22,15 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from huren.adapters.fhir.ingest import parse_transaction
+from huren.adapters.hl7v2.receiver import Hl7Receiver
+from huren.adapters.hl7v2.responses import SqlResponseLog
 from huren.bootstrap import Container
 from huren.domain.china_time import CHINA_TZ
 from huren.domain.identity import national_id_check_digit
 from huren.domain.masterdata import Institution, InstitutionLevel
 from huren.services.catalog import Catalog
 from huren.services.imaging import Source
+from huren.services.intake import Channel
 
 INSTITUTION_SID = "https://huren.example/fhir/sid/institution"
 NATIONAL_ID_SID = "https://huren.example/fhir/sid/national-id"
@@ -460,3 +463,49 @@ def _story_patient_id(container: Container) -> int:
         PatientIdentifier(IdentifierKind.NATIONAL_ID, national_id())
     )
     return found[0]
+
+
+# What hospital A's LIS interface engine sent besides the story, for the integration
+# engineer's pages: one result whose local code hospital A has not mapped yet (stored,
+# listed under 未对码项目) and one message refused for a missing patient identifier (AE,
+# listed under 拒收消息 with the field named). Another patient than the story's.
+OTHER_PATIENT_ID = "13010419750822451"  # 石家庄新华区, born 1975-08-22 (17 digits)
+
+
+def _oru(institution: str, control_id: str, at: datetime, pid3: str, obr4: str, obx: str) -> bytes:
+    stamp = at.astimezone(CHINA_TZ).strftime("%Y%m%d%H%M%S")
+    segments = [
+        f"MSH|^~\\&|LIS|{institution}|HUREN|HUREN|{stamp}||ORU^R01^ORU_R01|{control_id}|P|2.5.1"
+        "|||AL|NE||UNICODE UTF-8",
+        f"PID|1||{pid3}||赵^建国||19750822|M",
+        f"OBR|1|ORD-{control_id}|RPT-{control_id}|{obr4}|||{stamp}|||||||{stamp}|血清|||||||"
+        f"{stamp}||CH|F",
+        obx,
+    ]
+    return "\r".join(segments).encode()
+
+
+def send_interface_traffic(container: Container, story: Story) -> list[str]:
+    """Hospital A's LIS sends two messages over the MLLP path; returns their ACK codes."""
+    receiver = Hl7Receiver(
+        container.intake, container.clock, Channel.HL7V2_MLLP, SqlResponseLog(container.engine)
+    )
+    at = container.clock.now() - timedelta(hours=3)
+    national = OTHER_PATIENT_ID + national_id_check_digit(OTHER_PATIENT_ID)
+    unmapped = _oru(
+        story.producer,
+        f"DEMO-{at:%Y%m%d}-0101",
+        at,
+        f"{national}^^^CHN^NI",
+        "LIS-HCY-2026^同型半胱氨酸（新增项目）^L",
+        "OBX|1|NM|HCY^同型半胱氨酸^L||12.6|umol/L|5-15|N|||F",
+    )
+    refused = _oru(
+        story.producer,
+        f"DEMO-{at:%Y%m%d}-0102",
+        at,
+        "",  # PID-3 left empty by a misconfigured interface
+        "LIS-GLU^葡萄糖^L",
+        "OBX|1|NM|GLU^葡萄糖^L||5.4|mmol/L|3.9-6.1|N|||F",
+    )
+    return [receiver.handle(raw).code for raw in (unmapped, refused)]
