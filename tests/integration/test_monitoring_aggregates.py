@@ -279,6 +279,21 @@ def test_hebei_connection_target_counts_hospitals_that_share_results(world: Cont
     assert "CN-2027-province300" in progress  # national targets are listed too
 
 
+def test_a_national_target_is_counted_within_the_regulators_province(world: Container) -> None:
+    """ "所有二级以上公立医院均实现跨机构调阅" seen by Hebei's regulator counts Hebei's
+    hospitals, noted as such; the whole country's count is the national view."""
+    p = gv.add_patient(world.engine, T0)
+    gv.add_result(world.engine, patient_id=p, institution=w.HOSP_A, item=w.LFT, performed_at=T0)
+    national = {x.target.id: x for x in world.monitoring.targets(None)}["CN-2025-retrieval"]
+    hebei = {x.target.id: x for x in world.monitoring.targets("HE")}["CN-2025-retrieval"]
+    assert hebei.target.jurisdiction == "NATIONAL"  # still the national target
+    assert "本辖区（河北省）" in hebei.note
+    assert hebei.value == pytest.approx(1 / 3)  # A of Hebei's A, B, C
+    assert len(hebei.details) == 3
+    assert len(national.details) > len(hebei.details)
+    assert national.note == ""
+
+
 def test_correction_backlog_reads_open_requests_or_says_none(world: Container) -> None:
     got = world.monitoring.correction_backlog(gv.REGULATOR_HE)
     assert got is None or got == 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Protocol
@@ -591,7 +591,35 @@ class MonitoringService:
             for t in self._targets
             if jurisdiction is None or t.jurisdiction in (jurisdiction, "NATIONAL")
         ]
-        return [target_progress(t, facts) for t in chosen]
+        return [self._progress(t, facts, jurisdiction) for t in chosen]
+
+    @staticmethod
+    def _progress(target: Target, facts: TargetFacts, jurisdiction: str | None) -> Progress:
+        """A national target counted where the viewer answers for: a province's regulator
+        asks how its own cities, alliances and hospitals stand against "每个地市超过200项",
+        not how all of the country's do (that read "0/85 cities" in Hebei)."""
+        if (
+            jurisdiction is None
+            or target.jurisdiction != "NATIONAL"
+            or target.metric not in COUNTED_WITHIN
+        ):
+            return target_progress(target, facts)
+        local = target_progress(replace(target, jurisdiction=jurisdiction), facts)
+        if not local.details:
+            # Nothing of that kind lies inside (a 京津冀 region is larger than a province):
+            # the national figure, as it is.
+            return target_progress(target, facts)
+        name = facts.graph.scopes[jurisdiction].name if jurisdiction in facts.graph.scopes else ""
+        return replace(
+            local, target=target, note=f"全国目标，按本辖区（{name or jurisdiction}）统计"
+        )
+
+
+# National targets whose measure is a share of scopes or institutions, which a province
+# or a city can count among its own; a count of items recognized nationwide cannot.
+COUNTED_WITHIN = frozenset(
+    {TargetMetric.ITEMS_PER_SCOPE, TargetMetric.ALLIANCES_ALL_ITEMS, TargetMetric.CONNECTED_SHARE}
+)
 
 
 def _later(at: datetime, cutoff: datetime) -> bool:
