@@ -297,3 +297,42 @@ def test_a_national_target_is_counted_within_the_regulators_province(world: Cont
 def test_correction_backlog_reads_open_requests_or_says_none(world: Container) -> None:
     got = world.monitoring.correction_backlog(gv.REGULATOR_HE)
     assert got is None or got == 0
+
+
+def test_accepting_a_prior_the_platform_did_not_propose_keeps_the_ratio_at_most_one(
+    world: Container,
+) -> None:
+    """The blood count beyond its 参考时限 is shown, not proposed; the clinician may still
+    accept it (the limit is a reference). That acceptance counted in 互认项次 but not in
+    the reminders with a recognizable prior: the demo's report showed 133 %."""
+    at = datetime(2026, 6, 10, 2, 0, tzinfo=UTC)
+    with world.engine.begin() as conn:
+
+        def remind(item: str, recognizable: int) -> int:
+            return int(
+                conn.execute(
+                    insert(t.reminder).values(
+                        at=at, channel="workbench", institution_code=w.HOSP_B,
+                        department="消化内科", clinician="B-1", item_code=item,
+                        candidates=1, recognizable=recognizable,
+                    )
+                ).inserted_primary_key[0]
+            )  # fmt: skip
+
+        for reminder, item in ((remind(w.LFT, 1), w.LFT), (remind(w.CBC, 0), w.CBC)):
+            conn.execute(
+                insert(t.decision).values(
+                    reminder_id=reminder, at=at, institution_code=w.HOSP_B,
+                    department="消化内科", clinician="B-1", item_code=item, action="accepted",
+                )
+            )  # fmt: skip
+    mon = world.monitoring
+    mon.refresh()
+    incremental = _snapshot(world)
+    june = Period(date(2026, 6, 1), date(2026, 7, 1))
+    rows = mon.drill(gv.REGULATOR_HE, Level.INSTITUTION, june, scope="HE-BD").rows
+    row = next(r for r in rows if r.key == w.HOSP_B)
+    assert (row.counters.accepted, row.counters.reminders_recognizable) == (2, 2)
+    assert row.counters.recognition_ratio == 1.0
+    mon.recompute()
+    assert _snapshot(world) == incremental  # the full recompute counts it the same way

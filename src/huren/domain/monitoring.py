@@ -60,7 +60,9 @@ class Counters:
     """What is counted per month × institution × department × clinician × item.
 
     ``reminders``: items for which a reminder was shown; ``reminders_recognizable``: those
-    with at least one recognizable prior result; ``accepted``: 互认项次; ``declined``:
+    with at least one recognizable prior result, and the items a clinician recognized a
+    prior of that the platform had not proposed (beyond its reference time limit, or a
+    report the patient brought); ``accepted``: 互认项次; ``declined``:
     declined with a negative-list reason; ``saved_fen``: money saved (分);
     ``repeats_unrecorded``: tests repeated inside the time limit after a result at another
     institution with no decision recorded."""

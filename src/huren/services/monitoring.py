@@ -76,6 +76,11 @@ class DecisionFact:
     action: str
     reason_code: str
     saved_fen: int
+    # Whether the reminder the decision answers had a recognizable prior to propose. A
+    # clinician may accept a prior it did not propose (beyond the 参考时限, which is a
+    # reference: 甘卫医政函〔2025〕16号) or a report the patient brought (冀卫医政函〔2025〕7号
+    # 二(三)), where there was no reminder at all.
+    proposed: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -343,6 +348,9 @@ class MonitoringService:
                 if dec.action == "accepted":
                     c.accepted += 1
                     c.saved_fen += dec.saved_fen
+                    # The acceptance shows a recognizable prior existed: it counts in the
+                    # ratio's denominator too, or the ratio passes 100 %.
+                    c.reminders_recognizable += 0 if dec.proposed else 1
                 else:
                     c.declined += 1
                     dkey = (*key, dec.reason_code)

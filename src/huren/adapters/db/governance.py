@@ -36,6 +36,7 @@ from sqlalchemy import (
     inspect,
     literal,
     literal_column,
+    not_,
     select,
     union_all,
     update,
@@ -590,7 +591,9 @@ class SqlMonitoringTx:
                 d.action,
                 d.reason_code,
                 d.saved_fen,
+                _proposed().label("proposed"),
             )
+            .select_from(_DECISION_WITH_REMINDER)
             .where(d.id > last_id)
             .order_by(d.id)
             .limit(limit)
@@ -606,6 +609,7 @@ class SqlMonitoringTx:
                 x.action,
                 x.reason_code,
                 x.saved_fen,
+                bool(x.proposed),
             )
             for x in rows
         ]
@@ -739,18 +743,23 @@ class SqlMonitoringTx:
             zero.label("saved_fen"),
         ).where(r.id <= upto_reminder)
         accepted = d.action == "accepted"
-        dec = select(
-            month_bucket(self.c, d.at),
-            d.institution_code,
-            d.department,
-            d.clinician,
-            d.item_code,
-            zero,
-            zero,
-            case((accepted, 1), else_=0),
-            case((accepted, 0), else_=1),
-            case((accepted, d.saved_fen), else_=0),
-        ).where(d.id <= upto_decision, d.action.in_(COUNTED_ACTIONS))
+        dec = (
+            select(
+                month_bucket(self.c, d.at),
+                d.institution_code,
+                d.department,
+                d.clinician,
+                d.item_code,
+                zero,
+                # as the incremental rollup counts it (services.monitoring, DecisionFact)
+                case((and_(accepted, not_(_proposed())), 1), else_=0),
+                case((accepted, 1), else_=0),
+                case((accepted, 0), else_=1),
+                case((accepted, d.saved_fen), else_=0),
+            )
+            .select_from(_DECISION_WITH_REMINDER)
+            .where(d.id <= upto_decision, d.action.in_(COUNTED_ACTIONS))
+        )
         u = union_all(rem, dec).subquery()
         keys = [u.c.month, u.c.institution_code, u.c.department, u.c.clinician, u.c.item_code]
         sums = [func.sum(u.c[n]) if n in u.c else literal(0) for n in COUNTER_NAMES]
@@ -787,6 +796,17 @@ class SqlMonitoringTx:
                 select(*coarse_dkeys, func.sum(dl.declined)).group_by(*coarse_dkeys),
             )
         )
+
+
+# A decision with the reminder it answers, if any (a report the patient brought has none).
+_DECISION_WITH_REMINDER = t.decision.outerjoin(
+    t.reminder, t.reminder.c.id == t.decision.c.reminder_id
+)
+
+
+def _proposed() -> ColumnElement[bool]:
+    """The decision's reminder had a recognizable prior to propose."""
+    return func.coalesce(t.reminder.c.recognizable, 0) > 0
 
 
 class SqlMonitoringStore:
