@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,20 +15,18 @@ from sqlalchemy import insert, select
 
 from huren.adapters.clock import FixedClock
 from huren.adapters.db.tables import decision, reminder
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.actors import Login
 from tests.fixtures.imaging import ct_report, store_complete_ct_study
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B, LFT
 
-Login = Callable[..., dict[str, str]]
-
 
 @pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
+def doctor(login: Login) -> dict[str, str]:
+    """A clinician of hospital B's 呼吸内科, where the walk orders."""
+    return login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
 
 
 @pytest.fixture
@@ -57,9 +54,8 @@ def _workbench(client: TestClient, headers: dict[str, str]) -> str:
 
 
 def test_a_refused_decision_goes_beside_the_forms_not_over_them(
-    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+    client: TestClient, world: Container, doctor: dict[str, str], priors: dict[str, int]
 ) -> None:
-    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
     lft = priors["lft"]
     assert f'id="decision-error-{lft}"' in _workbench(client, doctor)
     form = {"item": LFT, "action": "declined", "result_id": str(lft), "reason_code": "HB-6"}
@@ -81,9 +77,8 @@ def test_a_refused_decision_goes_beside_the_forms_not_over_them(
 
 
 def test_the_full_report_names_its_status_and_the_retest_interval_cites_its_source(
-    client: TestClient, login: Login, priors: dict[str, int]
+    client: TestClient, doctor: dict[str, str], priors: dict[str, int]
 ) -> None:
-    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
     report = client.get(f"/workbench/results/{priors['lft']}", headers=doctor).text
     assert "最终报告（第 1 版）" in report
     assert "final（" not in report
@@ -95,9 +90,8 @@ def test_the_full_report_names_its_status_and_the_retest_interval_cites_its_sour
 
 
 def test_the_viewer_names_the_institution_and_gives_china_time(
-    client: TestClient, login: Login, priors: dict[str, int]
+    client: TestClient, doctor: dict[str, str], priors: dict[str, int]
 ) -> None:
-    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
     page = client.get(f"/imaging/results/{priors['ct']}", headers=doctor).text
     assert "机构 河北医科大学第二医院" in page
     assert f"机构 {HOSP_A}" not in page
@@ -111,9 +105,12 @@ def _patient(world: Container, login: Login, result_id: int) -> dict[str, str]:
 
 
 def test_the_patient_reads_the_decline_reason_once_and_the_reads_in_words(
-    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+    client: TestClient,
+    world: Container,
+    login: Login,
+    doctor: dict[str, str],
+    priors: dict[str, int],
 ) -> None:
-    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
     _workbench(client, doctor)  # a recognition check: read by the clinician
     form = {"item": LFT, "action": "declined", "result_id": str(priors["lft"])}
     client.post("/workbench/decisions", data=form | {"reason_code": "HB-3"}, headers=doctor)
@@ -235,9 +232,12 @@ def _decision(world: Container, clinician: str, result_id: int) -> None:
 
 
 def test_drill_down_names_clinicians_not_their_ids(
-    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+    client: TestClient,
+    world: Container,
+    login: Login,
+    doctor: dict[str, str],
+    priors: dict[str, int],
 ) -> None:
-    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
     me = client.get("/api/v1/auth/me", headers=doctor).json()
     _decision(world, me["username"], priors["ct"])
     _decision(world, "Practitioner/HXK001", priors["ct"])
@@ -279,3 +279,27 @@ def test_monthly_report_gives_target_values_cities_and_counts_idle_institutions(
     assert "保定市" in regions  # the province's cities, not the province alone
     assert re.search(r"占比（\d+/\d+）：\d+\.\d%", html)
     assert "家机构本月无互认提醒" in html
+
+
+def test_an_order_opened_again_shows_its_decision_and_takes_no_second_one(
+    client: TestClient, world: Container, login: Login, priors: dict[str, int]
+) -> None:
+    """Reopened, the workbench offered the buttons again: the clinician could decide a
+    second time, the patient saw two entries, and 互认项次 counted twice."""
+    doctor = login(Role.CLINICIAN, institution=HOSP_B, department="呼吸内科")
+    lft, ct = priors["lft"], priors["ct"]
+    form = {"item": LFT, "action": "accepted", "result_id": str(lft)}
+    assert "已记录：接受互认" in client.post("/workbench/decisions", data=form, headers=doctor).text
+
+    page = _workbench(client, doctor)
+    assert 'class="decision ok wb-earlier"' in page
+    assert "已记录：接受互认" in page and "同一医嘱的同一既往结果只记录一次" in page
+    assert "医学检查检验互认项目" in page  # the EMR text, to copy again
+    assert f'name="result_id" value="{lft}"' not in page  # no second set of buttons
+    assert f'name="result_id" value="{ct}"' in page  # the CT is still to decide
+
+    again = client.post("/workbench/decisions", data=form, headers=doctor)
+    assert again.headers["hx-retarget"] == f"#decision-error-{lft}"
+    assert "记录为“接受互认”" in again.text
+    with world.engine.connect() as conn:
+        assert len(conn.execute(select(decision)).all()) == 1

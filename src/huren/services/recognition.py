@@ -17,12 +17,13 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from huren.domain.accounts import Principal
-from huren.domain.china_time import in_china_time
+from huren.domain.china_time import CHINA_TZ, in_china_time
 from huren.domain.decisions import (
+    ACTION_LABELS,
     Action,
     Explanation,
     ReportForRecord,
@@ -64,6 +65,10 @@ _PRECEDENCE = {
 }
 
 CHANNELS = frozenset({"cds-hooks", "rest", "workbench"})
+# How long a decision on an ordered item stands for the same patient, item and prior at
+# the same institution: an order opened again that day shows it instead of asking again,
+# and a second decision on the same prior is refused (it would count twice in 互认项次).
+DECISION_WINDOW = timedelta(hours=24)
 T = TypeVar("T")
 
 
@@ -112,6 +117,23 @@ class DecisionRecord:
     emr_text: str
     patient_explanation: str
     external_report: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class PriorDecision:
+    """A decision already recorded on an ordered item (shown when the order is opened
+    again, so that it is not decided twice)."""
+
+    id: int
+    at: datetime
+    clinician: str
+    item_code: str
+    result_id: int | None
+    action: str  # accepted | declined
+    reason_code: str
+    saved_fen: int
+    emr_text: str
+    patient_explanation: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +226,17 @@ class RecognitionTx(Protocol):
         ...
 
     def reminder_institution(self, reminder_id: int) -> str | None: ...
+
+    def decisions_since(
+        self,
+        institution: str,
+        patient_ids: Sequence[int],
+        item_codes: Sequence[str],
+        since: datetime,
+    ) -> list[PriorDecision]:
+        """The accept / decline decisions this institution recorded since ``since`` for these
+        patients and items, oldest first."""
+        ...
 
     def record_decision(self, row: DecisionRecord) -> int: ...
 
@@ -622,6 +655,19 @@ class RecognitionService:
         return final, done.made
 
     # -- decisions
+    def decisions_today(
+        self, principal: Principal, patient_id: int, item_codes: Sequence[str]
+    ) -> list[PriorDecision]:
+        """The decisions this institution recorded within ``DECISION_WINDOW`` on these
+        items of this patient, oldest first."""
+        institution = self._institution(principal)
+        if not item_codes:
+            return []
+        with self._store.reading() as tx:
+            return tx.decisions_since(
+                institution, [patient_id], item_codes, self._clock.now() - DECISION_WINDOW
+            )
+
     def decide(self, req: DecisionRequest, *, card: str | None = None) -> DecisionOutcome:
         institution = self._institution(req.principal)
         _raise_unrecordable(
@@ -724,6 +770,30 @@ class RecognitionService:
                             problems=[Problem("result_id", "该结果属于另一名患者")],
                         )
                     patient_id = family[0]
+            if stored is not None and patient_id is not None and card is None:
+                earlier = next(
+                    (
+                        d
+                        for d in tx.decisions_since(
+                            institution, [patient_id], [item.code], now - DECISION_WINDOW
+                        )
+                        if d.result_id == stored.id
+                    ),
+                    None,
+                )
+                if earlier is not None:
+                    when = earlier.at.astimezone(CHINA_TZ).strftime("%m-%d %H:%M")
+                    label = ACTION_LABELS[Action(earlier.action)]
+                    raise Conflict(
+                        "该结果已记录过决定，不重复记录",
+                        problems=[
+                            Problem(
+                                "result_id",
+                                f"{when} 已由 {earlier.clinician} 记录为“{label}”"
+                                "（同一医嘱的同一既往结果只记录一次）",
+                            )
+                        ],
+                    )
             if req.reminder_id is not None:
                 owner = tx.reminder_institution(req.reminder_id)
                 if owner != institution:

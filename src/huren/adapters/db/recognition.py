@@ -58,6 +58,7 @@ from huren.services.recognition import (
     CardRecord,
     CheckWrites,
     DecisionRecord,
+    PriorDecision,
     PriorRow,
     ReminderRecord,
     StoredCard,
@@ -812,6 +813,36 @@ class SqlRecognitionTx:
         return self._c.execute(
             select(reminder.c.institution_code).where(reminder.c.id == reminder_id)
         ).scalar_one_or_none()
+
+    def decisions_since(
+        self,
+        institution: str,
+        patient_ids: Sequence[int],
+        item_codes: Sequence[str],
+        since: datetime,
+    ) -> list[PriorDecision]:
+        d = decision.c
+        rows = self._c.execute(
+            select(
+                d.id, d.at, d.clinician, d.item_code, d.result_id, d.action, d.reason_code,
+                d.saved_fen, d.emr_text, d.patient_explanation,
+            )
+            .where(
+                d.institution_code == institution,
+                d.patient_id.in_(patient_ids),
+                d.item_code.in_(item_codes),
+                d.at >= since,
+                d.action.in_(("accepted", "declined")),
+            )
+            .order_by(d.at, d.id)
+        )  # fmt: skip
+        return [
+            PriorDecision(
+                r.id, utc(r.at), r.clinician, r.item_code, r.result_id, r.action,
+                r.reason_code, r.saved_fen, r.emr_text, r.patient_explanation,
+            )
+            for r in rows
+        ]  # fmt: skip
 
     def record_decision(self, row: DecisionRecord) -> int:
         values = {**asdict(row), "at": utc(row.at)}

@@ -515,6 +515,8 @@ decision = Table(
     Column("external_report", JSON, nullable=True),  # a report the patient brought (冀)
     Index("ix_decision_at", "at"),
     Index("ix_decision_inst_at", "institution_code", "at"),
+    # a patient's decisions of the last day, read when an order is opened again (0010)
+    Index("ix_decision_patient_at", "patient_id", "at"),
 )
 
 # ---------------------------------------------------------------- audit and outbox

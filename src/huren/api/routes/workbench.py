@@ -145,6 +145,18 @@ def workbench(
     catalog = c.recognition.catalog()
     base = ""
     views: list[dict[str, Any]] = []
+    # Decisions already recorded today on these items (the order opened again): shown in
+    # place of the buttons, so that nothing is decided, and counted, twice.
+    decided = {
+        (d.item_code, d.result_id): d
+        for d in (
+            c.recognition.decisions_today(
+                principal, outcome.patient_id, [a.item.code for a in outcome.items if a.item]
+            )
+            if outcome.patient_id is not None
+            else ()
+        )
+    }
     # The laboratory's own report documents of every prior shown, in one statement.
     documents = c.results.documents_of(
         [
@@ -172,6 +184,7 @@ def workbench(
                         "age": format_span(a.age),
                         "limit": format_span(a.time_limit),
                         "images": viewer_url(a.result, token),
+                        "decided": decided.get((a.result.item_code or "", a.result.id)),
                         "documents": [
                             (
                                 DOCUMENT_KINDS[d.content_type].label,
@@ -198,6 +211,8 @@ def workbench(
             "principal": principal,
             "hx_headers": hx_headers,
             "token": token,
+            "action_labels": {a.value: label for a, label in ACTION_LABELS.items()},
+            "local_time": local_time,
         },
         headers=_headers(c),
     )
