@@ -177,9 +177,10 @@ class FieldValue:
 
     def subcomponents(self, n: int = 1) -> list[str]:
         raw = self.component_text(n)
-        return [
-            self.delimiters.unescape_text(s).strip() for s in self.delimiters.subcomponents(raw)
-        ]
+        d = self.delimiters
+        if d.escape not in raw:  # the common case (XCN ``id&family&given``): nothing to unescape
+            return list(map(str.strip, raw.split(d.subcomponent)))
+        return [d.unescape_text(s).strip() for s in raw.split(d.subcomponent)]
 
     def value(self) -> str:
         """The whole first repetition as text (components kept), unescaped."""
