@@ -398,6 +398,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         db = make_url(url).database
         if _on_disk(db):
             Path(db).parent.mkdir(parents=True, exist_ok=True)
+            # The connection used last first: each SQLite connection keeps its own page
+            # cache, and one that another connection has since written past throws it
+            # away, so the oldest idle one (the default order) read a check's pages
+            # anew: about 110 µs of a check's first read instead of 8 (issue 5).
+            kwargs.setdefault("pool_use_lifo", True)
         engine = create_engine(
             url,
             connect_args={
