@@ -314,25 +314,28 @@ def test_unmapped_order_code_gets_an_info_card(
     assert (row.local_code, row.item_code, row.channel) == ("B-XRAY-99", None, "cds-hooks")
 
 
-def test_without_prefetch_or_fhir_server_the_answer_is_an_info_card(
+def test_without_prefetch_or_fhir_server_the_answer_is_412(
     hebei: tuple[str, dict[str, str]],
 ) -> None:
+    # CDS Hooks 2.0 §Prefetch: unable to obtain required data → "SHALL respond with an
+    # HTTP 412 Precondition Failed status code". It was a 200 with an info card.
     base, headers = hebei
     r = post(base, headers, SELECT, hook_request())
-    assert r.status_code == 200
-    (card,) = r.json()["cards"]
-    assert card["indicator"] == "info"
-    assert "缺少患者身份信息" in card["summary"]
-    assert "prefetch.patient" in card["detail"]
+    assert r.status_code == 412
+    problem = r.json()
+    assert problem["code"] == "prefetch_unavailable"
+    assert problem["errors"][0]["field"] == "prefetch.patient"
+    assert "未提供 prefetch.patient" in problem["detail"]
 
 
-def test_unreachable_fhir_server_is_named_in_the_info_card(
+def test_unreachable_fhir_server_is_named_in_the_412(
     hebei: tuple[str, dict[str, str]],
 ) -> None:
     base, headers = hebei
     body = hook_request(fhirServer="http://127.0.0.1:9/fhir")
-    (card,) = post(base, headers, SELECT, body).json()["cards"]
-    assert "http://127.0.0.1:9/fhir" in card["detail"]
+    r = post(base, headers, SELECT, body)
+    assert r.status_code == 412
+    assert "http://127.0.0.1:9/fhir" in r.json()["detail"]
 
 
 def test_without_prefetch_the_patient_is_read_from_the_fhir_server(

@@ -353,17 +353,31 @@ def test_a_prefetch_that_holds_no_patient_falls_back_to_the_fhir_server(
     assert ehr_fhir.reads == [(f"/api/FHIR/R4/Patient/{PATIENT_ID}", "Bearer opaque-ehr-token")]
 
 
-def test_a_prefetch_that_holds_no_patient_is_named_in_the_info_card(
+def test_a_prefetch_that_holds_no_patient_is_named_in_the_412(
     client: TestClient, his: dict[str, str], priors: None
 ) -> None:
+    # CDS Hooks 2.0: a client that failed to prefetch may send an OperationOutcome; with
+    # no fhirServer either, the data cannot be had: 412 (§Prefetch, SHALL).
     body = hook_request(
         "order-sign",
         [liver_panel_order()],
         prefetch={"patient": {"resourceType": "OperationOutcome", "issue": []}},
     )
+    r = client.post(f"/cds-services/{SIGN}", json=body, headers=his)
+    assert r.status_code == 412
+    assert "prefetch.patient 不是 Patient 资源（收到 OperationOutcome）" in r.json()["detail"]
+
+
+def test_a_patient_without_an_identifier_to_match_on_gets_an_info_card(
+    client: TestClient, his: dict[str, str], priors: None
+) -> None:
+    # The Patient was had, so no 412: the clinician is told why nothing can be looked up.
+    nameless = {**patient(), "identifier": []}
+    body = hook_request("order-sign", [liver_panel_order()], prefetch={"patient": nameless})
     (card,) = assert_conformant(post(client, his, SIGN, body))
     assert card["indicator"] == "info"
-    assert "prefetch.patient 不是 Patient 资源（收到 OperationOutcome）" in card["detail"]
+    assert "缺少患者身份信息" in card["summary"]
+    assert "居民身份证" in card["detail"]
 
 
 # ---------------------------------------------------------------- draft orders
@@ -439,11 +453,10 @@ def test_cards_nothing_can_be_decided_on_carry_no_uuid_so_no_feedback_is_refused
     lab, info = assert_conformant(post(client, his, SIGN, body))
     assert "未对码" in info["summary"]
     no_patient = hook_request("order-sign", [liver_panel_order()], prefetch={"patient": None})
-    (missing,) = assert_conformant(post(client, his, SIGN, no_patient))
-    assert "缺少患者身份信息" in missing["summary"]
-    assert "prefetch.patient 为 null" in missing["detail"]
+    refused = client.post(f"/cds-services/{SIGN}", json=no_patient, headers=his)
+    assert refused.status_code == 412  # §Prefetch: the data could not be had
+    assert "prefetch.patient 为 null" in refused.json()["detail"]
     assert "uuid" not in info
-    assert "uuid" not in missing
     r = client.post(
         f"/cds-services/{SIGN}/feedback",
         json={

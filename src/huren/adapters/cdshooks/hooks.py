@@ -65,6 +65,17 @@ class MalformedHook(DomainError):
     status = 400
 
 
+class PrefetchUnavailable(DomainError):
+    """The patient could be had neither from ``prefetch`` nor from the client's FHIR server
+    (→ 412). CDS Hooks 2.0 §Prefetch: "If the CDS Service is unable to obtain required data
+    because it cannot access the FHIR server and the request did not contain the necessary
+    prefetch keys, the service SHALL respond with an HTTP 412 Precondition Failed status
+    code." A card would hide a misconfigured client from its integration engineer."""
+
+    code = "prefetch_unavailable"
+    status = 412
+
+
 class _Lenient(BaseModel):
     model_config = ConfigDict(extra="allow")
 

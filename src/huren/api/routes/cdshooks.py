@@ -3,8 +3,9 @@ the ``order-select`` and ``order-sign`` services, and their feedback endpoints.
 
 The ordering institution is the authenticated caller's (a clinician or the HIS interface
 account of that hospital); the patient comes from the ``patient`` prefetch, or — without
-prefetch — from the client's FHIR server; when neither is available the answer is an info
-card saying what is missing (rather than an error in the order screen)."""
+prefetch — from the client's FHIR server; when neither is available the answer is 412
+Precondition Failed naming what is missing (§Prefetch: SHALL), and when the Patient has no
+identifier to match on, an info card saying so."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from huren.adapters.cdshooks.hooks import (
     SERVICES,
     HookRequest,
     MalformedHook,
+    PrefetchUnavailable,
     draft_orders,
     parse_feedback,
     parse_hook,
@@ -122,11 +124,26 @@ class _NeedsFetch(Exception):
     """The patient must be read from the client's FHIR server (async, on the loop)."""
 
 
+def _unavailable(why: str) -> PrefetchUnavailable:
+    return PrefetchUnavailable(
+        f"无法取得患者信息，未能查询互认结果：{why}",
+        problems=[
+            Problem(
+                "prefetch.patient",
+                f"{why}。请在 prefetch 中提供 Patient 资源（含居民身份证或院内病历号），"
+                "或提供可访问的 fhirServer 与 fhirAuthorization",
+            )
+        ],
+    )
+
+
 def _patient(
     req: HookRequest, institution: str, own_base: str, fetched: _Fetched | None
 ) -> tuple[PatientRef | None, str]:
-    """The patient to look up, or None with the reason in Chinese. Raises ``_NeedsFetch``
-    when the patient is neither prefetched nor on this server and ``fetched`` is None."""
+    """The patient to look up, or None with the reason in Chinese (a Patient without an
+    identifier to match on). Raises ``_NeedsFetch`` when the patient is neither prefetched
+    nor on this server and ``fetched`` is None, and ``PrefetchUnavailable`` when it cannot
+    be had at all."""
     resource, unusable = prefetched_patient(req)
     if resource is None and req.fhirServer:
         if _is_own_fhir(req, own_base) and is_digits(req.context.patientId):
@@ -138,12 +155,12 @@ def _patient(
             raise _NeedsFetch
         resource = fetched.resource
         if resource is None:
-            return None, (
+            raise _unavailable(
                 f"{unusable}，且无法从 fhirServer（{req.fhirServer}）读取 "
                 f"Patient/{req.context.patientId}"
             )
     if resource is None:
-        return None, f"{unusable}，也未提供可访问的 fhirServer"
+        raise _unavailable(f"{unusable}，也未提供可访问的 fhirServer")
     idents: list[PatientIdentifier] = []
     rejected: list[str] = []
     for i, ident in enumerate(patient_identifiers(resource, institution, rejected)):
@@ -201,7 +218,7 @@ def _call(
     if patient is None:
         detail = (
             f"无法确定患者身份，未能查询互认结果：{missing}。"
-            "请在 prefetch 中提供 Patient 资源（含居民身份证或院内病历号），或提供 fhirServer 与 fhirAuthorization。"
+            "请在 HIS 中为患者登记居民身份证、医保号、电子健康卡或院内病历号。"
         )
         return _json(
             {"cards": [card_builder.info_card("缺少患者身份信息，无法查询互认结果", detail, own)]}
