@@ -316,7 +316,7 @@ def test_accepting_a_prior_the_platform_did_not_propose_keeps_the_ratio_at_most_
                         department="消化内科", clinician="B-1", item_code=item,
                         candidates=1, recognizable=recognizable,
                     )
-                ).inserted_primary_key[0]
+                ).inserted_primary_key[0]  # type: ignore[index]
             )  # fmt: skip
 
         for reminder, item in ((remind(w.LFT, 1), w.LFT), (remind(w.CBC, 0), w.CBC)):
