@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,7 +25,7 @@ from huren.adapters.db import engine as db_engine
 from huren.adapters.db.schema import metadata
 from huren.bootstrap import Container, build
 from huren.config import Settings
-from tests.fixtures.actors import SEED
+from tests.fixtures.actors import SEED, Login
 
 if TYPE_CHECKING:
     from fastapi.testclient import TestClient
@@ -130,7 +130,7 @@ def world(container: Container) -> Container:
 
 
 @pytest.fixture
-def login(container: Container) -> Callable[..., dict[str, str]]:
+def login(container: Container) -> Login:
     """``login(role, *, institution=, jurisdiction=, department=, patient_id=)`` creates an
     account of that role in the test database and returns its ``Authorization`` header.
     Institution and jurisdiction must exist (use ``world``); the operator needs neither."""
@@ -165,6 +165,18 @@ def login(container: Container) -> Callable[..., dict[str, str]]:
         return {"Authorization": f"Bearer {token.access_token}"}
 
     return _login
+
+
+@pytest.fixture
+def client(world: Container) -> Iterator[TestClient]:
+    """A client of the app over ``world``, signed in as no one: each request carries
+    the headers of whoever makes it (``login``)."""
+    from fastapi.testclient import TestClient
+
+    from huren.api.app import create_app
+
+    with TestClient(create_app(world)) as tc:
+        yield tc
 
 
 @pytest.fixture

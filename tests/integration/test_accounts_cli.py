@@ -23,6 +23,14 @@ from tests.fixtures.world import HOSP_A, HOSP_B
 runner = CliRunner()
 
 
+def _fails(args: list[str]) -> str:
+    """The output of a command that must be refused: exit status 1, no traceback."""
+    r = runner.invoke(cli.app, args)
+    assert r.exit_code == 1, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    return r.output
+
+
 @pytest.fixture
 def cli_world(world: Container, monkeypatch: pytest.MonkeyPatch) -> Container:
     monkeypatch.setattr(cli, "get_settings", lambda: world.settings)
@@ -94,10 +102,7 @@ def test_api_key_is_printed_once_and_revocable(cli_world: Container) -> None:
 def test_odd_account_values_are_refused_naming_the_field_and_nothing_is_stored(
     cli_world: Container, args: list[str], field: str
 ) -> None:
-    r = runner.invoke(cli.app, args)
-    assert r.exit_code == 1, r.output
-    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
-    assert f"{field}:" in r.output
+    assert f"{field}:" in _fails(args)
     assert cli_world.accounts.list_accounts() == []
     assert cli_world.accounts.list_api_keys() == []
 
@@ -107,9 +112,7 @@ def test_odd_account_values_are_refused_naming_the_field_and_nothing_is_stored(
                                                                               "--username", "u\x00"]]
 )  # fmt: skip
 def test_a_name_with_a_nul_is_simply_not_found(cli_world: Container, args: list[str]) -> None:
-    r = runner.invoke(cli.app, args)
-    assert r.exit_code == 1, r.output
-    assert "不存在" in r.output
+    assert "不存在" in _fails(args)
 
 
 def test_api_key_for_another_institutions_account_is_refused_before_any_key_is_made(
@@ -117,12 +120,10 @@ def test_api_key_for_another_institutions_account_is_refused_before_any_key_is_m
 ) -> None:
     assert runner.invoke(cli.app, ["api-key", "create", "--institution", HOSP_A]).exit_code == 0
     keys = cli_world.accounts.list_api_keys()
-    r = runner.invoke(
-        cli.app,
-        ["api-key", "create", "--institution", HOSP_B, "--username", f"{HOSP_A}-integration"],
+    refused = _fails(
+        ["api-key", "create", "--institution", HOSP_B, "--username", f"{HOSP_A}-integration"]
     )
-    assert r.exit_code == 1
-    assert f"属于机构 {HOSP_A}" in r.output
+    assert f"属于机构 {HOSP_A}" in refused
     assert cli_world.accounts.list_api_keys() == keys  # not even a revoked one
 
 
@@ -201,15 +202,12 @@ def test_every_command_records_the_command_line_and_the_os_user(
 def test_history_refuses_a_bad_limit_or_institution_naming_it(
     cli_world: Container, args: list[str], field: str
 ) -> None:
-    r = runner.invoke(cli.app, args)
-    assert r.exit_code == 1, r.output
-    assert f"{field}:" in r.output
+    assert f"{field}:" in _fails(args)
 
 
 def test_a_refused_command_records_nothing(cli_world: Container) -> None:
-    r = runner.invoke(cli.app, ["api-key", "create", "--institution", HOSP_A, "--label", "L" * 101])
-    assert r.exit_code == 1
-    assert runner.invoke(cli.app, ["api-key", "revoke", "hr_nothere"]).exit_code == 1
+    _fails(["api-key", "create", "--institution", HOSP_A, "--label", "L" * 101])
+    _fails(["api-key", "revoke", "hr_nothere"])
     assert cli_world.accounts.history(None) == []
 
 

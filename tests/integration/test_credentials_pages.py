@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -18,7 +17,6 @@ from sqlalchemy import Table, func, select
 
 from huren.adapters.clock import FixedClock
 from huren.adapters.db.tables import account, api_key, cds_client
-from huren.api.app import create_app
 from huren.api.auth import SESSION_COOKIE
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
@@ -26,19 +24,12 @@ from huren.domain.errors import Unauthorized
 from huren.services.accounts import NewAccount
 from huren.services.credentials import HISTORY_LIMIT
 from tests.e2e.test_cds_client_jwt import SPEC_JWKS, Signer
-from tests.fixtures.actors import SEED
+from tests.fixtures.actors import SEED, Login
 from tests.fixtures.world import HOSP_A, HOSP_B, HOSP_C
 
-Login = Callable[..., dict[str, str]]
 PAGE = "/integration/credentials"
 HIS_A = "https://his.hosp-a.example/"
 AUD = "http://testserver/cds-services/huren-order-select"
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 def session(headers: dict[str, str]) -> dict[str, str]:

@@ -4,7 +4,6 @@ seeing its own messages only."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -13,10 +12,10 @@ from fastapi.testclient import TestClient
 from huren.adapters.clock import FixedClock
 from huren.adapters.hl7v2.receiver import Hl7Receiver
 from huren.adapters.hl7v2.responses import SqlResponseLog
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.services.intake import Channel
+from tests.fixtures.actors import Login
 from tests.fixtures.hl7 import (
     CBC_V23_GB18030,
     LAB_LFT_V251,
@@ -26,14 +25,6 @@ from tests.fixtures.hl7 import (
     with_field,
 )
 from tests.fixtures.world import HOSP_A, HOSP_B
-
-Login = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import base64
 import csv
 import io
 import re
-from collections.abc import Callable, Iterator
 from typing import cast
 
 import httpx
@@ -15,21 +14,13 @@ import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
 
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.actors import Login
 from tests.fixtures.results import LI_SI_ID, ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import HOSP_B, LFT, SH1
 from tests.integration.sharing_helpers import audit_rows
 from tests.integration.test_insurer_api import ROWS, _csv
-
-Login = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 @pytest.fixture

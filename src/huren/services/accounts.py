@@ -578,9 +578,13 @@ class AccountService:
         )
         if stored is None or not self.store.revoke_api_key(prefix, self.clock.now(), event):
             raise NotFound(f"API 密钥 {prefix} 不存在或已吊销")
-        owner = self.store.account_by_id(stored.account_id)
-        if owner is not None:
-            _log(event, owner)
+        self.log_change(event, stored.account_id)
+
+    def log_change(self, event: AccountEvent, account_id: int) -> None:
+        """The log line of ``event``, naming the account it changed, read again."""
+        changed = self.store.account_by_id(account_id)
+        if changed is not None:
+            _log(event, changed)
 
     def principal_from_api_key(self, key: str) -> Principal:
         prefix = self.api_keys.prefix_of(key)

@@ -27,7 +27,6 @@ in ``account_event`` in the transaction of the change, against the client's acco
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from huren.domain.accounts import (
-    ACCOUNT_ACTION_LABELS,
     AccountAction,
     AccountEvent,
     Actor,
@@ -45,8 +43,6 @@ from huren.domain.accounts import (
 from huren.domain.errors import Conflict, NotFound, ProblemCollector, Unauthorized
 from huren.services.accounts import AccountService
 from huren.services.ports import Clock
-
-log = logging.getLogger("huren.accounts")
 
 # The specification names ES384 and RS384 as recommended; the other asymmetric JWS
 # algorithms of RFC 7518 §3.1 (and EdDSA, RFC 8037) are as sound.
@@ -193,19 +189,6 @@ class CdsClientService:
     ) -> AccountEvent:
         return AccountEvent.of(self.clock.now(), action, actor, issuer, detail)
 
-    def _log(self, event: AccountEvent, account_id: int) -> None:
-        owner = self.accounts.store.account_by_id(account_id)
-        log.info(
-            "账号变更 %s %s 账号=%s（#%s，%s）操作人=%s 时间=%s",
-            ACCOUNT_ACTION_LABELS[event.action],
-            event.subject,
-            owner.username if owner else "?",
-            account_id,
-            owner.institution if owner else "?",
-            event.actor.describe(),
-            event.at.isoformat(),
-        )
-
     # -- registration (operator)
     def register(
         self,
@@ -240,7 +223,7 @@ class CdsClientService:
         detail = _keys_detail(jwks, jku) + (f"；用途说明：{label}" if label else "")
         event = self._event(AccountAction.CDS_CLIENT_REGISTERED, actor, issuer, detail)
         self.store.add_cds_client(account.id, issuer, jwks, jku, label, self.clock.now(), event)
-        self._log(event, account.id)
+        self.accounts.log_change(event, account.id)
         return self.client(issuer)
 
     def _check_keys(self, errors: ProblemCollector, jwks: str, jku: str) -> None:
@@ -302,7 +285,7 @@ class CdsClientService:
         ):
             raise NotFound(f"CDS 客户端 {issuer} 未登记或已吊销")
         record = self.client(issuer)
-        self._log(event, record.account_id)
+        self.accounts.log_change(event, record.account_id)
         return record
 
     def client(self, issuer: str) -> CdsClientRecord:
@@ -320,7 +303,7 @@ class CdsClientService:
             issuer, self.clock.now(), event
         ):
             raise NotFound(f"CDS 客户端 {issuer} 未登记或已吊销")
-        self._log(event, self.client(issuer).account_id)
+        self.accounts.log_change(event, self.client(issuer).account_id)
 
     # -- authentication (every call)
     def client_header(self, token: str) -> Mapping[str, Any] | None:

@@ -20,6 +20,7 @@ are with the command line as theirs; the page lists the institution's recent one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from huren.domain.accounts import Actor, Principal, Role
 from huren.domain.errors import (
@@ -66,6 +67,16 @@ class InterfaceAccount:
 
 
 key_ids = jwks_key_ids
+
+
+class _Credential(Protocol):
+    """An API key or a CDS client: each belongs to one interface account."""
+
+    @property
+    def account_id(self) -> int: ...
+
+
+_Owned = TypeVar("_Owned", bound=_Credential)
 
 
 def may_manage(principal: Principal) -> bool:
@@ -116,25 +127,27 @@ class InterfaceCredentials:
             raise ValidationFailed("接口系统账号不存在", problems=[problem])
         return found
 
+    def _owned(self, institution: str, found: _Owned | None, missing: str) -> _Owned:
+        """``found`` when it belongs to an account of ``institution``; else, as when
+        there is none, ``NotFound`` saying ``missing``."""
+        owner = self.accounts.store.account_by_id(found.account_id) if found else None
+        if found is None or owner is None or owner.institution != institution:
+            raise NotFound(missing)
+        return found
+
     def _key(self, institution: str, prefix: str) -> ApiKeyRecord:
         stored = (
             None
             if text_problem(prefix, MAX_PREFIX)
             else self.accounts.store.api_key_by_prefix(prefix)
         )
-        owner = self.accounts.store.account_by_id(stored.account_id) if stored else None
-        if stored is None or owner is None or owner.institution != institution:
-            raise NotFound(f"本机构没有 API 密钥 {prefix[:MAX_PREFIX]}")
-        return stored
+        return self._owned(institution, stored, f"本机构没有 API 密钥 {prefix[:MAX_PREFIX]}")
 
     def _client(self, institution: str, issuer: str) -> CdsClientRecord:
         record = (
             None if text_problem(issuer, MAX_ISSUER) else self.cds_clients.store.cds_client(issuer)
         )
-        owner = self.accounts.store.account_by_id(record.account_id) if record else None
-        if record is None or owner is None or owner.institution != institution:
-            raise NotFound(f"本机构没有登记 CDS 客户端 {issuer[:MAX_ISSUER]}")
-        return record
+        return self._owned(institution, record, f"本机构没有登记 CDS 客户端 {issuer[:MAX_ISSUER]}")
 
     # -- reading
     def overview(self, principal: Principal, institution: str | None) -> list[InterfaceAccount]:

@@ -1,15 +1,17 @@
 """Accounts and API keys in the database; implements ``services.accounts.AccountStore``.
 
 Every method that changes an account or a key writes its ``account_event`` in the same
-transaction (``insert_event``), after the change and only when something changed: a
-change is never kept without its record, nor a record without its change."""
+transaction (``insert_recorded``, ``update_recorded``), after the change and only when
+something changed: a change is never kept without its record, nor a record without its
+change."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, Connection, Engine, insert, select, update
+from sqlalchemy import Column, ColumnElement, Connection, Engine, Table, insert, select, update
 
 from huren.adapters.db import tables as t
 from huren.domain.accounts import AccountAction, AccountEvent, Actor, Role
@@ -93,34 +95,62 @@ def as_utc(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
 
 
+def insert_recorded(
+    engine: Engine, table: Table, event: AccountEvent, owner: int | None, **values: Any
+) -> int:
+    """Insert a row of ``table`` with ``values`` and record ``event`` against the account
+    ``owner`` — the new row itself when None (a new account) — in one transaction; the
+    new row's id."""
+    with engine.begin() as c:
+        result = c.execute(insert(table).values(**values))
+        row_id = int(result.inserted_primary_key[0])  # type: ignore[index]
+        insert_event(c, event, row_id if owner is None else owner)
+        return row_id
+
+
+def update_recorded(
+    engine: Engine,
+    event: AccountEvent,
+    owner: Column[Any],
+    where: Sequence[ColumnElement[bool]],
+    **values: Any,
+) -> bool:
+    """Set ``values`` on the row of ``owner``'s table that ``where`` selects and record
+    ``event`` against the account ``owner`` names in it (the column of the account's id),
+    in one transaction; False, and nothing recorded, when no row was changed."""
+    with engine.begin() as c:
+        changed = c.execute(
+            update(owner.table).where(*where).values(**values).returning(owner)
+        ).scalar_one_or_none()
+        if changed is None:
+            return False
+        insert_event(c, event, int(changed))
+        return True
+
+
 class SqlAccounts:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def _record(self, c: Connection, event: AccountEvent, account_id: int) -> None:
-        insert_event(c, event, account_id)
-
     def add_account(
         self, new: NewAccount, password_hash: str | None, now: datetime, event: AccountEvent
     ) -> int:
-        with self.engine.begin() as c:
-            result = c.execute(
-                insert(t.account).values(
-                    username=new.username,
-                    display_name=new.display_name,
-                    role=new.role.value,
-                    institution_code=new.institution,
-                    jurisdiction=new.jurisdiction,
-                    department=new.department,
-                    patient_id=new.patient_id,
-                    password_hash=password_hash,
-                    active=True,
-                    created_at=now,
-                )
-            )
-            account_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            self._record(c, event, account_id)
-            return account_id
+        return insert_recorded(
+            self.engine,
+            t.account,
+            event,
+            None,
+            username=new.username,
+            display_name=new.display_name,
+            role=new.role.value,
+            institution_code=new.institution,
+            jurisdiction=new.jurisdiction,
+            department=new.department,
+            patient_id=new.patient_id,
+            password_hash=password_hash,
+            active=True,
+            created_at=now,
+        )
 
     def account_by_id(self, account_id: int) -> AccountRecord | None:
         with self.engine.connect() as c:
@@ -138,28 +168,16 @@ class SqlAccounts:
 
     def set_active(self, account_id: int, active: bool, event: AccountEvent) -> bool:
         """False, and nothing recorded, when the account is already so (or absent)."""
-        with self.engine.begin() as c:
-            result = c.execute(
-                update(t.account)
-                .where(t.account.c.id == account_id, t.account.c.active.isnot(active))
-                .values(active=active)
-            )
-            if result.rowcount == 0:
-                return False
-            self._record(c, event, account_id)
-            return True
+        a = t.account.c
+        return update_recorded(
+            self.engine, event, a.id, [a.id == account_id, a.active.isnot(active)], active=active
+        )
 
     def set_password_hash(self, account_id: int, password_hash: str, event: AccountEvent) -> bool:
-        with self.engine.begin() as c:
-            result = c.execute(
-                update(t.account)
-                .where(t.account.c.id == account_id)
-                .values(password_hash=password_hash)
-            )
-            if result.rowcount == 0:
-                return False
-            self._record(c, event, account_id)
-            return True
+        a = t.account.c
+        return update_recorded(
+            self.engine, event, a.id, [a.id == account_id], password_hash=password_hash
+        )
 
     def _exists(self, key: Column[Any], value: object) -> bool:
         with self.engine.connect() as c:
@@ -183,19 +201,17 @@ class SqlAccounts:
         now: datetime,
         event: AccountEvent,
     ) -> int:
-        with self.engine.begin() as c:
-            result = c.execute(
-                insert(t.api_key).values(
-                    account_id=account_id,
-                    prefix=prefix,
-                    key_hash=key_hash,
-                    label=label,
-                    created_at=now,
-                )
-            )
-            key_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            self._record(c, event, account_id)
-            return key_id
+        return insert_recorded(
+            self.engine,
+            t.api_key,
+            event,
+            account_id,
+            account_id=account_id,
+            prefix=prefix,
+            key_hash=key_hash,
+            label=label,
+            created_at=now,
+        )
 
     def api_key_by_prefix(self, prefix: str) -> ApiKeyRecord | None:
         with self.engine.connect() as c:
@@ -210,17 +226,14 @@ class SqlAccounts:
             return [_api_key(r) for r in c.execute(q)]
 
     def revoke_api_key(self, prefix: str, now: datetime, event: AccountEvent) -> bool:
-        with self.engine.begin() as c:
-            account_id = c.execute(
-                update(t.api_key)
-                .where(t.api_key.c.prefix == prefix, t.api_key.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-                .returning(t.api_key.c.account_id)
-            ).scalar_one_or_none()
-            if account_id is None:
-                return False
-            self._record(c, event, int(account_id))
-            return True
+        k = t.api_key.c
+        return update_recorded(
+            self.engine,
+            event,
+            k.account_id,
+            [k.prefix == prefix, k.revoked_at.is_(None)],
+            revoked_at=now,
+        )
 
     def account_events(
         self, institution: str | None = None, limit: int = 50

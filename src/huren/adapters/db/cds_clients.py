@@ -1,17 +1,18 @@
 """Registered CDS clients and the ``jti`` of their accepted JWTs; implements
 ``services.cds_clients.CdsClientStore``. Registering, rotating and revoking write their
-``account_event`` in the transaction of the change (``accounts.insert_event``)."""
+``account_event`` in the transaction of the change (``accounts.insert_recorded``,
+``update_recorded``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Engine, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from huren.adapters.db import tables as t
-from huren.adapters.db.accounts import as_utc, insert_event
+from huren.adapters.db.accounts import as_utc, insert_recorded, update_recorded
 from huren.domain.accounts import AccountEvent
 from huren.services.cds_clients import CdsClientRecord
 
@@ -38,9 +39,6 @@ class SqlCdsClients:
         self.engine = engine
         self._claims = 0
 
-    def _record(self, c: Connection, event: AccountEvent, account_id: int) -> None:
-        insert_event(c, event, account_id)
-
     def add_cds_client(
         self,
         account_id: int,
@@ -51,20 +49,18 @@ class SqlCdsClients:
         now: datetime,
         event: AccountEvent,
     ) -> int:
-        with self.engine.begin() as c:
-            result = c.execute(
-                insert(t.cds_client).values(
-                    issuer=issuer,
-                    account_id=account_id,
-                    jwks=jwks,
-                    jku=jku,
-                    label=label,
-                    created_at=now,
-                )
-            )
-            client_id = int(result.inserted_primary_key[0])  # type: ignore[index]
-            self._record(c, event, account_id)
-            return client_id
+        return insert_recorded(
+            self.engine,
+            t.cds_client,
+            event,
+            account_id,
+            issuer=issuer,
+            account_id=account_id,
+            jwks=jwks,
+            jku=jku,
+            label=label,
+            created_at=now,
+        )
 
     def cds_client(self, issuer: str) -> CdsClientRecord | None:
         with self.engine.connect() as c:
@@ -76,30 +72,16 @@ class SqlCdsClients:
             return [_client(r) for r in c.execute(select(t.cds_client).order_by(t.cds_client.c.id))]
 
     def set_cds_client_keys(self, issuer: str, jwks: str, jku: str, event: AccountEvent) -> bool:
-        with self.engine.begin() as c:
-            account_id = c.execute(
-                update(t.cds_client)
-                .where(t.cds_client.c.issuer == issuer, t.cds_client.c.revoked_at.is_(None))
-                .values(jwks=jwks, jku=jku)
-                .returning(t.cds_client.c.account_id)
-            ).scalar_one_or_none()
-            if account_id is None:
-                return False
-            self._record(c, event, int(account_id))
-            return True
+        return self._change_unrevoked(issuer, event, jwks=jwks, jku=jku)
 
     def revoke_cds_client(self, issuer: str, now: datetime, event: AccountEvent) -> bool:
-        with self.engine.begin() as c:
-            account_id = c.execute(
-                update(t.cds_client)
-                .where(t.cds_client.c.issuer == issuer, t.cds_client.c.revoked_at.is_(None))
-                .values(revoked_at=now)
-                .returning(t.cds_client.c.account_id)
-            ).scalar_one_or_none()
-            if account_id is None:
-                return False
-            self._record(c, event, int(account_id))
-            return True
+        return self._change_unrevoked(issuer, event, revoked_at=now)
+
+    def _change_unrevoked(self, issuer: str, event: AccountEvent, **values: Any) -> bool:
+        k = t.cds_client.c
+        return update_recorded(
+            self.engine, event, k.account_id, [k.issuer == issuer, k.revoked_at.is_(None)], **values
+        )
 
     def claim_jti(self, issuer: str, jti: str, expires_at: datetime, now: datetime) -> bool:
         self._claims += 1

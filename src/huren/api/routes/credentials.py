@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -126,11 +128,54 @@ def _render(
 
 
 def _page_for(
-    request: Request, c: Container, user: Principal, name: str, context: dict[str, Any]
+    request: Request,
+    c: Container,
+    user: Principal,
+    name: str,
+    context: dict[str, Any],
+    *,
+    status: int = 200,
 ) -> Response:
     return templates.TemplateResponse(
-        request, name, _base(request, c, user) | context, headers=NO_STORE
+        request, name, _base(request, c, user) | context, status_code=status, headers=NO_STORE
     )
+
+
+def _confirm(
+    request: Request,
+    c: Container,
+    user: Principal,
+    institution: str | None,
+    *,
+    title: str,
+    action: str,
+    facts: list[tuple[str, str]],
+    revoked: bool,
+    consequence: str,
+    issuer: str = "",
+) -> Response:
+    """The page that asks before a revocation: what would be revoked (``facts``), what
+    follows (``consequence``), and the form that does it (posted to ``action``)."""
+    context = {
+        "code": institution or "",
+        "title": title,
+        "action": action,
+        "issuer": issuer,
+        "facts": facts,
+        "revoked": revoked,
+        "consequence": consequence,
+    }
+    return _page_for(request, c, user, "credentials/confirm.html", context)
+
+
+def _owner(c: Container, account_id: int) -> str:
+    """The username of the interface account a key or a client belongs to."""
+    owner = c.accounts.store.account_by_id(account_id)
+    return owner.username if owner else "—"
+
+
+def _kids(record: CdsClientRecord) -> str:
+    return "、".join(key_ids(record.jwks))
 
 
 def _jwks_text(text: str, upload: UploadFile | None) -> str:
@@ -157,6 +202,63 @@ def _jwks_text(text: str, upload: UploadFile | None) -> str:
     return text
 
 
+# ---------------------------------------------------------------- the forms
+# What a change answers with on the page: a notice of what was done, or the key just
+# made (shown once).
+Outcome = str | CreatedApiKey
+Change = Callable[[InterfaceCredentials, Principal], Outcome]
+Refused = Callable[[InterfaceCredentials, Principal, DomainError], Response]
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """A form of the page as posted: who posted it, its token, the institution it is for."""
+
+    request: Request
+    user: Principal | None
+    c: Container
+    csrf: str
+    institution: str
+
+    def change(
+        self,
+        change: Change,
+        *,
+        status: int = 200,
+        form: dict[str, str] | None = None,
+        refused: Refused | None = None,
+    ) -> Response:
+        """What every form does around its ``change``: a visitor not signed in is sent
+        to log in; one who may not manage the institution is refused, then a form without
+        this session's token, before anything changes. A change the service refuses
+        shows the page again with why, and what was entered (``form``), or as
+        ``refused`` shows it; one made shows the page with its outcome (``status``)."""
+        request, user, c, institution = self.request, self.user, self.c, self.institution
+        if user is None:
+            return login_redirect(request)
+        service = _service(c)
+        service.institution(user, institution)
+        check_csrf(c, request, self.csrf)
+        try:
+            outcome = change(service, user)
+        except DomainError as exc:
+            if refused is not None:
+                return refused(service, user, exc)
+            return _render(request, c, user, institution, status=exc.status, error=exc, form=form)
+        if isinstance(outcome, str):
+            return _render(request, c, user, institution, status=status, notice=outcome)
+        return _render(request, c, user, institution, status=status, created=outcome)
+
+
+def _submitted(
+    request: Request, user: PageUser, c: Services, csrf: FormText = "", institution: FormText = ""
+) -> Submitted:
+    return Submitted(request, user, c, csrf, institution)
+
+
+Posted = Annotated[Submitted, Depends(_submitted)]
+
+
 # ---------------------------------------------------------------- the page
 @router.get(PAGE, response_class=HTMLResponse, include_in_schema=False)
 def credentials_page(
@@ -169,49 +271,21 @@ def credentials_page(
 
 @router.post(f"{PAGE}/accounts", response_class=HTMLResponse, include_in_schema=False)
 def create_account(
-    request: Request,
-    user: PageUser,
-    c: Services,
-    csrf: FormText = "",
-    institution: FormText = "",
-    username: FormText = "",
-    display_name: FormText = "",
-    label: FormText = "",
+    posted: Posted, username: FormText = "", display_name: FormText = "", label: FormText = ""
 ) -> Response:
     """A new interface account with its first key (shown once)."""
-    if user is None:
-        return login_redirect(request)
-    service = _service(c)
-    service.institution(user, institution)
-    check_csrf(c, request, csrf)
-    try:
-        created = service.create_account(user, institution, username, display_name, label)
-    except DomainError as exc:
-        form = {"new_username": username, "new_display_name": display_name, "new_label": label}
-        return _render(request, c, user, institution, status=exc.status, error=exc, form=form)
-    return _render(request, c, user, institution, status=201, created=created)
+    return posted.change(
+        lambda s, u: s.create_account(u, posted.institution, username, display_name, label),
+        status=201,
+        form={"new_username": username, "new_display_name": display_name, "new_label": label},
+    )
 
 
 @router.post(f"{PAGE}/keys", response_class=HTMLResponse, include_in_schema=False)
-def create_key(
-    request: Request,
-    user: PageUser,
-    c: Services,
-    csrf: FormText = "",
-    institution: FormText = "",
-    username: FormText = "",
-    label: FormText = "",
-) -> Response:
-    if user is None:
-        return login_redirect(request)
-    service = _service(c)
-    service.institution(user, institution)
-    check_csrf(c, request, csrf)
-    try:
-        created = service.create_key(user, institution, username, label)
-    except DomainError as exc:
-        return _render(request, c, user, institution, status=exc.status, error=exc)
-    return _render(request, c, user, institution, status=201, created=created)
+def create_key(posted: Posted, username: FormText = "", label: FormText = "") -> Response:
+    return posted.change(
+        lambda s, u: s.create_key(u, posted.institution, username, label), status=201
+    )
 
 
 @router.get(f"{PAGE}/keys/{{prefix}}/revoke", response_class=HTMLResponse, include_in_schema=False)
@@ -221,59 +295,35 @@ def revoke_key_confirm(
     if user is None:
         return login_redirect(request)
     key = _service(c).key(user, institution, prefix)
-    owner = c.accounts.store.account_by_id(key.account_id)
-    return _page_for(
+    return _confirm(
         request,
         c,
         user,
-        "credentials/confirm.html",
-        {
-            "code": institution or "",
-            "kind": "key",
-            "title": f"吊销 API 密钥 {key.prefix}",
-            "action": f"{PAGE}/keys/{key.prefix}/revoke",
-            "facts": [
-                ("密钥前缀", key.prefix),
-                ("接口系统账号", owner.username if owner else "—"),
-                ("用途说明", key.label or "—"),
-                ("创建时间", _local(key.created_at)),
-            ],
-            "revoked": key.revoked_at is not None,
-            "consequence": "吊销后，使用该密钥的接口系统的请求将立即被拒绝（401），且无法恢复；"
-            "如需继续对接，请先创建新密钥并在接口引擎中替换。",
-            "issuer": "",
-        },
+        institution,
+        title=f"吊销 API 密钥 {key.prefix}",
+        action=f"{PAGE}/keys/{key.prefix}/revoke",
+        facts=[
+            ("密钥前缀", key.prefix),
+            ("接口系统账号", _owner(c, key.account_id)),
+            ("用途说明", key.label or "—"),
+            ("创建时间", _local(key.created_at)),
+        ],
+        revoked=key.revoked_at is not None,
+        consequence="吊销后，使用该密钥的接口系统的请求将立即被拒绝（401），且无法恢复；"
+        "如需继续对接，请先创建新密钥并在接口引擎中替换。",
     )
 
 
 @router.post(f"{PAGE}/keys/{{prefix}}/revoke", response_class=HTMLResponse, include_in_schema=False)
-def revoke_key(
-    prefix: str,
-    request: Request,
-    user: PageUser,
-    c: Services,
-    csrf: FormText = "",
-    institution: FormText = "",
-) -> Response:
-    if user is None:
-        return login_redirect(request)
-    service = _service(c)
-    service.institution(user, institution)
-    check_csrf(c, request, csrf)
-    try:
-        key = service.revoke_key(user, institution, prefix)
-    except DomainError as exc:
-        return _render(request, c, user, institution, status=exc.status, error=exc)
-    return _render(request, c, user, institution, notice=f"已吊销 API 密钥 {key.prefix}")
+def revoke_key(prefix: str, posted: Posted) -> Response:
+    return posted.change(
+        lambda s, u: f"已吊销 API 密钥 {s.revoke_key(u, posted.institution, prefix).prefix}"
+    )
 
 
 @router.post(f"{PAGE}/cds-clients", response_class=HTMLResponse, include_in_schema=False)
 def register_client(
-    request: Request,
-    user: PageUser,
-    c: Services,
-    csrf: FormText = "",
-    institution: FormText = "",
+    posted: Posted,
     username: FormText = "",
     issuer: FormText = "",
     jwks: FormText = "",
@@ -281,37 +331,23 @@ def register_client(
     label: FormText = "",
     jwks_file: Annotated[UploadFile | None, File()] = None,
 ) -> Response:
-    if user is None:
-        return login_redirect(request)
-    service = _service(c)
-    service.institution(user, institution)
-    check_csrf(c, request, csrf)
-    form = {"username": username, "issuer": issuer, "jwks": jwks, "jku": jku, "label": label}
-    try:
+    def change(s: InterfaceCredentials, u: Principal) -> str:
         text = _jwks_text(jwks, jwks_file)
-        record = service.register_client(user, institution, username, issuer, text, jku, label)
-    except DomainError as exc:
-        return _render(request, c, user, institution, status=exc.status, error=exc, form=form)
-    kids = "、".join(key_ids(record.jwks))
-    return _render(
-        request,
-        c,
-        user,
-        institution,
-        status=201,
-        notice=f"已登记 CDS 客户端 {record.issuer}（公钥 kid：{kids}）",
-    )
+        record = s.register_client(u, posted.institution, username, issuer, text, jku, label)
+        return f"已登记 CDS 客户端 {record.issuer}（公钥 kid：{_kids(record)}）"
+
+    form = {"username": username, "issuer": issuer, "jwks": jwks, "jku": jku, "label": label}
+    return posted.change(change, status=201, form=form)
 
 
 def _client_context(
     c: Container, record: CdsClientRecord, institution: str | None
 ) -> dict[str, Any]:
-    owner = c.accounts.store.account_by_id(record.account_id)
     return {
         "code": institution or "",
         "client": record,
         "kids": key_ids(record.jwks),
-        "owner": owner.username if owner else "—",
+        "owner": _owner(c, record.account_id),
     }
 
 
@@ -332,46 +368,28 @@ def client_keys_form(
 
 @router.post(f"{PAGE}/cds-clients/keys", response_class=HTMLResponse, include_in_schema=False)
 def set_client_keys(
-    request: Request,
-    user: PageUser,
-    c: Services,
-    csrf: FormText = "",
-    institution: FormText = "",
+    posted: Posted,
     issuer: FormText = "",
     jwks: FormText = "",
     jku: FormText = "",
     jwks_file: Annotated[UploadFile | None, File()] = None,
 ) -> Response:
-    if user is None:
-        return login_redirect(request)
-    service = _service(c)
-    service.institution(user, institution)
-    check_csrf(c, request, csrf)
-    try:
-        text = _jwks_text(jwks, jwks_file)
-        record = service.set_client_keys(user, institution, issuer, text, jku)
-    except DomainError as exc:
-        # The form again, with what was entered and why it was refused.
-        current = service.client(user, institution, issuer)
-        context = _client_context(c, current, institution) | {
+    def change(s: InterfaceCredentials, u: Principal) -> str:
+        record = s.set_client_keys(u, posted.institution, issuer, _jwks_text(jwks, jwks_file), jku)
+        return f"已更换 CDS 客户端 {record.issuer} 的公钥（kid：{_kids(record)}）"
+
+    def refused(s: InterfaceCredentials, u: Principal, exc: DomainError) -> Response:
+        """The form again, with what was entered and why it was refused."""
+        current = s.client(u, posted.institution, issuer)
+        context = _client_context(posted.c, current, posted.institution) | {
             "form": {"jku": jku, "jwks": jwks},
             "error": exc,
         }
-        return templates.TemplateResponse(
-            request,
-            "credentials/set_keys.html",
-            _base(request, c, user) | context,
-            status_code=exc.status,
-            headers=NO_STORE,
+        return _page_for(
+            posted.request, posted.c, u, "credentials/set_keys.html", context, status=exc.status
         )
-    kids = "、".join(key_ids(record.jwks))
-    return _render(
-        request,
-        c,
-        user,
-        institution,
-        notice=f"已更换 CDS 客户端 {record.issuer} 的公钥（kid：{kids}）",
-    )
+
+    return posted.change(change, refused=refused)
 
 
 @router.get(f"{PAGE}/cds-clients/revoke", response_class=HTMLResponse, include_in_schema=False)
@@ -385,48 +403,29 @@ def revoke_client_confirm(
     if user is None:
         return login_redirect(request)
     record = _service(c).client(user, institution, issuer)
-    owner = c.accounts.store.account_by_id(record.account_id)
-    return _page_for(
+    return _confirm(
         request,
         c,
         user,
-        "credentials/confirm.html",
-        {
-            "code": institution or "",
-            "kind": "client",
-            "title": f"吊销 CDS 客户端 {record.issuer}",
-            "action": f"{PAGE}/cds-clients/revoke",
-            "issuer": record.issuer,
-            "facts": [
-                ("iss", record.issuer),
-                ("接口系统账号", owner.username if owner else "—"),
-                ("公钥 kid", "、".join(key_ids(record.jwks)) or "—"),
-                ("用途说明", record.label or "—"),
-                ("登记时间", _local(record.created_at)),
-            ],
-            "revoked": record.revoked_at is not None,
-            "consequence": "吊销后，该客户端以自有 JWT 发起的 CDS Hooks 调用将立即被拒绝（401），"
-            "且该 iss 不能再次登记；如需继续对接，请以新的 iss 重新登记。",
-        },
+        institution,
+        title=f"吊销 CDS 客户端 {record.issuer}",
+        action=f"{PAGE}/cds-clients/revoke",
+        facts=[
+            ("iss", record.issuer),
+            ("接口系统账号", _owner(c, record.account_id)),
+            ("公钥 kid", _kids(record) or "—"),
+            ("用途说明", record.label or "—"),
+            ("登记时间", _local(record.created_at)),
+        ],
+        revoked=record.revoked_at is not None,
+        consequence="吊销后，该客户端以自有 JWT 发起的 CDS Hooks 调用将立即被拒绝（401），"
+        "且该 iss 不能再次登记；如需继续对接，请以新的 iss 重新登记。",
+        issuer=record.issuer,
     )
 
 
 @router.post(f"{PAGE}/cds-clients/revoke", response_class=HTMLResponse, include_in_schema=False)
-def revoke_client(
-    request: Request,
-    user: PageUser,
-    c: Services,
-    csrf: FormText = "",
-    institution: FormText = "",
-    issuer: FormText = "",
-) -> Response:
-    if user is None:
-        return login_redirect(request)
-    service = _service(c)
-    service.institution(user, institution)
-    check_csrf(c, request, csrf)
-    try:
-        record = service.revoke_client(user, institution, issuer)
-    except DomainError as exc:
-        return _render(request, c, user, institution, status=exc.status, error=exc)
-    return _render(request, c, user, institution, notice=f"已吊销 CDS 客户端 {record.issuer}")
+def revoke_client(posted: Posted, issuer: FormText = "") -> Response:
+    return posted.change(
+        lambda s, u: f"已吊销 CDS 客户端 {s.revoke_client(u, posted.institution, issuer).issuer}"
+    )
