@@ -74,7 +74,11 @@ def test_monthly_report_is_print_ready(client: TestClient, login: Login) -> None
 def test_public_institution_list_needs_no_login_and_downloads(client: TestClient) -> None:
     html = client.get("/public/institutions?jurisdiction=HE&half=2026H1").text
     assert "河北医科大学第二医院" in html
-    assert "每半年公布互认医疗机构清单" in html
+    # Hebei's list rests on the national guidance; the half-yearly rule is Gansu's own.
+    assert "国卫医政发〔2024〕37号" in html
+    assert "以其主管部门的规定为准" in html
+    gansu = client.get("/public/institutions?jurisdiction=GS&half=2026H1").text
+    assert "甘卫医政函〔2025〕16号 四(一)“每半年公布互认医疗机构清单”" in gansu
     r = client.get("/public/institutions?jurisdiction=HE&half=2026H1&format=xlsx")
     sheet = load_workbook(io.BytesIO(r.content)).active
     assert sheet is not None
