@@ -292,7 +292,7 @@ def test_an_order_opened_again_shows_its_decision_and_takes_no_second_one(
     assert "已记录：接受互认" in client.post("/workbench/decisions", data=form, headers=doctor).text
 
     page = _workbench(client, doctor)
-    assert 'class="decision ok wb-earlier"' in page
+    assert 'class="wb-actions wb-earlier"' in page
     assert "已记录：接受互认" in page
     assert "同一医嘱的同一既往结果只记录一次" in page
     assert "医学检查检验互认项目" in page  # the EMR text, to copy again
