@@ -10,7 +10,12 @@ mark at issue time, a version snapshot and one committed transaction per Bundle)
 baseline inserts the same observation rows (13 columns, the resource JSON kept) with
 ``sqlite3.executemany``, one transaction per Bundle's worth of rows, into a file with the
 same pragmas (WAL, synchronous=NORMAL); rows and JSON are prepared before the clock
-starts. "msgspec parse only" is the lean parse of the same Bundles with nothing stored.
+starts. A second baseline ("ratio 2") is a minimal raw ingest of the same Bundles: their
+JSON decoded with ``json.loads``, the same rows made and inserted, all inside the clock.
+Issue 7 describes its baseline as "about 57,000 rows/s" on a machine of this kind; the
+inserts alone run at about 190,000 here and the minimal ingest at about 47,000, so both
+ratios are printed and the reader can judge. "msgspec parse only" is the lean parse of
+the same Bundles with nothing stored.
 The NDJSON file holds as many self-contained DiagnosticReports (Patient and Observations
 contained) as the Bundles hold reports, loaded by ``huren ingest``'s loader.
 
@@ -115,37 +120,46 @@ def timed(fn: Callable[[], object]) -> Timing:
     return time.perf_counter() - t0, time.process_time() - c0
 
 
-def raw_sqlite_baseline(path: Path, payloads: list[bytes]) -> Timing:
-    """Observation rows of the same Bundles, 13 columns + resource JSON, executemany."""
-    rows_per_bundle: list[list[tuple[Any, ...]]] = []
-    for raw in payloads:
-        rows = []
-        for k, entry in enumerate(json.loads(raw)["entry"]):
-            res = entry["resource"]
-            if res["resourceType"] != "Observation":
-                continue
-            q = res["valueQuantity"]
-            rr = res["referenceRange"][0]
-            coding = res["code"]["coding"]
-            rows.append(
-                (
-                    k,
-                    k,
-                    coding[0]["code"],
-                    coding[1]["code"],
-                    coding[0]["display"],
-                    "NM",
-                    q["value"],
-                    "",
-                    q["unit"],
-                    rr["low"]["value"],
-                    rr["high"]["value"],
-                    "",
-                    res["interpretation"][0]["coding"][0]["code"],
-                    json.dumps(res, ensure_ascii=False),
-                )
+def _observation_rows(raw: bytes) -> list[tuple[Any, ...]]:
+    """The observation rows of one Bundle: 13 columns and the resource's JSON."""
+    rows = []
+    for k, entry in enumerate(json.loads(raw)["entry"]):
+        res = entry["resource"]
+        if res["resourceType"] != "Observation":
+            continue
+        q = res["valueQuantity"]
+        rr = res["referenceRange"][0]
+        coding = res["code"]["coding"]
+        rows.append(
+            (
+                k,
+                k,
+                coding[0]["code"],
+                coding[1]["code"],
+                coding[0]["display"],
+                "NM",
+                q["value"],
+                "",
+                q["unit"],
+                rr["low"]["value"],
+                rr["high"]["value"],
+                "",
+                res["interpretation"][0]["coding"][0]["code"],
+                json.dumps(res, ensure_ascii=False),
             )
-        rows_per_bundle.append(rows)
+        )
+    return rows
+
+
+def raw_sqlite_baseline(path: Path, payloads: list[bytes], *, decode: bool = False) -> Timing:
+    """Observation rows of the same Bundles, 13 columns + resource JSON, executemany.
+
+    ``decode=False`` (the baseline of the ratio): the rows are made before the clock
+    starts, so only the inserts are timed. ``decode=True`` (the second baseline): a
+    minimal raw ingest, each Bundle's JSON decoded with ``json.loads`` and its rows (the
+    JSON of each resource encoded again) made inside the clock, then ``executemany``.
+    Issue 7 gives "about 57,000 rows/s" for its baseline on a machine of this kind, which
+    is what this one measures (about 47,000 here), not the inserts alone (190,000)."""
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -158,9 +172,11 @@ def raw_sqlite_baseline(path: Path, payloads: list[bytes]) -> Timing:
         "INSERT INTO obs (result_id, seq, code, loinc, name, value_type, value_num, value_text,"
         " unit, ref_low, ref_high, ref_text, flag, json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
     )
+    made = None if decode else [_observation_rows(raw) for raw in payloads]
 
     def run() -> None:
-        for rows in rows_per_bundle:
+        for i, raw in enumerate(payloads):
+            rows = _observation_rows(raw) if made is None else made[i]
             conn.execute("BEGIN")
             conn.executemany(sql, rows)
             conn.execute("COMMIT")
@@ -270,32 +286,46 @@ def print_round(rows: list[Row], baseline: float) -> None:
     """Rates from wall time (ratio: to the baseline's) and from the CPU time of the
     process that did the work (this one, or the server's over HTTP) — steadier than wall
     time on a shared machine."""
-    print(f"{'measurement':<46}{'Obs':>7}{'seconds':>9}{'Obs/s':>10}{'ratio':>7}{'Obs/CPU-s':>11}")
+    print(f"{'measurement':<54}{'Obs':>7}{'seconds':>9}{'Obs/s':>10}{'ratio':>7}{'Obs/CPU-s':>11}")
     for name, n, (wall, cpu) in rows:
         rate = n / wall
         per_cpu = f"{n / cpu:>11,.0f}" if cpu else f"{'-':>11}"
-        print(f"{name:<46}{n:>7}{wall:>9.2f}{rate:>10,.0f}{rate / baseline:>7.2f}{per_cpu}")
+        print(f"{name:<54}{n:>7}{wall:>9.2f}{rate:>10,.0f}{rate / baseline:>7.2f}{per_cpu}")
+
+
+INGEST_BASELINE = "raw SQLite ingest: json.loads + rows + executemany"
 
 
 def print_summary(rounds: list[tuple[list[Row], float]]) -> None:
     """Median over rounds of each measurement's rate and of its ratio to the baseline
     of the same round (the machine may be shared: ratios of one round compare like with
-    like)."""
+    like); "ratio 2" is the ratio to the second baseline (a minimal raw ingest, JSON
+    decoded inside the clock) of the same round, where the round has one."""
     names = list(dict.fromkeys(name for rows, _ in rounds for name, _, _ in rows))
     print(
-        f"{'measurement (median of rounds)':<46}{'Obs/s':>10}{'ratio':>7}{'range':>12}"
-        f"{'Obs/CPU-s':>11}"
+        f"{'measurement (median of rounds)':<54}{'Obs/s':>10}{'ratio':>7}{'range':>12}"
+        f"{'ratio 2':>9}{'Obs/CPU-s':>11}"
     )
+    second = {
+        id(rows): n / t[0] for rows, _ in rounds for nm, n, t in rows if nm == INGEST_BASELINE
+    }
     for name in names:
         timings = [(n, t) for rows, _ in rounds for nm, n, t in rows if nm == name]
         rates = [n / t[0] for n, t in timings]
         ratios = [n / t[0] / b for rows, b in rounds for nm, n, t in rows if nm == name]
+        ratios2 = [
+            n / t[0] / second[id(rows)]
+            for rows, _ in rounds
+            for nm, n, t in rows
+            if nm == name and id(rows) in second
+        ]
         cpus = [n / t[1] for n, t in timings if t[1]]
         per_cpu = f"{statistics.median(cpus):>11,.0f}" if cpus else f"{'-':>11}"
         span = f"{min(ratios):.2f}–{max(ratios):.2f}"
+        r2 = f"{statistics.median(ratios2):>9.2f}" if ratios2 else f"{'-':>9}"
         print(
-            f"{name:<46}{statistics.median(rates):>10,.0f}"
-            f"{statistics.median(ratios):>7.2f}{span:>12}{per_cpu}"
+            f"{name:<54}{statistics.median(rates):>10,.0f}"
+            f"{statistics.median(ratios):>7.2f}{span:>12}{r2}{per_cpu}"
         )
 
 
@@ -350,6 +380,13 @@ def main() -> None:
                 payloads = bundles(f"B{r}-", args.bundles, args.reports, args.obs)
                 base = raw_sqlite_baseline(work / f"raw{r}.db", payloads)
                 rows: list[Row] = [("raw SQLite executemany (baseline)", n, base)]
+                rows.append(
+                    (
+                        INGEST_BASELINE,
+                        n,
+                        raw_sqlite_baseline(work / f"raw-ingest{r}.db", payloads, decode=True),
+                    )
+                )
                 rows.append(("msgspec parse only, nothing stored", n, parse_only(payloads)))
                 for label, cc in containers:
                     tag = f"{label[0]}{r}-"
@@ -408,7 +445,10 @@ def main() -> None:
         )
         print_summary(rounds)
         print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-        print("target: ≥ 20,000 Observations/s and ratio ≥ 0.5 (issue 7)")
+        print(
+            "target: ≥ 20,000 Observations/s and ratio ≥ 0.5 (issue 7, whose baseline of"
+            " 'about 57,000 rows/s' is the class of ratio 2's; ratio is to the inserts alone)"
+        )
 
 
 if __name__ == "__main__":
