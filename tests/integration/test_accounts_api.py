@@ -3,28 +3,18 @@ token endpoint and the login page. Runs on SQLite and (when configured) PostgreS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 
 from huren.adapters.clock import FixedClock
-from huren.api.app import create_app
 from huren.api.auth import SESSION_COOKIE
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.services.accounts import NewAccount
-from tests.fixtures.actors import SEED
+from tests.fixtures.actors import SEED, Login
 from tests.fixtures.world import HOSP_A
-
-Login = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 def _clinician(world: Container, password: str = "correct-horse-42") -> str:

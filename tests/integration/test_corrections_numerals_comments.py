@@ -5,7 +5,7 @@ the service, the API and the review page. SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
@@ -17,11 +17,11 @@ from huren.domain.accounts import Principal, Role
 from huren.domain.errors import ValidationFailed
 from huren.domain.results import ObservationValue, StoredResult, ValueType
 from huren.services.corrections import CorrectionEdit, ObservationEdit
+from tests.fixtures.actors import Login
 from tests.fixtures.results import lab_panel, liver_panel_observations, store
 from tests.fixtures.world import HOSP_A, HOSP_B
 from tests.integration.sharing_helpers import principal
 
-Login = Callable[..., dict[str, str]]
 HAEMOLYSED = "标本溶血"
 
 

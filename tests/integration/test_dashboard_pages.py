@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,8 +14,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from tests.fixtures import governance as gv
 from tests.fixtures import world as w
-
-Login = Callable[..., dict[str, str]]
+from tests.fixtures.actors import Login
 
 
 @pytest.fixture

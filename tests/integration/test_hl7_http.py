@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-
 import hl7
-import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from huren.adapters.db.tables import inbound_message, result
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.actors import Login
 from tests.fixtures.hl7 import (
     CBC_V23_GB18030,
     LAB_LFT_V251,
@@ -22,14 +19,7 @@ from tests.fixtures.hl7 import (
 )
 from tests.fixtures.world import HOSP_A, HOSP_B
 
-Login = Callable[..., dict[str, str]]
 ER7 = "x-application/hl7-v2+er7"
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 def msa(body: bytes, encoding: str = "utf-8") -> tuple[str, str, str]:

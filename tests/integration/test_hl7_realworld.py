@@ -10,7 +10,7 @@ interface documents, with the test world's hospitals and codes)."""
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import hl7
@@ -22,12 +22,12 @@ from huren.adapters.hl7v2.mllp import MllpServer
 from huren.adapters.hl7v2.parse import AckCode, ParsedOru
 from huren.adapters.hl7v2.receiver import Hl7Receiver, Hl7Reply, MllpGroupCommit
 from huren.adapters.hl7v2.responses import SqlResponseLog
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.identity import IdentifierKind, PatientIdentifier
 from huren.domain.results import ObservationValue, ResultStatus, StoredResult, ValueType
 from huren.services.intake import Channel
+from tests.fixtures.actors import Login
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
 from tests.fixtures.world import HOSP_A, HOSP_B
 from tests.integration.test_hl7_mllp import RunningServer
@@ -36,7 +36,6 @@ REALWORLD = Path(__file__).parent.parent / "fixtures" / "hl7" / "realworld"
 PANEL_CULTURE_V251 = "oru_r01_lab_panel_culture_v251_utf8.hl7"
 CBC_V231_GB18030 = "oru_r01_cbc_v231_gb18030.hl7"
 ER7 = "x-application/hl7-v2+er7"
-Login = Callable[..., dict[str, str]]
 
 
 def realworld_text(name: str) -> str:
@@ -312,12 +311,6 @@ def test_msh18_gb18030_without_the_space_is_read(receiver: Hl7Receiver) -> None:
 
 
 # ------------------------------------------------------------------ HTTP
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
-
-
 def test_http_body_with_a_utf8_byte_order_mark_is_read(
     client: TestClient, login: Login, world: Container
 ) -> None:

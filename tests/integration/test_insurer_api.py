@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,21 +15,14 @@ from openpyxl import Workbook, load_workbook
 from sqlalchemy import insert
 
 from huren.adapters.db.tables import decision, reminder
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.actors import Login
 from tests.fixtures.results import LI_SI_ID, ZHANG_SAN_ID, lab_panel, patient, store
 from tests.fixtures.world import HOSP_B, LFT, SH1
 from tests.integration.sharing_helpers import audit_rows
 
-Login = Callable[..., dict[str, str]]
 ORDERED = datetime(2026, 6, 15, 0, 55, tzinfo=UTC)  # 08:55 in Beijing, the service day
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ jurisdiction; bad input is rejected whole, naming the field. SQLite and PostgreS
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -11,19 +10,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from huren.adapters.db import tables as t
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.actors import Login
 from tests.fixtures.results import lab_panel, store
 from tests.fixtures.world import BJ1, CBC, CT_CHEST, HOSP_A, HOSP_B, LFT, SH1
-
-Login = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 def _count(world: Container, table: Any) -> int:

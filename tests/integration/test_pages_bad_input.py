@@ -4,7 +4,7 @@ API's problem+json — and stores nothing. On SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -18,10 +18,10 @@ from huren.domain.accounts import Role
 from huren.domain.qc import ProposalStatus, SuspensionReason, TargetKind
 from tests.fixtures import governance as gv
 from tests.fixtures import world as w
+from tests.fixtures.actors import Login
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.integration.sharing_helpers import principal
 
-Login = Callable[..., dict[str, str]]
 HUGE = str(2**70)
 
 

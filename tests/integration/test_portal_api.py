@@ -4,7 +4,6 @@ where they were recognized, downloads, who read them, and corrections."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
@@ -13,22 +12,15 @@ from sqlalchemy import insert
 
 from huren.adapters.clock import FixedClock
 from huren.adapters.db.tables import decision
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.services.portal import CODE_SENT_MESSAGE, LogCodeSender
+from tests.fixtures.actors import Login
 from tests.fixtures.results import LI_SI_ID, ZHANG_SAN_ID, imaging_report, lab_panel, store
 from tests.fixtures.world import CT_CHEST, HOSP_A, HOSP_B
 
-Login = Callable[..., dict[str, str]]
 PHONE = "13812345678"
 ZHANG = {"identifier_kind": "national_id", "identifier": ZHANG_SAN_ID}
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 @pytest.fixture

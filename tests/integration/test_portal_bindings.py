@@ -5,7 +5,7 @@ patient then logs in with a one-time code, and a re-binding tells the previous m
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -17,11 +17,11 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.identity import mask_id
 from huren.services.portal import LogCodeSender
+from tests.fixtures.actors import Login
 from tests.fixtures.results import LI_SI_ID, ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
 from tests.integration.sharing_helpers import audit_rows
 
-Login = Callable[..., dict[str, str]]
 PHONE = "13812345678"
 NEW_PHONE = "13987654321"
 

@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Iterator
 
-import pytest
 from fastapi.testclient import TestClient
 from openpyxl import load_workbook
 
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from tests.fixtures import governance as gv
 from tests.fixtures import world as w
-
-Login = Callable[..., dict[str, str]]
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
+from tests.fixtures.actors import Login
 
 
 def _eqa(on: str, passed: bool) -> dict[str, object]:

@@ -6,7 +6,6 @@ card, the workbench (page and full report), retrieval, the EMR text and the FHIR
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -22,12 +21,12 @@ from huren.domain.accounts import Role
 from huren.domain.decisions import result_text
 from huren.services.intake import Channel
 from tests.e2e.test_cdshooks import hook_request, patient_resource, service_request
+from tests.fixtures.actors import Login
 from tests.fixtures.fhir.builders import lab_bundle
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_field
 from tests.fixtures.results import ZHANG_SAN_ID
 from tests.fixtures.world import HOSP_B
 
-Login = Callable[..., dict[str, str]]
 FHIR = "application/fhir+json"
 HL7_PATIENT = "110105197203051620"  # 王秀英 of the HL7 sample
 

@@ -6,7 +6,6 @@ potassium may be accepted instead of testing again (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -34,6 +33,7 @@ from huren.domain.results import (
     ValueType,
 )
 from huren.services.intake import Channel, Disposition, encode_submission, submission_hash
+from tests.fixtures.actors import Login
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import HOSP_A, HOSP_B
@@ -46,7 +46,6 @@ from tests.integration.test_fhir_realworld import (
     transaction,
 )
 
-Login = Callable[..., dict[str, str]]
 HAEMOLYSED = "标本溶血"
 
 

@@ -6,7 +6,6 @@ patient's page. SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 import hl7
@@ -25,6 +24,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.results import ReportDocument
 from huren.services.intake import Channel, Disposition, encode_submission
+from tests.fixtures.actors import Login
 from tests.fixtures.hl7 import LAB_LFT_V251, sample_text, with_control_id, with_field
 from tests.fixtures.results import lab_panel
 from tests.fixtures.world import GS1, HOSP_A, HOSP_B
@@ -32,7 +32,6 @@ from tests.integration import test_hl7_mllp
 from tests.integration.sharing_helpers import audit_rows
 from tests.integration.test_hl7_mllp import RunningServer
 
-Login = Callable[..., dict[str, str]]
 HL7_PATIENT = "110105197203051620"  # 王秀英 of the HL7 sample
 mllp = test_hl7_mllp.mllp  # the fixture: a listener on a free port
 ER7 = "x-application/hl7-v2+er7"
@@ -99,12 +98,6 @@ def has_err(message: hl7.Message) -> bool:
 @pytest.fixture
 def receiver(world: Container) -> Hl7Receiver:
     return Hl7Receiver(world.intake, world.clock, Channel.HL7V2_MLLP, SqlResponseLog(world.engine))
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 def stored_id(receiver: Hl7Receiver, text: str) -> int:

@@ -3,28 +3,20 @@ counted against the audit log, no enumeration, and the audit queries."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from huren.api.app import create_app
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.actors import Login
 from tests.fixtures.results import LI_SI_ID, ZHANG_SAN_ID, lab_panel, store
 from tests.fixtures.world import GS1, HOSP_A, HOSP_B, LFT, SH1
 from tests.integration.sharing_helpers import audit_rows
 
-Login = Callable[..., dict[str, str]]
 SEARCH = "/api/v1/retrieval/search"
 ZHANG = {"identifier_kind": "national_id", "identifier": ZHANG_SAN_ID}
-
-
-@pytest.fixture
-def client(world: Container) -> Iterator[TestClient]:
-    with TestClient(create_app(world)) as c:
-        yield c
 
 
 @pytest.fixture

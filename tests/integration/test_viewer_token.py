@@ -5,7 +5,7 @@ viewer cookie reads the viewer and its images and nothing else: it is not a logi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from http.cookies import SimpleCookie
 
@@ -17,11 +17,10 @@ from huren.api.app import create_app
 from huren.api.auth import SESSION_COOKIE, VIEWER_COOKIE
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from tests.fixtures.actors import Login
 from tests.fixtures.imaging import ct_report, store_complete_ct_study
 from tests.fixtures.results import store
 from tests.fixtures.world import HOSP_A, HOSP_B
-
-Login = Callable[..., dict[str, str]]
 
 
 @pytest.fixture
