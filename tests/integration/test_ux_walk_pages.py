@@ -17,6 +17,7 @@ from huren.adapters.clock import FixedClock
 from huren.adapters.db.tables import decision, reminder
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
+from huren.domain.identity import mask_id
 from tests.fixtures.actors import Login
 from tests.fixtures.imaging import ct_report, store_complete_ct_study
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
@@ -304,3 +305,16 @@ def test_an_order_opened_again_shows_its_decision_and_takes_no_second_one(
     assert "记录为“接受互认”" in again.text
     with world.engine.connect() as conn:
         assert len(conn.execute(select(decision)).all()) == 1
+
+
+def test_the_workbench_names_whose_priors_it_shows_masked(
+    client: TestClient, doctor: dict[str, str], priors: dict[str, int]
+) -> None:
+    """Opened outside the HIS frame (or with the wrong patient in its URL) the page showed
+    results without saying whose: the clinician checks the masked name and 身份证 (R4)."""
+    page = _workbench(client, doctor)
+    line = page.split('id="wb-patient"')[1].split("</p>")[0]
+    assert "张*" in line or "*三" in line
+    assert mask_id(ZHANG_SAN_ID) in line
+    assert ZHANG_SAN_ID not in line
+    assert "请与医嘱中的患者核对" in line

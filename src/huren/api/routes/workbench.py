@@ -28,7 +28,7 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.decisions import ACTION_LABELS, Action, local_time
 from huren.domain.errors import DomainError, Forbidden, Problem, Unauthorized, ValidationFailed
-from huren.domain.identity import IdentifierKind, PatientIdentifier
+from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
 from huren.domain.masterdata import Category
 from huren.domain.recognition import format_span
 from huren.domain.results import STATUS_LABELS, StoredResult
@@ -201,6 +201,9 @@ def workbench(
         )
     inst = catalog.institutions.get(outcome.institution)
     hx_headers = json.dumps({"Authorization": f"Bearer {token}"}) if token else ""
+    # Whose priors these are, masked (R4), for the clinician to check against the order:
+    # a frame opened with the wrong patient in its URL shows someone else's results.
+    who = c.results.patient(outcome.patient_id) if outcome.patient_id is not None else None
     return templates.TemplateResponse(
         request,
         "workbench/page.html",
@@ -211,6 +214,13 @@ def workbench(
             "principal": principal,
             "hx_headers": hx_headers,
             "token": token,
+            "patient": who,
+            "patient_ids": [
+                (IDENTIFIER_LABELS[kind], masked) for kind, _, masked in who.identifiers[:2]
+            ]
+            if who is not None
+            else [],
+            "sex": {"M": "男", "F": "女"}.get(who.sex, "") if who is not None else "",
             "action_labels": {a.value: label for a, label in ACTION_LABELS.items()},
             "local_time": local_time,
         },
