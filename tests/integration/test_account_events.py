@@ -409,4 +409,4 @@ def test_a_patient_account_opened_at_the_counter_names_the_administrator(
         admin.id,
         "institution_admin",
     )
-    assert last.detail.startswith("患者，patient:")
+    assert last.detail.startswith("患者，患者编号 ")

@@ -643,6 +643,6 @@ def describe_binding(record: AccountRecord | Principal | NewAccount) -> str:
     parts: Sequence[str | None] = (
         record.institution,
         record.jurisdiction,
-        f"patient:{record.patient_id}" if record.patient_id is not None else None,
+        f"患者编号 {record.patient_id}" if record.patient_id is not None else None,
     )
     return " ".join(p for p in parts if p) or "全平台"
