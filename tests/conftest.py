@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from huren.adapters.clock import FixedClock
@@ -62,6 +62,26 @@ def scratch_pg_database(name: str) -> Iterator[str]:
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each backend, for a migration test to build up and take down:
+    a SQLite file, or a scratch PostgreSQL database named after the test module."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'old.db'}"
+        return
+    module = request.module.__name__.rsplit(".", 1)[-1]
+    with scratch_pg_database(f"huren_{module}_{os.getpid()}") as url:
+        yield url
+
+
+def table_names(url: str) -> set[str]:
+    eng = create_engine(url)
+    try:
+        return set(inspect(eng).get_table_names())
+    finally:
+        eng.dispose()
 
 
 @pytest.fixture(scope="session")

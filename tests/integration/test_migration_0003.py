@@ -3,33 +3,19 @@ on both backends: the integration engineer sees the same text before and after."
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db.inbound import SqlInboundMessages
-from tests.conftest import BACKENDS, scratch_pg_database
 
 MESSAGES = [
     "MSH|^~\\&|LIS|H130100001|HUREN|HUREN|20260614093000||ORU^R01|C1|P|2.5.1\rPID|1||张三",
     "",
     '{"resourceType": "Bundle", "type": "transaction", "entry": []}' * 300,
 ]
-
-
-@pytest.fixture(params=BACKENDS)
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    with scratch_pg_database(f"huren_migration_{os.getpid()}") as url:
-        yield url
 
 
 def _texts(url: str, ids: list[int]) -> list[str]:

@@ -4,29 +4,15 @@ theirs, and the downgrade takes the columns away again."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
-import pytest
 from alembic import command
 from sqlalchemy import create_engine, insert, inspect, text
 
 from huren.adapters.db import engine as db_engine
 from huren.adapters.db import tables as t
-from tests.conftest import BACKENDS, scratch_pg_database
 
 AT = datetime(2026, 6, 14, tzinfo=UTC)
-
-
-@pytest.fixture(params=BACKENDS)
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    with scratch_pg_database(f"huren_migration4_{os.getpid()}") as url:
-        yield url
 
 
 def _columns(url: str, table: str) -> set[str]:

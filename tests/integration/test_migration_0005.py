@@ -3,28 +3,14 @@ enforces no VARCHAR length), and its downgrade refuses while a longer value is k
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect, text
 
 from huren.adapters.db import engine as db_engine
-from tests.conftest import BACKENDS, scratch_pg_database
 
 TABLES = ("reminder", "decision", "cds_card", "monitoring_month", "monitoring_decline")
 USER = "PractitionerRole/" + "x" * 64  # 81 characters
-
-
-@pytest.fixture(params=BACKENDS)
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    with scratch_pg_database(f"huren_migration5_{os.getpid()}") as url:
-        yield url
 
 
 def _widths(url: str) -> dict[str, int | None]:

@@ -3,38 +3,16 @@ versions) with its key and its reference to ``result_version``; the downgrade dr
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from huren.adapters.db import engine as db_engine
-from tests.conftest import BACKENDS, scratch_pg_database
-
-
-@pytest.fixture(params=BACKENDS)
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    with scratch_pg_database(f"huren_migration7_{os.getpid()}") as url:
-        yield url
-
-
-def _tables(url: str) -> set[str]:
-    eng = create_engine(url)
-    try:
-        return set(inspect(eng).get_table_names())
-    finally:
-        eng.dispose()
+from tests.conftest import table_names
 
 
 def test_0007_adds_result_document_and_its_downgrade_drops_it(empty_url: str) -> None:
     db_engine.upgrade(empty_url, "0006")
-    assert "result_document" not in _tables(empty_url)
+    assert "result_document" not in table_names(empty_url)
     db_engine.upgrade(empty_url)
     eng = create_engine(empty_url)
     try:
@@ -60,4 +38,4 @@ def test_0007_adds_result_document_and_its_downgrade_drops_it(empty_url: str) ->
         ["result_id", "version"],
     )
     command.downgrade(db_engine.alembic_config(empty_url), "0006")
-    assert "result_document" not in _tables(empty_url)
+    assert "result_document" not in table_names(empty_url)

@@ -4,33 +4,11 @@ again brings it back."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from alembic import command
 from sqlalchemy import create_engine, inspect
 
 from huren.adapters.db import engine as db_engine
-from tests.conftest import BACKENDS, scratch_pg_database
-
-
-@pytest.fixture(params=BACKENDS)
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'old.db'}"
-        return
-    with scratch_pg_database(f"huren_migration8_{os.getpid()}") as url:
-        yield url
-
-
-def _tables(url: str) -> set[str]:
-    eng = create_engine(url)
-    try:
-        return set(inspect(eng).get_table_names())
-    finally:
-        eng.dispose()
+from tests.conftest import table_names
 
 
 def _check_account_event(url: str) -> None:
@@ -72,11 +50,11 @@ def _check_account_event(url: str) -> None:
 
 def test_0008_adds_account_event_and_its_downgrade_drops_it(empty_url: str) -> None:
     db_engine.upgrade(empty_url, "0007")
-    assert "account_event" not in _tables(empty_url)
+    assert "account_event" not in table_names(empty_url)
     db_engine.upgrade(empty_url)
     _check_account_event(empty_url)
     command.downgrade(db_engine.alembic_config(empty_url), "0007")
-    assert "account_event" not in _tables(empty_url)
-    assert "account" in _tables(empty_url)
+    assert "account_event" not in table_names(empty_url)
+    assert "account" in table_names(empty_url)
     db_engine.upgrade(empty_url)
     _check_account_event(empty_url)
