@@ -30,6 +30,8 @@ IDENTIFIER_LABELS = {
     IdentifierKind.HEALTH_CARD: "电子健康卡",
     IdentifierKind.MRN: "院内病历号",
 }
+# Patient.sex as stored (GB/T 2261.1 男 M / 女 F); anything else is shown as it is.
+SEX_LABELS = {"M": "男", "F": "女"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -617,10 +617,9 @@ class MonitoringService:
             # Nothing of that kind lies inside (a 京津冀 region is larger than a province):
             # the national figure, as it is.
             return target_progress(target, facts)
-        name = facts.graph.scopes[jurisdiction].name if jurisdiction in facts.graph.scopes else ""
-        return replace(
-            local, target=target, note=f"全国目标，按本辖区（{name or jurisdiction}）统计"
-        )
+        scope = facts.graph.scopes.get(jurisdiction)
+        name = scope.name if scope is not None else jurisdiction
+        return replace(local, target=target, note=f"全国目标，按本辖区（{name}）统计")
 
 
 # National targets whose measure is a share of scopes or institutions, which a province

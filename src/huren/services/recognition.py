@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from huren.domain.accounts import Principal
-from huren.domain.china_time import CHINA_TZ, in_china_time
+from huren.domain.china_time import in_china_time
 from huren.domain.decisions import (
     ACTION_LABELS,
     Action,
@@ -29,6 +29,7 @@ from huren.domain.decisions import (
     ReportForRecord,
     choose_reason,
     emr_text,
+    local_time,
     patient_explanation,
     saved_fen,
 )
@@ -782,14 +783,13 @@ class RecognitionService:
                     None,
                 )
                 if earlier is not None:
-                    when = earlier.at.astimezone(CHINA_TZ).strftime("%m-%d %H:%M")
                     label = ACTION_LABELS[Action(earlier.action)]
                     raise Conflict(
                         "该结果已记录过决定，不重复记录",
                         problems=[
                             Problem(
                                 "result_id",
-                                f"{when} 已由 {earlier.clinician} 记录为“{label}”"
+                                f"{local_time(earlier.at)} 已由 {earlier.clinician} 记录为“{label}”"
                                 "（同一医嘱的同一既往结果只记录一次）",
                             )
                         ],

@@ -591,7 +591,7 @@ class SqlMonitoringTx:
                 d.action,
                 d.reason_code,
                 d.saved_fen,
-                _proposed().label("proposed"),
+                _PROPOSED.label("proposed"),
             )
             .select_from(_DECISION_WITH_REMINDER)
             .where(d.id > last_id)
@@ -752,7 +752,7 @@ class SqlMonitoringTx:
                 d.item_code,
                 zero,
                 # as the incremental rollup counts it (services.monitoring, DecisionFact)
-                case((and_(accepted, not_(_proposed())), 1), else_=0),
+                case((and_(accepted, not_(_PROPOSED)), 1), else_=0),
                 case((accepted, 1), else_=0),
                 case((accepted, 0), else_=1),
                 case((accepted, d.saved_fen), else_=0),
@@ -804,9 +804,8 @@ _DECISION_WITH_REMINDER = t.decision.outerjoin(
 )
 
 
-def _proposed() -> ColumnElement[bool]:
-    """The decision's reminder had a recognizable prior to propose."""
-    return func.coalesce(t.reminder.c.recognizable, 0) > 0
+# The decision's reminder had a recognizable prior to propose.
+_PROPOSED = func.coalesce(t.reminder.c.recognizable, 0) > 0
 
 
 class SqlMonitoringStore:

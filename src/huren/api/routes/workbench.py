@@ -28,7 +28,12 @@ from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
 from huren.domain.decisions import ACTION_LABELS, Action, local_time
 from huren.domain.errors import DomainError, Forbidden, Problem, Unauthorized, ValidationFailed
-from huren.domain.identity import IDENTIFIER_LABELS, IdentifierKind, PatientIdentifier
+from huren.domain.identity import (
+    IDENTIFIER_LABELS,
+    SEX_LABELS,
+    IdentifierKind,
+    PatientIdentifier,
+)
 from huren.domain.masterdata import Category
 from huren.domain.recognition import format_span
 from huren.domain.results import STATUS_LABELS, StoredResult
@@ -220,8 +225,9 @@ def workbench(
             ]
             if who is not None
             else [],
-            "sex": {"M": "男", "F": "女"}.get(who.sex, "") if who is not None else "",
-            "action_labels": {a.value: label for a, label in ACTION_LABELS.items()},
+            "sex": SEX_LABELS.get(who.sex, "") if who is not None else "",
+            # keyed by Action, a StrEnum: the stored "accepted" finds its label
+            "action_labels": ACTION_LABELS,
             "local_time": local_time,
         },
         headers=_headers(c),
