@@ -305,27 +305,17 @@ def test_accepting_a_prior_the_platform_did_not_propose_keeps_the_ratio_at_most_
     """The blood count beyond its 参考时限 is shown, not proposed; the clinician may still
     accept it (the limit is a reference). That acceptance counted in 互认项次 but not in
     the reminders with a recognizable prior: the demo's report showed 133 %."""
-    at = datetime(2026, 6, 10, 2, 0, tzinfo=UTC)
-    with world.engine.begin() as conn:
-
-        def remind(item: str, recognizable: int) -> int:
-            return int(
-                conn.execute(
-                    insert(t.reminder).values(
-                        at=at, channel="workbench", institution_code=w.HOSP_B,
-                        department="消化内科", clinician="B-1", item_code=item,
-                        candidates=1, recognizable=recognizable,
-                    )
-                ).inserted_primary_key[0]  # type: ignore[index]
-            )  # fmt: skip
-
-        for reminder, item in ((remind(w.LFT, 1), w.LFT), (remind(w.CBC, 0), w.CBC)):
-            conn.execute(
-                insert(t.decision).values(
-                    reminder_id=reminder, at=at, institution_code=w.HOSP_B,
-                    department="消化内科", clinician="B-1", item_code=item, action="accepted",
-                )
-            )  # fmt: skip
+    for item, recognizable in ((w.LFT, 1), (w.CBC, 0)):
+        gv.add_accepted_reminder(
+            world.engine,
+            at=datetime(2026, 6, 10, 2, 0, tzinfo=UTC),
+            institution=w.HOSP_B,
+            department="消化内科",
+            clinician="B-1",
+            item=item,
+            recognizable=recognizable,
+            channel="workbench",
+        )
     mon = world.monitoring
     mon.refresh()
     incremental = _snapshot(world)

@@ -11,13 +11,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from huren.adapters.clock import FixedClock
-from huren.adapters.db.tables import decision, reminder
+from huren.adapters.db.tables import decision
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.identity import mask_id
+from tests.fixtures import governance as gv
 from tests.fixtures.actors import Login
 from tests.fixtures.imaging import ct_report, store_complete_ct_study
 from tests.fixtures.results import ZHANG_SAN_ID, lab_panel, store
@@ -197,39 +198,17 @@ def test_dashboard_errors_are_whole_pages_and_drill_errors_show_in_the_panel(
 def _decision(world: Container, clinician: str, result_id: int) -> None:
     """A reminder for the chest CT at hospital B's 呼吸内科 and its acceptance by
     ``clinician``, as a CDS client's ``userId`` or the workbench's username records it."""
-    at = world.clock.now() - timedelta(days=1)  # settled: the aggregates count it
-    patient_id = world.results.get_result(result_id).patient_id
-    with world.engine.begin() as conn:
-        key = conn.execute(
-            insert(reminder).values(
-                at=at,
-                channel="cds-hooks",
-                institution_code=HOSP_B,
-                department="呼吸内科",
-                clinician=clinician,
-                patient_id=patient_id,
-                item_code=CT_CHEST,
-                local_code="B-CT-CHEST",
-                candidates=1,
-                recognizable=1,
-                request_id=f"req-{clinician}",
-            )
-        ).inserted_primary_key
-        assert key is not None
-        conn.execute(
-            insert(decision).values(
-                reminder_id=key[0],
-                at=at,
-                institution_code=HOSP_B,
-                department="呼吸内科",
-                clinician=clinician,
-                patient_id=patient_id,
-                item_code=CT_CHEST,
-                result_id=result_id,
-                result_version=1,
-                action="accepted",
-            )
-        )
+    gv.add_accepted_reminder(
+        world.engine,
+        at=world.clock.now() - timedelta(days=1),  # settled: the aggregates count it
+        institution=HOSP_B,
+        department="呼吸内科",
+        clinician=clinician,
+        item=CT_CHEST,
+        patient_id=world.results.get_result(result_id).patient_id,
+        result_id=result_id,
+        local_code="B-CT-CHEST",
+    )
 
 
 def test_drill_down_names_clinicians_not_their_ids(
