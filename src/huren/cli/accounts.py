@@ -140,7 +140,7 @@ def _interface_account(c: Container, institution: str, username: str | None) -> 
     """The institution's interface account name (``<机构代码>-integration`` unless given)
     and whether it exists; exits when that account belongs to another institution."""
     user = username or f"{institution}-integration"
-    existing = next((a for a in c.accounts.list_accounts() if a.username == user), None)
+    existing = c.accounts.by_username(user)
     if existing is not None and existing.institution != institution:
         typer.echo(f"错误: 账号 {user} 属于机构 {existing.institution or '（无）'}", err=True)
         raise typer.Exit(1)

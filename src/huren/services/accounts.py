@@ -49,6 +49,7 @@ CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 # The widths of the account and api_key columns; a code longer than its column (32)
 # cannot name an institution or a jurisdiction.
 MAX_DISPLAY_NAME, MAX_DEPARTMENT, MAX_LABEL, MAX_CODE = 100, 32, 100, 32
+MAX_USERNAME, MAX_PREFIX = 64, 16  # the widths of account.username and api_key.prefix
 MAX_HISTORY = 1000  # the most events one listing of account_event shows
 
 
@@ -166,7 +167,11 @@ class AccountStore(Protocol):
 
     def account_by_username(self, username: str) -> AccountRecord | None: ...
 
-    def list_accounts(self) -> list[AccountRecord]: ...
+    def list_accounts(
+        self, institution: str | None = None, role: Role | None = None
+    ) -> list[AccountRecord]:
+        """All accounts, or those of ``institution`` and/or ``role``, by id."""
+        ...
 
     def set_active(self, account_id: int, active: bool, event: AccountEvent) -> bool:
         """False, and nothing recorded, when the account is already so."""
@@ -411,18 +416,20 @@ class AccountService:
         _log(event, record)
         return CreatedAccount(record, password if generated else None)
 
-    def list_accounts(self) -> list[AccountRecord]:
-        return self.store.list_accounts()
+    def list_accounts(
+        self, institution: str | None = None, role: Role | None = None
+    ) -> list[AccountRecord]:
+        return self.store.list_accounts(institution, role)
 
-    def _by_username(self, username: str) -> AccountRecord | None:
+    def by_username(self, username: str) -> AccountRecord | None:
         """The account of ``username``; None, without asking the store, for a name no
         account can have (PostgreSQL refuses a NUL in a query's text)."""
-        if len(username) > 64 or "\x00" in username:
+        if text_problem(username, MAX_USERNAME):
             return None
         return self.store.account_by_username(username)
 
     def account(self, username: str) -> AccountRecord:
-        record = self._by_username(username)
+        record = self.by_username(username)
         if record is None:
             raise NotFound(f"账号 {username} 不存在")
         return record
@@ -469,7 +476,7 @@ class AccountService:
     def authenticate_password(self, username: str, password: str, client: str = "") -> Principal:
         """Check a password; failures are throttled per username and client address."""
         self.throttle.check(username, client)
-        record = self._by_username(username)
+        record = self.by_username(username)
         if record is None or not record.password_hash:
             self.passwords.dummy_verify()
             self.throttle.failed(username, client)
@@ -555,7 +562,7 @@ class AccountService:
             errors = ProblemCollector()
             errors.add("label", f"密钥用途说明{problem}")
             errors.raise_if_any("无法创建 API 密钥")
-        if self._by_username(username) is None:
+        if self.by_username(username) is None:
             self.create_account(
                 NewAccount(username, display_name, Role.INTEGRATION, institution=institution),
                 actor=actor,
@@ -567,9 +574,7 @@ class AccountService:
         return self.store.list_api_keys(account_id)
 
     def revoke_api_key(self, prefix: str, *, actor: Actor) -> None:
-        stored = (
-            None if len(prefix) > 16 or "\x00" in prefix else self.store.api_key_by_prefix(prefix)
-        )
+        stored = None if text_problem(prefix, MAX_PREFIX) else self.store.api_key_by_prefix(prefix)
         event = self._event(
             AccountAction.API_KEY_REVOKED,
             actor,

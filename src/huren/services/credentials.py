@@ -15,7 +15,7 @@ its messages naming the field; nothing is stored when one fails.
 Each change is recorded in ``account_event`` with the signed-in principal as its actor,
 in the transaction of the change (``services.accounts``), as the command line's changes
 are with the command line as theirs; the page lists the institution's recent ones
-(``history``). ``audit_event`` is not the place: it records reads of patients' results."""
+(``page``). ``audit_event`` is not the place: it records reads of patients' results."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from huren.domain.errors import (
 )
 from huren.domain.text import text_problem
 from huren.services.accounts import (
+    MAX_PREFIX,
     AccountEventRecord,
     AccountRecord,
     AccountService,
@@ -49,7 +50,6 @@ from huren.services.cds_clients import (
 )
 
 MANAGER_ROLES = frozenset({Role.INSTITUTION_ADMIN, Role.OPERATOR})
-MAX_PREFIX = 16  # the width of api_key.prefix
 HISTORY_LIMIT = 50  # the changes the page lists
 
 
@@ -66,7 +66,14 @@ class InterfaceAccount:
     clients: list[CdsClientView]
 
 
-key_ids = jwks_key_ids
+@dataclass(frozen=True, slots=True)
+class CredentialsPage:
+    """What the page shows of the institution ``code`` (None until an operator chose
+    one): its interface accounts with their credentials, and its recent changes."""
+
+    code: str | None
+    accounts: list[InterfaceAccount]
+    history: list[AccountEventRecord]
 
 
 class _Credential(Protocol):
@@ -113,29 +120,24 @@ class InterfaceCredentials:
             raise ValidationFailed("请先选择机构（institution）")
         return code
 
-    def _accounts(self, institution: str) -> list[AccountRecord]:
-        return [
-            a
-            for a in self.accounts.list_accounts()
-            if a.role is Role.INTEGRATION and a.institution == institution
-        ]
-
     def _account(self, institution: str, username: str) -> AccountRecord:
-        found = next((a for a in self._accounts(institution) if a.username == username), None)
-        if found is None:
+        found = self.accounts.by_username(username)
+        if found is None or found.role is not Role.INTEGRATION or found.institution != institution:
             problem = Problem("username", f"本机构没有接口系统账号 {username[:64]}")
             raise ValidationFailed("接口系统账号不存在", problems=[problem])
         return found
 
-    def _owned(self, institution: str, found: _Owned | None, missing: str) -> _Owned:
-        """``found`` when it belongs to an account of ``institution``; else, as when
+    def _owned(
+        self, institution: str, found: _Owned | None, missing: str
+    ) -> tuple[_Owned, AccountRecord]:
+        """``found`` and its account when that is of ``institution``; else, as when
         there is none, ``NotFound`` saying ``missing``."""
         owner = self.accounts.store.account_by_id(found.account_id) if found else None
         if found is None or owner is None or owner.institution != institution:
             raise NotFound(missing)
-        return found
+        return found, owner
 
-    def _key(self, institution: str, prefix: str) -> ApiKeyRecord:
+    def _key(self, institution: str, prefix: str) -> tuple[ApiKeyRecord, AccountRecord]:
         stored = (
             None
             if text_problem(prefix, MAX_PREFIX)
@@ -143,39 +145,44 @@ class InterfaceCredentials:
         )
         return self._owned(institution, stored, f"本机构没有 API 密钥 {prefix[:MAX_PREFIX]}")
 
-    def _client(self, institution: str, issuer: str) -> CdsClientRecord:
+    def _client(self, institution: str, issuer: str) -> tuple[CdsClientRecord, AccountRecord]:
         record = (
             None if text_problem(issuer, MAX_ISSUER) else self.cds_clients.store.cds_client(issuer)
         )
         return self._owned(institution, record, f"本机构没有登记 CDS 客户端 {issuer[:MAX_ISSUER]}")
 
     # -- reading
-    def overview(self, principal: Principal, institution: str | None) -> list[InterfaceAccount]:
-        """The institution's interface accounts, each with its keys and CDS clients."""
-        code = self._institution(principal, institution)
-        accounts = self._accounts(code)
-        ids = {a.id for a in accounts}
-        clients: dict[int, list[CdsClientView]] = {i: [] for i in ids}
+    def page(self, principal: Principal, institution: str | None) -> CredentialsPage:
+        """The institution's interface accounts, each with its keys and CDS clients, and
+        the recent changes of its accounts and credentials, newest first: who made them
+        (an account, or the server's command line) and what."""
+        code = self.institution(principal, institution)
+        if code is None:
+            return CredentialsPage(None, [], [])
+        accounts = self.accounts.list_accounts(code, Role.INTEGRATION)
+        clients: dict[int, list[CdsClientView]] = {a.id: [] for a in accounts}
         for r in self.cds_clients.list_clients():
-            if r.account_id in ids:
-                clients[r.account_id].append(CdsClientView(r, key_ids(r.jwks)))
-        return [
+            if r.account_id in clients:
+                clients[r.account_id].append(CdsClientView(r, jwks_key_ids(r.jwks)))
+        overview = [
             InterfaceAccount(a, self.accounts.store.list_api_keys(a.id), clients[a.id])
             for a in accounts
         ]
+        return CredentialsPage(
+            code, overview, self.accounts.store.account_events(code, HISTORY_LIMIT)
+        )
 
-    def key(self, principal: Principal, institution: str | None, prefix: str) -> ApiKeyRecord:
+    def key(
+        self, principal: Principal, institution: str | None, prefix: str
+    ) -> tuple[ApiKeyRecord, AccountRecord]:
+        """The key of ``prefix`` and the interface account it belongs to."""
         return self._key(self._institution(principal, institution), prefix)
 
-    def client(self, principal: Principal, institution: str | None, issuer: str) -> CdsClientRecord:
+    def client(
+        self, principal: Principal, institution: str | None, issuer: str
+    ) -> tuple[CdsClientRecord, AccountRecord]:
+        """The client ``issuer`` and the interface account it speaks for."""
         return self._client(self._institution(principal, institution), issuer)
-
-    def history(
-        self, principal: Principal, institution: str | None, limit: int = HISTORY_LIMIT
-    ) -> list[AccountEventRecord]:
-        """The recent changes of the institution's accounts and credentials, newest
-        first: who made them (an account, or the server's command line) and what."""
-        return self.accounts.history(self._institution(principal, institution), limit)
 
     # -- changes
 
@@ -194,7 +201,7 @@ class InterfaceCredentials:
         errors = ProblemCollector()
         if problem := label_problem(label):
             errors.add("label", f"密钥用途说明{problem}")
-        if not text_problem(username) and self.accounts.store.account_by_username(username):
+        if self.accounts.by_username(username):
             errors.add("username", f"用户名 {username} 已存在")
         errors.raise_if_any("无法创建接口系统账号")
         actor = Actor.of(principal)
@@ -211,15 +218,11 @@ class InterfaceCredentials:
         account = self._account(code, username)
         return self.accounts.create_api_key(account.username, label, actor=Actor.of(principal))
 
-    def revoke_key(
-        self, principal: Principal, institution: str | None, prefix: str
-    ) -> ApiKeyRecord:
-        code = self._institution(principal, institution)
-        key = self._key(code, prefix)
+    def revoke_key(self, principal: Principal, institution: str | None, prefix: str) -> None:
+        key, _ = self._key(self._institution(principal, institution), prefix)
         if key.revoked_at is not None:
             raise Conflict(f"API 密钥 {key.prefix} 已吊销")
         self.accounts.revoke_api_key(key.prefix, actor=Actor.of(principal))
-        return self._key(code, prefix)
 
     def register_client(
         self,
@@ -240,20 +243,15 @@ class InterfaceCredentials:
     def set_client_keys(
         self, principal: Principal, institution: str | None, issuer: str, jwks: str, jku: str = ""
     ) -> CdsClientRecord:
-        code = self._institution(principal, institution)
-        record = self._client(code, issuer)
+        record, _ = self._client(self._institution(principal, institution), issuer)
         if record.revoked_at is not None:
             raise Conflict(
                 f"CDS 客户端 {record.issuer} 已吊销，不能更换公钥；请以新的 iss 重新登记"
             )
         return self.cds_clients.set_keys(record.issuer, jwks, jku, actor=Actor.of(principal))
 
-    def revoke_client(
-        self, principal: Principal, institution: str | None, issuer: str
-    ) -> CdsClientRecord:
-        code = self._institution(principal, institution)
-        record = self._client(code, issuer)
+    def revoke_client(self, principal: Principal, institution: str | None, issuer: str) -> None:
+        record, _ = self._client(self._institution(principal, institution), issuer)
         if record.revoked_at is not None:
             raise Conflict(f"CDS 客户端 {record.issuer} 已吊销")
         self.cds_clients.revoke(record.issuer, actor=Actor.of(principal))
-        return self._client(code, issuer)

@@ -162,9 +162,17 @@ class SqlAccounts:
             row = c.execute(select(t.account).where(t.account.c.username == username)).first()
         return _account(row) if row is not None else None
 
-    def list_accounts(self) -> list[AccountRecord]:
+    def list_accounts(
+        self, institution: str | None = None, role: Role | None = None
+    ) -> list[AccountRecord]:
+        a = t.account.c
+        q = select(t.account).order_by(a.id)
+        if institution is not None:
+            q = q.where(a.institution_code == institution)
+        if role is not None:
+            q = q.where(a.role == role.value)
         with self.engine.connect() as c:
-            return [_account(r) for r in c.execute(select(t.account).order_by(t.account.c.id))]
+            return [_account(r) for r in c.execute(q)]
 
     def set_active(self, account_id: int, active: bool, event: AccountEvent) -> bool:
         """False, and nothing recorded, when the account is already so (or absent)."""

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -34,9 +35,9 @@ from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
 from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
-from huren.services.accounts import CreatedApiKey
-from huren.services.cds_clients import MAX_JWKS, CdsClientRecord
-from huren.services.credentials import HISTORY_LIMIT, InterfaceCredentials, key_ids
+from huren.services.accounts import AccountRecord, CreatedApiKey
+from huren.services.cds_clients import MAX_JWKS, CdsClientRecord, jwks_key_ids
+from huren.services.credentials import HISTORY_LIMIT, InterfaceCredentials
 
 router = APIRouter(tags=["接口凭据"], route_class=PageRoute)
 
@@ -73,21 +74,12 @@ def check_csrf(c: Container, request: Request, token: str) -> None:
 
 
 # ---------------------------------------------------------------- rendering
-def _local(at: Any) -> str:
+def _local(at: datetime | None) -> str:
     return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M") if at else "—"
 
 
-def _local_seconds(at: Any) -> str:
+def _local_seconds(at: datetime | None) -> str:
     return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S") if at else "—"
-
-
-def _base(request: Request, c: Container, user: Principal) -> dict[str, Any]:
-    return {
-        "user": user,
-        "local": _local,
-        "csrf": csrf_token(c, request),
-        "role_label": ROLE_LABELS[user.role],
-    }
 
 
 def _render(
@@ -102,10 +94,10 @@ def _render(
     error: DomainError | None = None,
     form: dict[str, str] | None = None,
 ) -> Response:
-    service = _service(c)
-    code = service.institution(user, institution)
+    shown = _service(c).page(user, institution)
+    code = shown.code
     catalog = c.catalog.get()
-    context = _base(request, c, user) | {
+    context = {
         "code": code or "",
         "institution_name": catalog.institutions[code].name
         if code in catalog.institutions
@@ -113,8 +105,8 @@ def _render(
         "institutions": sorted(catalog.institutions.values(), key=lambda i: i.code)
         if user.role is Role.OPERATOR
         else [],
-        "accounts": service.overview(user, code) if code else [],
-        "history": service.history(user, code) if code else [],
+        "accounts": shown.accounts,
+        "history": shown.history,
         "history_limit": HISTORY_LIMIT,
         "local_seconds": _local_seconds,
         "created": created,
@@ -122,9 +114,7 @@ def _render(
         "error": error,
         "form": form or {},
     }
-    return templates.TemplateResponse(
-        request, "credentials/page.html", context, status_code=status, headers=NO_STORE
-    )
+    return _page_for(request, c, user, "credentials/page.html", context, status=status)
 
 
 def _page_for(
@@ -136,46 +126,19 @@ def _page_for(
     *,
     status: int = 200,
 ) -> Response:
+    base = {
+        "user": user,
+        "local": _local,
+        "csrf": csrf_token(c, request),
+        "role_label": ROLE_LABELS[user.role],
+    }
     return templates.TemplateResponse(
-        request, name, _base(request, c, user) | context, status_code=status, headers=NO_STORE
+        request, name, base | context, status_code=status, headers=NO_STORE
     )
 
 
-def _confirm(
-    request: Request,
-    c: Container,
-    user: Principal,
-    institution: str | None,
-    *,
-    title: str,
-    action: str,
-    facts: list[tuple[str, str]],
-    revoked: bool,
-    consequence: str,
-    issuer: str = "",
-) -> Response:
-    """The page that asks before a revocation: what would be revoked (``facts``), what
-    follows (``consequence``), and the form that does it (posted to ``action``)."""
-    context = {
-        "code": institution or "",
-        "title": title,
-        "action": action,
-        "issuer": issuer,
-        "facts": facts,
-        "revoked": revoked,
-        "consequence": consequence,
-    }
-    return _page_for(request, c, user, "credentials/confirm.html", context)
-
-
-def _owner(c: Container, account_id: int) -> str:
-    """The username of the interface account a key or a client belongs to."""
-    owner = c.accounts.store.account_by_id(account_id)
-    return owner.username if owner else "—"
-
-
 def _kids(record: CdsClientRecord) -> str:
-    return "、".join(key_ids(record.jwks))
+    return "、".join(jwks_key_ids(record.jwks))
 
 
 def _jwks_text(text: str, upload: UploadFile | None) -> str:
@@ -259,14 +222,59 @@ def _submitted(
 Posted = Annotated[Submitted, Depends(_submitted)]
 
 
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """A page opened: who opened it, the institution asked for (an operator's choice)."""
+
+    request: Request
+    user: Principal | None
+    c: Container
+    institution: str | None
+
+    def show(self, page: Callable[[InterfaceCredentials, Principal], Response]) -> Response:
+        """``page`` for a visitor signed in; one who is not is sent to log in."""
+        if self.user is None:
+            return login_redirect(self.request)
+        return page(_service(self.c), self.user)
+
+    def confirm(
+        self,
+        user: Principal,
+        *,
+        title: str,
+        action: str,
+        facts: list[tuple[str, str]],
+        revoked: bool,
+        consequence: str,
+        issuer: str = "",
+    ) -> Response:
+        """The page that asks before a revocation: what would be revoked (``facts``),
+        what follows (``consequence``), and the form that does it (posted to ``action``)."""
+        context = {
+            "code": self.institution or "",
+            "title": title,
+            "action": action,
+            "issuer": issuer,
+            "facts": facts,
+            "revoked": revoked,
+            "consequence": consequence,
+        }
+        return _page_for(self.request, self.c, user, "credentials/confirm.html", context)
+
+
+def _opened(
+    request: Request, user: PageUser, c: Services, institution: str | None = None
+) -> Opened:
+    return Opened(request, user, c, institution)
+
+
+Viewer = Annotated[Opened, Depends(_opened)]
+
+
 # ---------------------------------------------------------------- the page
 @router.get(PAGE, response_class=HTMLResponse, include_in_schema=False)
-def credentials_page(
-    request: Request, user: PageUser, c: Services, institution: str | None = None
-) -> Response:
-    if user is None:
-        return login_redirect(request)
-    return _render(request, c, user, institution)
+def credentials_page(opened: Viewer) -> Response:
+    return opened.show(lambda _, u: _render(opened.request, opened.c, u, opened.institution))
 
 
 @router.post(f"{PAGE}/accounts", response_class=HTMLResponse, include_in_schema=False)
@@ -289,36 +297,34 @@ def create_key(posted: Posted, username: FormText = "", label: FormText = "") ->
 
 
 @router.get(f"{PAGE}/keys/{{prefix}}/revoke", response_class=HTMLResponse, include_in_schema=False)
-def revoke_key_confirm(
-    prefix: str, request: Request, user: PageUser, c: Services, institution: str | None = None
-) -> Response:
-    if user is None:
-        return login_redirect(request)
-    key = _service(c).key(user, institution, prefix)
-    return _confirm(
-        request,
-        c,
-        user,
-        institution,
-        title=f"吊销 API 密钥 {key.prefix}",
-        action=f"{PAGE}/keys/{key.prefix}/revoke",
-        facts=[
-            ("密钥前缀", key.prefix),
-            ("接口系统账号", _owner(c, key.account_id)),
-            ("用途说明", key.label or "—"),
-            ("创建时间", _local(key.created_at)),
-        ],
-        revoked=key.revoked_at is not None,
-        consequence="吊销后，使用该密钥的接口系统的请求将立即被拒绝（401），且无法恢复；"
-        "如需继续对接，请先创建新密钥并在接口引擎中替换。",
-    )
+def revoke_key_confirm(prefix: str, opened: Viewer) -> Response:
+    def page(s: InterfaceCredentials, u: Principal) -> Response:
+        key, owner = s.key(u, opened.institution, prefix)
+        return opened.confirm(
+            u,
+            title=f"吊销 API 密钥 {key.prefix}",
+            action=f"{PAGE}/keys/{key.prefix}/revoke",
+            facts=[
+                ("密钥前缀", key.prefix),
+                ("接口系统账号", owner.username),
+                ("用途说明", key.label or "—"),
+                ("创建时间", _local(key.created_at)),
+            ],
+            revoked=key.revoked_at is not None,
+            consequence="吊销后，使用该密钥的接口系统的请求将立即被拒绝（401），且无法恢复；"
+            "如需继续对接，请先创建新密钥并在接口引擎中替换。",
+        )
+
+    return opened.show(page)
 
 
 @router.post(f"{PAGE}/keys/{{prefix}}/revoke", response_class=HTMLResponse, include_in_schema=False)
 def revoke_key(prefix: str, posted: Posted) -> Response:
-    return posted.change(
-        lambda s, u: f"已吊销 API 密钥 {s.revoke_key(u, posted.institution, prefix).prefix}"
-    )
+    def change(s: InterfaceCredentials, u: Principal) -> str:
+        s.revoke_key(u, posted.institution, prefix)
+        return f"已吊销 API 密钥 {prefix}"
+
+    return posted.change(change)
 
 
 @router.post(f"{PAGE}/cds-clients", response_class=HTMLResponse, include_in_schema=False)
@@ -341,29 +347,24 @@ def register_client(
 
 
 def _client_context(
-    c: Container, record: CdsClientRecord, institution: str | None
+    record: CdsClientRecord, owner: AccountRecord, institution: str | None
 ) -> dict[str, Any]:
     return {
         "code": institution or "",
         "client": record,
-        "kids": key_ids(record.jwks),
-        "owner": _owner(c, record.account_id),
+        "kids": jwks_key_ids(record.jwks),
+        "owner": owner.username,
     }
 
 
 @router.get(f"{PAGE}/cds-clients/keys", response_class=HTMLResponse, include_in_schema=False)
-def client_keys_form(
-    request: Request,
-    user: PageUser,
-    c: Services,
-    issuer: str = "",
-    institution: str | None = None,
-) -> Response:
-    if user is None:
-        return login_redirect(request)
-    record = _service(c).client(user, institution, issuer)
-    context = _client_context(c, record, institution) | {"form": {"jku": record.jku}}
-    return _page_for(request, c, user, "credentials/set_keys.html", context)
+def client_keys_form(opened: Viewer, issuer: str = "") -> Response:
+    def page(s: InterfaceCredentials, u: Principal) -> Response:
+        record, owner = s.client(u, opened.institution, issuer)
+        context = _client_context(record, owner, opened.institution) | {"form": {"jku": record.jku}}
+        return _page_for(opened.request, opened.c, u, "credentials/set_keys.html", context)
+
+    return opened.show(page)
 
 
 @router.post(f"{PAGE}/cds-clients/keys", response_class=HTMLResponse, include_in_schema=False)
@@ -380,8 +381,8 @@ def set_client_keys(
 
     def refused(s: InterfaceCredentials, u: Principal, exc: DomainError) -> Response:
         """The form again, with what was entered and why it was refused."""
-        current = s.client(u, posted.institution, issuer)
-        context = _client_context(posted.c, current, posted.institution) | {
+        current, owner = s.client(u, posted.institution, issuer)
+        context = _client_context(current, owner, posted.institution) | {
             "form": {"jku": jku, "jwks": jwks},
             "error": exc,
         }
@@ -393,39 +394,33 @@ def set_client_keys(
 
 
 @router.get(f"{PAGE}/cds-clients/revoke", response_class=HTMLResponse, include_in_schema=False)
-def revoke_client_confirm(
-    request: Request,
-    user: PageUser,
-    c: Services,
-    issuer: str = "",
-    institution: str | None = None,
-) -> Response:
-    if user is None:
-        return login_redirect(request)
-    record = _service(c).client(user, institution, issuer)
-    return _confirm(
-        request,
-        c,
-        user,
-        institution,
-        title=f"吊销 CDS 客户端 {record.issuer}",
-        action=f"{PAGE}/cds-clients/revoke",
-        facts=[
-            ("iss", record.issuer),
-            ("接口系统账号", _owner(c, record.account_id)),
-            ("公钥 kid", _kids(record) or "—"),
-            ("用途说明", record.label or "—"),
-            ("登记时间", _local(record.created_at)),
-        ],
-        revoked=record.revoked_at is not None,
-        consequence="吊销后，该客户端以自有 JWT 发起的 CDS Hooks 调用将立即被拒绝（401），"
-        "且该 iss 不能再次登记；如需继续对接，请以新的 iss 重新登记。",
-        issuer=record.issuer,
-    )
+def revoke_client_confirm(opened: Viewer, issuer: str = "") -> Response:
+    def page(s: InterfaceCredentials, u: Principal) -> Response:
+        record, owner = s.client(u, opened.institution, issuer)
+        return opened.confirm(
+            u,
+            title=f"吊销 CDS 客户端 {record.issuer}",
+            action=f"{PAGE}/cds-clients/revoke",
+            facts=[
+                ("iss", record.issuer),
+                ("接口系统账号", owner.username),
+                ("公钥 kid", _kids(record) or "—"),
+                ("用途说明", record.label or "—"),
+                ("登记时间", _local(record.created_at)),
+            ],
+            revoked=record.revoked_at is not None,
+            consequence="吊销后，该客户端以自有 JWT 发起的 CDS Hooks 调用将立即被拒绝（401），"
+            "且该 iss 不能再次登记；如需继续对接，请以新的 iss 重新登记。",
+            issuer=record.issuer,
+        )
+
+    return opened.show(page)
 
 
 @router.post(f"{PAGE}/cds-clients/revoke", response_class=HTMLResponse, include_in_schema=False)
 def revoke_client(posted: Posted, issuer: FormText = "") -> Response:
-    return posted.change(
-        lambda s, u: f"已吊销 CDS 客户端 {s.revoke_client(u, posted.institution, issuer).issuer}"
-    )
+    def change(s: InterfaceCredentials, u: Principal) -> str:
+        s.revoke_client(u, posted.institution, issuer)
+        return f"已吊销 CDS 客户端 {issuer}"
+
+    return posted.change(change)
