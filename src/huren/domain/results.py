@@ -218,10 +218,8 @@ def _limit_numerals(limit: float | None, tokens: list[str]) -> str:
     if limit is None:
         return ""
     for token in tokens:
-        if float(token) == limit:
-            shown = reported_numerals(token, limit)
-            if shown is not None:
-                return shown
+        if (shown := reported_numerals(token, limit)) is not None:
+            return shown
     return number_text(limit)
 
 

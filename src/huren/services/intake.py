@@ -417,23 +417,21 @@ DOCUMENT_KINDS = {
     "image/jpeg": DocumentKind("JPEG", "jpg", b"\xff\xd8\xff"),
     "image/png": DocumentKind("PNG", "png", b"\x89PNG\r\n\x1a\n"),
 }
-DOCUMENT_TYPES = frozenset(DOCUMENT_KINDS)
 MAX_DOCUMENT_BYTES = 20 * 1024 * 1024
 MAX_DOCUMENT_TITLE = 200
 
 
 def document_problem(content_type: str, data: bytes) -> str | None:
     """Why a document cannot be kept (Chinese), or None."""
-    if content_type not in DOCUMENT_TYPES:
+    kind = DOCUMENT_KINDS.get(content_type)
+    if kind is None:
         return f"不支持的文档类型 {content_type!r}（支持 PDF、JPEG、PNG）"
     if not data:
         return "文档内容为空"
     if len(data) > MAX_DOCUMENT_BYTES:
         return f"文档过大：{len(data)} 字节，超过上限 {MAX_DOCUMENT_BYTES // (1024 * 1024)} MB"
-    magic = DOCUMENT_KINDS[content_type].magic
-    if not data.startswith(magic):
-        kind = content_type.split("/")[1].upper()
-        return f"文档内容不是 {kind}（开头不是 {magic!r}）"
+    if not data.startswith(kind.magic):
+        return f"文档内容不是 {kind.label}（开头不是 {kind.magic!r}）"
     return None
 
 

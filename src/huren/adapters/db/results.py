@@ -928,16 +928,14 @@ class SqlIntakeTx:
             self._write_documents(writes)
 
     def _write_documents(self, writes: Sequence[ResultWrite]) -> None:
-        """The original report documents of the versions written (``result_document``),
-        after the queued rows they refer to. Rarely any: one statement, bytes bound as
-        they are (not through the JSON of the queued writes)."""
+        """The original report documents of the versions written (``result_document``;
+        called when there are any), after the queued rows they refer to. Rarely any: one
+        statement, bytes bound as they are (not through the JSON of the queued writes)."""
         rows = [
             (w.result_id, w.version, seq, d.content_type, d.title, d.sha256, len(d.data), d.data)
             for w in writes
             for seq, d in enumerate(w.submission.documents, start=1)
         ]
-        if not rows:
-            return
         self.flush()
         if self._sqlite:
             self._cur.executemany(_SQ_DOCUMENT_INSERT, rows)

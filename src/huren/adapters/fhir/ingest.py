@@ -45,7 +45,7 @@ from huren.domain.results import (
 )
 from huren.domain.text import json_text_problems
 from huren.services.intake import (
-    DOCUMENT_TYPES,
+    DOCUMENT_KINDS,
     MAX_DOCUMENT_TITLE,
     OBSERVATION_LIMITS,
     Channel,
@@ -832,8 +832,7 @@ def _value(
     else:
         low, high, ref_text, range_index, read = _reference_range(ranges, where, errors, subject)
     if read is not None and read.codes:  # the range's limits have UCUM codes
-        codes, q = read.codes, v.valueQuantity
-        value_code = _value_ucum_code(v) if q is None else q.code if q.system == _UCUM else ""
+        codes, value_code = read.codes, _value_ucum_code(v)
         if (
             value_code
             and (len(codes) > 1 or codes[0] != value_code)  # the usual case: the same code
@@ -1021,7 +1020,7 @@ def _presented_form(
             continue
         if ctype == "text/plain" and att.data:
             continue  # a second text form: the first is kept as the findings
-        if ctype in DOCUMENT_TYPES and att.data:
+        if ctype in DOCUMENT_KINDS and att.data:
             at = f"{where}.presentedForm[{i}].data"
             try:
                 data = base64.b64decode(att.data, validate=True)

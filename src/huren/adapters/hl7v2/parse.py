@@ -1137,7 +1137,11 @@ class _Translator:
                 )
                 continue
             if kind is ValueKind.ATTACHMENT:
-                kept = self._documents(obx, report.obx_addenda.get(obx.sequence, ()))
+                kept = (
+                    self._documents(obx, report.obx_addenda.get(obx.sequence, ()))
+                    if vt == "ED"
+                    else []  # RP
+                )
                 if kept is None:  # refused (a problem named OBX-5)
                     continue
                 if not kept:  # a reference (RP), or a document of a type not kept
@@ -1184,10 +1188,8 @@ class _Translator:
         encoding (Table 0299: A, Hex, Base64) ^ data). Each repetition of OBX-5 is a
         document (v2-to-FHIR: each repeat a DocumentReference.content); a repetition with
         only data continues the one before, as does ADD-1 after the OBX (§2.10.2). Kept:
-        PDF, JPEG and PNG; [] for an RP or another type (the ACK names it as not kept);
-        None when the data is wrong or too large (AE naming OBX-5 and OBX-1)."""
-        if obx.f(2).component(1).upper() != "ED":
-            return []
+        PDF, JPEG and PNG; [] for another type (the ACK names it as not kept); None when
+        the data is wrong or too large (AE naming OBX-5 and OBX-1)."""
         d = obx.delimiters
         set_id = obx.f(1).component(1) or str(obx.sequence)
         parts: list[tuple[int, str, str, list[str]]] = []  # (rep, type, encoding, data)

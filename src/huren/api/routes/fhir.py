@@ -479,28 +479,38 @@ async def search_reports(request: Request, c: CONTAINER, principal: READER) -> R
     )
 
 
-def _codes_match(
-    rows: Sequence[tuple[str, str]], wanted: tuple[list[str], list[str], list[str]]
-) -> bool:
-    """Whether one of (local code, LOINC code) of ``rows`` is among the wanted codes."""
-    local, _items, loinc = wanted
-    return any(code in local or (code_loinc and code_loinc in loinc) for code, code_loinc in rows)
+def _code_filters(params: Any) -> list[tuple[str, set[str], set[str]]]:
+    """The code parameters of an Observation search (``_OBSERVATION_CODES``) that are
+    given, each as (name, local codes, LOINC codes): read once per search, not once per
+    Observation."""
+    filters = []
+    for name in _OBSERVATION_CODES:
+        if values := params.getlist(name):
+            local, _items, loinc = _code_tokens(values)
+            filters.append((name, set(local), set(loinc)))
+    return filters
 
 
 def _observation_matches(
-    r: StoredResult, group: CodeGroup, params: Any, item_codes: Sequence[str] | None
+    r: StoredResult,
+    group: CodeGroup,
+    filters: Sequence[tuple[str, set[str], set[str]]],
+    item_codes: Sequence[str] | None,
 ) -> bool:
     """Whether an Observation (``render.observation_resources``) answers the code
-    parameters: ``code`` on Observation.code, ``component-code`` on a component's code,
-    ``combo-code`` on either (R4 observation.html#search); an item code on the report's."""
+    parameters (``_code_filters``): ``code`` on Observation.code, ``component-code`` on a
+    component's code, ``combo-code`` on either (R4 observation.html#search); an item code
+    on the report's."""
     if item_codes is not None and r.item_code in item_codes:
+        return True
+    if not filters:
         return True
     rows = r.observations
     own = [(group.code, rows[group.start].loinc if group.own else "")]
     parts = [(code, rows[i].loinc) for i, code in group.components]
-    for name, candidates in (("code", own), ("component-code", parts), ("combo-code", own + parts)):
-        values = params.getlist(name)
-        if values and not _codes_match(candidates, _code_tokens(values)):
+    candidates = {"code": own, "component-code": parts, "combo-code": own + parts}
+    for name, local, loinc in filters:
+        if not any(code in local or (lc and lc in loinc) for code, lc in candidates[name]):
             return False
     return True
 
@@ -509,11 +519,11 @@ def _observation_matches(
 async def search_observations(request: Request, c: CONTAINER, principal: READER) -> Response:
     query, _count = _query(c, request, _OBSERVATION_CODES)
     found = await run_in_threadpool(_search, c, query)
-    params = request.query_params
+    filters = _code_filters(request.query_params)
     entries = []
     for r, updated in found:
         for group, o in render.observation_resources(r, updated):
-            if _observation_matches(r, group, params, query.item_codes):
+            if _observation_matches(r, group, filters, query.item_codes):
                 entries.append(_entry(request, o))
     await run_in_threadpool(
         c.results.record_access, principal, "fhir.search", [r for r, _ in found]
@@ -593,10 +603,17 @@ def _history_bundle(
     c: Container, request: Request, rid: int, kind: str, seq: int = 0
 ) -> dict[str, Any]:
     entries = []
-    for v in reversed(c.results.versions(rid)):
+    versions = c.results.versions(rid)
+    # Every version's documents in one statement (a DiagnosticReport's presentedForm).
+    documents = (
+        c.results.documents_of([(rid, v.version) for v in versions])
+        if kind == "DiagnosticReport"
+        else {}
+    )
+    for v in reversed(versions):
         r = c.results.get_result(rid, v.version)
         if kind == "DiagnosticReport":
-            res = render.diagnostic_report(r, v.recorded_at, c.results.documents(rid, v.version))
+            res = render.diagnostic_report(r, v.recorded_at, documents.get((rid, v.version), ()))
         else:
             # The versions in which that id is an Observation (not a component's row).
             wanted = render.observation_id(rid, seq)
