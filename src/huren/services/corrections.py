@@ -545,7 +545,8 @@ class CorrectionService:
 def corrected_submission(
     stored: StoredResult, edit: CorrectionEdit, patient: PatientDemographics
 ) -> ResultSubmission:
-    """The stored result with the edits applied, as a ``corrected`` submission."""
+    """The stored result with the edits applied, as a ``corrected`` submission (the
+    edit's comments as ``accept`` wrote them down, ``corrected_comment``)."""
     by_code = {o.code: o for o in edit.observations}
     unknown = [c for c in by_code if c not in {o.code for o in stored.observations}]
     if unknown:
@@ -559,19 +560,16 @@ def corrected_submission(
         if e is None:
             observations.append(o)
             continue
-        comment = corrected_comment(e.comment)
         observations.append(
             replace(
                 corrected_value(o, e.value_num, e.value_text, f"obs:{o.code}"),
                 flag=e.flag if e.flag is not None else o.flag,
-                comment=comment if comment is not None else o.comment,
+                comment=e.comment if e.comment is not None else o.comment,
             )
         )
     findings = edit.findings if edit.findings is not None else stored.findings
     conclusion = edit.conclusion if edit.conclusion is not None else stored.conclusion
-    report_comment = corrected_comment(edit.comment)
-    if report_comment is None:
-        report_comment = stored.comment
+    report_comment = edit.comment if edit.comment is not None else stored.comment
     if (
         findings == stored.findings
         and conclusion == stored.conclusion

@@ -227,6 +227,12 @@ _ACTION_LABELS = {
     "verify": "医保核查",
     "audit_query": "查看调阅记录",
     "bind": "开通或改绑患者端账号",
+    # The recognition and imaging paths (services/recognition.py, routes/viewer.py).
+    "recognition_check": "开具医嘱时查看既往结果（互认提醒）",
+    "recognition_accepted": "接受互认（未重复检查）",
+    "recognition_declined": "不予互认（重新检查）",
+    "view_result": "查看完整报告",
+    "imaging_view": "查看影像",
 }
 _OWN_PURPOSES = {BIND_PURPOSE: "现场核验身份证件"}
 

@@ -23,7 +23,7 @@ from huren.domain.accounts import ROLE_LABELS, Principal, Role
 from huren.domain.china_time import CHINA_TZ
 from huren.domain.errors import DomainError, Forbidden
 from huren.domain.masterdata import ScopeKind
-from huren.domain.monitoring import Metric, Progress, month_label
+from huren.domain.monitoring import Metric, Progress, TargetMetric, month_label
 from huren.domain.qc import EXPIRY_LABELS, PROPOSAL_STATUS_LABELS, SUSPENSION_REASON_LABELS
 from huren.services.monitoring import LEVEL_NAMES, Level, Period, StatTable
 
@@ -57,14 +57,27 @@ def _local_date(at: datetime) -> str:
     return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d")
 
 
-PERCENT_METRICS = frozenset({"alliances_all_items", "connected_share", "items_per_scope"})
+# Targets measured as a share (the rest count scopes or items against a threshold).
+SHARE_METRICS = frozenset(
+    {TargetMetric.ALLIANCES_ALL_ITEMS, TargetMetric.CONNECTED_SHARE, TargetMetric.ITEMS_PER_SCOPE}
+)
 
 
 def _target_value(p: Progress) -> str:
     """What a target's measure came to: a share in percent, or a count."""
     if p.value is None:
         return ""
-    return pct(p.value) if p.target.metric.value in PERCENT_METRICS else str(int(p.value))
+    return pct(p.value) if p.target.metric in SHARE_METRICS else str(int(p.value))
+
+
+def _target_share(p: Progress) -> float:
+    """How far a target has come, for its bar: the share itself, or the count against
+    its threshold (a target without a threshold: all the way)."""
+    if p.value is None:
+        return 0.0
+    if p.target.metric in SHARE_METRICS:
+        return p.value
+    return p.value / p.target.threshold if p.target.threshold else 1
 
 
 def _crumbs(
@@ -192,6 +205,8 @@ def dashboard(
             "reason_labels": SUSPENSION_REASON_LABELS,
             "status_labels": PROPOSAL_STATUS_LABELS,
             "local_date": _local_date,
+            "target_value": _target_value,
+            "target_share": _target_share,
             "can_decide": user.role in (Role.REGULATOR, Role.OPERATOR),
             "report_month": f"{period.end:%Y-%m}",
         },
@@ -317,8 +332,9 @@ def monthly_report(
         period = mon.period(month, month)
         previous = Period(_prev(period.start), _prev(period.start))
         # By city for a provincial account (its one province alone says nothing).
+        cat = c.catalog.get()
         region_scope = scope
-        own = c.catalog.get().graph.scopes.get(user.jurisdiction or "")
+        own = cat.graph.scopes.get(user.jurisdiction or "")
         if not region_scope and own is not None and own.kind is ScopeKind.PROVINCE:
             region_scope = own.code
         level = Level.CITY if region_scope else Level.PROVINCE
@@ -332,6 +348,12 @@ def monthly_report(
         targets = mon.targets(user.jurisdiction)
     except DomainError as exc:
         return _error(request, user, exc)
+    # Institutions without a reminder this month are counted, not listed one by one.
+    active = [
+        r
+        for r in institutions.rows
+        if r.counters.reminders or r.counters.accepted or r.counters.repeats_unrecorded
+    ]
     return templates.TemplateResponse(
         request,
         "dashboard/report.html",
@@ -341,7 +363,8 @@ def monthly_report(
             "period": period,
             "regions": regions,
             "before": before,
-            "institutions": institutions,
+            "active_institutions": active,
+            "idle_institutions": len(institutions.rows) - len(active),
             "items": items,
             "declines": declines,
             "outliers": outliers,
@@ -352,7 +375,7 @@ def monthly_report(
             "generated": c.clock.now().astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
             "target_value": _target_value,
             "reason_labels": SUSPENSION_REASON_LABELS,
-            "inst_names": {k: v.name for k, v in c.catalog.get().institutions.items()},
+            "inst_names": {k: v.name for k, v in cat.institutions.items()},
         },
     )
 

@@ -4,6 +4,7 @@ requires login (redirect to /login); every role may read them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -66,6 +67,68 @@ def _bound_to(c: Container, user: Principal) -> str:
     return ""
 
 
+def _area(href: str, title: str, text: str) -> dict[str, str]:
+    return {"href": href, "title": title, "text": text}
+
+
+_MONTHLY_REPORT = _area("/dashboard/report", "月度报告", "可打印的月度工作报告")
+# Where each role works, shown first on the home page (an area without ``href`` is not a
+# page of the platform: the workbench opens from the HIS).
+WORK_AREAS: Mapping[Role, tuple[dict[str, str], ...]] = {
+    Role.CLINICIAN: (
+        _area(
+            "",
+            "互认工作台",
+            "在 HIS 开具检查检验医嘱时自动打开：显示患者在其他医院的既往结果及互认标识，"
+            "接受互认即生成病历记载文本，不予互认须选择理由并向患者说明。",
+        ),
+        _area(
+            "/retrieval",
+            "跨机构调阅",
+            "按患者证件号查询其在各医疗机构的检查检验结果（须说明调阅目的，均记录审计）",
+        ),
+        _area("/inbox", "消息", "纠错申请的处理结果、结果更正通知"),
+    ),
+    Role.INSTITUTION_ADMIN: (
+        _area("/integration/messages", "接口消息", "本机构上传的消息、拒收消息及错误原因"),
+        _area(
+            "/integration/unmapped",
+            "连接状态与未对码项目",
+            "接口是否在线、错误率，以及尚未映射到统一编码的本地项目",
+        ),
+        _area("/corrections", "纠错队列", "患者和其他医院对本机构结果提出的纠错申请"),
+        _area("/patient-bindings", "患者账号绑定", "核验证件后为患者开通患者端"),
+        _area("/dashboard", "互认统计", "本机构的提醒、互认项次与节约费用，按科室、医师下钻"),
+        _area("/retrieval", "跨机构调阅", "按患者证件号查询检查检验结果"),
+    ),
+    Role.REGULATOR: (
+        _area(
+            "/dashboard",
+            "监管驾驶舱",
+            "互认项次、互认比例、节约费用，按地市 → 机构 → 科室 → 医师下钻；"
+            "偏离平均水平的机构、质控状态与目标进展",
+        ),
+        _MONTHLY_REPORT,
+        _area("/retrieval", "跨机构调阅", "监督检查时查询结果（须说明目的）"),
+    ),
+    Role.QC_CENTRE: (
+        _area("/dashboard", "监管驾驶舱", "互认情况、质控状态（暂停建议、资质到期）与目标进展"),
+        _MONTHLY_REPORT,
+        _area("/retrieval", "跨机构调阅", "质控核查时查询结果（须说明目的）"),
+    ),
+    Role.INSURER: (_area("/insurer", "医保核查", "核查结算明细中的重复检查、重复收费疑点"),),
+    Role.OPERATOR: (
+        _area("/dashboard", "监管驾驶舱", "全平台的互认情况与质控状态"),
+        _area("/integration/unmapped", "接口状态", "各机构的连接状态与未对码项目"),
+        _area("/integration/messages", "接口消息", "所有机构上传的消息与拒收原因"),
+        _area("/corrections", "纠错队列", "待处理的纠错申请"),
+    ),
+    Role.INTEGRATION: (
+        _area("/docs", "接口文档", "FHIR、HL7 v2、CDS Hooks 与 REST 接口（OpenAPI）"),
+    ),
+}
+
+
 @router.get("/", response_class=HTMLResponse)
 def index(request: Request, user: Viewer, c: Ctr) -> Response:
     if user is None:
@@ -99,7 +162,7 @@ def index(request: Request, user: Viewer, c: Ctr) -> Response:
             "user": user,
             "role_label": ROLE_LABELS[user.role],
             "binding": _bound_to(c, user) if user.role is not Role.OPERATOR else "",
-            "role": user.role.value,
+            "work": WORK_AREAS.get(user.role, ()),
             "areas": areas,
         },
     )

@@ -133,15 +133,9 @@ def decisions_out(
     for d in facts:
         inst = catalog.institutions.get(d.institution)
         accepted = d.action == "accepted"
-        reason = "" if accepted else labels.get(d.reason_code, d.reason_code)
-        if d.reason_text and not accepted:
-            # The recorded text already starts with the reason's own text (the recognition
-            # service writes "理由：具体原因"): shown once, not "理由：理由：具体原因".
-            reason = (
-                d.reason_text
-                if not reason or d.reason_text.startswith(reason)
-                else f"{reason}：{d.reason_text}"
-            )
+        # The recorded text is the reason's own text and what the clinician added
+        # ("理由：具体原因", services/recognition.py); the code's label when none was recorded.
+        reason = "" if accepted else d.reason_text or labels.get(d.reason_code, d.reason_code)
         out.append(
             DecisionOut(
                 at=local(d.at),
@@ -288,21 +282,9 @@ def file_correction(body: PatientCorrectionIn, principal: Patient, c: Services) 
     return correction_out(c, c.sharing.corrections.file(principal, body.result_id, body.text))
 
 
-# Audit actions of the recognition and imaging paths, named for the patient (the portal
-# service names those of retrieval); an action without a name here is shown as recorded.
-READ_ACTION_LABELS = {
-    "recognition_check": "开具医嘱时查看既往结果（互认提醒）",
-    "recognition_accepted": "接受互认（未重复检查）",
-    "recognition_declined": "不予互认（重新检查）",
-    "view_result": "查看完整报告",
-    "imaging_view": "查看影像",
-}
-
-
 def _fields(e: ReaderEntry) -> dict[str, object]:
     out = {k: getattr(e, k) for k in ReaderOut.model_fields}
     out["at"] = local(e.at)
-    out["action"] = READ_ACTION_LABELS.get(e.action, e.action)
     return out
 
 
