@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from huren.domain.china_time import CHINA_TZ
+from huren.domain.china_time import local_time
 from huren.domain.errors import Problem, ValidationFailed
 from huren.domain.masterdata import Category, Item, NegativeReason
 from huren.domain.results import StoredResult
@@ -38,10 +38,6 @@ class Action(StrEnum):
 
 
 ACTION_LABELS: Mapping[Action, str] = {Action.ACCEPTED: "接受互认", Action.DECLINED: "重新检查"}
-
-
-def local_time(at: datetime) -> str:
-    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M")
 
 
 def result_text(result: StoredResult) -> str:

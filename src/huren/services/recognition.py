@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from huren.domain.accounts import Principal
-from huren.domain.china_time import in_china_time
+from huren.domain.china_time import in_china_time, local_time
 from huren.domain.decisions import (
     ACTION_LABELS,
     Action,
@@ -29,7 +29,6 @@ from huren.domain.decisions import (
     ReportForRecord,
     choose_reason,
     emr_text,
-    local_time,
     patient_explanation,
     saved_fen,
 )

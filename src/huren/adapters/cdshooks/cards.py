@@ -22,7 +22,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from huren.domain.decisions import local_time, result_text
+from huren.domain.china_time import local_time
+from huren.domain.decisions import result_text
 from huren.domain.masterdata import Category, Institution, NegativeReason
 from huren.domain.recognition import (
     STANDING_LABELS,

@@ -21,7 +21,7 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
@@ -33,7 +33,7 @@ from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
-from huren.domain.china_time import CHINA_TZ
+from huren.domain.china_time import local_time
 from huren.domain.errors import DomainError, Forbidden, Problem, ValidationFailed
 from huren.services.accounts import AccountRecord, CreatedApiKey
 from huren.services.cds_clients import MAX_JWKS, CdsClientRecord, jwks_key_ids
@@ -74,14 +74,6 @@ def check_csrf(c: Container, request: Request, token: str) -> None:
 
 
 # ---------------------------------------------------------------- rendering
-def _local(at: datetime | None) -> str:
-    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M") if at else "—"
-
-
-def _local_seconds(at: datetime | None) -> str:
-    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S") if at else "—"
-
-
 def _render(
     request: Request,
     c: Container,
@@ -108,7 +100,7 @@ def _render(
         "accounts": shown.accounts,
         "history": shown.history,
         "history_limit": HISTORY_LIMIT,
-        "local_seconds": _local_seconds,
+        "local_seconds": partial(local_time, seconds=True),
         "created": created,
         "notice": notice,
         "error": error,
@@ -128,7 +120,7 @@ def _page_for(
 ) -> Response:
     base = {
         "user": user,
-        "local": _local,
+        "local": local_time,
         "csrf": csrf_token(c, request),
         "role_label": ROLE_LABELS[user.role],
     }
@@ -308,7 +300,7 @@ def revoke_key_confirm(prefix: str, opened: Viewer) -> Response:
                 ("密钥前缀", key.prefix),
                 ("接口系统账号", owner.username),
                 ("用途说明", key.label or "—"),
-                ("创建时间", _local(key.created_at)),
+                ("创建时间", local_time(key.created_at)),
             ],
             revoked=key.revoked_at is not None,
             consequence="吊销后，使用该密钥的接口系统的请求将立即被拒绝（401），且无法恢复；"
@@ -406,7 +398,7 @@ def revoke_client_confirm(opened: Viewer, issuer: str = "") -> Response:
                 ("接口系统账号", owner.username),
                 ("公钥 kid", _kids(record) or "—"),
                 ("用途说明", record.label or "—"),
-                ("登记时间", _local(record.created_at)),
+                ("登记时间", local_time(record.created_at)),
             ],
             revoked=record.revoked_at is not None,
             consequence="吊销后，该客户端以自有 JWT 发起的 CDS Hooks 调用将立即被拒绝（401），"

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import datetime
 from html import escape
 from typing import Annotated, Any
 
@@ -20,7 +19,7 @@ from huren.api.routes.monitoring import MONITOR_ROLES, pct, yuan
 from huren.api.routes.page_errors import PageRoute, error_page
 from huren.bootstrap import Container
 from huren.domain.accounts import ROLE_LABELS, Principal, Role
-from huren.domain.china_time import CHINA_TZ
+from huren.domain.china_time import local_date, local_time
 from huren.domain.errors import DomainError, Forbidden
 from huren.domain.masterdata import ScopeKind
 from huren.domain.monitoring import Metric, Progress, TargetMetric, month_label
@@ -50,11 +49,6 @@ def _error(request: Request, user: Principal | None, exc: DomainError) -> Respon
         + (f"<ul class='bad'>{problems}</ul>" if problems else "")
         + "</div>"
     )
-
-
-def _local_date(at: datetime) -> str:
-    """A stored (UTC) time as its China-time date."""
-    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d")
 
 
 # Targets measured as a share (the rest count scopes or items against a threshold).
@@ -204,7 +198,7 @@ def dashboard(
             "expiry_labels": EXPIRY_LABELS,
             "reason_labels": SUSPENSION_REASON_LABELS,
             "status_labels": PROPOSAL_STATUS_LABELS,
-            "local_date": _local_date,
+            "local_date": local_date,
             "target_value": _target_value,
             "target_share": _target_share,
             "can_decide": user.role in (Role.REGULATOR, Role.OPERATOR),
@@ -372,7 +366,7 @@ def monthly_report(
             "targets": targets,
             "pct": pct,
             "yuan": yuan,
-            "generated": c.clock.now().astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M"),
+            "generated": local_time(c.clock.now()),
             "target_value": _target_value,
             "reason_labels": SUSPENSION_REASON_LABELS,
             "inst_names": {k: v.name for k, v in cat.institutions.items()},

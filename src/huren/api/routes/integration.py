@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from functools import partial
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -23,7 +24,7 @@ from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
-from huren.domain.china_time import CHINA_TZ
+from huren.domain.china_time import local_time
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.text import text_problem
 from huren.services.intake import UnmappedCode
@@ -282,10 +283,6 @@ def unmapped_codes(principal: Engineer, c: Services, institution: str | None = N
 
 
 # ---------------------------------------------------------------- pages
-def _local(at: datetime | None) -> str:
-    return at.astimezone(CHINA_TZ).strftime("%Y-%m-%d %H:%M:%S") if at else "—"
-
-
 def _percent(rate: float | None) -> str:
     return f"{rate * 100:.1f}%" if rate is not None else "—"
 
@@ -314,7 +311,7 @@ def _page(
     base = {
         "user": user,
         "institution_name": institution_name,
-        "local": _local,
+        "local": partial(local_time, seconds=True),
         "percent": _percent,
         "status_labels": STATUS_LABELS,
         "channel_labels": CHANNEL_LABELS,

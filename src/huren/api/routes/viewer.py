@@ -17,7 +17,7 @@ from huren.api.routes.auth import login_redirect
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
-from huren.domain.decisions import local_time
+from huren.domain.china_time import local_time
 from huren.domain.errors import Forbidden, Unauthorized
 from huren.domain.imaging import WINDOW_PRESETS
 from huren.services.imaging import AuditRecord, StudyView

@@ -26,7 +26,8 @@ from huren.api.routes.recognition import prior_out
 from huren.api.routes.retrieval import document_url, documents_out
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
-from huren.domain.decisions import ACTION_LABELS, Action, local_time
+from huren.domain.china_time import local_time
+from huren.domain.decisions import ACTION_LABELS, Action
 from huren.domain.errors import DomainError, Forbidden, Problem, Unauthorized, ValidationFailed
 from huren.domain.identity import (
     IDENTIFIER_LABELS,
