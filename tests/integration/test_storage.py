@@ -72,15 +72,18 @@ def test_sqlite_wal_is_checkpointed_in_the_background(tmp_path: Path) -> None:
     eng.dispose()
 
 
+@pytest.mark.parametrize("interval", [0.02, 3600], ids=["checkpointer", "writers-alone"])
 def test_the_wal_stays_bounded_under_a_steady_stream_of_commits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, interval: float
 ) -> None:
     # A passive checkpoint never catches up with writers that commit back to back, and
     # the WAL starts over only after a full copy: without the locked copy the WAL grew by
-    # everything written.
+    # everything written (77 MB here). The checkpointer is a thread that a busy machine
+    # may starve (CI saw 27 MB): past twice its bound the next writer copies the WAL back
+    # itself, so the bound holds even with no checkpointer turn at all (writers-alone).
     from sqlalchemy import text
 
-    monkeypatch.setattr(db_engine, "CHECKPOINT_INTERVAL_SECONDS", 0.02)
+    monkeypatch.setattr(db_engine, "CHECKPOINT_INTERVAL_SECONDS", interval)
     monkeypatch.setattr(db_engine, "WAL_BOUND_FRAMES", 256)  # 1 MB
     monkeypatch.setattr(db_engine, "WAL_LOCKED_FRAMES", 64)
     path = tmp_path / "stream.db"
@@ -96,9 +99,8 @@ def test_the_wal_stays_bounded_under_a_steady_stream_of_commits(
     with eng.connect() as c:
         assert c.execute(text("SELECT count(*) FROM t")).scalar() == 30_000
     eng.dispose()
-    # Measured: about 10 MB (the bound, and what is written while the checkpointer gets
-    # its turns); 77 MB before, everything written.
-    assert largest < 24 * 2**20, largest
+    # The ceiling (2 MB) and one transaction's frames (about 50 KB).
+    assert largest < 3 * 2**20, largest
 
 
 def test_after_dispose_no_checkpoint_keeps_the_wal_files(

@@ -34,6 +34,11 @@ WAL_BOUND_FRAMES = 16_384
 # Frames the writers may add during one unlocked copy for the next copy to be the locked
 # one (which then copies about as many); more, and it copies without the lock again.
 WAL_LOCKED_FRAMES = 512
+# Past this many times its bound the WAL is copied back by the next writer itself, before
+# it writes (SqliteWriterLock.keep_wal_bounded): the checkpointer is a thread of its own
+# and, on a machine busy with other work, may not get its turns while writers commit back
+# to back (measured in CI: 27 MB of WAL where 10 MB was usual).
+WAL_CEILING_FACTOR = 2
 
 log = logging.getLogger("huren.db")
 
@@ -123,13 +128,9 @@ class _WalCheckpointer(threading.Thread):
             log.debug("WAL checkpoint failed", exc_info=True)
 
     def _copy(self, conn: sqlite3.Connection) -> None:
-        def passive() -> int:
-            frames: int = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
-            return frames
-
         before = 0
         for _ in range(6):
-            frames = passive()
+            _busy, frames = _passive(conn)
             if frames <= WAL_BOUND_FRAMES:
                 return
             # Copying (and syncing) took a while, and the writers added about as many
@@ -144,7 +145,7 @@ class _WalCheckpointer(threading.Thread):
         # Even when all was copied, a writer under way began reading before and will add
         # to the WAL: it starts over only for a writer that begins after a full copy.
         with self._writer:
-            passive()
+            _passive(conn)
 
     def run(self) -> None:
         while not self._stop_event.wait(CHECKPOINT_INTERVAL_SECONDS):
@@ -152,6 +153,13 @@ class _WalCheckpointer(threading.Thread):
                 if self._stop_event.is_set():
                     return
                 self._checkpoint()
+
+
+def _passive(conn: sqlite3.Connection) -> tuple[bool, int]:
+    """A PASSIVE checkpoint: whether another checkpoint was under way (nothing was copied
+    then), and the frames in the WAL."""
+    busy, frames, _copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return bool(busy), int(frames)
 
 
 def _sync(path: str) -> None:
@@ -196,6 +204,7 @@ class SqliteWriterLock:
 
     def __init__(self, database: str | None) -> None:
         self._threads = threading.Lock()
+        self._database = database if _on_disk(database) else None
         self._path = f"{database}-writer.lock" if _on_disk(database) else None
         self._fd: int | None = None
         self._pid = 0
@@ -235,6 +244,33 @@ class SqliteWriterLock:
                 fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._threads.release()
+
+    def keep_wal_bounded(self) -> None:
+        """Called by a writer holding the lock before it writes: a WAL grown past
+        ``WAL_CEILING_FACTOR`` times its bound — the checkpointer fell behind — is copied
+        back now, so that this writer starts it over. A stat() per write transaction;
+        the copy itself, only when the checkpointer did not get its turns. Failing, the
+        write goes on and the next one tries again."""
+        if self._database is None:
+            return
+        try:
+            size = os.stat(f"{self._database}-wal").st_size
+        except OSError:
+            return
+        if size <= WAL_CEILING_FACTOR * WAL_BOUND_FRAMES * 4096:
+            return
+        try:
+            conn = sqlite3.connect(f"file:{quote(self._database)}?mode=rw", uri=True, timeout=0)
+            try:
+                # Busy: the checkpointer is copying without the lock; it stops at the
+                # frames it began with, and its locked copy waits for this lock.
+                deadline = time.monotonic() + 5
+                while _passive(conn)[0] and time.monotonic() < deadline:
+                    time.sleep(0.001)
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            log.warning("WAL checkpoint by a writer failed", exc_info=True)
 
     def __enter__(self) -> None:
         self.acquire()
@@ -317,6 +353,7 @@ class _LockingConnection(sqlite3.Connection):
         if not self._holds:
             self.writer.acquire()
             self._holds = True
+            self.writer.keep_wal_bounded()
 
     def settle(self) -> None:
         """Give the lock back if no transaction is open (any more)."""
