@@ -966,9 +966,19 @@ def _as_components(
     ):
         return values
     out = [*own, *(replace(v, code=m.component_code(parent, v.code)) for v in values[len(own) :])]
-    groups = m.component_groups([*(v.code for v in before), *(v.code for v in out)])
-    last = groups[-1]
-    if last.start != len(before) or len(last.components) != n:
+    # Only the rows of the report's last Observation of this code could be joined: they
+    # begin a group of their own wherever the rows of another code end (the report may
+    # have hundreds of Observations, grouped one by one).
+    start = len(before)
+    while (
+        start and (split := m.split_component_code(before[start - 1].code)) and split[0] == parent
+    ):
+        start -= 1
+    if start and before[start - 1].code == parent:
+        start -= 1
+    tail = [v.code for v in before[start:]]
+    last = m.component_groups([*tail, *(v.code for v in out)])[-1]
+    if last.start != len(tail) or len(last.components) != n:
         return values
     return out
 

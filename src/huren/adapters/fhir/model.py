@@ -331,20 +331,23 @@ class CodeGroup(Struct, frozen=True, gc=False):
 
 
 def component_groups(codes: Sequence[str]) -> list[CodeGroup]:
-    """The Observations the stored rows of these codes came from, in order."""
-    groups: list[CodeGroup] = []
+    """The Observations the stored rows of these codes came from, in order. In one pass
+    (an Observation may have hundreds of components): each group's component codes so far
+    are kept in a set."""
+    # (start, code, own, component rows, their codes) of each group
+    found: list[tuple[int, str, bool, list[tuple[int, str]], set[str]]] = []
     for i, code in enumerate(codes):
         split = split_component_code(code)
         if split is None:
-            groups.append(CodeGroup(i, code, True))
+            found.append((i, code, True, [], set()))
             continue
         parent, own = split
-        last = groups[-1] if groups else None
-        if last is not None and last.code == parent and all(c != own for _, c in last.components):
-            groups[-1] = CodeGroup(last.start, parent, last.own, (*last.components, (i, own)))
+        if found and found[-1][1] == parent and own not in found[-1][4]:
+            found[-1][3].append((i, own))
+            found[-1][4].add(own)
         else:
-            groups.append(CodeGroup(i, parent, False, ((i, own),)))
-    return groups
+            found.append((i, parent, False, [(i, own)], {own}))
+    return [CodeGroup(start, code, own, tuple(rows)) for start, code, own, rows, _ in found]
 
 
 class Bundle(Struct, frozen=True, omit_defaults=True, gc=False):
