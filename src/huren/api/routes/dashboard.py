@@ -230,10 +230,8 @@ def drill(
     except DomainError as exc:
         return _error(request, user, exc)
     if level is Level.CLINICIAN:
-        table = replace(
-            table,
-            rows=[replace(r, label=_clinician_label(c, institution, r.key)) for r in table.rows],
-        )
+        labels = _clinician_labels(c, institution, [r.key for r in table.rows])
+        table = replace(table, rows=[replace(r, label=labels[r.key]) for r in table.rows])
     return templates.TemplateResponse(
         request,
         "dashboard/_drill.html",
@@ -252,21 +250,14 @@ def drill(
     )
 
 
-def _clinician_label(c: Container, institution: str, key: str) -> str:
-    """A clinician as a regulator knows them: the name of the platform account of that
+def _clinician_labels(c: Container, institution: str, keys: list[str]) -> dict[str, str]:
+    """Clinicians as a regulator knows them: the name of the platform account of that
     institution (the workbench records its username), else the HIS's practitioner id
-    without the FHIR resource type (CDS Hooks ``userId`` "Practitioner/HXK001")."""
-    try:
-        account = c.accounts.account(key)
-    except DomainError:
-        account = None
-    if (
-        account is not None
-        and account.role is Role.CLINICIAN
-        and account.institution == institution
-    ):
-        return account.display_name
-    return key.removeprefix("Practitioner/")
+    without the FHIR resource type (CDS Hooks ``userId`` "Practitioner/HXK001"). The
+    institution's clinician accounts are read once for the whole table."""
+    accounts = c.accounts.list_accounts(institution, Role.CLINICIAN) if institution else []
+    names = {a.username: a.display_name for a in accounts}
+    return {k: names.get(k) or k.removeprefix("Practitioner/") for k in keys}
 
 
 def _export_query(
