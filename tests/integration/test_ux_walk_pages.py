@@ -18,6 +18,7 @@ from huren.adapters.db.tables import decision
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from huren.domain.identity import mask_id
+from huren.domain.monitoring import Metric
 from tests.fixtures import governance as gv
 from tests.fixtures.actors import Login
 from tests.fixtures.imaging import ct_report, store_complete_ct_study
@@ -237,6 +238,21 @@ def test_drill_down_names_clinicians_not_their_ids(
     assert f">{me['username']}<" not in html
     assert ">HXK001<" in html
     assert "Practitioner/" not in html
+    # Among its peers (five clinicians with accepted reminders), named the same way.
+    for staff in ("HXK002", "HXK003", "HXK004"):
+        _decision(world, f"Practitioner/{staff}", priors["ct"])
+    world.monitoring.refresh()
+    found = world.monitoring.outliers(
+        gv.REGULATOR_HE,
+        world.monitoring.period("2026-06", "2026-06"),
+        Metric.ACCEPTED,
+        institution=HOSP_B,
+        min_volume=1,
+        only_flagged=False,
+    )
+    assert sorted(f.label for f in found) == sorted(
+        [me["display_name"], "HXK001", "HXK002", "HXK003", "HXK004"]
+    )
 
 
 def test_expiring_qualifications_say_how_long_is_left_in_words(

@@ -153,6 +153,18 @@ class MonitoringStore(Protocol):
 
     def institutions_with_results(self) -> frozenset[str]: ...
 
+    def clinician_names(self, institution: str) -> dict[str, str]:
+        """Username → name of the institution's clinician accounts (the workbench records
+        the clinician by username)."""
+        ...
+
+
+def clinician_label(key: str, names: Mapping[str, str]) -> str:
+    """A clinician as a regulator knows them: the name of their platform account, else
+    the HIS's practitioner id without the FHIR resource type (CDS Hooks ``userId``
+    "Practitioner/HXK001")."""
+    return names.get(key) or key.removeprefix("Practitioner/") or "（未记录医师）"
+
 
 class CorrectionBacklog(Protocol):
     def open_corrections(self, institutions: Sequence[str] | None) -> int | None:
@@ -437,11 +449,13 @@ class MonitoringService:
             dept = department if level is Level.CLINICIAN else None
             rows_raw = self._store.totals(dim, [institution], period.start, period.end, dept)
             inst_name = cat.institutions[institution].name
+            names = self._store.clinician_names(institution) if level is Level.CLINICIAN else {}
             rows = [
                 StatRow(
                     key=k,
-                    label=k
-                    or ("（未填科室）" if dim is Dimension.DEPARTMENT else "（未记录医师）"),
+                    label=(k or "（未填科室）")
+                    if dim is Dimension.DEPARTMENT
+                    else clinician_label(k, names),
                     counters=c,
                     drill=(
                         {
@@ -561,7 +575,8 @@ class MonitoringService:
                 raise NotFound(f"未找到医疗机构 {institution}")
             rows = self._store.totals(Dimension.CLINICIAN, [institution], period.start, period.end)
             group = f"{cat.institutions[institution].name}·全体医师"
-            subjects = [Subject(k, k or "（未记录医师）", group, c) for k, c in rows if k]
+            names = self._store.clinician_names(institution)
+            subjects = [Subject(k, clinician_label(k, names), group, c) for k, c in rows if k]
         else:
             insts = self._scoped(principal, cat, scope)
             totals = dict(

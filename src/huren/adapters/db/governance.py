@@ -47,6 +47,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from huren.adapters.db import tables as t
 from huren.adapters.db import tables_governance as g
 from huren.adapters.db.masterdata import qualification_from_row, qualification_row
+from huren.domain.accounts import Role
 from huren.domain.masterdata import Qualification, QualificationStatus
 from huren.domain.monitoring import COUNTER_NAMES, Counters, Target, TargetMetric
 from huren.domain.qc import (
@@ -857,6 +858,16 @@ class SqlMonitoringStore:
                 key = key[:7]
             out.append((str(key), Counters(**{n: int(getattr(r, n) or 0) for n in COUNTER_NAMES})))
         return out
+
+    def clinician_names(self, institution: str) -> dict[str, str]:
+        a = t.account.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(a.username, a.display_name).where(
+                    a.institution_code == institution, a.role == Role.CLINICIAN.value
+                )
+            ).all()
+        return {r.username: r.display_name for r in rows}
 
     def declines_by_reason(
         self,

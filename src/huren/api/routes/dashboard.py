@@ -5,7 +5,6 @@ and a printable monthly report."""
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from html import escape
 from typing import Annotated, Any
 
@@ -229,9 +228,6 @@ def drill(
         )
     except DomainError as exc:
         return _error(request, user, exc)
-    if level is Level.CLINICIAN:
-        labels = _clinician_labels(c, institution, [r.key for r in table.rows])
-        table = replace(table, rows=[replace(r, label=labels[r.key]) for r in table.rows])
     return templates.TemplateResponse(
         request,
         "dashboard/_drill.html",
@@ -248,16 +244,6 @@ def drill(
             "export_query": _export_query(level, scope, institution, department, period),
         },
     )
-
-
-def _clinician_labels(c: Container, institution: str, keys: list[str]) -> dict[str, str]:
-    """Clinicians as a regulator knows them: the name of the platform account of that
-    institution (the workbench records its username), else the HIS's practitioner id
-    without the FHIR resource type (CDS Hooks ``userId`` "Practitioner/HXK001"). The
-    institution's clinician accounts are read once for the whole table."""
-    accounts = c.accounts.list_accounts(institution, Role.CLINICIAN) if institution else []
-    names = {a.username: a.display_name for a in accounts}
-    return {k: names.get(k) or k.removeprefix("Practitioner/") for k in keys}
 
 
 def _export_query(
