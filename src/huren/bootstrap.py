@@ -71,12 +71,18 @@ class Container:
         from huren.adapters.tabular import TabularFiles
 
         return CatalogIO(
-            SqlCatalogStore(self.engine), TabularFiles(), self.clock, self.catalog.invalidate
+            SqlCatalogStore(self.engine),
+            TabularFiles(),
+            self.clock,
+            self.catalog.invalidate,
+            remap=self.intake.remap_codes,
         )
 
     @cached_property
     def masterdata_admin(self) -> MasterDataAdmin:
-        return MasterDataAdmin(SqlMasterDataAdmin(self.engine), self.catalog, self.clock)
+        return MasterDataAdmin(
+            SqlMasterDataAdmin(self.engine), self.catalog, self.clock, remap=self.intake.remap
+        )
 
     @cached_property
     def rate_counters(self) -> SqlRateCounters:

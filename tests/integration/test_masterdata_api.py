@@ -374,3 +374,41 @@ def test_malformed_body_is_problem_json_naming_the_field(client: TestClient, log
     assert r.status_code == 422
     assert r.headers["content-type"].startswith("application/problem+json")
     assert r.json()["errors"][0]["field"] == "time_limit_hours"
+
+
+def test_a_code_map_saved_re_maps_the_results_stored_unmapped(
+    client: TestClient, world: Container, login: Login
+) -> None:
+    # Issue 7 §3: "When the map is fixed later, stored results are re-mapped."
+    ref = store(world, lab_panel(HOSP_A, local_code="LIS-LIVER-NEW")).results[0]
+    assert ref.item_code is None
+    r = client.put(
+        f"/api/v1/institutions/{HOSP_A}/code-maps/LIS-LIVER-NEW",
+        json={"unified_code": LFT, "local_name": "肝功能（新套餐）"},
+        headers=login(Role.INSTITUTION_ADMIN, institution=HOSP_A),
+    )
+    assert r.status_code == 200
+    assert r.json()["remapped"] == 1
+    stored = world.results.get_result(ref.result_id)
+    assert (stored.item_code, stored.mark_symbol) == (LFT, "☆")
+    assert world.intake.unmapped_codes(HOSP_A) == []
+
+
+def test_an_imported_code_map_file_re_maps_the_results_stored_unmapped(
+    world: Container,
+) -> None:
+    from huren.services.catalog_io import CatalogKind
+
+    waiting = store(world, lab_panel(HOSP_A, local_code="LIS-LIVER-NEW")).results[0]
+    other = store(world, lab_panel(HOSP_B, local_code="LIS-LIVER-NEW")).results[0]
+    rows = "机构编码,本院编码,统一编码,本院名称\n" + "".join(
+        f"{HOSP_A},LIS-{n},{CBC},\n" for n in range(50)  # none of these has results
+    )
+    rows += f"{HOSP_A},LIS-LIVER-NEW,{LFT},肝功能（新套餐）\n"
+    report = world.catalog_io.import_file(
+        CatalogKind.CODE_MAPS, rows.encode(), "maps.csv", actor="test"
+    )
+    assert report.remapped == 1
+    assert world.results.get_result(waiting.result_id).item_code == LFT
+    assert world.results.get_result(other.result_id).item_code is None  # B's map has none
+    assert [u.local_code for u in world.intake.unmapped_codes(HOSP_B)] == ["LIS-LIVER-NEW"]

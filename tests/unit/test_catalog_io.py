@@ -44,7 +44,13 @@ def store() -> FakeStore:
 
 @pytest.fixture
 def io(store: FakeStore) -> CatalogIO:
-    return CatalogIO(store, TabularFiles(), FixedClock(datetime(2026, 6, 15, tzinfo=UTC)))
+    return CatalogIO(
+        store,
+        TabularFiles(),
+        FixedClock(datetime(2026, 6, 15, tzinfo=UTC)),
+        lambda: None,
+        remap=lambda _codes: 0,  # no results in these tests
+    )
 
 
 def _csv(text: str) -> bytes:

@@ -51,6 +51,7 @@ def import_(
         container.close()
     typer.echo(
         f"已导入{KIND_LABELS[kind]} {report.rows} 行: 新增 {report.created}，更新 {report.updated}"
+        + (f"；已保存的 {report.remapped} 条未对码结果已重新对码" if report.remapped else "")
     )
 
 

@@ -203,6 +203,7 @@ class ImportReport:
     rows: int
     created: int
     updated: int
+    remapped: int = 0  # results stored unmapped that an import of code maps re-mapped
 
 
 # ---------------------------------------------------------------- value parsing
@@ -348,12 +349,18 @@ class CatalogIO:
         store: CatalogStore,
         codec: TabularCodec,
         clock: Clock,
-        on_change: Callable[[], None] = lambda: None,
+        on_change: Callable[[], None],
+        *,
+        remap: Callable[[Iterable[tuple[str, str]]], int],
     ) -> None:
+        """``on_change`` after every import (the catalog cache drops what it holds);
+        ``remap`` after an import of code maps, with the (institution, local code) of
+        each mapping in the file (``IntakeService.remap_codes``)."""
         self._store = store
         self._codec = codec
         self._clock = clock
         self._on_change = on_change
+        self._remap = remap
 
     # -- export
     def export_rows(self, kind: CatalogKind) -> tuple[list[str], list[list[str]]]:
@@ -386,6 +393,8 @@ class CatalogIO:
         created, updated = _count(kind, changes, rec)
         self._store.apply(changes, self._clock.now(), actor)
         self._on_change()
+        # Issue 7 §3: when the map is fixed later, stored results are re-mapped.
+        remapped = self._remap((m.institution, m.local_code) for m in changes.code_maps)
         rows = sum(
             len(x)
             for x in (
@@ -396,7 +405,7 @@ class CatalogIO:
                 changes.code_maps,
             )
         ) + sum(len(v.item_codes) for v in changes.item_lists)
-        return ImportReport(kind, rows, created, updated)
+        return ImportReport(kind, rows, created, updated, remapped)
 
 
 def _count(kind: CatalogKind, ch: ImportChanges, rec: MasterDataRecords) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import hashlib
 import json
 import logging
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import MISSING, dataclass, field, fields, replace
 from datetime import date, datetime
@@ -934,7 +934,25 @@ class IntakeService:
         computed at their issue time, once the institution's code map has it. Returns
         the number of results re-mapped (0 while the code is still unmapped)."""
         self._catalog.invalidate()
+        return self._remap(self._catalog.get(), institution, local_code)
+
+    def remap_codes(self, codes: Iterable[tuple[str, str]]) -> int:
+        """``remap`` each (institution, local code) that has results stored unmapped — an
+        import of code maps names thousands, of which few were waiting — with the catalog
+        read once. Returns the number of results re-mapped."""
+        wanted: dict[str, set[str]] = {}
+        for institution, local_code in codes:
+            wanted.setdefault(institution, set()).add(local_code)
+        self._catalog.invalidate()
         catalog = self._catalog.get()
+        done = 0
+        for institution, local_codes in wanted.items():
+            for waiting in self.unmapped_codes(institution):
+                if waiting.local_code in local_codes:
+                    done += self._remap(catalog, institution, waiting.local_code)
+        return done
+
+    def _remap(self, catalog: Catalog, institution: str, local_code: str) -> int:
         item_code = unified_code(catalog, institution, local_code)
         if item_code is None:
             return 0
@@ -960,9 +978,11 @@ class IntakeService:
 
     def remap_institution(self, institution: str) -> dict[str, int]:
         """``remap`` every unmapped code of ``institution``; {local_code: results re-mapped}."""
+        self._catalog.invalidate()
+        catalog = self._catalog.get()
         done: dict[str, int] = {}
         for code in self.unmapped_codes(institution):
-            n = self.remap(institution, code.local_code)
+            n = self._remap(catalog, institution, code.local_code)
             if n:
                 done[code.local_code] = n
         return done

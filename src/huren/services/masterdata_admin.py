@@ -16,7 +16,7 @@ is invalidated so rules read the new lists at once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from typing import Generic, Protocol, TypeVar
@@ -168,11 +168,31 @@ def _actor(principal: Principal) -> str:
     return f"{principal.username}({principal.role.value})"
 
 
+@dataclass(frozen=True, slots=True)
+class CodeMapChange:
+    """A mapping saved, and how many results stored unmapped under its local code were
+    re-mapped with it (issue 7 §3: when the map is fixed later, stored results are
+    re-mapped)."""
+
+    mapping: CodeMapping
+    remapped: int
+
+
 class MasterDataAdmin:
-    def __init__(self, store: MasterDataAdminStore, catalog: CatalogCache, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: MasterDataAdminStore,
+        catalog: CatalogCache,
+        clock: Clock,
+        *,
+        remap: Callable[[str, str], int],
+    ) -> None:
+        """``remap(institution, local_code)`` gives the results stored unmapped under a
+        local code their unified code once the map has it (``IntakeService.remap``)."""
         self.store = store
         self.catalog = catalog
         self.clock = clock
+        self._remap = remap
 
     def _fresh(self) -> Catalog:
         """Validate edits against the database as it is now, not a cached snapshot."""
@@ -541,7 +561,7 @@ class MasterDataAdmin:
             return
         raise _forbidden("institution", "只有本机构管理员或平台运维可以编辑对码")
 
-    def put_code_map(self, principal: Principal, mapping: CodeMapping) -> CodeMapping:
+    def put_code_map(self, principal: Principal, mapping: CodeMapping) -> CodeMapChange:
         cat = self._fresh()
         if mapping.institution not in cat.institutions:
             raise NotFound(f"医疗机构 {mapping.institution} 不存在")
@@ -553,7 +573,7 @@ class MasterDataAdmin:
             )
         self.store.put_code_map(mapping, self.clock.now())
         self._done()
-        return mapping
+        return CodeMapChange(mapping, self._remap(mapping.institution, mapping.local_code))
 
     def delete_code_map(self, principal: Principal, institution: str, local_code: str) -> None:
         cat = self._fresh()

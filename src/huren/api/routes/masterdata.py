@@ -426,13 +426,15 @@ def put_code_map(
     code: CodePath, local_code: LocalCodePath, body: CodeMapIn, who: CodeMapEditor, c: Ctr
 ) -> CodeMapOut:
     """The institution's own administrator; operator."""
-    m = _admin(c).put_code_map(who, body.to_domain(code, local_code))
+    change = _admin(c).put_code_map(who, body.to_domain(code, local_code))
+    m = change.mapping
     return CodeMapOut(
         institution=m.institution,
         local_code=m.local_code,
         unified_code=m.unified_code,
         local_name=m.local_name,
         updated_at=c.clock.now(),
+        remapped=change.remapped,
     )
 
 

@@ -502,3 +502,7 @@ class CodeMapOut(BaseModel):
     unified_code: str
     local_name: str
     updated_at: datetime
+    remapped: int = Field(
+        default=0,
+        description="本次保存后重新对码的已存结果数（此前以该本地编码接收、未对码的结果）",
+    )
