@@ -13,21 +13,28 @@ from datetime import datetime
 from functools import partial
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel
 
-from huren.adapters.db.inbound import ConnectionStatus, MessageDetail, MessageSummary
+from huren.adapters.db.inbound import (
+    ConnectionState,
+    ConnectionStatus,
+    MessageDetail,
+    MessageSummary,
+)
 from huren.api.auth import optional_principal, principal_can_see_institution, require_roles
 from huren.api.deps import container, templates
 from huren.api.routes.auth import login_redirect
+from huren.api.routes.credentials import check_csrf, csrf_token
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
 from huren.domain.china_time import local_time
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
+from huren.domain.masterdata import CodeMapping
 from huren.domain.text import text_problem
-from huren.services.intake import UnmappedCode
+from huren.services.intake import Disposition, StoredRef, UnmappedCode, refs_from_json
 
 router = APIRouter(tags=["接口监控"], route_class=PageRoute)
 
@@ -36,6 +43,21 @@ Engineer = Annotated[Principal, Depends(require_roles(*ENGINEER_ROLES))]
 Services = Annotated[Container, Depends(container)]
 
 STATUS_LABELS = {"accepted": "已接收", "rejected": "已拒收", "duplicate": "重复（未改动）"}
+DISPOSITION_LABELS = {
+    Disposition.CREATED: "新建",
+    Disposition.UPDATED: "新版本",
+    Disposition.UNCHANGED: "内容未变",
+}
+# Who may map a local code from the 未对码 page: the rule of ``MasterDataAdmin.put_code_map``
+# (the institution's own 机构管理员, or the operator), offered only to them.
+CODE_MAP_EDITORS = (Role.INSTITUTION_ADMIN, Role.OPERATOR)
+# The operator's list of institutions, those that need a look first.
+STATE_ORDER = {
+    ConnectionState.FAILING: 0,
+    ConnectionState.CONNECTED: 1,
+    ConnectionState.IDLE: 2,
+    ConnectionState.NEVER: 3,
+}
 CHANNEL_LABELS = {
     "hl7v2-mllp": "HL7 v2 MLLP",
     "hl7v2-http": "HL7 v2 HTTP",
@@ -298,6 +320,33 @@ def _readable(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def _stored(status: str, response: str) -> list[StoredRef] | None:
+    """What an accepted (or duplicate) message stored, from the answer kept with it: the
+    intake's list of results (id, version, what was done, 报告单号, local and unified code,
+    mark); None when the answer is not that list (an HL7 ACK, an OperationOutcome)."""
+    if status == "rejected" or not response.lstrip().startswith("["):
+        return None
+    try:
+        return list(refs_from_json(response))
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
+def _mapped_since(c: Container, institution: str | None, stored: list[StoredRef]) -> dict[str, str]:
+    """The local codes stored unmapped with this message whose results have been re-mapped
+    since (no longer listed as unmapped), with the unified code they now have."""
+    waiting = {r.local_code for r in stored if r.item_code is None}
+    if institution is None or not waiting:
+        return {}
+    still = {u.local_code for u in c.intake.unmapped_codes(institution)}
+    catalog = c.catalog.get()
+    return {
+        code: mapped
+        for code in waiting - still
+        if (mapped := catalog.unified_code(institution, code)) is not None
+    }
+
+
 def _page(
     request: Request, name: str, user: Principal, context: dict[str, Any], status: int = 200
 ) -> Response:
@@ -315,6 +364,7 @@ def _page(
         "percent": _percent,
         "status_labels": STATUS_LABELS,
         "channel_labels": CHANNEL_LABELS,
+        "operator_view": user.role in (Role.OPERATOR, Role.REGULATOR),
     }
     return templates.TemplateResponse(request, name, base | context, status_code=status)
 
@@ -367,6 +417,7 @@ def messages_page(
             "status": status or "",
             "institution": institution or "",
             "channel": channel or "",
+            "paged": before is not None,
             "next_before": rows[-1].id if len(rows) == 50 else None,
         },
     )
@@ -389,11 +440,60 @@ def message_page(
         found = message_detail(c, user, message_id)
     except DomainError as exc:
         return _error_page(request, user, exc)
+    stored = _stored(found.summary.status, found.response)
     return _page(
         request,
         "integration/message.html",
         user,
-        {"m": found.summary, "raw": _readable(found.raw), "response": _readable(found.response)},
+        {
+            "m": found.summary,
+            "raw": _readable(found.raw),
+            "stored": stored,
+            "mapped_since": _mapped_since(c, found.summary.institution, stored or []),
+            "response": "" if stored is not None else _readable(found.response),
+            "items": c.catalog.get().items,
+            "disposition_labels": DISPOSITION_LABELS,
+        },
+    )
+
+
+def _needs_a_look_first(s: ConnectionOut) -> tuple[int, float]:
+    last = s.last_message_at.timestamp() if s.last_message_at is not None else 0.0
+    return STATE_ORDER[ConnectionState(s.state)], -last
+
+
+def _unmapped_page(
+    request: Request,
+    c: Container,
+    user: Principal,
+    code: str,
+    *,
+    notice: str = "",
+    error: DomainError | None = None,
+    form: dict[str, str] | None = None,
+) -> Response:
+    conn = connection_out(c, c.inbound_messages.connection_status(code, c.clock.now()))
+    catalog = c.catalog.get()
+    can_map = user.role is Role.OPERATOR or (
+        user.role is Role.INSTITUTION_ADMIN and user.institution == code
+    )
+    context = {
+        "conn": conn,
+        "codes": c.intake.unmapped_codes(code),
+        "code": code,
+        "can_map": can_map,
+        "items": sorted(catalog.items.values(), key=lambda i: i.code) if can_map else [],
+        "csrf": csrf_token(c, request) if can_map else "",
+        "notice": notice,
+        "error": error,
+        "form": form or {},
+    }
+    return _page(
+        request,
+        "integration/unmapped.html",
+        user,
+        context,
+        status=error.status if error is not None else 200,
     )
 
 
@@ -410,14 +510,60 @@ def unmapped_page(
         if not _engineer(user):
             raise Forbidden("当前角色无权查看接口状态")
         if not institution and user.role not in INSTITUTION_ROLES:
-            # Operator / regulator: every visible institution's connection, pick one.
+            # Operator / regulator: every visible institution's connection, pick one —
+            # those failing first, then by their last message, those never sending last.
             rows = [connection_out(c, s) for s in statuses(c, user, None)]
+            rows.sort(key=_needs_a_look_first)
             return _page(request, "integration/institutions.html", user, {"rows": rows})
         code = chosen_institution(c, user, institution)
-        conn = connection_out(c, c.inbound_messages.connection_status(code, c.clock.now()))
-        codes = c.intake.unmapped_codes(code)
     except DomainError as exc:
         return _error_page(request, user, exc)
-    return _page(
-        request, "integration/unmapped.html", user, {"conn": conn, "codes": codes, "code": code}
-    )
+    return _unmapped_page(request, c, user, code)
+
+
+@router.post("/integration/unmapped", response_class=HTMLResponse, include_in_schema=False)
+def map_unmapped_code(
+    request: Request,
+    user: Annotated[Principal | None, Depends(optional_principal)],
+    c: Services,
+    csrf: Annotated[str, Form()] = "",
+    institution: Annotated[str, Form()] = "",
+    local_code: Annotated[str, Form()] = "",
+    local_name: Annotated[str, Form()] = "",
+    unified_code: Annotated[str, Form()] = "",
+) -> Response:
+    """对码 from the list of unmapped codes (issue 7 §3): the institution's code map gets
+    the mapping (``MasterDataAdmin.put_code_map``: its own 机构管理员 or the operator), which
+    re-maps the results already stored under the local code (the unified code and the mark
+    of their issue time)."""
+    if user is None:
+        return login_redirect(request)
+    try:
+        if user.role not in CODE_MAP_EDITORS:
+            raise Forbidden("只有本机构管理员或平台运维可以对码")
+        code = chosen_institution(c, user, institution or None)
+        check_csrf(c, request, csrf)
+    except DomainError as exc:
+        return _error_page(request, user, exc)
+    form = {"local_code": local_code, "unified_code": unified_code}
+    try:
+        local, unified = local_code.strip(), unified_code.strip()
+        if not local:
+            raise ValidationFailed(
+                "未指定本地编码", problems=[Problem("local_code", "请从列表中选择要对码的本地编码")]
+            )
+        if not unified:
+            raise ValidationFailed(
+                "未填写统一项目编码",
+                problems=[Problem("unified_code", f"请为 {local} 选择统一项目编码")],
+            )
+        change = c.masterdata_admin.put_code_map(
+            user, CodeMapping(code, local, unified, local_name.strip()[:200])
+        )
+    except DomainError as exc:
+        return _unmapped_page(request, c, user, code, error=exc, form=form)
+    remapped = change.remapped
+    item = c.catalog.get().items.get(unified)
+    name = f"{item.name}（{unified}）" if item is not None else unified
+    notice = f"已将本地编码 {local} 对码为 {name}，已保存的 {remapped} 条结果已重新对码。"
+    return _unmapped_page(request, c, user, code, notice=notice)
