@@ -406,13 +406,32 @@ def informational(notes: Sequence[str]) -> dict[str, Any]:
 
 
 _SEARCH = [
-    ("patient", "reference", "患者: Patient/{id} 或 patient.identifier=system|value"),
-    ("subject", "reference", "同 patient"),
+    (
+        "patient",
+        "reference",
+        "患者: Patient/{id}（或本平台的患者地址）；按标识: patient:identifier=system|value"
+        " 或 patient.identifier=system|value",
+    ),
+    (
+        "subject",
+        "reference",
+        "同 patient（subject:Patient、subject:identifier、subject.identifier）",
+    ),
     ("code", "token", "本院编码、统一项目编码或 LOINC（system|code）"),
     ("date", "date", "检查检验时间（ge/le/gt/lt/eq 前缀）"),
     ("_lastUpdated", "date", "最后更新时间"),
     ("identifier", "token", "报告单编号（DiagnosticReport）"),
+    ("_id", "token", "报告 id（DiagnosticReport，可用逗号分隔多个）"),
 ]
+# The references a search follows with _include (R4 search.html#include).
+SEARCH_INCLUDES: dict[str, tuple[str, ...]] = {
+    "DiagnosticReport": (
+        "DiagnosticReport:result",
+        "DiagnosticReport:subject",
+        "DiagnosticReport:patient",
+    ),
+    "Observation": ("Observation:subject", "Observation:patient"),
+}
 # R4 observation.html#search: a component's code, and either code.
 _COMPONENT_SEARCH = [
     ("component-code", "token", "组分（component）的编码（system|code）"),
@@ -422,17 +441,19 @@ _COMPONENT_SEARCH = [
 
 def capability_statement(base_url: str, now: datetime, software_version: str) -> dict[str, Any]:
     def resource(kind: str, interactions: Sequence[str], search: bool) -> dict[str, Any]:
+        # Reports and their Observations keep every version (vread, _history); a Patient
+        # and a Binary (a version's document, its id naming the version) have none.
+        versioned = "vread" in interactions
         r: dict[str, Any] = {
             "type": kind,
             "interaction": [{"code": c} for c in interactions],
-            "versioning": "versioned",
-            "readHistory": kind != "Patient",
+            "versioning": "versioned" if versioned else "no-version",
+            "readHistory": versioned,
         }
         if search:
             params = _SEARCH if kind == "DiagnosticReport" else [*_SEARCH[:5], *_COMPONENT_SEARCH]
             r["searchParam"] = [{"name": n, "type": t, "documentation": d} for n, t, d in params]
-            if kind == "DiagnosticReport":
-                r["searchInclude"] = ["DiagnosticReport:result"]
+            r["searchInclude"] = list(SEARCH_INCLUDES[kind])
         return r
 
     return {

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable, Coroutine, Sequence
-from datetime import datetime, timedelta
+import re
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from huren.adapters.db.results import ResultQuery
 from huren.adapters.fhir import render
@@ -43,9 +48,90 @@ _ISSUE_CODE = {
     405: "not-supported",
     409: "conflict",
     413: "too-costly",
+    406: "not-supported",
     415: "not-supported",
     422: "invalid",
 }
+
+
+class NotAcceptable(DomainError):
+    """A format the client asks for (Accept, ``_format``) that is not served: 406
+    (R4 http.html#mime-type; RFC 9110 §15.5.7). Only JSON is served."""
+
+    code = "not_acceptable"
+    status = 406
+
+
+class UnsupportedMediaType(DomainError):
+    """A body in a format that is not read: 415 (RFC 9110 §15.5.16)."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
+class MethodNotAllowed(DomainError):
+    """An interaction the server does not offer on an existing kind of resource (R4
+    http.html: update, patch, delete are not supported here): 405."""
+
+    code = "method_not_allowed"
+    status = 405
+
+
+# The MIME types and ``_format`` values of FHIR JSON (R4 http.html#mime-type: ``json``,
+# application/json and application/fhir+json; application/json+fhir of DSTU2 clients).
+_JSON_TYPES = frozenset(
+    {"json", "application/json", "application/fhir+json", "application/json+fhir"}
+)
+
+
+def _media_type(text: str) -> tuple[str, dict[str, str]]:
+    """``type/subtype`` (lower case) and the parameters of one media range."""
+    head, *rest = (part.strip() for part in text.split(";"))
+    params = {}
+    for part in rest:
+        key, _, value = part.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    return head.lower(), params
+
+
+def _fhir_version_ok(params: dict[str, str]) -> bool:
+    """The ``fhirVersion`` MIME parameter (R4 http.html#version-parameter), if any, names
+    R4 (4.0 or 4.0.1)."""
+    version = params.get("fhirversion")
+    return version is None or version in ("4.0", "4.0.1")
+
+
+def _check_format(request: Request) -> None:
+    """406 for a response format other than FHIR JSON: ``_format`` overrides Accept
+    (R4 http.html#mime-type); an Accept header is satisfied by any JSON type or a wildcard
+    with q > 0, so HAPI's default ``application/fhir+xml;q=1.0, application/fhir+json;q=1.0``
+    and a browser's ``*/*`` get JSON."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None:
+        # An unescaped "+" in the query (``_format=application/fhir+json``) reads as a space.
+        mtype, params = _media_type(fmt.replace(" ", "+"))
+        if mtype not in _JSON_TYPES or not _fhir_version_ok(params):
+            raise NotAcceptable(
+                f"不支持的格式 _format={fmt}：本平台仅提供 FHIR JSON",
+                problems=[Problem("_format", f"不支持的格式 {fmt}，请使用 json")],
+            )
+        return
+    accept = request.headers.get("accept", "").strip()
+    if not accept:
+        return
+    for media_range in accept.split(","):
+        mtype, params = _media_type(media_range)
+        try:
+            q = float(params.get("q", "1"))
+        except ValueError:
+            q = 1.0
+        json_ok = mtype in _JSON_TYPES or mtype in ("*/*", "application/*")
+        if json_ok and q > 0 and _fhir_version_ok(params):
+            return
+    raise NotAcceptable(
+        f"不支持 Accept: {accept}：本平台仅提供 FHIR JSON（application/fhir+json）",
+        problems=[Problem("Accept", f"不支持的格式 {accept}，请使用 application/fhir+json")],
+    )
 
 
 def fhir_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -66,11 +152,35 @@ def outcome_response(
 class FhirRoute(APIRoute):
     """Maps every error of a FHIR route (including authentication) to OperationOutcome."""
 
+    def matches(self, scope: Any) -> tuple[Match, Any]:
+        """HEAD wherever GET is served (RFC 9110 §9.3.2; R4 http.html lets a client ask for
+        the headers of a read), without a HEAD operation in the OpenAPI document."""
+        methods = self.methods or set()
+        if scope.get("type") == "http" and scope.get("method") == "HEAD" and "GET" in methods:
+            return super().matches({**scope, "method": "GET"})
+        return super().matches(scope)
+
+    async def handle(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("method") == "HEAD" and "GET" in (self.methods or set()):
+            await self.app(scope, receive, send)
+        else:
+            await super().handle(scope, receive, send)
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
+        # The original document of a report is served as sent (its own media type).
+        negotiates = not self.path.startswith("/fhir/Binary")
 
         async def route(request: Request) -> Response:
+            response = await answer(request)
+            if request.method == "HEAD":  # the GET's headers (Content-Length too), no body
+                return Response(b"", response.status_code, dict(response.headers))
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
+                if negotiates:
+                    _check_format(request)
                 return await handler(request)
             except DomainError as exc:
                 problems = exc.problems or [Problem("", exc.message)]
@@ -108,11 +218,12 @@ MAX_BODY = 20 * 1024 * 1024
 
 
 async def _body(request: Request) -> bytes:
-    ctype = request.headers.get("content-type", "application/fhir+json").split(";")[0].strip()
-    if ctype not in ("application/fhir+json", "application/json", "application/json+fhir"):
-        raise ValidationFailed(
+    header = request.headers.get("content-type", "application/fhir+json")
+    ctype, params = _media_type(header)
+    if ctype == "json" or ctype not in _JSON_TYPES or not _fhir_version_ok(params):
+        raise UnsupportedMediaType(
             "请求内容类型应为 application/fhir+json",
-            problems=[Problem("Content-Type", f"不支持的内容类型 {ctype}")],
+            problems=[Problem("Content-Type", f"不支持的内容类型 {header}")],
         )
     body = await request.body()
     if len(body) > MAX_BODY:
@@ -245,7 +356,7 @@ async def create_report(request: Request, c: CONTAINER, principal: WRITER) -> Re
     return fhir_response(
         render.diagnostic_report(result, updated, c.results.documents(result.id, result.version)),
         status,
-        {"Location": loc, "ETag": f'W/"{ref.version}"'},
+        {"Location": loc} | _version_headers(ref.version, updated),
     )
 
 
@@ -323,48 +434,122 @@ async def create_other(resource_type: str, c: CONTAINER, principal: WRITER) -> R
 
 
 # ---------------------------------------------------------------- search
+# A FHIR date search value (R4 search.html#date): the precision given (year, month, day,
+# minute, second or fraction) is the range it stands for; no zone is China time.
+_DATE_VALUE = re.compile(
+    r"^(\d{4})(?:-(\d{2})(?:-(\d{2})"
+    r"(?:T(\d{2}):(\d{2})(?::(\d{2})(\.\d+)?)?(Z|[+-]\d{2}:\d{2})?)?)?)?$"
+)
+
+
+def _date_range(text: str) -> tuple[datetime, datetime]:
+    """[start, end) of a date search value at its precision; ValueError if it is none."""
+    m = _DATE_VALUE.match(text)
+    if m is None:
+        raise ValueError(text)
+    year, month, day, hour, _minute, second, fraction, _zone = m.groups()
+    if month is None:
+        start = datetime(int(year), 1, 1, tzinfo=CHINA_TZ)
+        return start, start.replace(year=start.year + 1)
+    if day is None:
+        start = datetime(int(year), int(month), 1, tzinfo=CHINA_TZ)
+        following = (start + timedelta(days=32)).replace(day=1)
+        return start, following
+    if hour is None:
+        start = datetime(int(year), int(month), int(day), tzinfo=CHINA_TZ)
+        return start, start + timedelta(days=1)
+    iso = text.replace("Z", "+00:00")
+    start = in_china_time(datetime.fromisoformat(iso))
+    if fraction:
+        step = timedelta(microseconds=max(1, 10 ** (6 - min(len(fraction) - 1, 6))))
+    else:
+        step = timedelta(seconds=1) if second is not None else timedelta(minutes=1)
+    return start, start + step
+
+
 def _date_bounds(values: Sequence[str], name: str) -> tuple[datetime | None, datetime | None]:
-    """FHIR date search with prefixes eq/ge/gt/le/lt (R4 §3.1.1.5.7), by day or instant."""
+    """FHIR date search (R4 search.html#date, #prefix): each value a range at its
+    precision, the prefixes eq/ge/gt/le/lt/sa/eb applied to a point in time (the time
+    performed, the last update), repeated parameters all holding (their intersection).
+    ne and ap are refused, naming the parameter, rather than read as eq."""
     low: datetime | None = None
     high: datetime | None = None
     for v in values:
-        prefix = v[:2] if v[:2] in ("eq", "ge", "gt", "le", "lt", "sa", "eb") else "eq"
-        text = v[2:] if v[:2] == prefix else v
+        prefixed = v[:2].isalpha() and v[2:3].isdigit()
+        prefix = v[:2] if prefixed else "eq"
+        text = v[2:] if prefixed else v
+        if prefix not in ("eq", "ge", "gt", "le", "lt", "sa", "eb"):
+            raise ValidationFailed(
+                f"{name} 参数无效",
+                problems=[
+                    Problem(name, f"不支持的日期前缀 {prefix}（支持 eq ge gt le lt sa eb）: {v}")
+                ],
+            )
         try:
-            if len(text) == 10:
-                start = datetime.fromisoformat(text).replace(tzinfo=CHINA_TZ)
-                end = start + timedelta(days=1)
-            else:
-                start = in_china_time(datetime.fromisoformat(text))
-                end = start
+            start, end = _date_range(text)
         except ValueError as exc:
             raise ValidationFailed(
-                f"{name} 参数无效", problems=[Problem(name, f"无效的日期: {v}")]
+                f"{name} 参数无效",
+                problems=[
+                    Problem(
+                        name, f"无效的日期: {v}（应为 YYYY、YYYY-MM、YYYY-MM-DD 或带时区的时间）"
+                    )
+                ],
             ) from exc
-        if prefix in ("ge", "gt", "sa"):
-            low = start if prefix == "ge" else end
-        elif prefix in ("le", "lt", "eb"):
-            high = end if prefix == "le" else start
-        else:
-            low, high = start, end if end > start else None
+        # The point t matches: eq start <= t < end; ge t >= start; gt, sa t >= end;
+        # lt, eb t < start; le t < end.
+        lower = {"eq": start, "ge": start, "gt": end, "sa": end}.get(prefix)
+        upper = {"eq": end, "le": end, "lt": start, "eb": start}.get(prefix)
+        if lower is not None:
+            low = lower if low is None else max(low, lower)
+        if upper is not None:
+            high = upper if high is None else min(high, upper)
     return low, high
 
 
-def _patient_ids_from(c: Container, params: Any) -> list[int] | None:
-    ids: list[int] | None = None
-    for name in ("patient", "subject"):
+def _patient_reference(c: Container, request: Request, name: str, value: str) -> int:
+    """The patient id of a reference search value (R4 search.html#reference): ``123``,
+    ``Patient/123``, or the absolute URL of this server's Patient/123."""
+    text = value
+    for base in {c.settings.base_url, str(request.base_url).rstrip("/")} - {""}:
+        text = text.removeprefix(f"{base.rstrip('/')}/fhir/")
+    pid = text.removeprefix("Patient/")
+    if not is_digits(pid):
+        raise ValidationFailed(
+            f"{name} 参数无效",
+            problems=[Problem(name, f"应为 Patient/{{id}} 或本平台的患者地址: {value}")],
+        )
+    return int(pid)
+
+
+# The patient parameters (R4 search.html#reference, #chaining): the reference itself
+# (``subject:Patient`` names its type), or the patient's identifier, as the modifier
+# ``:identifier`` or the chain ``.identifier``.
+_PATIENT_REFERENCE = ("patient", "subject", "patient:Patient", "subject:Patient")
+_PATIENT_IDENTIFIER = (
+    "patient.identifier",
+    "patient:identifier",
+    "subject.identifier",
+    "subject:identifier",
+    "subject:Patient.identifier",
+)
+
+
+def _patient_ids_from(c: Container, request: Request) -> list[int] | None:
+    """The patients a search is restricted to: each parameter's values (comma: any of
+    them) and every parameter given (all of them), R4 search.html#combining."""
+    params = request.query_params
+    ids: set[int] | None = None
+    for name in (*_PATIENT_REFERENCE, *_PATIENT_IDENTIFIER):
         for v in params.getlist(name):
-            pid = v.removeprefix("Patient/")
-            if not is_digits(pid):
-                raise ValidationFailed(
-                    "patient 参数无效", problems=[Problem(name, f"应为 Patient/{{id}}: {v}")]
-                )
-            ids = [*(ids or []), int(pid)]
-    for name in ("patient.identifier", "subject:identifier", "subject.identifier"):
-        for v in params.getlist(name):
-            found = c.results.find_patients(_token_identifier(v, name))
-            ids = [*(ids or []), *found]
-    return ids
+            found: set[int] = set()
+            for one in v.split(","):
+                if name in _PATIENT_REFERENCE:
+                    found.add(_patient_reference(c, request, name, one))
+                else:
+                    found.update(c.results.find_patients(_token_identifier(one, name)))
+            ids = found if ids is None else ids & found
+    return None if ids is None else sorted(ids)
 
 
 def _token_identifier(value: str, name: str) -> PatientIdentifier:
@@ -413,21 +598,115 @@ def _code_tokens(values: Sequence[str]) -> tuple[list[str], list[str], list[str]
 _OBSERVATION_CODES = ("code", "component-code", "combo-code")
 
 
+# The search parameters served (R4 search.html; the CapabilityStatement lists them), and
+# the result parameters (search.html#return). ``_offset`` and ``_skip`` place a page (the
+# ``next`` link carries them); ``_format`` is read by ``_check_format``.
+_COMMON_SEARCH = frozenset(
+    {
+        *_PATIENT_REFERENCE,
+        *_PATIENT_IDENTIFIER,
+        "code",
+        "date",
+        "_lastUpdated",
+        "_count",
+        "_offset",
+        "_include",
+        "_sort",
+        "_total",
+        "_format",
+        "_pretty",
+    }
+)
+_SEARCH_PARAMS = {
+    "DiagnosticReport": _COMMON_SEARCH | {"identifier", "_id"},
+    "Observation": _COMMON_SEARCH | {"component-code", "combo-code", "_skip"},
+}
+# The one order served (results by time performed, newest first; R4 search.html#sort).
+_SORTS = ("-date",)
+_DEFAULT_COUNT = 50
+_MAX_COUNT = 500
+
+
+def _strict(request: Request) -> bool:
+    """``Prefer: handling=strict`` (R4 search.html#errors)."""
+    prefer = request.headers.get("prefer", "")
+    return any(
+        p.strip().replace(" ", "") == "handling=strict"
+        for p in prefer.split(";") + prefer.split(",")
+    )
+
+
+def _search_params(request: Request, kind: str) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the parameters used, what was ignored) of a search. A parameter or value not
+    served is refused under ``Prefer: handling=strict`` and otherwise ignored, said in an
+    OperationOutcome of the Bundle and left out of its self link (R4 search.html#errors);
+    a modifier not served is always refused (search.html#modifiers), as it could only
+    widen what is returned: ``subject:missing=true`` is not ``subject``."""
+    allowed = _SEARCH_PARAMS[kind]
+    used: list[tuple[str, str]] = []
+    ignored: list[str] = []
+    problems: list[Problem] = []
+    for name, value in request.query_params.multi_items():
+        base, colon, modifier = name.partition(":")
+        if name in allowed:
+            ok = (
+                (name != "_include" or value in render.SEARCH_INCLUDES[kind])
+                and (name != "_sort" or value in _SORTS)
+                and (name != "_total" or value in ("none", "estimate", "accurate"))
+            )
+            if ok:
+                used.append((name, value))
+            else:
+                ignored.append(f"{name}={value}")
+        elif colon and base in {n.partition(":")[0] for n in allowed}:
+            problems.append(Problem(name, f"不支持修饰符 :{modifier}（{kind} 的 {base} 参数）"))
+        else:
+            ignored.append(name)
+    if problems:
+        raise ValidationFailed("检索参数含不支持的修饰符", problems=problems)
+    if ignored and _strict(request):
+        raise ValidationFailed(
+            "检索参数不受支持（Prefer: handling=strict）",
+            problems=[
+                Problem(i.partition("=")[0], f"不支持的检索参数或取值: {i}") for i in ignored
+            ],
+        )
+    return used, ignored
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    text = request.query_params.get(name)
+    if text is None:
+        return default
+    if not is_digits(text):
+        raise ValidationFailed(
+            f"{name} 参数无效", problems=[Problem(name, f"应为非负整数: {text}")]
+        )
+    return int(text)
+
+
 def _query(
     c: Container, request: Request, code_params: Sequence[str] = ("code",)
 ) -> tuple[ResultQuery, int]:
+    """The search as a ResultQuery, and the page size asked for (its ``limit`` is one
+    more, to know whether there is a next page)."""
     params = request.query_params
     local, items, loinc = _code_tokens([v for name in code_params for v in params.getlist(name)])
     performed_from, performed_to = _date_bounds(params.getlist("date"), "date")
     updated_from, updated_to = _date_bounds(params.getlist("_lastUpdated"), "_lastUpdated")
-    try:
-        count = min(int(params.get("_count", "50")), 500)
-        offset = max(int(params.get("_offset", "0")), 0)
-    except ValueError as exc:
-        raise ValidationFailed("_count 参数无效", problems=[Problem("_count", "应为整数")]) from exc
+    count = min(_int_param(request, "_count", _DEFAULT_COUNT), _MAX_COUNT)
+    offset = _int_param(request, "_offset", 0)
     identifier = params.get("identifier")
+    institution = None
+    report_no = None
+    if identifier:
+        system, bar, value = identifier.partition("|")
+        report_no = value if bar else system
+        if bar and system.startswith(sid.REPORT_NO_PREFIX):
+            institution = system.removeprefix(sid.REPORT_NO_PREFIX)
     query = ResultQuery(
-        patient_ids=_patient_ids_from(c, params),
+        patient_ids=_patient_ids_from(c, request),
+        institution=institution,
         item_codes=items or None,
         local_codes=local or None,
         loinc=loinc or None,
@@ -435,8 +714,8 @@ def _query(
         performed_to=performed_to,
         updated_from=updated_from,
         updated_to=updated_to,
-        report_no=identifier.partition("|")[2] or identifier if identifier else None,
-        limit=count,
+        report_no=report_no,
+        limit=count + 1,
         offset=offset,
     )
     return query, count
@@ -457,26 +736,107 @@ def _entry(request: Request, resource: dict[str, Any], mode: str = "match") -> d
     }
 
 
-@router.get("/DiagnosticReport", summary="检索 DiagnosticReport")
-async def search_reports(request: Request, c: CONTAINER, principal: READER) -> Response:
-    query, _count = _query(c, request)
-    found = await run_in_threadpool(_search, c, query)
-    include = "DiagnosticReport:result" in request.query_params.getlist("_include")
+def _link(request: Request, params: Sequence[tuple[str, str]]) -> str:
+    url = str(request.url.replace(query=""))
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+def _searchset(
+    request: Request,
+    used: Sequence[tuple[str, str]],
+    ignored: Sequence[str],
+    entries: list[dict[str, Any]],
+    total: int | None,
+    next_at: Sequence[tuple[str, str]] | None,
+) -> dict[str, Any]:
+    """A searchset: ``self`` the parameters used, ``next`` (when there is more) the same
+    with the next page's place (R4 http.html#paging); ``total`` when known; what was
+    ignored said in an OperationOutcome entry (search.mode ``outcome``)."""
+    body = render.bundle("searchset", entries, total=total, self_link=_link(request, used))
+    if next_at is not None:
+        keep = [(k, v) for k, v in used if k not in ("_offset", "_skip")]
+        body["link"].append({"relation": "next", "url": _link(request, [*keep, *next_at])})
+    if ignored:
+        outcome = render.operation_outcome(
+            [Problem(i.partition("=")[0], f"已忽略不支持的检索参数或取值: {i}") for i in ignored],
+            severity="warning",
+            code="not-supported",
+        )
+        body["entry"].append({"resource": outcome, "search": {"mode": "outcome"}})
+    return body
+
+
+def _patients(c: Container, request: Request, pids: Iterable[int]) -> list[dict[str, Any]]:
+    """The Patient resources of an ``_include`` of the subject, once each."""
+    out = []
+    for pid in dict.fromkeys(pids):
+        view = c.results.patient(pid)
+        birth = view.birth_date.isoformat() if view.birth_date else ""
+        resource = render.patient(
+            view.id,
+            c.results.patient_identifiers(view.id),
+            c.results.patient_name(view.id),
+            view.sex,
+            birth,
+        )
+        out.append(_entry(request, resource, "include"))
+    return out
+
+
+def _total(offset: int, shown: int, more: bool) -> int | None:
+    """Bundle.total (R4: the number of matches, not of this page) when this page tells
+    it: the last page reached from the first."""
+    if more or (offset and not shown):
+        return None
+    return offset + shown
+
+
+# How many of their patients' reports a search by ``_id`` reads to find the ones named.
+_ID_SCAN = 10_000
+
+
+def _search_by_id(
+    c: Container, query: ResultQuery, ids: Sequence[str]
+) -> list[tuple[StoredResult, datetime]]:
+    """``_id`` (R4 search.html#id, any of the ids given) with the other parameters: the
+    search over the patients of the reports named, kept to those reports, then paged."""
+    wanted = {int(i) for i in ids if is_digits(i)}
+    patients = set(c.results.patient_ids(sorted(wanted)).values())
+    if query.patient_ids is not None:
+        patients &= set(query.patient_ids)
+    scan = replace(query, patient_ids=sorted(patients), offset=0, limit=_ID_SCAN)
+    found = [f for f in _search(c, scan) if f[0].id in wanted]
+    return found[query.offset : query.offset + query.limit]
+
+
+def _search_reports(c: Container, request: Request, principal: Principal) -> dict[str, Any]:
+    used, ignored = _search_params(request, "DiagnosticReport")
+    query, count = _query(c, request)
+    ids = [v for text in request.query_params.getlist("_id") for v in text.split(",")]
+    found = _search_by_id(c, query, ids) if ids else _search(c, query)
+    more = len(found) > count
+    found = found[:count]
+    includes = {v for k, v in used if k == "_include"}
+    documents = c.results.documents_of([(r.id, r.version) for r, _ in found])
     entries = []
-    documents = await run_in_threadpool(
-        c.results.documents_of, [(r.id, r.version) for r, _ in found]
-    )
+    included: list[dict[str, Any]] = []
     for r, updated in found:
         docs = documents.get((r.id, r.version), ())
         entries.append(_entry(request, render.diagnostic_report(r, updated, docs)))
-        if include:
-            entries.extend(_entry(request, o, "include") for o in render.observations(r, updated))
-    await run_in_threadpool(
-        c.results.record_access, principal, "fhir.search", [r for r, _ in found]
-    )
-    return fhir_response(
-        render.bundle("searchset", entries, total=len(found), self_link=str(request.url))
-    )
+        if "DiagnosticReport:result" in includes:
+            included.extend(_entry(request, o, "include") for o in render.observations(r, updated))
+    if includes & {"DiagnosticReport:subject", "DiagnosticReport:patient"}:
+        included.extend(_patients(c, request, (r.patient_id for r, _ in found)))
+    c.results.record_access(principal, "fhir.search", [r for r, _ in found])
+    total = _total(query.offset, len(found), more)
+    more = more and count > 0
+    next_at = [("_offset", str(query.offset + count))] if more else None
+    return _searchset(request, used, ignored, entries + included, total, next_at)
+
+
+@router.get("/DiagnosticReport", summary="检索 DiagnosticReport")
+async def search_reports(request: Request, c: CONTAINER, principal: READER) -> Response:
+    return fhir_response(await run_in_threadpool(_search_reports, c, request, principal))
 
 
 def _code_filters(params: Any) -> list[tuple[str, set[str], set[str]]]:
@@ -515,25 +875,65 @@ def _observation_matches(
     return True
 
 
+def _search_observations(c: Container, request: Request, principal: Principal) -> dict[str, Any]:
+    """Observations, paged by Observation (R4 search.html#count: a page holds at most
+    ``_count``): the reports are read in order from ``_offset`` (a report's place), the
+    first ``_skip`` matching Observations of the first one left out; the next link
+    carries where the page stopped."""
+    used, ignored = _search_params(request, "Observation")
+    query, count = _query(c, request, _OBSERVATION_CODES)
+    skip = _int_param(request, "_skip", 0)
+    filters = _code_filters(request.query_params)
+    entries: list[dict[str, Any]] = []
+    readers: list[StoredResult] = []
+    next_at: list[tuple[str, str]] | None = None
+    batch = max(count, 10)
+    at = query.offset
+    while next_at is None:
+        found = _search(c, replace(query, offset=at, limit=batch))
+        for n, (r, updated) in enumerate(found):
+            matches = [
+                o
+                for group, o in render.observation_resources(r, updated)
+                if _observation_matches(r, group, filters, query.item_codes)
+            ]
+            first = skip if at + n == query.offset else 0
+            for k in range(first, len(matches)):
+                if len(entries) == count:
+                    next_at = [("_offset", str(at + n)), ("_skip", str(k))]
+                    break
+                entries.append(_entry(request, matches[k]))
+                if not readers or readers[-1] is not r:
+                    readers.append(r)
+            if next_at is not None:
+                break
+        if len(found) < batch or count == 0:
+            break
+        at += batch
+    matched = len(entries)
+    if {v for k, v in used if k == "_include"}:
+        entries.extend(_patients(c, request, (r.patient_id for r in readers)))
+    c.results.record_access(principal, "fhir.search", readers)
+    more = next_at is not None and count > 0
+    total = matched if query.offset == 0 and skip == 0 and next_at is None else None
+    return _searchset(request, used, ignored, entries, total, next_at if more else None)
+
+
 @router.get("/Observation", summary="检索 Observation")
 async def search_observations(request: Request, c: CONTAINER, principal: READER) -> Response:
-    query, _count = _query(c, request, _OBSERVATION_CODES)
-    found = await run_in_threadpool(_search, c, query)
-    filters = _code_filters(request.query_params)
-    entries = []
-    for r, updated in found:
-        for group, o in render.observation_resources(r, updated):
-            if _observation_matches(r, group, filters, query.item_codes):
-                entries.append(_entry(request, o))
-    await run_in_threadpool(
-        c.results.record_access, principal, "fhir.search", [r for r, _ in found]
-    )
-    return fhir_response(
-        render.bundle("searchset", entries, total=len(entries), self_link=str(request.url))
-    )
+    return fhir_response(await run_in_threadpool(_search_observations, c, request, principal))
 
 
 # ---------------------------------------------------------------- read, vread, history
+def _version_headers(version: int, updated: datetime) -> dict[str, str]:
+    """ETag and Last-Modified of a read (R4 http.html#read: the version as a weak ETag,
+    meta.lastUpdated as Last-Modified, an HTTP-date, RFC 9110 §8.8.2)."""
+    return {
+        "ETag": f'W/"{version}"',
+        "Last-Modified": format_datetime(updated.astimezone(UTC), usegmt=True),
+    }
+
+
 def _result_id(text: str) -> int:
     if not is_digits(text):
         raise NotFound(f"DiagnosticReport/{text} 不存在")
@@ -550,7 +950,7 @@ def _read_report(c: Container, principal: Principal, rid: int, version: int | No
     c.results.record_access(principal, "fhir.read", [result])
     return fhir_response(
         render.diagnostic_report(result, updated, c.results.documents(rid, result.version)),
-        headers={"ETag": f'W/"{result.version}"'},
+        headers=_version_headers(result.version, updated),
     )
 
 
@@ -682,7 +1082,7 @@ def _read_observation(
     if obs is None:
         raise _not_an_observation(result, oid, seq)
     c.results.record_access(principal, "fhir.read", [result])
-    return fhir_response(obs, headers={"ETag": f'W/"{result.version}"'})
+    return fhir_response(obs, headers=_version_headers(result.version, updated))
 
 
 @router.get("/Observation/{oid}", summary="read")
@@ -766,5 +1166,16 @@ async def system_history(request: Request, c: CONTAINER, principal: READER) -> R
 @router.api_route(
     "/{path:path}", methods=["GET", "PUT", "DELETE", "PATCH"], include_in_schema=False
 )
-async def unsupported(path: str) -> Response:
-    raise NotFound(f"不支持的 FHIR 交互: {path}")
+async def unsupported(path: str, request: Request) -> Response:
+    if request.method in ("GET", "HEAD"):
+        raise NotFound(f"不支持的 FHIR 交互: {path}")
+    # Results change only by a new report version sent by its laboratory (R3).
+    raise MethodNotAllowed(
+        f"不支持 {request.method} {path}：结果只能由检查检验机构重新发送报告来更正",
+        problems=[
+            Problem(
+                request.method,
+                "支持的写入: POST /fhir（transaction Bundle）与 POST /fhir/DiagnosticReport",
+            )
+        ],
+    )
