@@ -402,7 +402,8 @@ def test_an_imported_code_map_file_re_maps_the_results_stored_unmapped(
     waiting = store(world, lab_panel(HOSP_A, local_code="LIS-LIVER-NEW")).results[0]
     other = store(world, lab_panel(HOSP_B, local_code="LIS-LIVER-NEW")).results[0]
     rows = "机构编码,本院编码,统一编码,本院名称\n" + "".join(
-        f"{HOSP_A},LIS-{n},{CBC},\n" for n in range(50)  # none of these has results
+        f"{HOSP_A},LIS-{n},{CBC},\n"
+        for n in range(50)  # none of these has results
     )
     rows += f"{HOSP_A},LIS-LIVER-NEW,{LFT},肝功能（新套餐）\n"
     report = world.catalog_io.import_file(
