@@ -59,10 +59,15 @@ def build_ack(
     """The ACK as text, segments separated by CR (encode with ``encode_ack``)."""
     d = header.delimiters
     version = header.version if header.version in codes.SUPPORTED_VERSIONS else "2.5.1"
+    # MSH-9: ACK with the trigger event of the message acknowledged (v2.5.1 §2.9.2; an
+    # ADT^A01 sent here by mistake is refused with ACK^A01), and from v2.3.1 on — where
+    # MSH-9.3 message structure was introduced — the structure ACK (was: "ACK^R01"
+    # for v2.3.1, and R01 whatever the event).
+    trigger = d.escape_text(header.trigger) if header.trigger else "R01"
     message_type = (
-        f"ACK{d.component}R01"
-        if version in ("2.3", "2.3.1")
-        else f"ACK{d.component}R01{d.component}ACK"
+        f"ACK{d.component}{trigger}"
+        if version == "2.3"
+        else f"ACK{d.component}{trigger}{d.component}ACK"
     )
     msh = [
         "MSH",

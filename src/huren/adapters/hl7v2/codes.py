@@ -36,6 +36,10 @@ CHARSETS: Mapping[str, str] = {
     "GB18030-2000": "gb18030",  # Table 0211's value written without its space
     "GB 18030-2005": "gb18030",
     "GB18030-2005": "gb18030",
+    # GB 18030-2022, mandatory since 2023-08-01, names the same byte sequences (it moved a
+    # few characters' Unicode mappings out of the private use area): was refused AR.
+    "GB 18030-2022": "gb18030",
+    "GB18030-2022": "gb18030",
     "GB18030": "gb18030",
     "GB 18030": "gb18030",
     "GBK": "gb18030",  # GB 18030 is a superset of GBK and GB 2312

@@ -4,6 +4,7 @@ the escape sequences of HL7 v2.5.1 §2.7."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -59,11 +60,15 @@ class Delimiters:
 
     def unescape_text(self, text: str) -> str:
         """Resolve escape sequences in a received value; ``\\.br\\`` is a line break,
-        highlighting (``\\H\\``/``\\N\\``) and formatting commands are dropped."""
+        highlighting (``\\H\\``/``\\N\\``) and formatting commands are dropped. An escape
+        character that starts no escape sequence of v2.5.1 §2.7 (a sender that did not
+        escape a Windows path, ``D:\\report\\2026\\a.pdf``) stays as it is: read as pairs,
+        ``\\report\\`` was dropped as an unknown sequence and the pairs after it
+        misaligned, so that text — and valid sequences after it — were lost."""
         e = self.escape
         if e not in text:
             return text
-        pattern = re.compile(re.escape(e) + r"([^" + re.escape(e) + r"]*)" + re.escape(e))
+        pattern = _escape_pattern(e)
         table = {
             "F": self.field,
             "S": self.component,
@@ -86,6 +91,19 @@ class Delimiters:
             return ""  # .in, .ti, .ce, .fi, .nf, Z…: formatting, not content
 
         return pattern.sub(sub, text)
+
+
+@functools.lru_cache(maxsize=8)
+def _escape_pattern(escape: str) -> re.Pattern[str]:
+    """The escape sequences of v2.5.1 §2.7 between two escape characters: delimiters
+    (F S T R E), highlighting (H N), hexadecimal data (X), locally defined (Z),
+    character set switches (C, M) and the formatting commands of FT (§2.7.6)."""
+    e = re.escape(escape)
+    sequence = (
+        r"F|S|T|R|E|H|N|X[^" + e + r"\s]*|Z[^" + e + r"\s]*|C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4,6}"
+        r"|\.(?:br|fi|nf|ce|sp[+-]?\d*|sk[+-]?\d*|in[+-]?\d*|ti[+-]?\d*)"
+    )
+    return re.compile(e + "(" + sequence + ")" + e)
 
 
 # C0 control characters a hexadecimal escape may spell but no text value holds (HL7 text

@@ -16,8 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
+from huren.adapters.hl7v2 import codes
 from huren.adapters.hl7v2.ack import build_ack, encode_ack, summary, with_notices
 from huren.adapters.hl7v2.codes import ErrorCode
+from huren.adapters.hl7v2.mllp import Oversized
 from huren.adapters.hl7v2.parse import (
     MSH,
     AckCode,
@@ -27,10 +29,19 @@ from huren.adapters.hl7v2.parse import (
     MessageHeader,
     Origin,
     ParsedOru,
+    header_from_text,
+    normalize_segment_terminators,
     parse_oru,
+    read_header,
 )
 from huren.domain.errors import DomainError, Problem
-from huren.services.intake import Channel, InboundMessage, ReceiveOutcome, Rejection
+from huren.services.intake import (
+    MAX_DOCUMENT_BYTES,
+    Channel,
+    InboundMessage,
+    ReceiveOutcome,
+    Rejection,
+)
 from huren.services.ports import Clock
 
 log = logging.getLogger("huren.hl7v2")
@@ -221,6 +232,29 @@ class Hl7Receiver:
             )
         return parsed
 
+    def oversized(self, frame: Oversized) -> Refusal:
+        """An MLLP frame over the size limit, of which only the head was kept: AR naming
+        the size, answered with the MSH of its head (control id, sender, character set)
+        and recorded with that head for the engineer's page."""
+        raw = normalize_segment_terminators(frame.head)
+        try:
+            header = read_header(raw)
+        except Hl7Rejected as exc:
+            header = exc.header
+        codec = codes.CHARSETS.get(header.charset_field.upper(), "utf-8")
+        text = raw.decode(codec, errors="replace")
+        if raw.startswith(b"MSH") and header.control_id:
+            header = header_from_text(text, header, codec)
+        mib = 1024 * 1024
+        problem = Hl7Problem(
+            MSH,
+            ErrorCode.DATA_TYPE,
+            f"消息过大：{frame.size} 字节，超过单条消息上限 {frame.limit} 字节"
+            f"（约 {frame.limit // mib} MB；其中的封装报告文档最大 "
+            f"{MAX_DOCUMENT_BYTES // mib} MB），未保存",
+        )
+        return Refusal(AckCode.AR, header, [problem], text + "\n……（消息过大，仅保留开头）")
+
     def commit(self, prepared: Sequence[ParsedOru | Hl7Reply | Refusal]) -> list[Hl7Reply]:
         """Store the parsed messages in one group commit and answer each, in order: AA
         once committed, AE naming the field for a message intake refuses, AR 207 for one
@@ -318,7 +352,9 @@ class MllpGroupCommit:
     def __init__(self, receiver: Hl7Receiver) -> None:
         self.receiver = receiver
 
-    def prepare(self, message: bytes) -> ParsedOru | Refusal:
+    def prepare(self, message: bytes | Oversized) -> ParsedOru | Refusal:
+        if isinstance(message, Oversized):
+            return self.receiver.oversized(message)
         return self.receiver.parse(message)
 
     def commit(self, prepared: Sequence[ParsedOru | Refusal]) -> list[bytes]:
