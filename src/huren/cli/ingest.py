@@ -12,8 +12,12 @@ resources or a file of HL7 v2 ORU^R01 messages.
   crash — the embedded store's limit, for every acknowledgement alike — an fsynced
   checkpoint could be ahead of a lost commit just the same; the fsync only cost time (up
   to 0.2 s a batch on a busy disk, the time of storing a few thousand Observations).
-- Per-record errors go to ``FILE.errors.ndjson`` (line, byte offset, field, message);
-  they never stop the load.
+- Per-record errors go to ``FILE.errors.ndjson`` (line or message number, byte offset,
+  an HL7 message's MSH-10, field, message); they never stop the load. The checkpoint
+  keeps the error file's length: a rerun cuts off what was written after it, so that a
+  record read again after an interruption is not reported twice.
+- A file that is not what ``--format`` reads (HL7 read as NDJSON and back, a JSON
+  array, gzip, ZIP or UTF-16) is refused before anything is read, naming the remedy.
 - Records are read in batches (``--batch-size``, 500) and stored in one transaction per
   institution of the batch. When a transaction is refused, its halves are stored on
   their own, down to the record at fault, which goes to the error file: a record is
@@ -24,11 +28,13 @@ Organization and Observations in ``contained``)."""
 
 from __future__ import annotations
 
+import fcntl
 import gc
 import hashlib
 import io
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +48,13 @@ from huren.bootstrap import Container, build
 from huren.cli.files import input_file_problem, write_problem
 from huren.config import get_settings
 from huren.domain.errors import DomainError, Problem
-from huren.services.intake import Channel, InboundMessage
+from huren.services.intake import Channel, Disposition, InboundMessage, ReceiveOutcome
 
 CHECKPOINT_EVERY = 1  # batches between checkpoint writes
 BOM = b"\xef\xbb\xbf"
 FINGERPRINT_BYTES = 4096  # the bytes before a checkpoint's offset that it fingerprints
+SNIFF_BYTES = 4096  # the bytes at the file's start that tell its kind
+LOG_EVERY = 60.0  # seconds between progress lines when the output is not a terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +68,46 @@ class Record:
 @dataclass
 class LoadReport:
     records: int = 0
-    stored: int = 0
-    duplicates: int = 0
+    stored: int = 0  # results of the file stored, this run and the runs it resumes
+    changed: int = 0  # of them, created or given a new version by this run
+    duplicates: int = 0  # of them, found already stored unchanged by this run
     errors: int = 0
     resumed_from: int = 0
+    finished_before: bool = False  # an earlier run read the whole file: nothing to do
     unmapped: dict[str, int] = field(default_factory=dict)
+
+
+def content_problem(path: Path, fmt: str) -> str | None:
+    """Why the file's first bytes show it is not a file ``fmt`` reads, or None. Read
+    as the wrong format every record would be one error (a gzip file, HL7 read as NDJSON),
+    or, read as HL7, a file without MSH would be one record held in memory whole."""
+    with path.open("rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if head.startswith(b"\x1f\x8b"):
+        return "是 gzip 压缩文件，请先解压（gunzip）再导入"
+    if head.startswith(b"PK\x03\x04"):
+        return "是 ZIP 压缩包，请先解压再导入"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00\x00\x00\x00" in (
+        head[0:8:2],
+        head[1:8:2],
+    ):
+        return "是 UTF-16 编码，请另存为 UTF-8（HL7 也可为 GB18030）再导入"
+    body = head.removeprefix(BOM).lstrip(b" \t\r\n\x0b\x1c")
+    if not body:
+        return None
+    hl7 = body[:3] in (b"MSH", b"FHS", b"BHS")
+    if fmt == "ndjson":
+        if hl7:
+            return "的内容是 HL7 v2 消息而不是 NDJSON，请加 --format hl7"
+        if body[:1] == b"[":
+            return "的内容是 JSON 数组，NDJSON 应每行一个 JSON 对象（可用 jq -c '.[]' 转换）"
+        if body[:1] != b"{":
+            return "的内容不是 NDJSON（每行应为一个 JSON 对象，以“{”开头）"
+    elif not hl7:
+        if body[:1] in (b"{", b"["):
+            return "的内容是 JSON 而不是 HL7 v2 消息，请用 --format ndjson"
+        return "的内容不是 HL7 v2 消息（应以 MSH 段或批量文件头 FHS/BHS 开头）"
+    return None
 
 
 def ndjson_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[Record]:
@@ -170,9 +213,43 @@ def _parsed(record: Record, fmt: str, control: str) -> InboundMessage:
     head = record.data[:4000]
     if b'"Bundle"' in head and b'"transaction"' in record.data:
         return parse_transaction(record.data, channel=Channel.BULK, keep_raw=False).message
-    return parse_report(
-        record.data, channel=Channel.BULK, control_id=control, keep_raw=False
-    ).message
+    try:
+        return parse_report(
+            record.data, channel=Channel.BULK, control_id=control, keep_raw=False
+        ).message
+    except DomainError as exc:
+        if any(p.field == "DiagnosticReport.resourceType" for p in exc.problems):
+            raise _not_a_report(record.data) from exc
+        raise
+
+
+def _not_a_report(data: bytes) -> DomainError:
+    """A line of another resource type, e.g. an ``Observation.ndjson`` of a FHIR bulk
+    export, whose Observations refer to a Patient in another file: results are kept by
+    report, so they are loaded as reports (as ``POST /fhir/Observation`` answers)."""
+    try:
+        kind = json.loads(data).get("resourceType")
+    except (ValueError, AttributeError, RecursionError):
+        kind = None
+    kind = kind if isinstance(kind, str) else "未知类型"
+    return DomainError(
+        f"{kind[:40]} 不能单独导入",
+        problems=[
+            Problem(
+                "resourceType",
+                f"每行应为 DiagnosticReport（Patient、Organization、Observation 放在 contained 中）"
+                f"或 transaction Bundle，实际为 {kind[:40]}",
+            )
+        ],
+    )
+
+
+def hl7_control_id(data: bytes) -> str:
+    """MSH-10 of a message (its control ID), or "" when there is none."""
+    if not data.startswith(b"MSH") or len(data) < 4:
+        return ""
+    fields = data.split(b"\r", 1)[0].split(data[3:4])
+    return fields[9].decode("utf-8", "replace")[:64] if len(fields) > 9 else ""
 
 
 class CheckpointInvalid(Exception):
@@ -182,6 +259,16 @@ class CheckpointInvalid(Exception):
         super().__init__(
             f"断点文件 {checkpoint} 无法使用: {reason}。"
             "如需从头导入请加 --restart（已保存的记录会判为重复，不会重复保存）"
+        )
+
+
+class LoadRunning(Exception):
+    """Another process is loading the same file; nothing was loaded."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"文件 {path} 正在由另一个 huren ingest 进程导入（例如上一次定时任务尚未结束）；"
+            "请待其结束后再运行，届时会从断点续传"
         )
 
 
@@ -212,6 +299,7 @@ class BulkLoader:
         self.errors_path = errors_path or errors_path_of(path)
         self.checkpoint_path = checkpoint_path or checkpoint_path_of(path)
         self.batch_size = batch_size
+        self._logged = 0.0  # when a progress line was last printed (monotonic)
 
     # -- checkpoint
     def read_checkpoint(self) -> dict[str, Any] | None:
@@ -286,6 +374,10 @@ class BulkLoader:
                     "errors": report.errors,
                     "done": done,
                     "fingerprint": self._fingerprint(offset),
+                    "errors_file": str(self.errors_path.resolve()),
+                    "errors_length": (
+                        self.errors_path.stat().st_size if self.errors_path.exists() else 0
+                    ),
                 },
                 ensure_ascii=False,
             ),
@@ -295,13 +387,30 @@ class BulkLoader:
 
     # -- load
     def run(self, *, restart: bool = False, progress: Progress | None = None) -> LoadReport:
+        """Load the file, holding an ``flock`` on it: two loads of one file (a scheduled
+        job started while the last one still runs) would each write the checkpoint and
+        the error file over the other's. The kernel drops the lock of a process that
+        dies; the lock is advisory, so whatever still writes the file is not hindered."""
+        with self.path.open("rb") as held:
+            try:
+                fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                raise LoadRunning(self.path) from exc
+            except OSError:
+                pass  # a file system without flock (some network mounts): not guarded
+            return self._run(restart, progress)
+
+    def _run(self, restart: bool, progress: Progress | None) -> LoadReport:
         report = LoadReport()
         start, number = 0, 0
         checkpoint = None if restart else self.read_checkpoint()
+        size = self.path.stat().st_size  # records up to here are read (and maybe more)
         if checkpoint is not None:
             start, number = int(checkpoint["offset"]), int(checkpoint["records"])
             report.resumed_from = start
             report.stored, report.errors = int(checkpoint["stored"]), int(checkpoint["errors"])
+            report.finished_before = bool(checkpoint.get("done")) and start == size
+            self._cut_errors(checkpoint)
         if restart and self.errors_path.exists():
             self.errors_path.unlink()
         # Written now, before anything is stored, so that a checkpoint that cannot be
@@ -309,6 +418,7 @@ class BulkLoader:
         self.write_checkpoint(start, number, report, False)
         records = (hl7_records if self.fmt == "hl7" else ndjson_records)(self.path, start, number)
         task = None
+        self._logged = time.monotonic()
         if progress is not None:
             task = progress.add_task("导入", total=self.path.stat().st_size, completed=start)
         batch: list[tuple[Record, InboundMessage]] = []
@@ -327,17 +437,48 @@ class BulkLoader:
                     self.write_checkpoint(record.end, record.number, report, False)
                     if progress is not None and task is not None:
                         progress.update(task, completed=record.end)
+                        self._log(progress, record, size, report)
             self._flush(batch, errors, report)
-            end = last.end if last else start
+            # Not the size now: what was appended to the file while it was read is
+            # after the last record read, and a rerun is to read it.
             self.write_checkpoint(
-                self.path.stat().st_size if last else end,
+                max(last.end if last else start, size),
                 last.number if last else number,
                 report,
                 True,
             )
             if progress is not None and task is not None:
-                progress.update(task, completed=self.path.stat().st_size)
+                progress.update(task, completed=max(last.end if last else start, size))
         return report
+
+    def _log(self, progress: Progress, record: Record, size: int, report: LoadReport) -> None:
+        """A progress line now and then where the bar is not drawn (the output is a log
+        file or a pipe, where a bar would be one line per refresh, or nothing until the
+        end of a load of hours)."""
+        now = time.monotonic()
+        if progress.console.is_terminal or now - self._logged < LOG_EVERY:
+            return
+        self._logged = now
+        progress.console.print(
+            f"已读取 {min(100.0, record.end * 100 / max(size, 1)):.1f}%（至第 {record.number} 条记录）；"
+            f"累计保存结果 {report.stored} 份，错误 {report.errors} 条",
+            highlight=False,
+            markup=False,
+        )
+
+    def _cut_errors(self, checkpoint: dict[str, Any]) -> None:
+        """Cut the error file back to its length at the checkpoint: the records after it
+        are read again, and their errors written again."""
+        length = checkpoint.get("errors_length")
+        if type(length) is not int or checkpoint.get("errors_file") != str(
+            self.errors_path.resolve()
+        ):
+            return
+        try:
+            if self.errors_path.stat().st_size > length:
+                os.truncate(self.errors_path, length)
+        except FileNotFoundError:
+            pass
 
     def _flush(
         self, batch: list[tuple[Record, InboundMessage]], errors: Any, report: LoadReport
@@ -375,9 +516,14 @@ class BulkLoader:
         self._count(outcome, report)
 
     @staticmethod
-    def _count(outcome: Any, report: LoadReport) -> None:
+    def _count(outcome: ReceiveOutcome, report: LoadReport) -> None:
         report.stored += len(outcome.results)
-        report.duplicates += int(outcome.duplicate)
+        for ref in outcome.results:
+            # A resent message answers with the results of its first sending.
+            if outcome.duplicate or ref.disposition is Disposition.UNCHANGED:
+                report.duplicates += 1
+            else:
+                report.changed += 1
         for code in outcome.unmapped_codes:
             report.unmapped[code] = report.unmapped.get(code, 0) + 1
 
@@ -385,18 +531,12 @@ class BulkLoader:
     def _error(errors: Any, record: Record, exc: DomainError, report: LoadReport) -> None:
         report.errors += 1
         problems = exc.problems or [Problem("", exc.message)]
-        errors.write(
-            json.dumps(
-                {
-                    "record": record.number,
-                    "offset": record.offset,
-                    "error": exc.message,
-                    "problems": [{"field": p.field, "message": p.message} for p in problems],
-                },
-                ensure_ascii=False,
-            )
-            + "\n"
-        )
+        entry: dict[str, Any] = {"record": record.number, "offset": record.offset}
+        if record.data.startswith(b"MSH"):
+            entry["message_id"] = hl7_control_id(record.data)  # MSH-10, to find it
+        entry["error"] = exc.message
+        entry["problems"] = [{"field": p.field, "message": p.message} for p in problems]
+        errors.write(json.dumps(entry, ensure_ascii=False) + "\n")
         errors.flush()
 
 
@@ -425,6 +565,8 @@ def ingest(
         if problem is None and side.resolve() == file.resolve():
             problem = f"{label} {side} 与导入文件相同"
         problem = problem or write_problem(side)
+    if problem is None and (kind := content_problem(file, fmt)) is not None:
+        problem = f"文件 {file} {kind}"
     if problem is not None:
         typer.echo(f"错误: {problem}", err=True)
         raise typer.Exit(2)
@@ -443,7 +585,7 @@ def ingest(
     try:
         with Progress(*columns, transient=False) as progress:
             report = loader.run(restart=restart, progress=progress)
-    except CheckpointInvalid as exc:
+    except (CheckpointInvalid, LoadRunning) as exc:
         typer.echo(f"错误: {exc}", err=True)
         raise typer.Exit(2) from exc
     except KeyboardInterrupt:
@@ -458,11 +600,19 @@ def ingest(
         raise typer.Exit(1) from exc
     finally:
         container.close()
-    if report.resumed_from:
+    if report.finished_before:
+        typer.echo(
+            f"该文件此前已全部导入（断点文件 {loader.checkpoint_path}），本次未读取任何记录；"
+            "如需重新导入请加 --restart"
+        )
+    elif report.resumed_from:
         typer.echo(f"从断点续传: 字节偏移 {report.resumed_from}")
+    elif report.records == 0:
+        typer.echo(f"文件 {file} 中没有记录（空文件或只有空行），未导入任何内容", err=True)
     typer.echo(
         f"本次读取 {report.records} 条记录；累计保存结果 {report.stored} 份"
-        f"（重复 {report.duplicates}），错误 {report.errors} 条"
+        f"（本次新增或更新 {report.changed} 份，已存在且未变 {report.duplicates} 份），"
+        f"错误 {report.errors} 条"
     )
     if report.unmapped:
         codes = "、".join(f"{k}×{v}" for k, v in sorted(report.unmapped.items()))
