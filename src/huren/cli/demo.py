@@ -189,11 +189,22 @@ def demo(
     serve: Annotated[bool, typer.Option(help="建好后启动服务")] = True,
 ) -> None:
     """重建演示数据库（SQLite）、生成合成数据与演示账号，并启动服务。"""
+    from huren.cli.server import PortTaken, require_free_ports, run_server
+
+    if serve:
+        # Before the data is made and the story printed with these ports as its own.
+        try:
+            require_free_ports(demo_settings(directory, host, port), host, port)
+        except PortTaken as exc:
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from exc
     settings, story, accounts = build_demo(
         directory, host, port, seed=seed, institutions=institutions, results=results
     )
     typer.echo(story_text(settings, story, accounts))
     if serve:
-        from huren.cli.server import run_server
-
-        run_server(settings, host, port)
+        try:
+            run_server(settings, host, port)
+        except PortTaken as exc:  # taken while the data was made
+            typer.echo(str(exc), err=True)
+            raise typer.Exit(2) from exc

@@ -55,7 +55,7 @@ def serve(
     ),
 ) -> None:
     """启动平台服务: HTTP（REST、FHIR、CDS Hooks、DICOMweb、页面）、HL7 MLLP 与 DICOM。"""
-    from huren.cli.server import run_server
+    from huren.cli.server import PortTaken, run_server
 
     settings = _settings()
     try:
@@ -65,7 +65,7 @@ def serve(
             port or settings.port,
             workers=workers or settings.workers,
         )
-    except db_engine.DatabaseNotMigrated as exc:
+    except (db_engine.DatabaseNotMigrated, PortTaken) as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(2) from exc
 

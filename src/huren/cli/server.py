@@ -50,9 +50,45 @@ EARLY_DEATH_SECONDS = 10.0
 MAX_RESTART_PAUSE_SECONDS = 30.0
 
 
+class PortTaken(RuntimeError):
+    """A listener's port is held by another process: nothing was started."""
+
+
+def require_free_ports(settings: Settings, host: str, port: int) -> None:
+    """Raise ``PortTaken`` naming every listener whose port another process holds.
+
+    Checked with a plain bind, without SO_REUSEPORT: the workers of ``huren serve
+    --workers`` share their ports with SO_REUSEPORT, and so could any other process
+    that sets it — another HuRen started by the same user would then bind the MLLP port
+    beside this one, and the kernel would hand each sender's connection to either, so
+    that a hospital's messages went into two databases (seen: a second demo printed the
+    port as its own while the first received the messages)."""
+    listeners = [("HTTP", host, port)]
+    if settings.start_mllp:
+        listeners.append(("HL7 MLLP（HUREN_MLLP_PORT）", settings.mllp_host, settings.mllp_port))
+    if settings.start_dicom:
+        listeners.append(("DICOM（HUREN_DICOM_PORT）", settings.dicom_host, settings.dicom_port))
+    taken = []
+    for name, h, p in listeners:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            h, p, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is free
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                taken.append(f"{name} {h}:{p}（{exc.strerror or exc}）")
+    if taken:
+        raise PortTaken(
+            "端口已被其他进程占用，未启动: " + "；".join(taken) + "。请停止占用的进程或改用其他端口"
+        )
+
+
 def run_server(settings: Settings, host: str, port: int, *, workers: int = 1) -> None:
-    """Serve until stopped; ``workers`` > 1: under a supervising parent (raises
-    ``DatabaseNotMigrated`` before starting any worker)."""
+    """Serve until stopped; ``workers`` > 1: under a supervising parent. Raises
+    ``PortTaken`` (and with workers ``DatabaseNotMigrated``) before starting anything."""
+    require_free_ports(settings, host, port)
     if workers <= 1:
         _serve(settings, host, port, None)
         return
@@ -149,7 +185,6 @@ class Supervisor:
         self._workers: list[_Worker] = []
 
     def run(self) -> None:
-        self._check_ports()
         previous = {
             sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)
         }
@@ -169,15 +204,6 @@ class Supervisor:
             self._stop_all()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-
-    def _check_ports(self) -> None:
-        """Fail before starting workers when a port is taken by a process that does not
-        share it (each worker would die binding it, and be restarted forever)."""
-        ports = [(self.host, self.port)]
-        if self.settings.start_mllp:
-            ports.append((self.settings.mllp_host, self.settings.mllp_port))
-        for host, port in ports:
-            shared_listener(host, port).close()
 
     def _start(self, index: int) -> BaseProcess:
         process = self._context.Process(
