@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hl7
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from huren.adapters.db.tables import inbound_message, result
+from huren.api.routes import hl7v2 as hl7v2_routes
 from huren.bootstrap import Container
 from huren.domain.accounts import Role
 from tests.fixtures.actors import Login
@@ -105,3 +107,22 @@ def test_json_body_is_415(client: TestClient, login: Login) -> None:
     r = client.post("/api/v1/hl7v2", json={"message": "MSH|..."}, headers=headers)
     assert r.status_code == 415
     assert r.headers["content-type"].startswith("application/problem+json")
+
+
+def test_a_message_over_the_size_limit_is_refused_413_and_nothing_stored(
+    client: TestClient, login: Login, world: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The limit the MLLP listener applies (about 41 MB), lowered so the test sends little;
+    # both a declared Content-Length and a chunked body without one are held to it.
+    monkeypatch.setattr(hl7v2_routes, "MAX_MESSAGE_BYTES", 4096)
+    headers = login(Role.INTEGRATION, institution=HOSP_A) | {"Content-Type": ER7}
+    big = sample_bytes(LAB_LFT_V251) + b"NTE|1||" + b"x" * 5000 + b"\r"
+    declared = client.post("/api/v1/hl7v2", content=big, headers=headers)
+    chunked = client.post("/api/v1/hl7v2", content=iter([big[:3000], big[3000:]]), headers=headers)
+    for r in (declared, chunked):
+        assert r.status_code == 413, r.text
+        assert r.json()["errors"][0]["field"] == "body"
+        assert "超过单条消息上限 4096 字节" in r.json()["errors"][0]["message"]
+    assert stored(world) == 0
+    ok = client.post("/api/v1/hl7v2", content=sample_bytes(LAB_LFT_V251), headers=headers)
+    assert msa(ok.content)[0] == "AA"

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
-from huren.adapters.hl7v2.mllp import MllpServer
+from huren.adapters.hl7v2.mllp import MAX_MESSAGE_BYTES, MllpServer
 from huren.adapters.hl7v2.receiver import Hl7Receiver, MllpGroupCommit
 from huren.adapters.hl7v2.responses import SqlResponseLog
 from huren.api.auth import require_roles
@@ -19,7 +19,7 @@ from huren.api.deps import container
 from huren.api.problems import PROBLEM
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
-from huren.domain.errors import DomainError
+from huren.domain.errors import DomainError, Problem
 from huren.services.intake import Channel
 
 router = APIRouter(tags=["HL7 v2"])
@@ -44,6 +44,40 @@ SENDERS = (Role.INTEGRATION, Role.INSTITUTION_ADMIN, Role.OPERATOR)
 class UnsupportedMediaType(DomainError):
     code = "unsupported_media_type"
     status = 415
+
+
+class ContentTooLarge(DomainError):
+    code = "content_too_large"
+    status = 413
+
+
+async def _message(request: Request) -> bytes:
+    """The body, up to the size the MLLP listener takes (``MAX_MESSAGE_BYTES``: a
+    message with the largest report document kept); larger is refused with 413 before
+    it is held whole (was: read without a limit)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_MESSAGE_BYTES:
+        raise _too_large(int(declared))
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_MESSAGE_BYTES:
+            raise _too_large(len(body))
+    return bytes(body)
+
+
+def _too_large(size: int) -> ContentTooLarge:
+    mib = 1024 * 1024
+    return ContentTooLarge(
+        "消息过大，未保存",
+        problems=[
+            Problem(
+                "body",
+                f"消息 {size} 字节，超过单条消息上限 {MAX_MESSAGE_BYTES} 字节"
+                f"（约 {MAX_MESSAGE_BYTES // mib} MB）",
+            )
+        ],
+    )
 
 
 def _charset_hint(content_type: str) -> str | None:
@@ -81,6 +115,7 @@ _BODY: dict[str, Any] = {
         200: {"description": "ACK^R01（AA/AE/AR），与请求相同字符集", "content": {ER7: {}}},
         401: {"description": "未认证", "content": {PROBLEM: {}}},
         403: {"description": "无权发送", "content": {PROBLEM: {}}},
+        413: {"description": "消息过大", "content": {PROBLEM: {}}},
         415: {"description": "不支持的内容类型", "content": {PROBLEM: {}}},
     },
     openapi_extra=_BODY,
@@ -99,7 +134,7 @@ async def receive_hl7v2(
         raise UnsupportedMediaType(
             f"不支持的内容类型 {media_type}，请使用 {ER7} 或 text/plain 发送 ER7 文本"
         )
-    body = await request.body()
+    body = await _message(request)
     sender = principal.institution if principal.role in INSTITUTION_ROLES else None
     reply = await run_in_threadpool(
         receiver(c, Channel.HL7V2_HTTP).handle,
