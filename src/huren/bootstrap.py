@@ -23,9 +23,7 @@ from huren.adapters.db.ratelimits import SqlRateCounters
 from huren.adapters.db.recognition import SqlRecognitionStore
 from huren.adapters.db.results import SqlIntakeStore, SqlResultReader
 from huren.adapters.db.sharing import SqlSharing, correction_deadline_working_days, load_purposes
-from huren.adapters.dicom.export import DicomExporter
 from huren.adapters.dicom.index import SqlImagingIndex
-from huren.adapters.dicom.parse import PydicomParser
 from huren.adapters.dicom.store import ContentAddressedStore
 from huren.adapters.security import Argon2Passwords, HmacApiKeys, JwsClientVerifier, JwtTokens
 from huren.config import Settings
@@ -146,6 +144,11 @@ class Container:
     @cached_property
     def imaging(self) -> ImagingService:
         """DICOM / DICOMweb intake, study completeness and linking, viewing (issue 4)."""
+        # pydicom is imported when imaging is first used: it is a second and a half of
+        # every command's start (``huren ingest``, ``huren accounts``) otherwise.
+        from huren.adapters.dicom.export import DicomExporter
+        from huren.adapters.dicom.parse import PydicomParser
+
         return ImagingService(
             index=SqlImagingIndex(self.engine),
             blobs=ContentAddressedStore(

@@ -7,6 +7,7 @@ TokenCodec) and ``huren.services.cds_clients`` (ClientJwtVerifier)."""
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -27,6 +28,7 @@ class Argon2Passwords:
 
     def __init__(self, hasher: PasswordHasher | None = None) -> None:
         self._ph = hasher or PasswordHasher()
+        _dummy_hash()  # now, so that the first unknown name takes no longer than the next
 
     def hash(self, password: str) -> str:
         return self._ph.hash(password)
@@ -40,10 +42,14 @@ class Argon2Passwords:
     def dummy_verify(self) -> None:
         """Spend the same time as a real check, so unknown usernames cannot be told apart
         from wrong passwords by timing."""
-        self.verify(_DUMMY_HASH, "x")
+        self.verify(_dummy_hash(), "x")
 
 
-_DUMMY_HASH = PasswordHasher().hash("not-a-real-password")
+@functools.cache
+def _dummy_hash() -> str:
+    """Made when passwords are first needed, not at import: a hash costs as much as a
+    check (half a second of every ``huren`` command's start, measured)."""
+    return PasswordHasher().hash("not-a-real-password")
 
 
 class HmacApiKeys:

@@ -17,10 +17,6 @@ from datetime import datetime, timedelta
 from io import BytesIO
 from typing import Any
 
-import pydicom
-from pydicom.data import get_testdata_file
-from pydicom.uid import generate_uid
-
 from huren.adapters.fhir.ingest import parse_transaction
 from huren.adapters.hl7v2.receiver import Hl7Receiver
 from huren.adapters.hl7v2.responses import SqlResponseLog
@@ -336,6 +332,12 @@ def _ct_series(
     study_uid: str, accession: str, institution: str, performed: datetime
 ) -> list[bytes]:
     """厚层 5 mm, 薄层 1 mm and a DERIVED MPR reformat, from pydicom's real CT slice."""
+    # pydicom where the demo makes its images: every ``huren`` command imports this
+    # module, and pydicom is a second and a half of its start.
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.uid import generate_uid
+
     template_path = get_testdata_file("CT_small.dcm")
     assert template_path is not None
     series = [
@@ -377,6 +379,8 @@ def _ct_series(
 
 def send_story(container: Container) -> Story:
     """Hospital A sends the patient's results; returns who is who for the printout."""
+    from pydicom.uid import generate_uid
+
     now = container.clock.now()
     catalog = container.catalog.get()
     a, b = choose_hospitals(catalog, now)
