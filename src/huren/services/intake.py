@@ -293,8 +293,15 @@ class UnmappedCode:
     local_code: str
     local_name: str
     results: int
-    first_issued: datetime
+    first_issued: datetime  # the results' report (issue) times, not when they arrived
     last_issued: datetime
+    # The inbound messages that brought these results (``result.source_message_id``: the
+    # message of each result's current version), the first and the last, with the times
+    # they were received; None for results loaded without a message (synthetic data).
+    first_message_id: int | None = None
+    last_message_id: int | None = None
+    first_received_at: datetime | None = None
+    last_received_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,15 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, case, func, select
+from sqlalchemy import Engine, String, case, column, func, select, values
 
 from huren.adapters.db.tables import inbound_message, inflate_message
 
 # An institution whose share of refused messages reaches this is shown as failing.
 ERROR_RATE_ALERT = 0.2
+# Institutions whose status one statement reads (two bound codes each; PostgreSQL takes
+# 65,535 parameters, SQLite 32,766).
+_STATUS_CHUNK = 1000
 
 
 def _utc(value: datetime) -> datetime:
@@ -121,9 +124,11 @@ class SqlInboundMessages:
         status: str | None = None,
         channel: str | None = None,
         before_id: int | None = None,
+        since: datetime | None = None,
         limit: int = 50,
     ) -> list[MessageSummary]:
-        """Newest first. ``institutions`` None: all; empty: none."""
+        """Newest first. ``institutions`` None: all; empty: none. ``since``: received at
+        or after it."""
         if institutions is not None and not institutions:
             return []
         stmt = select(*_SUMMARY_COLUMNS).order_by(inbound_message.c.id.desc()).limit(limit)
@@ -135,6 +140,8 @@ class SqlInboundMessages:
             stmt = stmt.where(inbound_message.c.channel == channel)
         if before_id is not None:
             stmt = stmt.where(inbound_message.c.id < before_id)
+        if since is not None:
+            stmt = stmt.where(inbound_message.c.received_at >= _utc(since))
         with self.engine.connect() as conn:
             return [_summary(r) for r in conn.execute(stmt)]
 
@@ -149,34 +156,77 @@ class SqlInboundMessages:
         return MessageDetail(_summary(r), inflate_message(r.raw_deflated), str(r.response))
 
     def connection_status(self, institution: str, now: datetime) -> ConnectionStatus:
+        return self.connection_statuses([institution], now)[institution]
+
+    def connection_statuses(
+        self, institutions: Collection[str], now: datetime
+    ) -> dict[str, ConnectionStatus]:
+        """The connection status of each of ``institutions`` (those that never sent: no
+        last message, no counts), in one statement per ``_STATUS_CHUNK`` institutions.
+
+        The window counts are summed over the last 7 days' messages only (grouped by
+        institution, ``received_at >= now - 7 days``); the last message, and the last one
+        not refused, are one look-up each per institution. With an index on
+        (institution_code, received_at) both read only the window and the newest entries
+        of each institution — a few milliseconds with a million messages; with the index
+        on institution_code alone they read every message of the institutions asked."""
+        codes = list(dict.fromkeys(institutions))
+        found: dict[str, ConnectionStatus] = {}
+        for start in range(0, len(codes), _STATUS_CHUNK):
+            found |= self._statuses(codes[start : start + _STATUS_CHUNK], now)
+        return found
+
+    def _statuses(self, codes: list[str], now: datetime) -> dict[str, ConnectionStatus]:
+        if not codes:
+            return {}
         m = inbound_message.c
         day, week = _utc(now - timedelta(days=1)), _utc(now - timedelta(days=7))
         refused = m.status == "rejected"
-
-        def counted(since: datetime) -> tuple[ColumnElement[int], ColumnElement[int]]:
-            in_window = m.received_at >= since
-            return (
-                func.coalesce(func.sum(case((in_window, 1), else_=0)), 0),
-                func.coalesce(func.sum(case(((in_window) & refused, 1), else_=0)), 0),
+        in_day = m.received_at >= day
+        window = (
+            select(
+                m.institution_code.label("code"),
+                func.count().label("w_all"),
+                func.sum(case((refused, 1), else_=0)).label("w_bad"),
+                func.sum(case((in_day, 1), else_=0)).label("d_all"),
+                func.sum(case((in_day & refused, 1), else_=0)).label("d_bad"),
             )
-
-        d_all, d_bad = counted(day)
-        w_all, w_bad = counted(week)
-        stmt = select(
-            func.max(m.received_at).label("last"),
-            func.max(case((m.status != "rejected", m.received_at))).label("last_ok"),
-            d_all,
-            d_bad,
-            w_all,
-            w_bad,
-        ).where(m.institution_code == institution)
-        with self.engine.connect() as conn:
-            r = conn.execute(stmt).one()
-        last, last_ok = r[0], r[1]
-        return ConnectionStatus(
-            institution,
-            _utc(last) if last is not None else None,
-            _utc(last_ok) if last_ok is not None else None,
-            WindowCounts(int(r[2]), int(r[3])),
-            WindowCounts(int(r[4]), int(r[5])),
+            .where(m.institution_code.in_(codes), m.received_at >= week)
+            .group_by(m.institution_code)
+            .subquery("recent")
         )
+        asked = values(column("code", String), name="asked").data([(c,) for c in codes]).cte()
+        newest = inbound_message.alias("newest")
+        last = (
+            select(func.max(newest.c.received_at))
+            .where(newest.c.institution_code == asked.c.code)
+            .scalar_subquery()
+        )
+        last_ok = (
+            select(newest.c.received_at)
+            .where(newest.c.institution_code == asked.c.code, newest.c.status != "rejected")
+            .order_by(newest.c.received_at.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        stmt = select(
+            asked.c.code,
+            last.label("last"),
+            last_ok.label("last_ok"),
+            func.coalesce(window.c.d_all, 0),
+            func.coalesce(window.c.d_bad, 0),
+            func.coalesce(window.c.w_all, 0),
+            func.coalesce(window.c.w_bad, 0),
+        ).select_from(asked.outerjoin(window, window.c.code == asked.c.code))
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return {
+            str(r[0]): ConnectionStatus(
+                str(r[0]),
+                _utc(r[1]) if r[1] is not None else None,
+                _utc(r[2]) if r[2] is not None else None,
+                WindowCounts(int(r[3]), int(r[4])),
+                WindowCounts(int(r[5]), int(r[6])),
+            )
+            for r in rows
+        }

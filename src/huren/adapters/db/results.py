@@ -1186,6 +1186,8 @@ class SqlIntakeStore:
             pooled.close()
 
     def unmapped_codes(self, institution: str) -> list[UnmappedCode]:
+        """The institution's local codes without a unified code, most results first, each
+        with the first and last message that brought its results and their receipt times."""
         stmt = (
             select(
                 result.c.local_code,
@@ -1193,16 +1195,45 @@ class SqlIntakeStore:
                 func.count().label("n"),
                 func.min(result.c.issued_at).label("first"),
                 func.max(result.c.issued_at).label("last"),
+                func.min(result.c.source_message_id).label("first_message"),
+                func.max(result.c.source_message_id).label("last_message"),
             )
             .where(result.c.institution_code == institution, result.c.item_code.is_(None))
             .group_by(result.c.local_code)
             .order_by(func.count().desc(), result.c.local_code)
         )
         with self._engine.connect() as conn:
-            return [
-                UnmappedCode(r.local_code, r.local_name or "", r.n, utc(r.first), utc(r.last))
-                for r in conn.execute(stmt)
-            ]
+            rows = conn.execute(stmt).all()
+            ids = {int(m) for r in rows for m in (r.first_message, r.last_message) if m is not None}
+            received = (
+                {
+                    int(m.id): utc(m.received_at)
+                    for m in conn.execute(
+                        select(inbound_message.c.id, inbound_message.c.received_at).where(
+                            inbound_message.c.id.in_(sorted(ids))
+                        )
+                    )
+                }
+                if ids
+                else {}
+            )
+
+        def unmapped(r: Any) -> UnmappedCode:
+            first = int(r.first_message) if r.first_message is not None else None
+            last = int(r.last_message) if r.last_message is not None else None
+            return UnmappedCode(
+                r.local_code,
+                r.local_name or "",
+                r.n,
+                utc(r.first),
+                utc(r.last),
+                first,
+                last,
+                received.get(first) if first is not None else None,
+                received.get(last) if last is not None else None,
+            )
+
+        return [unmapped(r) for r in rows]
 
 
 # ---------------------------------------------------------------- read repository

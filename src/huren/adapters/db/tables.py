@@ -368,6 +368,9 @@ inbound_message = Table(
     # The message as received, UTF-8 and deflated (``deflate_message``).
     Column("raw_deflated", LargeBinary, nullable=False, default=b""),
     Index("ix_inbound_message_hash", "content_hash"),
+    # The connection status of many institutions at once (``connection_statuses``): the
+    # counts of a window read from the index alone (migration 0011).
+    Index("ix_inbound_message_inst_received", "institution_code", "received_at", "status"),
 )
 
 

@@ -9,7 +9,7 @@ the operator sees every institution, a regulator those of its jurisdiction."""
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import partial
 from typing import Annotated, Any
 
@@ -30,7 +30,7 @@ from huren.api.routes.credentials import check_csrf, csrf_token
 from huren.api.routes.page_errors import PageRoute
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
-from huren.domain.china_time import local_time
+from huren.domain.china_time import CHINA_TZ, local_time
 from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, ValidationFailed
 from huren.domain.masterdata import CodeMapping
 from huren.domain.text import text_problem
@@ -58,6 +58,9 @@ STATE_ORDER = {
     ConnectionState.IDLE: 2,
     ConnectionState.NEVER: 3,
 }
+# The messages list's time filter: since midnight China time (the day hospitals and their
+# engineers count in), the last 24 hours, the last 7 days.
+SINCE_LABELS = {"today": "今天", "24h": "24 小时内", "7d": "7 天内"}
 CHANNEL_LABELS = {
     "hl7v2-mllp": "HL7 v2 MLLP",
     "hl7v2-http": "HL7 v2 HTTP",
@@ -108,6 +111,10 @@ class UnmappedCodeOut(BaseModel):
     results: int
     first_issued: datetime
     last_issued: datetime
+    first_message_id: int | None
+    last_message_id: int | None
+    first_received_at: datetime | None
+    last_received_at: datetime | None
 
 
 class UnmappedOut(BaseModel):
@@ -162,6 +169,10 @@ def unmapped_out(u: UnmappedCode) -> UnmappedCodeOut:
         results=u.results,
         first_issued=u.first_issued,
         last_issued=u.last_issued,
+        first_message_id=u.first_message_id,
+        last_message_id=u.last_message_id,
+        first_received_at=u.first_received_at,
+        last_received_at=u.last_received_at,
     )
 
 
@@ -193,6 +204,17 @@ def chosen_institution(c: Container, principal: Principal, institution: str | No
     return institution
 
 
+def since_time(choice: str | None, now: datetime) -> datetime | None:
+    """The start of the messages list's time filter (``SINCE_LABELS``); None for all."""
+    if choice == "today":
+        return now.astimezone(CHINA_TZ).replace(hour=0, minute=0, second=0, microsecond=0)
+    if choice == "24h":
+        return now - timedelta(hours=24)
+    if choice == "7d":
+        return now - timedelta(days=7)
+    return None
+
+
 def recent_messages(
     c: Container,
     principal: Principal,
@@ -202,6 +224,7 @@ def recent_messages(
     channel: str | None,
     before: int | None,
     limit: int,
+    since: str | None = None,
 ) -> list[MessageSummary]:
     scope = (
         [chosen_institution(c, principal, institution)]
@@ -209,7 +232,12 @@ def recent_messages(
         else visible_institutions(c, principal)
     )
     return c.inbound_messages.recent(
-        institutions=scope, status=status, channel=channel, before_id=before, limit=limit
+        institutions=scope,
+        status=status,
+        channel=channel,
+        before_id=before,
+        since=since_time(since, c.clock.now()),
+        limit=limit,
     )
 
 
@@ -233,13 +261,21 @@ def statuses(c: Container, principal: Principal, institution: str | None) -> lis
     else:
         visible = visible_institutions(c, principal)
         codes = sorted(c.catalog.get().institutions) if visible is None else visible
-    return [c.inbound_messages.connection_status(code, now) for code in codes]
+    found = c.inbound_messages.connection_statuses(codes, now)
+    return [found[code] for code in codes]
 
 
 StatusFilter = Annotated[
     str | None, Query(pattern="^(accepted|rejected|duplicate)$", description="状态筛选")
 ]
 ChannelFilter = Annotated[str | None, Query(max_length=16, description="通道筛选，如 hl7v2-mllp")]
+SinceFilter = Annotated[
+    str | None,
+    Query(
+        pattern="^(today|24h|7d)$",
+        description="接收时间筛选: today（北京时间今天）、24h（24 小时内）、7d（7 天内）",
+    ),
+]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
 
@@ -255,6 +291,7 @@ def list_messages(
     institution: str | None = None,
     status: StatusFilter = None,
     channel: ChannelFilter = None,
+    since: SinceFilter = None,
     before: int | None = None,
     limit: Limit = 50,
 ) -> list[MessageOut]:
@@ -266,6 +303,7 @@ def list_messages(
         channel=channel,
         before=before,
         limit=limit,
+        since=since,
     )
     return [message_out(m) for m in rows]
 
@@ -385,6 +423,7 @@ def messages_page(
     institution: str | None = None,
     status: str | None = None,
     channel: str | None = None,
+    since: str | None = None,
     before: int | None = None,
 ) -> Response:
     if user is None:
@@ -394,6 +433,8 @@ def messages_page(
             raise Forbidden("当前角色无权查看接口消息")
         if status and status not in STATUS_LABELS:
             raise ValidationFailed("状态参数无效")
+        if since and since not in SINCE_LABELS:
+            raise ValidationFailed("时间筛选参数无效")
         if channel and (problem := text_problem(channel, 16)):
             message = f"通道筛选（channel）{problem}"
             raise ValidationFailed(message, problems=[Problem("channel", message)])
@@ -405,6 +446,7 @@ def messages_page(
             channel=channel or None,
             before=before,
             limit=50,
+            since=since or None,
         )
     except DomainError as exc:
         return _error_page(request, user, exc)
@@ -417,6 +459,8 @@ def messages_page(
             "status": status or "",
             "institution": institution or "",
             "channel": channel or "",
+            "since": since or "",
+            "since_labels": SINCE_LABELS,
             "paged": before is not None,
             "next_before": rows[-1].id if len(rows) == 50 else None,
         },
