@@ -225,3 +225,29 @@ def test_an_unknown_since_is_refused(client: TestClient, login: Login) -> None:
     page = client.get("/integration/messages?since=month", headers=headers)
     assert page.status_code == 422
     assert "时间筛选参数无效" in page.text
+
+
+def test_a_look_at_a_message_as_received_is_recorded_by_whom(
+    client: TestClient, world: Container, login: Login, receiver: Hl7Receiver
+) -> None:
+    # The raw message holds the patient's 身份证 and name in full: each look (page or API)
+    # is an audit row naming the reader and the message.
+    from sqlalchemy import select
+
+    from huren.adapters.db.tables import audit_event
+
+    receiver.handle(good_lab("AUDIT-1", "RPT-AUDIT-1"))
+    (summary,) = world.inbound_messages.recent(institutions=[HOSP_A])
+    headers = login(Role.INSTITUTION_ADMIN, institution=HOSP_A)
+    assert client.get(f"/integration/messages/{summary.id}", headers=headers).status_code == 200
+    api = client.get(f"/api/v1/integration/messages/{summary.id}", headers=headers)
+    assert api.status_code == 200
+    with world.engine.connect() as conn:
+        rows = conn.execute(
+            select(audit_event.c.action, audit_event.c.role, audit_event.c.purpose).where(
+                audit_event.c.action == "integration.message"
+            )
+        ).all()
+    assert len(rows) == 2
+    assert {r.role for r in rows} == {"institution_admin"}
+    assert all(f"#{summary.id}" in r.purpose for r in rows)

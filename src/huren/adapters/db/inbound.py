@@ -10,9 +10,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, String, case, column, func, select, values
+from sqlalchemy import Engine, String, case, column, func, insert, select, values
 
-from huren.adapters.db.tables import inbound_message, inflate_message
+from huren.adapters.db.tables import audit_event, inbound_message, inflate_message
+from huren.domain.accounts import Principal
 
 # An institution whose share of refused messages reaches this is shown as failing.
 ERROR_RATE_ALERT = 0.2
@@ -154,6 +155,23 @@ class SqlInboundMessages:
         if r is None:
             return None
         return MessageDetail(_summary(r), inflate_message(r.raw_deflated), str(r.response))
+
+    def record_read(self, principal: Principal, message: MessageSummary, at: datetime) -> None:
+        """An audit row for a look at a message as received: it holds the patients'
+        身份证 and names in full (design.md: every read of patient data is recorded). By
+        message, not by patient — a refused message has no stored patient."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(audit_event).values(
+                    at=_utc(at),
+                    account_id=principal.account_id,
+                    actor=principal.username[:64],
+                    role=str(principal.role),
+                    institution_code=principal.institution,
+                    action="integration.message",
+                    purpose=f"查看接口消息 #{message.id} 原文（{message.institution or '未知机构'}）",
+                )
+            )
 
     def connection_status(self, institution: str, now: datetime) -> ConnectionStatus:
         return self.connection_statuses([institution], now)[institution]

@@ -251,6 +251,7 @@ def message_detail(c: Container, principal: Principal, message_id: int) -> Messa
     ):
         # Messages whose sender could not be read are the operator's to look at.
         raise NotFound(f"消息 #{message_id} 不存在")
+    c.inbound_messages.record_read(principal, found.summary, c.clock.now())
     return found
 
 
