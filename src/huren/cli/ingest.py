@@ -43,7 +43,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from huren.adapters.fhir.ingest import parse_report, parse_transaction
+from huren.adapters.fhir.ingest import UTF8_BOM, parse_report, parse_transaction, sniff_kind
 from huren.bootstrap import Container, build
 from huren.cli.files import input_file_problem, write_problem
 from huren.config import get_settings
@@ -51,7 +51,6 @@ from huren.domain.errors import DomainError, Problem
 from huren.services.intake import Channel, Disposition, InboundMessage, ReceiveOutcome
 
 CHECKPOINT_EVERY = 1  # batches between checkpoint writes
-BOM = b"\xef\xbb\xbf"
 FINGERPRINT_BYTES = 4096  # the bytes before a checkpoint's offset that it fingerprints
 SNIFF_BYTES = 4096  # the bytes at the file's start that tell its kind
 LOG_EVERY = 60.0  # seconds between progress lines when the output is not a terminal
@@ -82,39 +81,34 @@ def content_problem(path: Path, fmt: str) -> str | None:
     as the wrong format every record would be one error (a gzip file, HL7 read as NDJSON),
     or, read as HL7, a file without MSH would be one record held in memory whole."""
     with path.open("rb") as f:
-        head = f.read(SNIFF_BYTES)
-    if head.startswith(b"\x1f\x8b"):
-        return "是 gzip 压缩文件，请先解压（gunzip）再导入"
-    if head.startswith(b"PK\x03\x04"):
-        return "是 ZIP 压缩包，请先解压再导入"
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00\x00\x00\x00" in (
-        head[0:8:2],
-        head[1:8:2],
-    ):
-        return "是 UTF-16 编码，请另存为 UTF-8（HL7 也可为 GB18030）再导入"
-    body = head.removeprefix(BOM).lstrip(b" \t\r\n\x0b\x1c")
-    if not body:
-        return None
-    hl7 = body[:3] in (b"MSH", b"FHS", b"BHS")
+        kind = sniff_kind(f.read(SNIFF_BYTES))
+    if kind in _NOT_TEXT:
+        return _NOT_TEXT[kind]
     if fmt == "ndjson":
-        if hl7:
-            return "的内容是 HL7 v2 消息而不是 NDJSON，请加 --format hl7"
-        if body[:1] == b"[":
-            return "的内容是 JSON 数组，NDJSON 应每行一个 JSON 对象（可用 jq -c '.[]' 转换）"
-        if body[:1] != b"{":
-            return "的内容不是 NDJSON（每行应为一个 JSON 对象，以“{”开头）"
-    elif not hl7:
-        if body[:1] in (b"{", b"["):
-            return "的内容是 JSON 而不是 HL7 v2 消息，请用 --format ndjson"
-        return "的内容不是 HL7 v2 消息（应以 MSH 段或批量文件头 FHS/BHS 开头）"
-    return None
+        return {
+            "hl7": "的内容是 HL7 v2 消息而不是 NDJSON，请加 --format hl7",
+            "json-array": "的内容是 JSON 数组，NDJSON 应每行一个 JSON 对象（可用 jq -c '.[]' 转换）",
+            "other": "的内容不是 NDJSON（每行应为一个 JSON 对象，以“{”开头）",
+        }.get(kind or "")
+    return {
+        "ndjson": "的内容是 JSON 而不是 HL7 v2 消息，请用 --format ndjson",
+        "json-array": "的内容是 JSON 而不是 HL7 v2 消息，请用 --format ndjson",
+        "other": "的内容不是 HL7 v2 消息（应以 MSH 段或批量文件头 FHS/BHS 开头）",
+    }.get(kind or "")
+
+
+_NOT_TEXT = {
+    "gzip": "是 gzip 压缩文件，请先解压（gunzip）再导入",
+    "zip": "是 ZIP 压缩包，请先解压再导入",
+    "utf-16": "是 UTF-16 编码，请另存为 UTF-8（HL7 也可为 GB18030）再导入",
+}
 
 
 def ndjson_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[Record]:
     """The non-blank lines of a file; a UTF-8 byte order mark at its start is skipped."""
     with path.open("rb") as f:
-        if start == 0 and f.read(len(BOM)) == BOM:
-            start = len(BOM)
+        if start == 0 and f.read(len(UTF8_BOM)) == UTF8_BOM:
+            start = len(UTF8_BOM)
         f.seek(start)
         offset, number = start, start_number
         for line in f:
@@ -135,8 +129,8 @@ def hl7_records(path: Path, start: int = 0, start_number: int = 0) -> Iterator[R
     skipped, and so is the batch envelope (FHS, BHS, BTS, FTS; v2.5.1 §2.10.3) that
     interface engines write around the messages of an export file."""
     with path.open("rb") as raw:
-        if start == 0 and raw.read(len(BOM)) == BOM:
-            start = len(BOM)
+        if start == 0 and raw.read(len(UTF8_BOM)) == UTF8_BOM:
+            start = len(UTF8_BOM)
         raw.seek(start)
         # Latin-1 maps each byte to one character and back, so the text layer only splits
         # lines at CR, LF or CR LF (``newline=""``) and offsets stay byte offsets.

@@ -143,10 +143,24 @@ class EntryPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class IfNoneExist:
+    """A conditional create of a DiagnosticReport (R4 http.html#ccreate,
+    ``Bundle.entry.request.ifNoneExist``) that names a report number other than the
+    report's own: the report of that number of the sender's institution, when there is
+    one, is answered instead of storing this one (looked up by the caller, which reaches
+    the store)."""
+
+    entry: int  # Bundle entry index
+    submission: int  # index into the message's submissions
+    report_no: str
+
+
+@dataclass(frozen=True, slots=True)
 class ParsedBundle:
     message: InboundMessage
     entries: tuple[EntryPlan, ...]
     informational: tuple[str, ...] = ()
+    if_none_exist: tuple[IfNoneExist, ...] = ()
 
 
 @functools.lru_cache(maxsize=8192)
@@ -169,8 +183,10 @@ class _Ctx:
     # its findings.
     observation_plans: dict[int, EntryPlan] = field(default_factory=dict)
     # fullUrls of entries of a type that is not read (PractitionerRole, CareTeam …, R4
-    # DiagnosticReport.performer may be one): present, so a reference to one resolves.
-    unread_refs: set[str] = field(default_factory=set)
+    # DiagnosticReport.performer may be one): present, so a reference to one resolves;
+    # each with (FHIRPath of its resource, its resourceType), to name a misspelt type
+    # ("Obsrvation") where an Observation or a Patient is referred to.
+    unread_refs: dict[str, tuple[str, str]] = field(default_factory=dict)
     # Submission index → informational notes on its report (a presentedForm not kept …).
     report_notes: dict[int, list[str]] = field(default_factory=dict)
 
@@ -319,6 +335,21 @@ def _conditional(
     return m.Reference(identifier=m.Identifier(system=system, value=value), display=ref.display)
 
 
+def _unresolved(ctx: _Ctx, reference: str, where: str, kind: str, label: str) -> None:
+    """A reference to a ``kind`` that does not resolve. When it names an entry of a type
+    that is not read, that entry's resourceType is named: a misspelt type
+    (\"Obsrvation\") is otherwise only a reference that is not in the Bundle."""
+    unread = ctx.unread_refs.get(reference)
+    if unread is not None:
+        at, name = unread
+        ctx.errors.add(
+            f"{at}.resourceType",
+            f"不支持的资源类型 {name[:40]}（{where} 引用该条目，应为 {kind}）",
+        )
+    else:
+        ctx.errors.add(where, f"引用的{label}不在本 Bundle 中: {reference}")
+
+
 def _patient(
     ctx: _Ctx, subject: m.Reference | None, where: str, base: str, institution: str
 ) -> tuple[PatientDemographics | None, str]:
@@ -337,7 +368,7 @@ def _patient(
             pat = m.Patient(identifier=(subject.identifier,))
             idents = _patient_identifiers(pat, f"{where}.subject", institution, ctx.errors)
             return PatientDemographics(idents, subject.display), ""
-        ctx.errors.add(f"{where}.subject", f"引用的患者不在本 Bundle 中: {subject.reference}")
+        _unresolved(ctx, subject.reference, f"{where}.subject", "Patient", "患者")
         return None, ""
     cached = ctx.patients.get(key)
     if cached is not None:
@@ -1251,9 +1282,8 @@ def _report_submission(
                 reference = ref.reference
                 found = by_ref.get(base + reference if reference.startswith("#") else reference)
                 if found is None or not isinstance(found[1], m.Observation):
-                    errors.add(
-                        f"{owhere}.hasMember[{j}]",
-                        f"引用的 Observation 不在本 Bundle 中: {reference}",
+                    _unresolved(
+                        ctx, reference, f"{owhere}.hasMember[{j}]", "Observation", " Observation "
                     )
                 elif id(found[1]) not in seen:
                     seen_add(id(found[1]))
@@ -1264,7 +1294,7 @@ def _report_submission(
         reference = ref.reference
         found = by_ref.get(base + reference if reference.startswith("#") else reference)
         if found is None or not isinstance(found[1], m.Observation):
-            errors.add(f"{where}.result[{k}]", f"引用的 Observation 不在本 Bundle 中: {reference}")
+            _unresolved(ctx, reference, f"{where}.result[{k}]", "Observation", " Observation ")
             continue
         owhere, obs, index = found
         assert isinstance(obs, m.Observation)
@@ -1367,6 +1397,89 @@ def _reject_nul(raw: bytes, base: str) -> None:
         raise ValidationFailed(f"{base} 未通过校验，未保存任何内容", problems=problems)
 
 
+# Types of which nothing is kept on their own (each entry answers "不单独保存"): a
+# conditional create of one creates nothing either way, so its condition is moot.
+_NOT_KEPT = (m.Organization, m.Practitioner, m.ImagingStudy, m.Specimen, m.ServiceRequest)
+
+
+def _conditions(
+    ctx: _Ctx,
+    conditions: dict[int, str],
+    entries: Sequence[m.BundleEntry | _DecodedEntry],
+    resources: Sequence[m.Resource | str | None],
+) -> dict[int, tuple[str, str]]:
+    """Check the conditional creates of a transaction (R4 http.html#ccreate,
+    ``Bundle.entry.request.ifNoneExist``); returns {entry index: (system, value)} of the
+    DiagnosticReports' conditions, checked against the report number by ``_assemble``.
+
+    Served: ``identifier=system|value`` (one identifier), as in conditional references.
+    A Patient's must be one of its own identifiers: the platform matches a patient by
+    identifier (the one holding it is used, else a patient is created), which is that
+    conditional create; another identifier could file the results under another person,
+    so it is refused. An Observation's is refused: Observations are kept as the values
+    of their report, without identifiers to match. Other types are not kept on their own,
+    so nothing is created whatever the condition says."""
+    out: dict[int, tuple[str, str]] = {}
+    for i, text in conditions.items():
+        where = f"Bundle.entry[{i}].request.ifNoneExist"
+        request = entries[i].request
+        res = resources[i]
+        if request is None or res is None or isinstance(res, (str, *_NOT_KEPT)):
+            continue
+        if request.method != "POST":
+            ctx.errors.add(where, f"ifNoneExist 仅用于 POST（条件创建），收到 {request.method}")
+            continue
+        query = urllib.parse.parse_qs(text.rpartition("?")[2], keep_blank_values=True)
+        tokens = query.get("identifier", [])
+        system, bar, value = tokens[0].partition("|") if len(tokens) == 1 else ("", "", "")
+        if len(query) != 1 or not bar or not value:
+            ctx.errors.add(
+                where, f"条件创建仅支持 identifier=system|value（一个标识），收到: {text[:200]}"
+            )
+        elif isinstance(res, m.DiagnosticReport):
+            out[i] = (system, value)
+        elif isinstance(res, m.Patient):
+            if not any(k.system == system and k.value == value for k in res.identifier):
+                ctx.errors.add(
+                    where,
+                    "Patient 的条件创建须以该 Patient 自身的一个标识为条件（平台按标识匹配患者："
+                    "已有该标识的患者即沿用，否则新建）；以其他标识为条件可能把结果归到另一位患者",
+                )
+        else:
+            ctx.errors.add(
+                where,
+                f"{type(res).__name__} 不支持条件创建（结果按报告单保存，Observation 无可匹配的标识）；"
+                "请去掉该条件，或以 DiagnosticReport 的报告单编号为条件",
+            )
+    return out
+
+
+def _report_condition(
+    ctx: _Ctx,
+    rep: _Report,
+    sub: ResultSubmission,
+    sub_index: int,
+    conditions: dict[int, tuple[str, str]],
+) -> IfNoneExist | None:
+    """A DiagnosticReport's condition: a report number of its institution. Its own number
+    needs nothing (the platform identifies a report by institution and number, so a
+    resend is answered as unchanged, a changed one as a new version); another number is
+    looked up by the caller."""
+    system, value = conditions[rep.index]
+    own = {"", sid.REPORT_NO_PREFIX + sub.institution}
+    own.update(i.system for i in rep.resource.identifier if i.value == sub.report_no)
+    if system not in own:
+        ctx.errors.add(
+            f"Bundle.entry[{rep.index}].request.ifNoneExist",
+            "DiagnosticReport 的条件创建仅支持以本机构的报告单编号为条件（identifier="
+            f"{sid.REPORT_NO_PREFIX}{sub.institution}|编号），收到 system {system[:200]}",
+        )
+        return None
+    if value == sub.report_no:
+        return None
+    return IfNoneExist(rep.index, sub_index, value)
+
+
 def parse_transaction(
     raw: bytes,
     *,
@@ -1403,8 +1516,11 @@ def parse_transaction(
     entries: Sequence[m.BundleEntry | _DecodedEntry] = bundle.entry
     resources: list[m.Resource | str | None] = []
     by_ref = ctx.by_ref
+    conditions: dict[int, str] = {}
     for i, entry in enumerate(entries):
         request = entry.request
+        if request is not None and request.ifNoneExist:
+            conditions[i] = request.ifNoneExist
         if request is None:
             ctx.errors.add(
                 f"Bundle.entry[{i}].request", "transaction Bundle 的每个条目都必须有 request"
@@ -1429,7 +1545,7 @@ def parse_transaction(
             res = _decode_resource(bytes(entry.resource), rwhere, ctx.errors)
         resources.append(res)
         if isinstance(res, str) and entry.fullUrl:
-            ctx.unread_refs.add(entry.fullUrl)
+            ctx.unread_refs[entry.fullUrl] = (rwhere, res)
         if isinstance(res, m.Resource):
             found = (rwhere, res, i)
             if entry.fullUrl:
@@ -1438,6 +1554,7 @@ def parse_transaction(
                 by_ref[f"{type(res).__name__}/{res.id}"] = found
             if isinstance(res, m.DiagnosticReport):
                 _index_contained(ctx, res, rwhere, entry.fullUrl or f"DiagnosticReport/{res.id}")
+    report_conditions = _conditions(ctx, conditions, entries, resources) if conditions else {}
     # Structural errors first: what follows (references, reports) would only echo them.
     ctx.errors.raise_if_any("Bundle 未通过校验，未保存任何内容")
     reports = [
@@ -1455,7 +1572,37 @@ def parse_transaction(
         channel,
         control_id,
         raw if keep_raw else b"",
+        report_conditions,
     )
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def sniff_kind(head: bytes) -> str | None:
+    """What the first bytes of a bulk file or body show it to be when that is not text
+    to read line by line or message by message: "gzip", "zip" or "utf-16"; else "hl7",
+    "json-array", "ndjson", "other" for UTF-8 text by its first character (a UTF-8 byte
+    order mark and leading blanks skipped), or None when there is nothing but blanks.
+    Pure, for ``huren ingest`` and ``POST /fhir/$import`` alike (a body or file read
+    as the wrong format is one error per record)."""
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00\x00\x00\x00" in (
+        head[0:8:2],
+        head[1:8:2],
+    ):
+        return "utf-16"
+    body = head.removeprefix(UTF8_BOM).lstrip(b" \t\r\n\x0b\x1c")
+    if not body:
+        return None
+    if body[:3] in (b"MSH", b"FHS", b"BHS"):
+        return "hl7"
+    if body[:1] == b"[":
+        return "json-array"
+    return "ndjson" if body[:1] == b"{" else "other"
 
 
 def parse_report(
@@ -1487,10 +1634,11 @@ def parse_report(
     if not isinstance(res, _DecodedReport):
         res = _decode_resource(raw, "DiagnosticReport", ctx.errors)
     if isinstance(res, str):
-        ctx.errors.add("DiagnosticReport.resourceType", f"应为 DiagnosticReport，收到 {res}")
+        ctx.errors.add("DiagnosticReport.resourceType", f"应为 DiagnosticReport，收到 {res[:40]}")
     if not isinstance(res, m.DiagnosticReport):
         if not ctx.errors.problems:
-            ctx.errors.add("DiagnosticReport.resourceType", "应为 DiagnosticReport")
+            got = f"，收到 {type(res).__name__}" if isinstance(res, m.Resource) else ""
+            ctx.errors.add("DiagnosticReport.resourceType", f"应为 DiagnosticReport{got}")
         ctx.errors.raise_if_any("DiagnosticReport 未通过校验，未保存任何内容")
         raise AssertionError("unreachable")  # pragma: no cover
     _reject_nul(raw, "DiagnosticReport")
@@ -1517,6 +1665,7 @@ def _assemble(
     channel: Channel,
     control_id: str,
     raw: str | bytes,
+    conditions: dict[int, tuple[str, str]] | None = None,
 ) -> ParsedBundle:
     if not reports:
         ctx.errors.add(
@@ -1525,6 +1674,7 @@ def _assemble(
     patient_of: dict[str, int] = {}
     submissions: list[ResultSubmission] = []
     institutions: set[str] = set()
+    if_none_exist: list[IfNoneExist] = []
     for rep in reports:
         sub, inst, patient_key = _report_submission(ctx, rep, default_institution, len(submissions))
         if inst:
@@ -1532,6 +1682,10 @@ def _assemble(
         if sub is not None:
             if patient_key:
                 patient_of.setdefault(patient_key, len(submissions))
+            if conditions and rep.index in conditions:
+                condition = _report_condition(ctx, rep, sub, len(submissions), conditions)
+                if condition is not None:
+                    if_none_exist.append(condition)
             submissions.append(sub)
     if len(institutions) > 1:
         ctx.errors.add(
@@ -1579,7 +1733,9 @@ def _assemble(
             }.get(name, f"不支持的资源类型 {name}，已忽略")
             plans.append(EntryPlan("info", note=note))
             notes.append(f"{where}: {note}")
-    ctx.errors.raise_if_any("Bundle 未通过校验，未保存任何内容")
+    ctx.errors.raise_if_any(
+        f"{'Bundle' if entries else 'DiagnosticReport'} 未通过校验，未保存任何内容"
+    )
     if not entries:  # a single resource
         report_notes = ctx.report_notes.get(0, [])
         plans = [EntryPlan("report", 0, note="；".join(report_notes))]
@@ -1592,4 +1748,4 @@ def _assemble(
         raw=raw,
         submissions=tuple(submissions),
     )
-    return ParsedBundle(message, tuple(plans), tuple(notes))
+    return ParsedBundle(message, tuple(plans), tuple(notes), tuple(if_none_exist))

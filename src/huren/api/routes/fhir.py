@@ -16,6 +16,7 @@ from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import urlencode
 
+import msgspec
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -26,8 +27,14 @@ from starlette.routing import Match
 from huren.adapters.db.results import ResultQuery
 from huren.adapters.fhir import render
 from huren.adapters.fhir import systems as sid
-from huren.adapters.fhir.ingest import ParsedBundle, parse_report, parse_transaction
-from huren.adapters.fhir.model import CodeGroup
+from huren.adapters.fhir.ingest import (
+    UTF8_BOM,
+    ParsedBundle,
+    parse_report,
+    parse_transaction,
+    sniff_kind,
+)
+from huren.adapters.fhir.model import CodeGroup, Typed
 from huren.api.auth import require_roles
 from huren.api.deps import container as get_container
 from huren.api.routes.retrieval import document_response
@@ -38,7 +45,7 @@ from huren.domain.errors import DomainError, Forbidden, NotFound, Problem, Valid
 from huren.domain.identity import IdentifierKind, PatientIdentifier, validate_identifier
 from huren.domain.results import StoredResult
 from huren.domain.text import is_digits
-from huren.services.intake import Channel, Disposition, ReceiveOutcome, Rejection
+from huren.services.intake import Channel, Disposition, ReceiveOutcome, Rejection, StoredRef
 
 _ISSUE_CODE = {
     400: "invalid",
@@ -225,6 +232,7 @@ async def _body(request: Request) -> bytes:
             "请求内容类型应为 application/fhir+json",
             problems=[Problem("Content-Type", f"不支持的内容类型 {header}")],
         )
+    _check_encoding(request)
     body = await request.body()
     if len(body) > MAX_BODY:
         raise ValidationFailed(
@@ -264,7 +272,7 @@ def _ingest(
             else parse_transaction(raw, default_institution=own)
         )
         _check_sender(principal, parsed)
-        return parsed, c.intake.receive(parsed.message)
+        return parsed, _receive(c, parsed)
     except DomainError as exc:
         detail = "; ".join(f"{p.field}: {p.message}" for p in exc.problems) or exc.message
         c.intake.reject(
@@ -277,6 +285,25 @@ def _ingest(
             )
         )
         raise
+
+
+def _receive(c: Container, parsed: ParsedBundle) -> ReceiveOutcome:
+    """Store a parsed message; the conditional creates that find an existing report
+    (``_existing_reports``) are answered with it and not stored. The outcome's results
+    are those of the message's submissions, in order."""
+    if not parsed.if_none_exist:
+        return c.intake.receive(parsed.message)
+    existing = _existing_reports(c, parsed)
+    if not existing:
+        return c.intake.receive(parsed.message)
+    rest, index = _without(parsed, existing)
+    outcome = (
+        c.intake.receive(rest.message) if rest.message.submissions else ReceiveOutcome(0, False, ())
+    )
+    results = tuple(
+        existing[k] if k in existing else outcome.results[index[k]] for k in range(len(index))
+    )
+    return replace(outcome, results=results)
 
 
 def _patient_ids(c: Container, outcome: ReceiveOutcome) -> dict[int, int]:
@@ -292,10 +319,33 @@ def _transaction_response(
 ) -> dict[str, Any]:
     refs = outcome.results
     pids = _patient_ids(c, outcome)
+    # Reports answered by the existing report their condition names (``_receive``).
+    matched = {
+        cond.submission
+        for cond in parsed.if_none_exist
+        if refs[cond.submission].report_no == cond.report_no
+    }
     entries: list[dict[str, Any]] = []
     for plan in parsed.entries:
         response: dict[str, Any]
-        if plan.kind in ("report", "observation", "findings", "panel"):
+        if plan.submission in matched:
+            ref = refs[plan.submission]
+            rid = f"DiagnosticReport/{ref.result_id}"
+            if plan.kind == "report":
+                note = (
+                    f"条件创建（ifNoneExist）匹配到已有报告（报告单编号 {ref.report_no}），未新建"
+                )
+                response = {
+                    "status": "200 OK",
+                    "location": f"{rid}/_history/{ref.version}",
+                    "etag": f'W/"{ref.version}"',
+                    "outcome": render.informational([note]),
+                }
+            else:
+                whose = "引用该患者" if plan.kind == "patient" else "所属"
+                note = f"{whose}的报告按条件创建（ifNoneExist）匹配到已有报告 {rid}，本条目未保存"
+                response = {"status": "200 OK", "outcome": render.informational([note])}
+        elif plan.kind in ("report", "observation", "findings", "panel"):
             ref = refs[plan.submission]
             created = ref.disposition is Disposition.CREATED
             status = "201 Created" if created else "200 OK"
@@ -342,6 +392,69 @@ def _transaction(c: Container, principal: Principal, raw: bytes) -> dict[str, An
     return _transaction_response(c, parsed, outcome)
 
 
+class PreconditionFailed(DomainError):
+    """A conditional create whose condition matches more than one resource: 412 (R4
+    http.html#ccreate: "Multiple matches: The server returns a 412 Precondition Failed
+    error indicating the client's criteria were not selective enough")."""
+
+    code = "precondition_failed"
+    status = 412
+
+
+def _existing_reports(c: Container, parsed: ParsedBundle) -> dict[int, StoredRef]:
+    """{submission: the stored report answered instead} of the conditional creates of a
+    Bundle that name another report number of the sender's institution and find it (R4
+    http.html#ccreate: one match, nothing is created and the match is returned with 200;
+    none, the resource is created; several, 412)."""
+    existing: dict[int, StoredRef] = {}
+    institution = parsed.message.institution
+    for cond in parsed.if_none_exist:
+        query = ResultQuery(
+            institution=institution, report_no=cond.report_no, include_entered_in_error=True
+        )
+        found = c.results.search(replace(query, limit=2))
+        where = f"Bundle.entry[{cond.entry}].request.ifNoneExist"
+        if len(found) > 1:
+            raise PreconditionFailed(
+                "条件创建的条件匹配到多份报告，未保存任何内容",
+                problems=[
+                    Problem(
+                        where,
+                        f"机构 {institution} 的报告单编号 {cond.report_no} 对应多份报告"
+                        "（不同检查检验项目），条件不够具体",
+                    )
+                ],
+            )
+        if found:
+            r = found[0]
+            existing[cond.submission] = StoredRef(
+                r.id,
+                r.version,
+                Disposition.UNCHANGED,
+                r.report_no,
+                r.local_code,
+                r.item_code,
+                None,
+                patient_id=r.patient_id,
+            )
+    return existing
+
+
+def _without(
+    parsed: ParsedBundle, existing: dict[int, StoredRef]
+) -> tuple[ParsedBundle, list[int]]:
+    """The Bundle without the submissions answered by an existing report, and the new
+    index of each kept submission (-1 for one left out)."""
+    kept: list[int] = []
+    index: list[int] = []
+    for k in range(len(parsed.message.submissions)):
+        index.append(-1 if k in existing else len(kept))
+        if k not in existing:
+            kept.append(k)
+    subs = tuple(parsed.message.submissions[k] for k in kept)
+    return replace(parsed, message=replace(parsed.message, submissions=subs)), index
+
+
 @router.post(
     "/DiagnosticReport", summary="单个 DiagnosticReport（Patient、Observation 放在 contained）"
 )
@@ -361,60 +474,195 @@ async def create_report(request: Request, c: CONTAINER, principal: WRITER) -> Re
 
 
 # ---------------------------------------------------------------- $import (NDJSON)
+# What the first bytes of a body show it is not (``sniff_kind``, as ``huren ingest``
+# refuses such a file): read as NDJSON every line would be one error.
+_NOT_NDJSON = {
+    "gzip": "请求体是 gzip 压缩数据：本接口不解压，请解压后以 NDJSON 文本上传",
+    "zip": "请求体是 ZIP 压缩包：请解压后以 NDJSON 文本上传",
+    "utf-16": "请求体是 UTF-16 编码：请以 UTF-8 编码上传",
+    "hl7": "请求体是 HL7 v2 消息而不是 NDJSON：请发送到 HL7 v2 接口",
+    "json-array": "请求体是 JSON 数组：NDJSON 应每行一个 JSON 对象（可用 jq -c '.[]' 转换）",
+}
+# A line is one resource: no longer than a single request may be (``MAX_BODY``).
+MAX_LINE = MAX_BODY
+_SNIFF_BYTES = 4096
+
+
+class _BulkCounts:
+    """The summary of a bulk load, counted by disposition as ``huren ingest`` counts
+    (cli/ingest.py ``BulkLoader._count``): a result stored or given a new version, or
+    found already stored unchanged (a resent line; a resent message answers with the
+    results of its first sending)."""
+
+    def __init__(self) -> None:
+        self.lines = self.changed = self.unchanged = 0
+        self.issues: list[Problem] = []
+
+    def count(self, outcome: ReceiveOutcome) -> None:
+        for ref in outcome.results:
+            if outcome.duplicate or ref.disposition is Disposition.UNCHANGED:
+                self.unchanged += 1
+            else:
+                self.changed += 1
+
+    def summary(self) -> str:
+        return (
+            f"共 {self.lines} 行，保存结果 {self.changed} 份（新增或更新），"
+            f"已存在且未变 {self.unchanged} 份，错误 {len(self.issues)} 处"
+        )
+
+
+def _check_encoding(request: Request) -> None:
+    """415 for a Content-Encoding other than identity (RFC 9110 §8.4: a server refuses a
+    coding it does not apply): the body would be read as compressed bytes."""
+    encoding = request.headers.get("content-encoding", "").strip().lower()
+    if encoding not in ("", "identity"):
+        raise UnsupportedMediaType(
+            f"不支持 Content-Encoding: {encoding}",
+            problems=[
+                Problem(
+                    "Content-Encoding",
+                    f"不支持内容编码 {encoding}：请上传未压缩的内容（不带 Content-Encoding，或为 identity）",
+                )
+            ],
+        )
+
+
+def _check_head(head: bytes) -> None:
+    kind = sniff_kind(head)
+    if kind in _NOT_NDJSON:
+        raise UnsupportedMediaType(
+            "请求体不是 NDJSON 文本", problems=[Problem("body", _NOT_NDJSON[kind])]
+        )
+
+
 @router.post(
     "/$import", summary="批量导入 NDJSON（每行一个 transaction Bundle 或 DiagnosticReport）"
 )
 async def bulk_import(request: Request, c: CONTAINER, principal: WRITER) -> Response:
     """Synchronous bulk load: each line is stored in its own transaction; a bad line is
-    reported (OperationOutcome issue with its line number) and does not stop the rest."""
+    reported (OperationOutcome issue with its line number) and does not stop the rest.
+    The body is read as it arrives: each chunk is searched for newlines once, and a
+    line longer than ``MAX_LINE`` is reported and skipped, not held."""
+    _check_encoding(request)
     own = _own_institution(principal)
-    issues: list[Problem] = []
-    stored = duplicates = 0
-    line_no = 0
-    buffer = b""
+    counts = _BulkCounts()
 
     def handle(line: bytes, n: int) -> None:
-        nonlocal stored, duplicates
         if not line.strip():
             return
         try:
             parsed = ingest_line(line, own, f"ndjson:{n}")
             _check_sender(principal, parsed)
-            outcome = c.intake.receive(parsed.message)
+            outcome = _receive(c, parsed)
         except DomainError as exc:
             for p in exc.problems or [Problem("", exc.message)]:
-                issues.append(Problem(f"line {n}: {p.field}", p.message))
+                counts.issues.append(Problem(f"line {n}: {p.field}", p.message))
             return
-        stored += len(outcome.results)
-        duplicates += outcome.duplicate
+        counts.count(outcome)
+
+    pending: list[bytes] = []  # the current line's bytes before this chunk
+    pending_len = 0
+    skipping = False  # the current line is too long: reported, read past its end
+    head = b""  # the body's first bytes, until they are sniffed
+    sniffed = False
+
+    async def lines_of(chunk: bytes) -> None:
+        nonlocal pending_len, skipping
+        start = 0
+        while (nl := chunk.find(b"\n", start)) >= 0:
+            if skipping:
+                skipping = False
+            else:
+                counts.lines += 1
+                line = b"".join((*pending, chunk[start:nl])) if pending else chunk[start:nl]
+                if len(line) > MAX_LINE:
+                    _too_long(counts)
+                else:
+                    await run_in_threadpool(handle, line, counts.lines)
+            pending.clear()
+            pending_len = 0
+            start = nl + 1
+        if skipping or start == len(chunk):
+            return
+        pending.append(chunk[start:])
+        pending_len += len(chunk) - start
+        if pending_len > MAX_LINE:
+            counts.lines += 1
+            _too_long(counts)
+            pending.clear()
+            pending_len = 0
+            skipping = True
 
     async for chunk in request.stream():
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            line_no += 1
-            await run_in_threadpool(handle, line, line_no)
-    if buffer.strip():
-        line_no += 1
-        await run_in_threadpool(handle, buffer, line_no)
-    summary = f"共 {line_no} 行，保存结果 {stored} 份（其中重复消息 {duplicates} 条），错误 {len(issues)} 处"
-    body = render.operation_outcome(issues, severity="error", code="invalid")
+        if not sniffed:
+            head += chunk
+            if len(head) < _SNIFF_BYTES:
+                continue
+            _check_head(head)
+            chunk, sniffed = head.removeprefix(UTF8_BOM), True
+        await lines_of(chunk)
+    if not sniffed:
+        _check_head(head)
+        await lines_of(head.removeprefix(UTF8_BOM))
+    if pending:
+        counts.lines += 1
+        await run_in_threadpool(handle, b"".join(pending), counts.lines)
+    body = render.operation_outcome(counts.issues, severity="error", code="invalid")
     body["issue"] = [
-        {"severity": "information", "code": "informational", "diagnostics": summary},
-        *(body["issue"] if issues else []),
+        {"severity": "information", "code": "informational", "diagnostics": counts.summary()},
+        *(body["issue"] if counts.issues else []),
     ]
     return fhir_response(body, 200)
 
 
+def _too_long(counts: _BulkCounts) -> None:
+    counts.issues.append(
+        Problem(
+            f"line {counts.lines}",
+            f"该行超过 {MAX_LINE // (1024 * 1024)} MB（单个资源的上限），未读取；"
+            "请检查换行（NDJSON 每行一个资源）",
+        )
+    )
+
+
 def ingest_line(line: bytes, default_institution: str, control_id: str) -> ParsedBundle:
-    """One NDJSON line: a transaction Bundle or a self-contained DiagnosticReport."""
+    """One NDJSON line: a transaction Bundle or a self-contained DiagnosticReport. A line
+    of another resource (an ``Observation.ndjson`` of a FHIR bulk export) is answered
+    with what to send instead, as ``huren ingest`` answers it (cli/ingest.py
+    ``_not_a_report``)."""
     head = line[:200]
     if b'"Bundle"' in head or b'"resourceType":"Bundle"' in line[:4000]:
         return parse_transaction(
             line, default_institution=default_institution, channel=Channel.BULK
         )
-    return parse_report(
-        line, default_institution=default_institution, channel=Channel.BULK, control_id=""
+    try:
+        return parse_report(
+            line, default_institution=default_institution, channel=Channel.BULK, control_id=""
+        )
+    except DomainError as exc:
+        if any(p.field == "DiagnosticReport.resourceType" for p in exc.problems):
+            raise _not_a_report(line) from exc
+        raise
+
+
+_TYPED = msgspec.json.Decoder(Typed)
+
+
+def _not_a_report(line: bytes) -> DomainError:
+    try:
+        kind = _TYPED.decode(line).resourceType or "未知类型"
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        kind = "未知类型"
+    return ValidationFailed(
+        f"{kind[:40]} 不能单独导入",
+        problems=[
+            Problem(
+                "resourceType",
+                "结果按报告单保存：每行应为 DiagnosticReport（Patient、Organization、Observation "
+                f"放在 contained 中）或 transaction Bundle，实际为 {kind[:40]}",
+            )
+        ],
     )
 
 
@@ -809,9 +1057,27 @@ def _search_by_id(
     return found[query.offset : query.offset + query.limit]
 
 
+def _report_loinc(c: Container, query: ResultQuery) -> ResultQuery:
+    """A LOINC ``code`` of a DiagnosticReport search (R4 diagnosticreport.html#search:
+    ``code``, "the code for the report"), matched on the report's own code as well as on
+    its Observations': the items of the catalog carrying that LOINC (the report's local
+    code is mapped to its item, 对码), and a report whose code was sent as that LOINC
+    alone (stored as its local code)."""
+    if not query.loinc:
+        return query
+    wanted = set(query.loinc)
+    items = [code for code, item in c.catalog.get().items.items() if item.loinc in wanted]
+    return replace(
+        query,
+        item_codes=[*(query.item_codes or ()), *items] or None,
+        local_codes=[*(query.local_codes or ()), *query.loinc],
+    )
+
+
 def _search_reports(c: Container, request: Request, principal: Principal) -> dict[str, Any]:
     used, ignored = _search_params(request, "DiagnosticReport")
     query, count = _query(c, request)
+    query = _report_loinc(c, query)
     ids = [v for text in request.query_params.getlist("_id") for v in text.split(",")]
     found = _search_by_id(c, query, ids) if ids else _search(c, query)
     more = len(found) > count
