@@ -26,9 +26,10 @@ from huren.adapters.dicom import dicomjson
 from huren.adapters.dicom.render import Unrenderable, Window, render_frame
 from huren.api.auth import require_roles
 from huren.api.deps import container
+from huren.api.http_errors import NotAcceptable, UnsupportedMediaType
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
-from huren.domain.errors import DomainError, NotFound, Problem, ValidationFailed
+from huren.domain.errors import NotFound, Problem, ValidationFailed
 from huren.domain.imaging import STATUS_DATASET_MISMATCH
 from huren.domain.text import is_digits
 from huren.services.imaging import (
@@ -55,16 +56,6 @@ Services = Annotated[Container, Depends(container)]
 
 DICOM_JSON = "application/dicom+json"
 MAX_LIMIT = 1000
-
-
-class UnsupportedMediaType(DomainError):
-    code = "unsupported_media_type"
-    status = 415
-
-
-class NotAcceptable(DomainError):
-    code = "not_acceptable"
-    status = 406
 
 
 def _base(request: Request) -> str:

@@ -37,6 +37,12 @@ from huren.adapters.fhir.ingest import (
 from huren.adapters.fhir.model import CodeGroup, Typed
 from huren.api.auth import require_roles
 from huren.api.deps import container as get_container
+from huren.api.http_errors import (
+    MethodNotAllowed,
+    NotAcceptable,
+    PreconditionFailed,
+    UnsupportedMediaType,
+)
 from huren.api.routes.retrieval import document_response
 from huren.bootstrap import Container
 from huren.domain.accounts import Principal, Role
@@ -59,29 +65,6 @@ _ISSUE_CODE = {
     415: "not-supported",
     422: "invalid",
 }
-
-
-class NotAcceptable(DomainError):
-    """A format the client asks for (Accept, ``_format``) that is not served: 406
-    (R4 http.html#mime-type; RFC 9110 §15.5.7). Only JSON is served."""
-
-    code = "not_acceptable"
-    status = 406
-
-
-class UnsupportedMediaType(DomainError):
-    """A body in a format that is not read: 415 (RFC 9110 §15.5.16)."""
-
-    code = "unsupported_media_type"
-    status = 415
-
-
-class MethodNotAllowed(DomainError):
-    """An interaction the server does not offer on an existing kind of resource (R4
-    http.html: update, patch, delete are not supported here): 405."""
-
-    code = "method_not_allowed"
-    status = 405
 
 
 # The MIME types and ``_format`` values of FHIR JSON (R4 http.html#mime-type: ``json``,
@@ -392,15 +375,6 @@ def _transaction(c: Container, principal: Principal, raw: bytes) -> dict[str, An
     return _transaction_response(c, parsed, outcome)
 
 
-class PreconditionFailed(DomainError):
-    """A conditional create whose condition matches more than one resource: 412 (R4
-    http.html#ccreate: "Multiple matches: The server returns a 412 Precondition Failed
-    error indicating the client's criteria were not selective enough")."""
-
-    code = "precondition_failed"
-    status = 412
-
-
 def _existing_reports(c: Container, parsed: ParsedBundle) -> dict[int, StoredRef]:
     """{submission: the stored report answered instead} of the conditional creates of a
     Bundle that name another report number of the sender's institution and find it (R4
@@ -415,6 +389,9 @@ def _existing_reports(c: Container, parsed: ParsedBundle) -> dict[int, StoredRef
         found = c.results.search(replace(query, limit=2))
         where = f"Bundle.entry[{cond.entry}].request.ifNoneExist"
         if len(found) > 1:
+            # R4 http.html#ccreate: "Multiple matches: The server returns a 412
+            # Precondition Failed error indicating the client's criteria were not
+            # selective enough".
             raise PreconditionFailed(
                 "条件创建的条件匹配到多份报告，未保存任何内容",
                 problems=[

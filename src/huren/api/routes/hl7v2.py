@@ -16,10 +16,11 @@ from huren.adapters.hl7v2.receiver import Hl7Receiver, MllpGroupCommit
 from huren.adapters.hl7v2.responses import SqlResponseLog
 from huren.api.auth import require_roles
 from huren.api.deps import container
+from huren.api.http_errors import ContentTooLarge, UnsupportedMediaType
 from huren.api.problems import PROBLEM
 from huren.bootstrap import Container
 from huren.domain.accounts import INSTITUTION_ROLES, Principal, Role
-from huren.domain.errors import DomainError, Problem
+from huren.domain.errors import Problem
 from huren.services.intake import Channel
 
 router = APIRouter(tags=["HL7 v2"])
@@ -39,16 +40,6 @@ IANA_CHARSETS = {
 }
 
 SENDERS = (Role.INTEGRATION, Role.INSTITUTION_ADMIN, Role.OPERATOR)
-
-
-class UnsupportedMediaType(DomainError):
-    code = "unsupported_media_type"
-    status = 415
-
-
-class ContentTooLarge(DomainError):
-    code = "content_too_large"
-    status = 413
 
 
 async def _message(request: Request) -> bytes:
