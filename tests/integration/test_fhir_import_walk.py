@@ -317,3 +317,41 @@ def test_a_report_is_found_by_its_own_code_loinc_or_local(
             e["resource"]["id"] for e in found.get("entry", []) if e["search"]["mode"] == "match"
         }
         assert ids == wanted, token
+
+
+def test_the_if_none_exist_header_of_a_single_report_is_honoured_or_refused(
+    client: TestClient, world: Container
+) -> None:
+    # R4 http.html#ccreate: HAPI's conditional create of one resource sends the header.
+    def create(report_no: str, condition: str) -> Any:
+        return client.post(
+            "/fhir/DiagnosticReport",
+            content=dumps(contained_report(report_no, n_obs=2)),
+            headers={"Content-Type": FHIR, "If-None-Exist": condition},
+        )
+
+    first = create("JY-HDR-A", f"identifier={REPORT_NO}|JY-HDR-A")  # its own number
+    assert first.status_code == 201
+    found = create("JY-HDR-B", f"identifier={REPORT_NO}|JY-HDR-A")
+    assert found.status_code == 200
+    assert found.headers["Location"] == first.headers["Location"]
+    assert _count(world) == 1
+    assert create("JY-HDR-C", f"identifier={REPORT_NO}|JY-HDR-NONE").status_code == 201
+    refused = create("JY-HDR-D", "patient=Patient/1")
+    assert refused.status_code == 422
+    assert "If-None-Exist" in expressions(refused)
+    assert _count(world) == 2
+
+
+def test_the_if_none_exist_header_matching_several_reports_is_412_naming_it(
+    client: TestClient, world: Container
+) -> None:
+    answered(post(client, lab_bundle("JY-HDR-M", n_obs=2)))
+    answered(post(client, lab_bundle("JY-HDR-M", n_obs=2, local_code="LIS-OTHER")))
+    r = client.post(
+        "/fhir/DiagnosticReport",
+        content=dumps(contained_report("JY-HDR-N", n_obs=2)),
+        headers={"Content-Type": FHIR, "If-None-Exist": f"identifier={REPORT_NO}|JY-HDR-M"},
+    )
+    assert r.status_code == 412
+    assert expressions(r) == ["If-None-Exist"]

@@ -150,7 +150,7 @@ class IfNoneExist:
     one, is answered instead of storing this one (looked up by the caller, which reaches
     the store)."""
 
-    entry: int  # Bundle entry index
+    entry: int  # Bundle entry index; -1: the If-None-Exist header of a single report
     submission: int  # index into the message's submissions
     report_no: str
 

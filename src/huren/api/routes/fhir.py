@@ -14,7 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Annotated, Any
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode
 
 import msgspec
 from fastapi import APIRouter, Depends, Request, Response
@@ -29,6 +29,7 @@ from huren.adapters.fhir import render
 from huren.adapters.fhir import systems as sid
 from huren.adapters.fhir.ingest import (
     UTF8_BOM,
+    IfNoneExist,
     ParsedBundle,
     parse_report,
     parse_transaction,
@@ -242,8 +243,42 @@ def _check_sender(principal: Principal, parsed: ParsedBundle) -> None:
         )
 
 
+HEADER = "If-None-Exist"
+
+
+def _if_none_exist(parsed: ParsedBundle, header: str) -> ParsedBundle:
+    """The ``If-None-Exist`` header of a single DiagnosticReport's create (R4
+    http.html#ccreate), as ``Bundle.entry.request.ifNoneExist`` is read in a Bundle:
+    ``identifier=system|value`` naming a report number of the sender's institution. Its
+    own number changes nothing (a report is identified by institution and number);
+    another is looked up (``_receive``): found once, it is answered and nothing stored."""
+    sub = parsed.message.submissions[0]
+    query = parse_qs(header.rpartition("?")[2], keep_blank_values=True)
+    tokens = query.get("identifier", [])
+    system, bar, value = tokens[0].partition("|") if len(tokens) == 1 else ("", "", "")
+    if bar and value == sub.report_no:
+        return parsed
+    own_system = sid.REPORT_NO_PREFIX + sub.institution
+    if len(query) != 1 or not bar or not value or system not in ("", own_system):
+        raise ValidationFailed(
+            "条件创建的条件不受支持，未保存任何内容",
+            problems=[
+                Problem(
+                    HEADER,
+                    f"仅支持以本机构的报告单编号为条件：identifier={own_system}|编号，"
+                    f"收到 {header[:200]}",
+                )
+            ],
+        )
+    return replace(parsed, if_none_exist=(IfNoneExist(-1, 0, value),))
+
+
 def _ingest(
-    c: Container, principal: Principal, raw: bytes, single: bool
+    c: Container,
+    principal: Principal,
+    raw: bytes,
+    single: bool,
+    if_none_exist: str | None = None,
 ) -> tuple[ParsedBundle, ReceiveOutcome]:
     """Parse and store in one worker thread; a refused message is recorded for the
     integration engineer's page before the error goes back."""
@@ -254,6 +289,8 @@ def _ingest(
             if single
             else parse_transaction(raw, default_institution=own)
         )
+        if if_none_exist:
+            parsed = _if_none_exist(parsed, if_none_exist)
         _check_sender(principal, parsed)
         return parsed, _receive(c, parsed)
     except DomainError as exc:
@@ -387,7 +424,7 @@ def _existing_reports(c: Container, parsed: ParsedBundle) -> dict[int, StoredRef
             institution=institution, report_no=cond.report_no, include_entered_in_error=True
         )
         found = c.results.search(replace(query, limit=2))
-        where = f"Bundle.entry[{cond.entry}].request.ifNoneExist"
+        where = f"Bundle.entry[{cond.entry}].request.ifNoneExist" if cond.entry >= 0 else HEADER
         if len(found) > 1:
             # R4 http.html#ccreate: "Multiple matches: The server returns a 412
             # Precondition Failed error indicating the client's criteria were not
@@ -437,7 +474,9 @@ def _without(
 )
 async def create_report(request: Request, c: CONTAINER, principal: WRITER) -> Response:
     raw = await _body(request)
-    _parsed, outcome = await run_in_threadpool(_ingest, c, principal, raw, True)
+    _parsed, outcome = await run_in_threadpool(
+        _ingest, c, principal, raw, True, request.headers.get("if-none-exist")
+    )
     ref = outcome.results[0]
     result = await run_in_threadpool(c.results.get_result, ref.result_id)
     updated = await run_in_threadpool(c.results.updated_at, ref.result_id)
