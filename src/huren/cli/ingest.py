@@ -43,7 +43,7 @@ from typing import Annotated, Any
 import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-from huren.adapters.fhir.ingest import UTF8_BOM, parse_report, parse_transaction, sniff_kind
+from huren.adapters.fhir.ingest import UTF8_BOM, parse_line, sniff_kind
 from huren.bootstrap import Container, build
 from huren.cli.files import input_file_problem, write_problem
 from huren.config import get_settings
@@ -204,38 +204,7 @@ def _parsed(record: Record, fmt: str, control: str) -> InboundMessage:
             raise DomainError(
                 exc.error, problems=[Problem(p.field, p.message) for p in exc.problems]
             ) from exc
-    head = record.data[:4000]
-    if b'"Bundle"' in head and b'"transaction"' in record.data:
-        return parse_transaction(record.data, channel=Channel.BULK, keep_raw=False).message
-    try:
-        return parse_report(
-            record.data, channel=Channel.BULK, control_id=control, keep_raw=False
-        ).message
-    except DomainError as exc:
-        if any(p.field == "DiagnosticReport.resourceType" for p in exc.problems):
-            raise _not_a_report(record.data) from exc
-        raise
-
-
-def _not_a_report(data: bytes) -> DomainError:
-    """A line of another resource type, e.g. an ``Observation.ndjson`` of a FHIR bulk
-    export, whose Observations refer to a Patient in another file: results are kept by
-    report, so they are loaded as reports (as ``POST /fhir/Observation`` answers)."""
-    try:
-        kind = json.loads(data).get("resourceType")
-    except (ValueError, AttributeError, RecursionError):
-        kind = None
-    kind = kind if isinstance(kind, str) else "未知类型"
-    return DomainError(
-        f"{kind[:40]} 不能单独导入",
-        problems=[
-            Problem(
-                "resourceType",
-                f"每行应为 DiagnosticReport（Patient、Organization、Observation 放在 contained 中）"
-                f"或 transaction Bundle，实际为 {kind[:40]}",
-            )
-        ],
-    )
+    return parse_line(record.data, control_id=control, keep_raw=False).message
 
 
 def hl7_control_id(data: bytes) -> str:

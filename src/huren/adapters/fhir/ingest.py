@@ -1749,3 +1749,48 @@ def _assemble(
         submissions=tuple(submissions),
     )
     return ParsedBundle(message, tuple(plans), tuple(notes), tuple(if_none_exist))
+
+
+def parse_line(
+    line: bytes, *, default_institution: str = "", control_id: str = "", keep_raw: bool = True
+) -> ParsedBundle:
+    """One NDJSON line of a bulk load (``huren ingest``, ``POST /fhir/$import``): a
+    transaction Bundle or a self-contained DiagnosticReport. A line of another resource
+    (an ``Observation.ndjson`` of a FHIR bulk export, whose Observations refer to a Patient
+    in another file) is answered with what to send instead: results are kept by report."""
+    if b'"Bundle"' in line[:200] or b'"resourceType":"Bundle"' in line[:4000]:
+        return parse_transaction(
+            line, default_institution=default_institution, channel=Channel.BULK, keep_raw=keep_raw
+        )
+    try:
+        return parse_report(
+            line,
+            default_institution=default_institution,
+            channel=Channel.BULK,
+            control_id=control_id,
+            keep_raw=keep_raw,
+        )
+    except ValidationFailed as exc:
+        if any(p.field == "DiagnosticReport.resourceType" for p in exc.problems):
+            raise _not_a_report(line) from exc
+        raise
+
+
+_TYPED = msgspec.json.Decoder(m.Typed)
+
+
+def _not_a_report(line: bytes) -> ValidationFailed:
+    try:
+        kind = _TYPED.decode(line).resourceType or "未知类型"
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
+        kind = "未知类型"
+    return ValidationFailed(
+        f"{kind[:40]} 不能单独导入",
+        problems=[
+            Problem(
+                "resourceType",
+                "结果按报告单保存：每行应为 DiagnosticReport（Patient、Organization、Observation "
+                f"放在 contained 中）或 transaction Bundle，实际为 {kind[:40]}",
+            )
+        ],
+    )

@@ -16,7 +16,6 @@ from email.utils import format_datetime
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
-import msgspec
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
@@ -31,11 +30,12 @@ from huren.adapters.fhir.ingest import (
     UTF8_BOM,
     IfNoneExist,
     ParsedBundle,
+    parse_line,
     parse_report,
     parse_transaction,
     sniff_kind,
 )
-from huren.adapters.fhir.model import CodeGroup, Typed
+from huren.adapters.fhir.model import CodeGroup
 from huren.api.auth import require_roles
 from huren.api.deps import container as get_container
 from huren.api.http_errors import (
@@ -568,7 +568,7 @@ async def bulk_import(request: Request, c: CONTAINER, principal: WRITER) -> Resp
         if not line.strip():
             return
         try:
-            parsed = ingest_line(line, own, f"ndjson:{n}")
+            parsed = parse_line(line, default_institution=own)
             _check_sender(principal, parsed)
             outcome = _receive(c, parsed)
         except DomainError as exc:
@@ -639,46 +639,6 @@ def _too_long(counts: _BulkCounts) -> None:
             f"该行超过 {MAX_LINE // (1024 * 1024)} MB（单个资源的上限），未读取；"
             "请检查换行（NDJSON 每行一个资源）",
         )
-    )
-
-
-def ingest_line(line: bytes, default_institution: str, control_id: str) -> ParsedBundle:
-    """One NDJSON line: a transaction Bundle or a self-contained DiagnosticReport. A line
-    of another resource (an ``Observation.ndjson`` of a FHIR bulk export) is answered
-    with what to send instead, as ``huren ingest`` answers it (cli/ingest.py
-    ``_not_a_report``)."""
-    head = line[:200]
-    if b'"Bundle"' in head or b'"resourceType":"Bundle"' in line[:4000]:
-        return parse_transaction(
-            line, default_institution=default_institution, channel=Channel.BULK
-        )
-    try:
-        return parse_report(
-            line, default_institution=default_institution, channel=Channel.BULK, control_id=""
-        )
-    except DomainError as exc:
-        if any(p.field == "DiagnosticReport.resourceType" for p in exc.problems):
-            raise _not_a_report(line) from exc
-        raise
-
-
-_TYPED = msgspec.json.Decoder(Typed)
-
-
-def _not_a_report(line: bytes) -> DomainError:
-    try:
-        kind = _TYPED.decode(line).resourceType or "未知类型"
-    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError):
-        kind = "未知类型"
-    return ValidationFailed(
-        f"{kind[:40]} 不能单独导入",
-        problems=[
-            Problem(
-                "resourceType",
-                "结果按报告单保存：每行应为 DiagnosticReport（Patient、Organization、Observation "
-                f"放在 contained 中）或 transaction Bundle，实际为 {kind[:40]}",
-            )
-        ],
     )
 
 
@@ -1030,21 +990,21 @@ def _searchset(
     return body
 
 
+def _patient_resource(c: Container, pid: int) -> dict[str, Any]:
+    view = c.results.patient(pid)
+    birth = view.birth_date.isoformat() if view.birth_date else ""
+    return render.patient(
+        view.id,
+        c.results.patient_identifiers(view.id),
+        c.results.patient_name(view.id),
+        view.sex,
+        birth,
+    )
+
+
 def _patients(c: Container, request: Request, pids: Iterable[int]) -> list[dict[str, Any]]:
     """The Patient resources of an ``_include`` of the subject, once each."""
-    out = []
-    for pid in dict.fromkeys(pids):
-        view = c.results.patient(pid)
-        birth = view.birth_date.isoformat() if view.birth_date else ""
-        resource = render.patient(
-            view.id,
-            c.results.patient_identifiers(view.id),
-            c.results.patient_name(view.id),
-            view.sex,
-            birth,
-        )
-        out.append(_entry(request, resource, "include"))
-    return out
+    return [_entry(request, _patient_resource(c, pid), "include") for pid in dict.fromkeys(pids)]
 
 
 def _total(offset: int, shown: int, more: bool) -> int | None:
@@ -1400,12 +1360,9 @@ async def read_patient(pid: str, c: CONTAINER, principal: READER) -> Response:
         raise NotFound(f"Patient/{pid} 不存在")
 
     def load() -> dict[str, Any]:
-        view = c.results.patient(int(pid))
-        idents = c.results.patient_identifiers(view.id)
-        name = c.results.patient_name(view.id)
-        c.results.record_access(principal, "fhir.read", [], patient_id=view.id)
-        birth = view.birth_date.isoformat() if view.birth_date else ""
-        return render.patient(view.id, idents, name, view.sex, birth)
+        resource = _patient_resource(c, int(pid))
+        c.results.record_access(principal, "fhir.read", [], patient_id=int(pid))
+        return resource
 
     return fhir_response(await run_in_threadpool(load))
 
