@@ -371,19 +371,17 @@ def _stored(status: str, response: str) -> list[StoredRef] | None:
         return None
 
 
-def _mapped_since(c: Container, institution: str | None, stored: list[StoredRef]) -> dict[str, str]:
+def _mapped_since(c: Container, stored: list[StoredRef]) -> dict[str, str]:
     """The local codes stored unmapped with this message whose results have been re-mapped
-    since (no longer listed as unmapped), with the unified code they now have."""
-    waiting = {r.local_code for r in stored if r.item_code is None}
-    if institution is None or not waiting:
-        return {}
-    still = {u.local_code for u in c.intake.unmapped_codes(institution)}
-    catalog = c.catalog.get()
-    return {
-        code: mapped
-        for code in waiting - still
-        if (mapped := catalog.unified_code(institution, code)) is not None
-    }
+    since, with the unified code they now have: read from those results themselves (not
+    from the institution's whole list of unmapped codes, a scan of all its results)."""
+    out: dict[str, str] = {}
+    for r in stored:
+        if r.item_code is None and r.local_code not in out:
+            now = c.results.get_result(r.result_id).item_code
+            if now is not None:
+                out[r.local_code] = now
+    return out
 
 
 def _page(
@@ -494,7 +492,7 @@ def message_page(
             "m": found.summary,
             "raw": _readable(found.raw),
             "stored": stored,
-            "mapped_since": _mapped_since(c, found.summary.institution, stored or []),
+            "mapped_since": _mapped_since(c, stored or []),
             "response": "" if stored is not None else _readable(found.response),
             "items": c.catalog.get().items,
             "disposition_labels": DISPOSITION_LABELS,
