@@ -48,7 +48,7 @@ from huren.bootstrap import Container, build
 from huren.cli.files import input_file_problem, write_problem
 from huren.config import get_settings
 from huren.domain.errors import DomainError, Problem
-from huren.services.intake import Channel, Disposition, InboundMessage, ReceiveOutcome
+from huren.services.intake import Channel, InboundMessage, ReceiveOutcome
 
 CHECKPOINT_EVERY = 1  # batches between checkpoint writes
 FINGERPRINT_BYTES = 4096  # the bytes before a checkpoint's offset that it fingerprints
@@ -481,12 +481,8 @@ class BulkLoader:
     @staticmethod
     def _count(outcome: ReceiveOutcome, report: LoadReport) -> None:
         report.stored += len(outcome.results)
-        for ref in outcome.results:
-            # A resent message answers with the results of its first sending.
-            if outcome.duplicate or ref.disposition is Disposition.UNCHANGED:
-                report.duplicates += 1
-            else:
-                report.changed += 1
+        report.duplicates += outcome.unchanged
+        report.changed += len(outcome.results) - outcome.unchanged
         for code in outcome.unmapped_codes:
             report.unmapped[code] = report.unmapped.get(code, 0) + 1
 

@@ -136,6 +136,15 @@ class ReceiveOutcome:
     def unmapped_codes(self) -> tuple[str, ...]:
         return tuple(r.local_code for r in self.results if r.item_code is None)
 
+    @property
+    def unchanged(self) -> int:
+        """Results found already stored as sent: all of a resent message's (it answers
+        with the results of its first sending), else those intake left unchanged. The
+        rest were created or given a new version (bulk loads count them apart)."""
+        if self.duplicate:
+            return len(self.results)
+        return sum(r.disposition is Disposition.UNCHANGED for r in self.results)
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:

@@ -515,11 +515,8 @@ class _BulkCounts:
         self.issues: list[Problem] = []
 
     def count(self, outcome: ReceiveOutcome) -> None:
-        for ref in outcome.results:
-            if outcome.duplicate or ref.disposition is Disposition.UNCHANGED:
-                self.unchanged += 1
-            else:
-                self.changed += 1
+        self.unchanged += outcome.unchanged
+        self.changed += len(outcome.results) - outcome.unchanged
 
     def summary(self) -> str:
         return (
