@@ -46,6 +46,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from huren.adapters.db import tables as t
 from huren.adapters.db import tables_governance as g
+from huren.adapters.db.accounts import SqlAccounts
 from huren.adapters.db.masterdata import qualification_from_row, qualification_row
 from huren.domain.accounts import Role
 from huren.domain.masterdata import Qualification, QualificationStatus
@@ -860,14 +861,8 @@ class SqlMonitoringStore:
         return out
 
     def clinician_names(self, institution: str) -> dict[str, str]:
-        a = t.account.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(a.username, a.display_name).where(
-                    a.institution_code == institution, a.role == Role.CLINICIAN.value
-                )
-            ).all()
-        return {r.username: r.display_name for r in rows}
+        accounts = SqlAccounts(self.engine).list_accounts(institution, Role.CLINICIAN)
+        return {a.username: a.display_name for a in accounts}
 
     def declines_by_reason(
         self,
